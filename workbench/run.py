@@ -1,0 +1,312 @@
+"""The run loop: hooks only where probes need them, reduce per batch, write parts, resume.
+
+``execute_run`` is the whole job behind ``workbench run``: validate prompts and probes, load the
+model, tokenise once, then for each batch register the probes' hook points (never a full
+``run_with_cache``), reduce inside the hooks, and write that batch's records atomically. When no probe
+needs logits the forward pass stops before the final norm and unembedding. A run interrupted at any
+point resumes (``resume=True``) without duplicate rows: finished batches are skipped.
+
+This module does not import ``probes``: it runs any objects with the probe interface (see
+``probes/base.py``); the CLI resolves names to probes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import torch
+
+from workbench.errors import InputError, WorkbenchError
+from workbench.models import LoadedModel
+from workbench.prompts import PromptSet
+from workbench.records import PROMPTS_SCHEMA, SCHEMA_VERSION, TOKENS_SCHEMA, concat, conform
+from workbench.store import RunDir
+from workbench.tokens import (Batch, TokenizedPrompt, make_batches, prompt_rows,
+                              tokenize_prompt_set, token_rows)
+
+STOP_HOOK = "ln_final.hook_in"
+
+
+class _StopForward(Exception):
+    """Raised from a hook once every needed activation has been seen."""
+
+
+@dataclass
+class RunOptions:
+    runs_dir: Path = Path("runs")
+    run_id: str | None = None
+    batch_size: int = 8
+    resume: bool = False
+    overwrite: bool = False
+    progress: bool = True
+    command: list[str] = field(default_factory=list)
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "transformer-lens", "transformers", "pyarrow", "pandas", "numpy", "gguf",
+                "attention-workbench"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def git_state() -> dict[str, Any]:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain",
+                                "--untracked-files=no"], capture_output=True, text=True,
+                               timeout=5, check=True).stdout.strip() != ""
+        return {"commit": commit, "dirty": dirty}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def _config_key(model: LoadedModel, prompt_set: PromptSet, probes: Sequence[Any],
+                batch_size: int) -> dict:
+    """Everything that decides a run's numbers; equal keys mean a resumable run."""
+    info = model.info
+    return {
+        "model": info.name, "model_file_sha256": info.details.get("file_sha256"),
+        "model_revision": info.details.get("revision"), "dtype": info.dtype,
+        "device_type": torch.device(info.device).type, "prepend_bos": info.prepend_bos,
+        "prompts_sha256": prompt_set.sha256,
+        "probes": [{"name": p.name, "params": p.params()} for p in probes],
+        "batch_size": batch_size,
+    }
+
+
+def default_run_id(key: dict, model: LoadedModel, prompt_set: PromptSet) -> str:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
+    slug = model.info.name.rstrip("/").split("/")[-1].replace(" ", "-")
+    return f"{slug}-{prompt_set.name}-{digest}"
+
+
+def _same_config(key: dict) -> Callable[[dict], str | None]:
+    def check(stored: dict) -> str | None:
+        old = stored.get("config_key", {})
+        diffs = [k for k in key if old.get(k) != key[k]]
+        return f"its configuration differs in {', '.join(diffs)}" if diffs else None
+    return check
+
+
+def execute_run(model: LoadedModel, prompt_set: PromptSet, probes: Sequence[Any],
+                options: RunOptions, *, load_seconds: float | None = None) -> RunDir:
+    """Run ``probes`` over ``prompt_set`` on ``model`` and write the run directory.
+
+    Validation (context length, segments, hook points) happens before the run directory is
+    created, so bad input leaves nothing behind.
+
+    Raises:
+        InputError: a prompt longer than the context, a probe the prompts or model cannot support.
+        RunStateError: the run exists (without resume/overwrite) or cannot be resumed.
+    """
+    t0 = time.perf_counter()
+    tokenized = tokenize_prompt_set(prompt_set, model.tokenizer, prepend_bos=model.info.prepend_bos,
+                                    n_ctx=model.info.n_ctx, model_name=model.info.name)
+    for probe in probes:
+        check_hook_points(model, probe)
+        probe.check(tokenized, model)
+    pad_id = model.tokenizer.pad_token_id
+    if pad_id is None:
+        pad_id = model.tokenizer.eos_token_id if model.tokenizer.eos_token_id is not None else 0
+    batches = make_batches(tokenized, options.batch_size, pad_id)
+    t_tok = time.perf_counter() - t0
+
+    key = _config_key(model, prompt_set, probes, options.batch_size)
+    run_id = options.run_id or default_run_id(key, model, prompt_set)
+    manifest = _manifest(run_id, key, model, prompt_set, tokenized, probes, options, len(batches))
+    run, resumed = RunDir.create(options.runs_dir, run_id, manifest, resume=options.resume,
+                                 overwrite=options.overwrite, same_config=_same_config(key))
+    run.write_table("prompts", pa.table(prompt_rows(tokenized), schema=PROMPTS_SCHEMA))
+    run.write_table("tokens", pa.table(token_rows(tokenized, model.tokenizer), schema=TOKENS_SCHEMA))
+    timings = {"load_model_s": load_seconds, "tokenize_s": round(t_tok, 3)}
+    try:
+        t1 = time.perf_counter()
+        todo = [b for b in batches if not run.batch_done(b.index)]
+        n_done = _run_batches(model, todo, probes, run, len(batches), options.progress)
+        timings["forward_s"] = round(time.perf_counter() - t1, 3)
+        t2 = time.perf_counter()
+        tables = _finalize(run, probes)
+        timings["finalize_s"] = round(time.perf_counter() - t2, 3)
+        timings["total_s"] = round(time.perf_counter() - t0 + (load_seconds or 0), 3)
+        run.update_manifest(status="complete", finished=_now(), tables=tables, timings=timings,
+                            batches={"total": len(batches), "run_now": n_done,
+                                     "skipped_as_done": len(batches) - len(todo)})
+    except KeyboardInterrupt:
+        run.update_manifest(status="interrupted", timings=timings, finished=None)
+        raise
+    except BaseException as err:
+        run.update_manifest(status="failed", error=f"{type(err).__name__}: {err}", timings=timings)
+        raise
+    return run
+
+
+def check_hook_points(model: LoadedModel, probe: Any) -> None:
+    """Raise :class:`InputError` if the model lacks a hook point the probe needs."""
+    names = model.bridge.hook_dict
+    for point in probe.hook_points:
+        for layer in (0, model.info.n_layers - 1):
+            name = f"blocks.{layer}.{point}"
+            if name not in names:
+                raise InputError(f"probe {probe.name!r} needs hook {name!r}, which model "
+                                 f"{model.info.name!r} ({model.info.architecture}) does not have")
+
+
+def _run_batches(model: LoadedModel, batches: list[Batch], probes: Sequence[Any], run: RunDir,
+                 total: int, show_progress: bool) -> int:
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, disable=not show_progress, transient=False) as progress:
+        task = progress.add_task(f"{run.run_id}", total=total, completed=total - len(batches))
+        with BatchHooks(model, probes) as hooks:
+            for batch in batches:
+                tables = hooks.run_batch(batch)
+                run.write_batch(batch.index, {name: conform(t, run_id=run.run_id, probe=name)
+                                              for name, t in tables.items()})
+                progress.advance(task)
+    return len(batches)
+
+
+class BatchHooks:
+    """Registers each probe's hook points once; :meth:`run_batch` runs one forward pass.
+
+    Hooks read the current batch's per-probe state from this object, call ``probe.observe`` and
+    return ``None`` (the activation is never changed). Use as a context manager.
+    """
+
+    def __init__(self, model: LoadedModel, probes: Sequence[Any]):
+        self.model = model
+        self.probes = list(probes)
+        self.states: list[Any] = []
+        self.stop_early = not any(p.needs_logits for p in self.probes) \
+            and STOP_HOOK in model.bridge.hook_dict
+        fwd = []
+        for i, probe in enumerate(self.probes):
+            for point in probe.hook_points:
+                for layer in range(model.info.n_layers):
+                    fwd.append((f"blocks.{layer}.{point}", self._hook(i, layer, point)))
+        if self.stop_early:
+            fwd.append((STOP_HOOK, self._stop))
+        self._ctx = model.bridge.hooks(fwd_hooks=fwd)
+
+    def _hook(self, i: int, layer: int, point: str):
+        probe = self.probes[i]
+
+        def fn(activation, hook):
+            probe.observe(self.states[i], layer, point, activation)
+            return None
+        return fn
+
+    @staticmethod
+    def _stop(activation, hook):
+        raise _StopForward
+
+    def __enter__(self) -> "BatchHooks":
+        self._ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._ctx.__exit__(*exc)
+
+    def run_batch(self, batch: Batch) -> dict[str, pa.Table]:
+        """Forward ``batch`` and return each probe's records, keyed by probe name."""
+        device = self.model.device
+        batch = batch.to(device)
+        self.states = [p.start(batch, self.model) for p in self.probes]
+        with torch.inference_mode():
+            try:
+                self.model.bridge(batch.input_ids, attention_mask=batch.attention_mask,
+                                  return_type=None)
+            except _StopForward:
+                pass
+        out = {}
+        for probe, state in zip(self.probes, self.states):
+            table = probe.finish(state)
+            if table is not None and table.num_rows:
+                out[probe.name] = table
+        self.states = []
+        return out
+
+
+def _finalize(run: RunDir, probes: Sequence[Any]) -> dict[str, dict]:
+    """Join each table's parts, add the probe's summaries, write ``<table>.parquet``."""
+    by_name = {p.name: p for p in probes}
+    tables = {}
+    for name in run.part_table_names():
+        table = concat(run.read_parts(name))
+        probe = by_name.get(name)
+        summary = probe.summarize(table) if probe is not None else None
+        if summary is not None and summary.num_rows:
+            table = pa.concat_tables([table, conform(summary, run_id=run.run_id, probe=name)])
+        table = table.sort_by([("metric", "ascending"), ("layer", "ascending"),
+                               ("head", "ascending")])
+        run.write_table(name, table)
+        tables[name] = {"rows": table.num_rows,
+                        "metrics": sorted(set(table.column("metric").to_pylist()))}
+    run.drop_parts()
+    return tables
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _manifest(run_id: str, key: dict, model: LoadedModel, prompt_set: PromptSet,
+              tokenized: list[TokenizedPrompt], probes: Sequence[Any], options: RunOptions,
+              n_batches: int) -> dict:
+    units = {}
+    for probe in probes:
+        units.update(probe.units)
+    return {
+        "run_id": run_id,
+        "kind": "probes",
+        "status": "running",
+        "created": _now(),
+        "finished": None,
+        "command": options.command or sys.argv,
+        "config_key": key,
+        "model": model.info.to_dict(),
+        "prompts": {
+            "name": prompt_set.name,
+            "files": [vars(f) for f in prompt_set.files],
+            "sha256": prompt_set.sha256,
+            "n_prompts": len(tokenized),
+            "n_tokens": int(sum(t.n_tokens for t in tokenized)),
+            "prepend_bos": model.info.prepend_bos,
+        },
+        "probes": [{"name": p.name, "params": p.params(), "hook_points": list(p.hook_points),
+                    "units": dict(p.units)} for p in probes],
+        "units": units,
+        "batching": {"batch_size": options.batch_size, "n_batches": n_batches,
+                     "order": "by token length (stable)", "padding": "right"},
+        "record_schema_version": SCHEMA_VERSION,
+        "versions": library_versions(),
+        "git": git_state(),
+        "device": model.info.device,
+        "timings": {},
+        "tables": {},
+    }
+
+
+__all__ = ["BatchHooks", "RunOptions", "WorkbenchError", "execute_run"]

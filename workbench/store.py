@@ -1,0 +1,277 @@
+"""Run directories: the manifest, atomic parquet writes, resumable batch parts.
+
+Layout of ``runs/<run_id>/``::
+
+    run.json                 manifest (model, prompt-set sha256, probe parameters, versions, timings,
+                             status: running | complete | interrupted | failed)
+    <table>.parquet          record tables (schema: workbench.records.RECORD_SCHEMA), once complete
+    prompts.parquet          one row per prompt; tokens.parquet: one row per prompt token
+    .parts/b00012/<table>.parquet
+                             a finished batch's records while the run is in progress
+
+Every file is written to a temporary name and renamed into place, and a batch's parts appear
+together by renaming their folder, so a killed run never leaves a half-written table: rerunning with
+``resume`` skips the batches whose folder exists and redoes the rest. This module imports no torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from workbench.errors import InputError, RunStateError
+
+MANIFEST = "run.json"
+PARTS = ".parts"
+META_TABLES = ("prompts", "tokens")
+ROW_GROUP_SIZE = 128 * 1024
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
+_DIR_MODE = 0o777 & ~_umask()
+
+
+# --- atomic file helpers -------------------------------------------------------------------------
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, _FILE_MODE)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
+
+
+def write_parquet(path: Path, table: pa.Table) -> None:
+    """Write ``table`` to ``path`` atomically (zstd, 128k-row groups for filter pushdown)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp, compression="zstd", row_group_size=ROW_GROUP_SIZE)
+        os.chmod(tmp, _FILE_MODE)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """Yield a temporary folder beside ``final``; on success rename it to ``final``.
+
+    If ``final`` appeared meanwhile (another process won the race) the temporary folder is dropped.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    os.chmod(tmp, _DIR_MODE)
+    try:
+        yield tmp
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not final.exists():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+# --- run directories -----------------------------------------------------------------------------
+
+class RunDir:
+    """One run's folder. Create with :meth:`create`, open an existing one with :meth:`open`."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    @property
+    def run_id(self) -> str:
+        return self.path.name
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / MANIFEST
+
+    # manifest ---------------------------------------------------------------------------------
+    def read_manifest(self) -> dict:
+        try:
+            return json.loads(self.manifest_path.read_text())
+        except FileNotFoundError:
+            raise RunStateError(f"{self.path} is not a run directory (no {MANIFEST})") from None
+        except json.JSONDecodeError as err:
+            raise RunStateError(f"{self.manifest_path} is not valid JSON: {err}") from None
+
+    def write_manifest(self, manifest: dict) -> None:
+        atomic_write_json(self.manifest_path, manifest)
+
+    def update_manifest(self, **changes: Any) -> dict:
+        manifest = self.read_manifest()
+        manifest.update(changes)
+        self.write_manifest(manifest)
+        return manifest
+
+    @classmethod
+    def open(cls, path: Path) -> "RunDir":
+        run = cls(path)
+        run.read_manifest()
+        return run
+
+    @classmethod
+    def create(cls, runs_dir: Path, run_id: str, manifest: dict, *, resume: bool,
+               overwrite: bool, same_config: Callable[[dict], str | None]) -> tuple["RunDir", bool]:
+        """Create ``runs_dir/run_id`` or reopen it for resuming.
+
+        Args:
+            same_config: given the stored manifest, returns ``None`` when the stored run was made
+                with the same configuration, else a sentence saying what differs.
+
+        Returns:
+            the run directory and whether an earlier run is being resumed.
+
+        Raises:
+            RunStateError: the folder exists and neither ``resume`` nor ``overwrite`` was asked
+                for, or ``resume`` was asked for but the stored configuration differs.
+        """
+        if not run_id or "/" in run_id or run_id.startswith("."):
+            raise InputError(f"run id {run_id!r} is not a plain folder name")
+        path = Path(runs_dir) / run_id
+        run = cls(path)
+        if path.exists() and overwrite:
+            shutil.rmtree(path)
+        if path.exists():
+            if not run.manifest_path.exists():
+                raise RunStateError(f"{path} exists but is not a run directory; choose another "
+                                    "--run-id or remove it")
+            stored = run.read_manifest()
+            if not resume:
+                raise RunStateError(
+                    f"run {run_id!r} already exists (status: {stored.get('status')}); rerun with "
+                    "--resume to continue it or --overwrite to start again")
+            why = same_config(stored)
+            if why:
+                raise RunStateError(f"cannot resume run {run_id!r}: {why}; use --overwrite or "
+                                    "another --run-id")
+            manifest = {**manifest, "created": stored.get("created", manifest.get("created")),
+                        "resumed": stored.get("resumed", 0) + 1}
+            run.write_manifest(manifest)
+            run._drop_temporaries()
+            return run, True
+        with atomic_dir(path) as tmp:
+            atomic_write_json(tmp / MANIFEST, manifest)
+        return run, False
+
+    # batch parts ------------------------------------------------------------------------------
+    def _parts(self) -> Path:
+        return self.path / PARTS
+
+    def _drop_temporaries(self) -> None:
+        parts = self._parts()
+        if parts.exists():
+            for child in parts.iterdir():
+                if child.name.startswith("."):
+                    shutil.rmtree(child, ignore_errors=True)
+
+    def batch_done(self, index: int) -> bool:
+        return (self._parts() / f"b{index:05d}").is_dir()
+
+    def done_batches(self) -> list[int]:
+        parts = self._parts()
+        if not parts.exists():
+            return []
+        return sorted(int(p.name[1:]) for p in parts.iterdir() if p.is_dir() and p.name[0] == "b")
+
+    def write_batch(self, index: int, tables: dict[str, pa.Table]) -> None:
+        """Write one batch's tables so that they all appear at once (folder rename)."""
+        final = self._parts() / f"b{index:05d}"
+        if final.exists():
+            shutil.rmtree(final)
+        with atomic_dir(final) as tmp:
+            for name, table in tables.items():
+                pq.write_table(table, tmp / f"{name}.parquet", compression="zstd")
+
+    def read_parts(self, name: str) -> list[pa.Table]:
+        """The finished batches' parts of table ``name``, in batch order."""
+        out = []
+        for index in self.done_batches():
+            path = self._parts() / f"b{index:05d}" / f"{name}.parquet"
+            if path.exists():
+                out.append(pq.read_table(path))
+        return out
+
+    def part_table_names(self) -> list[str]:
+        names: set[str] = set()
+        for index in self.done_batches():
+            names.update(p.stem for p in (self._parts() / f"b{index:05d}").glob("*.parquet"))
+        return sorted(names)
+
+    def drop_parts(self) -> None:
+        shutil.rmtree(self._parts(), ignore_errors=True)
+
+    # tables -----------------------------------------------------------------------------------
+    def table_path(self, name: str) -> Path:
+        return self.path / f"{name}.parquet"
+
+    def write_table(self, name: str, table: pa.Table) -> None:
+        write_parquet(self.table_path(name), table)
+
+    def tables(self) -> list[str]:
+        """Names of the finished tables (records and metadata) in this run."""
+        return sorted(p.stem for p in self.path.glob("*.parquet"))
+
+    def read_table(self, name: str, columns: list[str] | None = None,
+                   filters: Any = None) -> pa.Table:
+        """Read a finished table with column and row-filter pushdown.
+
+        Raises:
+            RunStateError: the run has no table of that name.
+        """
+        path = self.table_path(name)
+        if not path.exists():
+            raise RunStateError(f"run {self.run_id!r} has no table {name!r} "
+                                f"(it has: {', '.join(self.tables()) or 'none'})")
+        return pq.read_table(path, columns=columns, filters=filters)
+
+
+def list_runs(runs_dir: Path) -> list[tuple[RunDir, dict]]:
+    """Every run under ``runs_dir`` with its manifest, newest first. Unreadable folders are skipped."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        return []
+    out = []
+    for child in runs_dir.iterdir():
+        if child.is_dir() and not child.name.startswith(".") and (child / MANIFEST).exists():
+            with contextlib.suppress(RunStateError):
+                run = RunDir(child)
+                out.append((run, run.read_manifest()))
+    out.sort(key=lambda item: item[1].get("created", ""), reverse=True)
+    return out

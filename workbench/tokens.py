@@ -1,0 +1,204 @@
+"""Tokenise a prompt set once, map segments to token positions, and batch with padding.
+
+Convention: right padding. Under a causal mask a real token never sees the padding that follows it,
+and real tokens keep their unpadded positions, so every per-token quantity of a prompt is the same
+batched or alone. ``attention_mask`` marks real tokens (1) and padding (0); probes use
+:meth:`Batch.valid` so that padded positions never count.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from workbench.errors import InputError
+from workbench.prompts import Prompt, PromptSet
+
+
+@dataclass(frozen=True)
+class TokenizedPrompt:
+    """A prompt's token ids, character offsets and segment token positions.
+
+    ``segments[name]`` is a sorted int array of the token positions whose characters overlap the
+    segment's character span (possibly empty). A BOS token has offsets (0, 0) and is in no segment.
+    """
+
+    prompt: Prompt
+    input_ids: np.ndarray  # [pos] int64
+    offsets: np.ndarray  # [pos, 2] int64, character span of each token
+    segments: dict[str, np.ndarray]
+
+    @property
+    def id(self) -> str:
+        return self.prompt.id
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.input_ids.shape[0])
+
+
+def segment_positions(offsets: np.ndarray, span: tuple[int, int]) -> np.ndarray:
+    """Token positions whose character span overlaps ``span = [start, end)``; tokens with empty
+    spans (special tokens) never match. Returns a sorted int64 array."""
+    start, end = span
+    if end <= start:
+        return np.zeros(0, dtype=np.int64)
+    tok_start, tok_end = offsets[:, 0], offsets[:, 1]
+    hit = (tok_end > tok_start) & (tok_start < end) & (tok_end > start)
+    return np.flatnonzero(hit).astype(np.int64)
+
+
+def tokenize_prompt(prompt: Prompt, tokenizer, *, prepend_bos: bool) -> TokenizedPrompt:
+    """Tokenise one prompt with offsets (no special tokens, then BOS in front if asked)."""
+    enc = tokenizer(prompt.text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(enc["input_ids"])
+    offsets = [tuple(o) for o in enc["offset_mapping"]]
+    if prepend_bos:
+        ids = [tokenizer.bos_token_id] + ids
+        offsets = [(0, 0)] + offsets
+    offs = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    segments = {name: segment_positions(offs, span) for name, span in prompt.segments.items()}
+    return TokenizedPrompt(prompt, np.asarray(ids, dtype=np.int64), offs, segments)
+
+
+def tokenize_prompt_set(prompt_set: PromptSet, tokenizer, *, prepend_bos: bool,
+                        n_ctx: int | None = None, model_name: str = "the model"
+                        ) -> list[TokenizedPrompt]:
+    """Tokenise every prompt once.
+
+    Raises:
+        InputError: a prompt tokenises to nothing, or is longer than the model's context ``n_ctx``.
+    """
+    out = []
+    for prompt in prompt_set.prompts:
+        tok = tokenize_prompt(prompt, tokenizer, prepend_bos=prepend_bos)
+        if tok.n_tokens == 0:
+            raise InputError(f"{prompt.source}: prompt {prompt.id!r} has no tokens")
+        if n_ctx is not None and tok.n_tokens > n_ctx:
+            raise InputError(f"{prompt.source}: prompt {prompt.id!r} has {tok.n_tokens} tokens; "
+                             f"{model_name}'s context is {n_ctx} tokens")
+        out.append(tok)
+    return out
+
+
+@dataclass
+class Batch:
+    """Right-padded prompts ready for a forward pass.
+
+    Attributes:
+        index: position of this batch in the run's deterministic batch order.
+        prompts: the tokenised prompts, in batch order.
+        input_ids: ``[batch, pos]`` int64 (padding filled with ``pad_id``).
+        attention_mask: ``[batch, pos]`` int64, 1 for real tokens, 0 for padding.
+        lengths: ``[batch]`` int64, number of real tokens of each prompt.
+    """
+
+    index: int
+    prompts: list[TokenizedPrompt]
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    lengths: torch.Tensor
+
+    @property
+    def size(self) -> int:
+        return len(self.prompts)
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.input_ids.shape[1])
+
+    @property
+    def prompt_ids(self) -> list[str]:
+        return [p.id for p in self.prompts]
+
+    def valid(self) -> torch.Tensor:
+        """``[batch, pos]`` bool: True for real tokens."""
+        return self.attention_mask.bool()
+
+    def last_pos(self) -> torch.Tensor:
+        """``[batch]`` int64: position of each prompt's last real token."""
+        return self.lengths - 1
+
+    def segment_mask(self, name: str) -> torch.Tensor:
+        """``[batch, pos]`` bool: True at the token positions of segment ``name``.
+
+        Raises:
+            InputError: a prompt in the batch has no segment of that name.
+        """
+        mask = torch.zeros(self.size, self.seq_len, dtype=torch.bool)
+        for b, tok in enumerate(self.prompts):
+            if name not in tok.segments:
+                raise InputError(f"{tok.prompt.source}: prompt {tok.id!r} has no segment {name!r}")
+            mask[b, torch.from_numpy(tok.segments[name])] = True
+        return mask.to(self.input_ids.device)
+
+    def to(self, device: Any) -> "Batch":
+        return Batch(self.index, self.prompts, self.input_ids.to(device),
+                     self.attention_mask.to(device), self.lengths.to(device))
+
+
+def make_batches(tokenized: list[TokenizedPrompt], batch_size: int, pad_id: int,
+                 *, sort_by_length: bool = True) -> list[Batch]:
+    """Split into batches of at most ``batch_size`` prompts, right-padded to the longest.
+
+    With ``sort_by_length`` (default) prompts are grouped by token length (stable sort), which
+    minimises padding; the order is deterministic, so a resumed run sees the same batches.
+
+    Raises:
+        InputError: ``batch_size`` < 1.
+    """
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {batch_size}")
+    order = sorted(range(len(tokenized)), key=lambda i: tokenized[i].n_tokens) if sort_by_length \
+        else list(range(len(tokenized)))
+    batches = []
+    for index, start in enumerate(range(0, len(order), batch_size)):
+        members = [tokenized[i] for i in order[start:start + batch_size]]
+        width = max(t.n_tokens for t in members)
+        ids = torch.full((len(members), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(members), width), dtype=torch.long)
+        for b, tok in enumerate(members):
+            ids[b, :tok.n_tokens] = torch.from_numpy(tok.input_ids)
+            mask[b, :tok.n_tokens] = 1
+        lengths = mask.sum(1)
+        batches.append(Batch(index, members, ids, mask, lengths))
+    return batches
+
+
+def prompt_rows(tokenized: list[TokenizedPrompt]) -> dict[str, list]:
+    """Columns of the run's ``prompts`` table (see ``workbench.records.PROMPTS_SCHEMA``)."""
+    rows: dict[str, list] = {k: [] for k in ("prompt_id", "text", "n_tokens", "task", "answer",
+                                              "distractor", "corrupted_text", "segments", "source")}
+    for tok in tokenized:
+        p = tok.prompt
+        rows["prompt_id"].append(p.id)
+        rows["text"].append(p.text)
+        rows["n_tokens"].append(tok.n_tokens)
+        rows["task"].append(p.task)
+        rows["answer"].append(p.answer)
+        rows["distractor"].append(p.distractor)
+        rows["corrupted_text"].append(p.corrupted_text)
+        rows["segments"].append(json.dumps({k: v.tolist() for k, v in tok.segments.items()}))
+        rows["source"].append(p.source)
+    return rows
+
+
+def token_rows(tokenized: list[TokenizedPrompt], tokenizer) -> dict[str, list]:
+    """Columns of the run's ``tokens`` table (see ``workbench.records.TOKENS_SCHEMA``)."""
+    rows: dict[str, list] = {k: [] for k in ("prompt_id", "pos", "token_id", "token",
+                                              "char_start", "char_end")}
+    for tok in tokenized:
+        ids = tok.input_ids.tolist()
+        pieces = tokenizer.batch_decode([[i] for i in ids])
+        for pos, (tid, piece, (s, e)) in enumerate(zip(ids, pieces, tok.offsets)):
+            rows["prompt_id"].append(tok.id)
+            rows["pos"].append(pos)
+            rows["token_id"].append(int(tid))
+            rows["token"].append(piece)
+            rows["char_start"].append(int(s))
+            rows["char_end"].append(int(e))
+    return rows
