@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -166,14 +167,16 @@ def memory_all(probe_names: list[str]) -> dict:
 
 
 def report(times: dict, memory: dict) -> str:
-    lines = [f"{'shape':>8} {'variant':>15} {'time s':>8} {'x hf_eager':>10} {'peak MB':>8} "
-             f"{'peak x hf':>9} {'extra MB':>9} {'extra x hf':>10}"]
+    lines = [f"{'shape':>8} {'variant':>15} {'time s':>8} {'tok/s':>7} {'x hf_eager':>10} "
+             f"{'peak MB':>8} {'peak x hf':>9} {'extra MB':>9} {'extra x hf':>10}"]
     for shape, row in times.items():
+        n_tok = math.prod(int(x) for x in shape.split("x"))  # "8x32" -> 256
         base_t = row["hf_eager"]
         base = memory[shape]["hf_eager"]
         for v in VARIANTS:
             m = memory[shape][v]
-            lines.append(f"{shape:>8} {v:>15} {row[v]:8.3f} {row[v] / base_t:10.3f} "
+            lines.append(f"{shape:>8} {v:>15} {row[v]:8.3f} {n_tok / row[v]:7.0f} "
+                         f"{row[v] / base_t:10.3f} "
                          f"{m['peak'] / 2**20:8.0f} {m['peak'] / base['peak']:9.2f} "
                          f"{m['extra'] / 2**20:9.0f} {m['extra'] / max(base['extra'], 1):10.2f}")
     return "\n".join(lines)

@@ -54,7 +54,8 @@ def segment_entropy(rows: Float[Tensor, "batch head_index query_pos key_pos"],
 class _State:
     batch: Any
     windows: list[int | None]
-    entropy: Tensor  # [layer, batch, head, query] (filled by the hooks)
+    neg_entropy: Tensor  # [layer, batch, head, query]: sum_j p ln p, filled by the hooks
+    scratch: Tensor | None = None  # [batch, head, query, key] fp32, reused by every layer
     segment_rows: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)
 
 
@@ -108,7 +109,12 @@ class AttentionEntropy(Probe):
 
     def observe(self, state: _State, layer: int, point: str, activation: Tensor) -> None:
         pattern = activation if activation.dtype == torch.float32 else activation.float()
-        state.entropy[layer] = attention_entropy(pattern)
+        # Same quantity as attention_entropy(), written into a buffer reused across layers: a fresh
+        # [batch, head, query, key] temporary per layer costs more (page faults) than the maths.
+        if state.scratch is None or state.scratch.shape != pattern.shape:
+            state.scratch = torch.empty_like(pattern)
+        torch.xlogy(pattern, pattern, out=state.scratch)
+        torch.sum(state.scratch, dim=-1, out=state.neg_entropy[layer])
         if self.segment is not None:
             batch = state.batch
             if self.segment_query == "last":
@@ -121,8 +127,8 @@ class AttentionEntropy(Probe):
 
     def finish(self, state: _State) -> pa.Table | None:
         batch = state.batch
-        n_layers, _, n_heads, seq = state.entropy.shape
-        entropy = state.entropy.cpu()
+        n_layers, _, n_heads, seq = state.neg_entropy.shape
+        entropy = -state.neg_entropy.cpu() + 0.0  # + 0.0 turns -0.0 into 0.0
         valid = batch.valid().cpu()
         n_keys = torch.stack([visible_keys(seq, w) for w in state.windows])  # [layer, query]
         keep = valid[None, :, None, :] & (n_keys >= 2)[:, None, None, :]
