@@ -104,7 +104,6 @@ def build(variant: str, probe_names: list[str]):
     from workbench.tokens import Batch, TokenizedPrompt
 
     hooks = BatchHooks(model, make_probes(probe_names))
-    hooks.__enter__()
 
     def runner(ids):
         b, s = ids.shape

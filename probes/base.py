@@ -10,7 +10,16 @@ A probe is a frozen dataclass (its parameters) with:
   ``finish(state)`` -> a record table for the batch;
 * ``summarize(table)`` -> extra records computed from the whole run's table (means over prompts).
 
-Probes never modify activations: hooks return nothing, so the forward pass is unchanged.
+Two optional extensions:
+
+* ``prepare(model, tokenized)`` runs once before the batches and returns the probe to use (e.g. with
+  data-derived parameters filled in, such as sink dimensions); the returned probe's ``params()`` are
+  what the manifest records;
+* ``owns_forward = True`` with ``run_batch(model, batch)`` for probes that need forward passes of
+  their own (a run without a segment, a masked variant): the run loop calls ``run_batch`` instead of
+  sharing the hooked forward, and still handles batching, writing, resuming and the manifest.
+
+Probes sharing the forward never modify activations: hooks return nothing.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ class Probe:
     hook_points: ClassVar[tuple[str, ...]]
     units: ClassVar[dict[str, str]]
     needs_logits: ClassVar[bool] = False
+    owns_forward: ClassVar[bool] = False
 
     def params(self) -> dict:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
@@ -39,6 +49,14 @@ class Probe:
     def check(self, tokenized: list, model: Any) -> None:
         """Raise :class:`InputError` before any forward pass if the prompts or the model cannot
         support this probe (a missing segment, an unsupported hook)."""
+
+    def prepare(self, model: Any, tokenized: list) -> "Probe":
+        """Return the probe to run (default: itself). Called once, after :meth:`check`."""
+        return self
+
+    def run_batch(self, model: Any, batch: Any) -> pa.Table | None:
+        """For ``owns_forward`` probes: run this batch's forward passes and return its records."""
+        raise NotImplementedError
 
     def start(self, batch: Any, model: Any) -> Any:
         raise NotImplementedError

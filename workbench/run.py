@@ -124,6 +124,7 @@ def execute_run(model: LoadedModel, prompt_set: PromptSet, probes: Sequence[Any]
     for probe in probes:
         check_hook_points(model, probe)
         probe.check(tokenized, model)
+    probes = [probe.prepare(model, tokenized) for probe in probes]
     pad_id = model.tokenizer.pad_token_id
     if pad_id is None:
         pad_id = model.tokenizer.eos_token_id if model.tokenizer.eos_token_id is not None else 0
@@ -179,36 +180,36 @@ def _run_batches(model: LoadedModel, batches: list[Batch], probes: Sequence[Any]
                TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, disable=not show_progress, transient=False) as progress:
         task = progress.add_task(f"{run.run_id}", total=total, completed=total - len(batches))
-        with BatchHooks(model, probes) as hooks:
-            for batch in batches:
-                tables = hooks.run_batch(batch)
-                run.write_batch(batch.index, {name: conform(t, run_id=run.run_id, probe=name)
-                                              for name, t in tables.items()})
-                progress.advance(task)
+        hooks = BatchHooks(model, probes)
+        for batch in batches:
+            tables = hooks.run_batch(batch)
+            run.write_batch(batch.index, {name: conform(t, run_id=run.run_id, probe=name)
+                                          for name, t in tables.items()})
+            progress.advance(task)
     return len(batches)
 
 
 class BatchHooks:
-    """Registers each probe's hook points once; :meth:`run_batch` runs one forward pass.
+    """Runs batches through the probes: one shared forward for the hooked probes, then each
+    ``owns_forward`` probe's own passes.
 
-    Hooks read the current batch's per-probe state from this object, call ``probe.observe`` and
-    return ``None`` (the activation is never changed). Use as a context manager.
+    The shared forward registers each probe's hook points (only those) for the duration of the
+    pass; hooks call ``probe.observe`` with the current batch's state and return ``None``, so the
+    activations are never changed. When no probe needs logits the pass stops at ``ln_final``.
     """
 
     def __init__(self, model: LoadedModel, probes: Sequence[Any]):
         self.model = model
-        self.probes = list(probes)
+        self.own = [p for p in probes if p.owns_forward]
+        self.probes = [p for p in probes if not p.owns_forward]
         self.states: list[Any] = []
-        self.stop_early = not any(p.needs_logits for p in self.probes) \
-            and STOP_HOOK in model.bridge.hook_dict
-        fwd = []
+        self.hooks = []
         for i, probe in enumerate(self.probes):
             for point in probe.hook_points:
                 for layer in range(model.info.n_layers):
-                    fwd.append((f"blocks.{layer}.{point}", self._hook(i, layer, point)))
-        if self.stop_early:
-            fwd.append((STOP_HOOK, self._stop))
-        self._ctx = model.bridge.hooks(fwd_hooks=fwd)
+                    self.hooks.append((f"blocks.{layer}.{point}", self._hook(i, layer, point)))
+        if not any(p.needs_logits for p in self.probes) and STOP_HOOK in model.bridge.hook_dict:
+            self.hooks.append((STOP_HOOK, self._stop))
 
     def _hook(self, i: int, layer: int, point: str):
         probe = self.probes[i]
@@ -222,31 +223,24 @@ class BatchHooks:
     def _stop(activation, hook):
         raise _StopForward
 
-    def __enter__(self) -> "BatchHooks":
-        self._ctx.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._ctx.__exit__(*exc)
-
     def run_batch(self, batch: Batch) -> dict[str, pa.Table]:
         """Forward ``batch`` and return each probe's records, keyed by probe name."""
-        device = self.model.device
-        batch = batch.to(device)
-        self.states = [p.start(batch, self.model) for p in self.probes]
-        with torch.inference_mode():
-            try:
-                self.model.bridge(batch.input_ids, attention_mask=batch.attention_mask,
-                                  return_type=None)
-            except _StopForward:
-                pass
+        batch = batch.to(self.model.device)
         out = {}
-        for probe, state in zip(self.probes, self.states):
-            table = probe.finish(state)
-            if table is not None and table.num_rows:
-                out[probe.name] = table
-        self.states = []
-        return out
+        if self.probes:
+            self.states = [p.start(batch, self.model) for p in self.probes]
+            with torch.inference_mode(), self.model.bridge.hooks(fwd_hooks=self.hooks):
+                try:
+                    self.model.bridge(batch.input_ids, attention_mask=batch.attention_mask,
+                                      return_type=None)
+                except _StopForward:
+                    pass
+            for probe, state in zip(self.probes, self.states):
+                out[probe.name] = probe.finish(state)
+            self.states = []
+        for probe in self.own:
+            out[probe.name] = probe.run_batch(self.model, batch)
+        return {name: t for name, t in out.items() if t is not None and t.num_rows}
 
 
 def _finalize(run: RunDir, probes: Sequence[Any]) -> dict[str, dict]:
