@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+sys.path[:0] = [str(HERE.parent), str(HERE)]  # the workbench package, and data/gen_*.py modules
 
 # Wang et al. (2022) IOI templates, as in the paper's released dataset code ("[B]" is the subject,
 # "[A]" the indirect object; the final "[A]" is the answer and is cut off the prompt).
@@ -160,6 +160,8 @@ def gen_natural(tok, min_tokens: int = 48, max_tokens: int = 80, per_file: int =
     return rows
 
 
+# name -> function(tokenizer) -> rows; the set is written to data/<name>.jsonl. Larger generators
+# live in data/gen_<name>.py and are imported here.
 GENERATORS = {"ioi": gen_ioi, "natural": gen_natural}
 
 
