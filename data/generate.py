@@ -11,6 +11,10 @@ Sets (JSONL, format in workbench/prompts.py):
   single tokens for SmolLM2, ``answer`` = the indirect object, ``distractor`` = the subject, and the
   p_ABC corruption (all three names replaced by three other names, equal token length). Segments mark
   the three name tokens (``S1``, ``IO``, ``S2``).
+* ``colored_objects.jsonl`` - Colored Objects (Merullo et al. 2023), one-shot, three objects; the
+  corruption asks about another listed object (``data/gen_colored_objects.py``).
+* ``induction.jsonl`` - copying a repeated sequence of ten common nouns; the corruption replaces the
+  first occurrence (``data/gen_induction.py``).
 * ``natural.jsonl`` - natural English prose: consecutive sentences of the license texts in
   /usr/share/common-licenses (on every Debian machine), 48 to 80 SmolLM2 tokens per prompt.
 
@@ -160,9 +164,13 @@ def gen_natural(tok, min_tokens: int = 48, max_tokens: int = 80, per_file: int =
     return rows
 
 
+from gen_colored_objects import gen_colored_objects  # noqa: E402 (needs the sys.path above)
+from gen_induction import gen_induction  # noqa: E402
+
 # name -> function(tokenizer) -> rows; the set is written to data/<name>.jsonl. Larger generators
 # live in data/gen_<name>.py and are imported here.
-GENERATORS = {"ioi": gen_ioi, "natural": gen_natural}
+GENERATORS = {"ioi": gen_ioi, "natural": gen_natural, "colored_objects": gen_colored_objects,
+              "induction": gen_induction}
 
 
 def render(rows: list[dict]) -> str:
