@@ -4,12 +4,12 @@ Each method scores heads on a task and selects a circuit with a :class:`Selectio
 
 * ``activation``: activation patching of every head (:mod:`circuits.patching`), then select;
 * ``attribution``: attribution patching (EAP, :mod:`circuits.attribution`), then select;
-* ``path``: path patching in stages as in Wang et al. and Merullo et al. (:mod:`circuits.path_patching`):
-  stage 1 scores every head as a sender to the logits and selects; stage ``s + 1`` scores every head
-  as a sender to the query/key/value of the heads newly selected at stage ``s`` and selects again;
-  the circuit is the union. Each selected sender gets an edge to every receiver of its stage in a
-  later layer (or to ``"logits"``), weighted by its score through that receiver set jointly (the
-  per-receiver split would cost one run per receiver).
+* ``path``: path patching in stages as in Wang et al. and Merullo et al.
+  (:mod:`circuits.path_patching`): stage 1 scores every head as a sender to the logits and
+  selects; stage ``s + 1`` scores every head as a sender to the query/key/value of the heads newly
+  selected at stage ``s`` and selects again; the circuit is the union. Each selected sender gets an
+  edge to every receiver of its stage in a later layer (or to ``"logits"``), weighted by its score
+  through that receiver set jointly (the per-receiver split would cost one run per receiver).
 """
 
 from __future__ import annotations
@@ -19,15 +19,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import networkx as nx
 import numpy as np
 
 from circuits.attribution import attribution_patching
-from circuits.discovery import Selection, select_heads
+from circuits.discovery import Selection, circuit_graph, select_heads
 from circuits.effects import HeadEffects
 from circuits.path_patching import path_patching
 from circuits.patching import Progress, activation_patching
 from circuits.tasks import Task
-from workbench.heads import Head, format_head
+from workbench.heads import Head
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,10 @@ class Discovery:
     scores: np.ndarray  # [n_layers, n_heads]: the score each head was selected on (stage 1 else)
     edges: list[tuple[Any, Any, float]] = field(default_factory=list)
     seconds: float = 0.0
+
+    def graph(self) -> nx.DiGraph:
+        """The circuit as a ``networkx.DiGraph`` (:func:`circuits.discovery.circuit_graph`)."""
+        return circuit_graph(self.circuit, self.scores, self.edges)
 
 
 def _scored(method: str, run: Callable[..., HeadEffects]):
@@ -109,7 +114,3 @@ METHODS: dict[str, Callable[..., Discovery]] = {
     "path": discover_path,
 }
 
-
-def describe_edges(edges) -> list[str]:
-    return [f"{format_head(s)} -> {r if isinstance(r, str) else format_head(r)}"
-            for s, r, _ in edges]

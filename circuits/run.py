@@ -1,4 +1,4 @@
-"""``workbench circuits``: score heads, select circuits, measure faithfulness and overlap, write a run.
+"""``workbench circuits``: score heads, select circuits, measure faithfulness and overlap.
 
 Tables in ``runs/<run_id>/`` (record schema, :mod:`workbench.records`; ``probe`` = the method:
 ``activation_patching``, ``attribution_patching`` or ``path_patching``; ``segment`` = the task name;
@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import torch
 
 from circuits.discovery import Faithfulness, Selection, ablation_means, faithfulness
 from circuits.effects import check_direction, check_positions, spearman
@@ -43,9 +44,12 @@ from circuits.path_patching import check_receiver_input
 from circuits.tasks import Task, load_task
 from workbench.errors import InputError, RunStateError
 from workbench.heads import format_head
-from workbench.records import SCHEMA_VERSION, concat, conform, records, string_column
+from workbench.metrics import accuracy
+from workbench.records import (PROMPTS_SCHEMA, SCHEMA_VERSION, TOKENS_SCHEMA, concat, conform,
+                               records, string_column)
 from workbench.run import git_state, library_versions
 from workbench.store import RunDir
+from workbench.tokens import prompt_rows, token_rows
 
 PROBE = {"activation": "activation_patching", "attribution": "attribution_patching",
          "path": "path_patching"}
@@ -70,7 +74,8 @@ class CircuitsOptions:
     methods: list[str]
     selection: Selection
     discovery: DiscoveryOptions = field(default_factory=DiscoveryOptions)
-    n_random: int = 5  # random circuits for the faithfulness baseline
+    n_random: int = 3  # random circuits for the faithfulness baseline
+    mean_prompts: int | None = None  # corrupted prompts for ablation means (None: the whole file)
     runs_dir: Path = Path("runs")
     run_id: str | None = None
     overwrite: bool = False
@@ -87,7 +92,8 @@ def check_methods(methods: list[str]) -> None:
 
 def check_options(methods: list[str], select: str, *, direction: str, positions: str | None,
                   batch_size: int, heads_per_forward: int | None, stages: int,
-                  receiver_input: str, n_random: int, **run: object) -> CircuitsOptions:
+                  receiver_input: str, n_random: int, mean_prompts: int | None,
+                  **run: object) -> CircuitsOptions:
     """Validate the command line before the model loads.
 
     Raises:
@@ -98,12 +104,14 @@ def check_options(methods: list[str], select: str, *, direction: str, positions:
     check_receiver_input(receiver_input)
     for name, value, least in (("--batch-size", batch_size, 1), ("--stages", stages, 1),
                                ("--n-random", n_random, 0),
+                               ("--mean-prompts", mean_prompts or 1, 1),
                                ("--heads-per-forward", heads_per_forward or 1, 1)):
         if value < least:
             raise InputError(f"{name} must be at least {least}, got {value}")
     discovery = DiscoveryOptions(direction, None if positions in (None, "all") else positions,
                                  batch_size, heads_per_forward, stages, receiver_input)
-    return CircuitsOptions(methods, Selection.parse(select), discovery, n_random, **run)
+    return CircuitsOptions(methods, Selection.parse(select), discovery, n_random, mean_prompts,
+                           **run)
 
 
 def load_tasks(specs: list[str], model, *, n_prompts: int | None, positions: str | None
@@ -141,6 +149,9 @@ def execute_circuits(model, tasks: list[Task], options: CircuitsOptions) -> RunD
     try:
         found = _discover_all(model, tasks, options, timings)
         tables = _tables(model, tasks, found, options, timings, run.run_id)
+        clean = [c for t in tasks for c in t.clean]
+        run.write_table("prompts", pa.table(prompt_rows(clean), schema=PROMPTS_SCHEMA))
+        run.write_table("tokens", pa.table(token_rows(clean, model.tokenizer), schema=TOKENS_SCHEMA))
         written = {}
         for name, table in tables.items():
             run.write_table(name, table)
@@ -158,8 +169,9 @@ def _discover_all(model, tasks, options, timings) -> dict[tuple[str, str], Disco
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     found = {}
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}"),
-                  TimeElapsedColumn(), disable=not options.progress) as bar:
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(),
+               TextColumn("{task.completed} heads x batches"), TimeElapsedColumn())
+    with Progress(*columns, disable=not options.progress) as bar:
         for method in options.methods:
             for task in tasks:
                 handle = bar.add_task(f"{method} {task.name}", total=None)
@@ -176,7 +188,7 @@ def _tables(model, tasks, found, options, timings, run_id: str) -> dict[str, pa.
     for task in tasks:
         effects = found[options.methods[0], task.name].effects[0]
         tables["task_metrics"].append(conform(_task_rows(effects), run_id=run_id, probe="task"))
-        means = ablation_means(model, task, batch_size=options.discovery.batch_size)
+        means = _ablation_means(model, task, options)
         for method in options.methods:
             result, probe = found[method, task.name], PROBE[method]
             tables["head_effects"] += [conform(e.records(), run_id=run_id, probe=probe)
@@ -200,6 +212,14 @@ def _tables(model, tasks, found, options, timings, run_id: str) -> dict[str, pa.
     return {name: concat(parts) for name, parts in tables.items()}
 
 
+def _ablation_means(model, task: Task, options: CircuitsOptions):
+    """Means over the corrupted prompts of the task's whole file (or its first ``mean_prompts``,
+    never fewer than the scored prompts, so every scored prompt's length has a mean)."""
+    n = None if options.mean_prompts is None else max(options.mean_prompts, len(task))
+    source = load_task(task.prompt_set.files[0].path, model, n_prompts=n)
+    return ablation_means(model, source, batch_size=options.discovery.batch_size)
+
+
 def _task_rows(effects) -> pa.Table:
     ids = effects.prompt_ids
     parts = []
@@ -207,7 +227,8 @@ def _task_rows(effects) -> pa.Table:
         parts += [records("logit_diff", ld, prompt_id=string_column(ids, np.arange(len(ids))),
                           segment=effects.task, condition=condition),
                   records("mean_logit_diff", ld.mean(), segment=effects.task, condition=condition),
-                  records("accuracy", (ld > 0).mean(), segment=effects.task, condition=condition)]
+                  records("accuracy", accuracy(torch.from_numpy(ld)), segment=effects.task,
+                          condition=condition)]
     return concat(parts)
 
 
@@ -269,7 +290,8 @@ def _manifest(model, tasks: list[Task], options: CircuitsOptions) -> dict:
               "tasks": [{"name": t.name, "sha256": t.prompt_set.sha256, "n_prompts": len(t)}
                         for t in tasks],
               "methods": options.methods, "selection": str(options.selection),
-              "discovery": asdict(options.discovery), "n_random": options.n_random}
+              "discovery": asdict(options.discovery), "n_random": options.n_random,
+              "mean_prompts": options.mean_prompts}
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
     slug = info.name.rstrip("/").split("/")[-1].replace(" ", "-")
     run_id = options.run_id or f"{slug}-circuits-{'+'.join(t.name for t in tasks)}-{digest}"
@@ -283,7 +305,8 @@ def _manifest(model, tasks: list[Task], options: CircuitsOptions) -> dict:
                     "prepend_bos": info.prepend_bos},
         "probes": [{"name": PROBE[m], "params": {**asdict(options.discovery),
                                                   "selection": str(options.selection),
-                                                  "n_random": options.n_random},
+                                                  "n_random": options.n_random,
+                                                  "mean_prompts": options.mean_prompts},
                     "hook_points": ["attn.hook_z"], "units": UNITS} for m in options.methods],
         "units": UNITS, "record_schema_version": SCHEMA_VERSION,
         "conventions": {"segment": "task name (overlap: 'taskA|taskB')",
@@ -308,7 +331,8 @@ def report(run: RunDir) -> str:
     lines = ["task: mean LD clean / corrupted (logits), accuracy clean / corrupted"]
     tm = frame("task_metrics")
     for task in dict.fromkeys(tm.segment):
-        ld = [value(tm, "mean_logit_diff", segment=task, condition=c) for c in ("clean", "corrupted")]
+        ld = [value(tm, "mean_logit_diff", segment=task, condition=c)
+              for c in ("clean", "corrupted")]
         acc = [value(tm, "accuracy", segment=task, condition=c) for c in ("clean", "corrupted")]
         lines.append(f"  {task}: {ld[0]:.3f} / {ld[1]:.3f}; {acc[0]:.2f} / {acc[1]:.2f}")
     lines.append("circuit: size, faithfulness (circuit/model), normalised, random-circuit baseline")
@@ -326,7 +350,8 @@ def report(run: RunDir) -> str:
                      f"{timings.get(f'{method}.{task}_s')} s; heads {heads}")
     ov = frame("overlap")
     if ov is not None:
-        lines.append("overlap: shared, Jaccard, overlap coefficient, expected shared, p (random sets)")
+        lines.append("overlap: shared, Jaccard, overlap coefficient, expected shared, "
+                     "p (random sets)")
         for (probe, pair), o in ov.groupby(["probe", "segment"], sort=False):
             lines.append(f"  {probe} {pair}: {int(value(o, 'n_shared'))}, "
                          f"{value(o, 'jaccard'):.3f}, {value(o, 'overlap_coefficient'):.3f}, "

@@ -4,8 +4,11 @@ reasoning_about_colored_objects), one-shot, three objects:
     Q: On the desk, I see a green pen, a red cup, and a blue bowl. What color is the cup?
     A: red
 
-    Q: On the {surface}, {there is|you see|I see} a {c1} {o1}, a {c2} {o2}, and a {c3} {o3}. What color is the {q}?
+    Q: On the {surface}, {there is|you see|I see} a {c1} {o1}, a {c2} {o2}, and a {c3} {o3}.
+    What color is the {q}?
     A:
+
+(one line before "A:" in the prompts).
 
 8 colours and 17 objects, all single tokens (with a leading space) for SmolLM2; the three colours and
 three objects of a question are distinct. ``answer`` is the colour of the queried object; the

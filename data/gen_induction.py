@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import random
 
-WORDS = """anchor apple basket blanket bottle bridge bucket button cabin camera candle carpet castle
-chair cloud coin cookie crown desert diamond doctor dragon drum eagle engine farmer feather fence flag
-forest fountain frog garden gate giant glove goat grape guitar hammer harbor helmet honey horse insect
-iron island jacket jelly jewel jungle kettle kitchen kitten knight ladder lake lamp leaf lemon lion
-lizard map market meadow mirror monkey moon needle nest nose novel ocean orchard oven owl parrot pearl
-pencil pepper piano pillow pizza plane puzzle queen quilt rabbit ribbon ring river road rocket rope
-saddle sheep ship shoe snake spoon star stone sugar table tent ticket tiger tomato tree truck tunnel
-umbrella valley vase village violin wagon wallet whale wheel window wolf zebra""".split()
+WORDS = """anchor apple basket blanket bottle bridge bucket button cabin camera candle carpet
+castle chair cloud coin cookie crown desert diamond doctor dragon drum eagle engine farmer feather
+fence flag forest fountain frog garden gate giant glove goat grape guitar hammer harbor helmet
+honey horse insect iron island jacket jelly jewel jungle kettle kitchen kitten knight ladder lake
+lamp leaf lemon lion lizard map market meadow mirror monkey moon needle nest nose novel ocean
+orchard oven owl parrot pearl pencil pepper piano pillow pizza plane puzzle queen quilt rabbit
+ribbon ring river road rocket rope saddle sheep ship shoe snake spoon star stone sugar table tent
+ticket tiger tomato tree truck tunnel umbrella valley vase village violin wagon wallet whale wheel
+window wolf zebra""".split()
 N_WORDS = 10
 PREFIX = "Words: "  # every word then follows a space, so both occurrences tokenise alike
 

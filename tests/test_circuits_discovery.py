@@ -107,6 +107,9 @@ def test_circuit_graph_and_path_discovery(tiny_llama, task_path):
         if receiver != "logits":
             assert receiver in stage1 and sender in stage2 and receiver[0] > sender[0]
             assert weight == pytest.approx(found.effects[1].score[sender])
+    graph = found.graph()
+    assert set(graph.nodes) == {f"{l}.{h}" for l, h in found.circuit} | {"logits"}
+    assert graph.number_of_edges() == len(found.edges)
 
 
 def test_overlap_metrics_and_baseline_on_hand_made_sets():

@@ -113,8 +113,11 @@ def circuits(
     stages: int = typer.Option(2, "--stages", help="Path patching stages."),
     receiver_input: str = typer.Option("qkv", "--receiver-input",
                                        help="Path patching: receiver inputs (q, k, v, qkv ...)."),
-    n_random: int = typer.Option(5, "--n-random",
+    n_random: int = typer.Option(3, "--n-random",
                                  help="Random circuits for the faithfulness baseline."),
+    mean_prompts: Optional[int] = typer.Option(
+        None, "--mean-prompts", help="Corrupted prompts the ablation means average over "
+        "(default: every prompt of the task file)."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: auto)."),
     dtype: Optional[str] = typer.Option(None, help="float32, bfloat16, float16 (default: auto)."),
     prepend_bos: Optional[bool] = typer.Option(
@@ -135,6 +138,7 @@ def circuits(
     options = check_options(method, select, direction=direction, positions=positions,
                             batch_size=batch_size, heads_per_forward=heads_per_forward,
                             stages=stages, receiver_input=receiver_input, n_random=n_random,
+                            mean_prompts=mean_prompts,
                             runs_dir=runs_dir, run_id=run_id, overwrite=overwrite,
                             progress=progress)
     err.print(f"loading model [bold]{model}[/] ...")
