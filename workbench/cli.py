@@ -133,6 +133,56 @@ def list_probes() -> None:
     out.print(table)
 
 
+@app.command("figures")
+def figures_cmd(
+    run: Path = typer.Option(..., "--run", help="Run directory, e.g. runs/<run_id>."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Output folder "
+                                           "(default: <run>/figures)."),
+    formats: str = typer.Option("pdf,svg,png", "--format", help="Comma-separated: pdf, svg, png."),
+    width: str = typer.Option("single", "--width", help="single (3.5 in) or double (7.16 in) "
+                                                        "column."),
+    dpi: int = typer.Option(300, "--dpi", help="PNG resolution at print size."),
+    tables: str = typer.Option("", "--tables", help="Only these tables (comma-separated)."),
+    prompt: list[str] = typer.Option([], "--prompt", help="Prompt id for attention patterns "
+                                                          "(repeatable; default: the first)."),
+    heads: str = typer.Option("", "--heads", help="Heads for attention patterns, e.g. 9.6,3.1."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Write every table's standard figures (PDF/SVG/PNG) with CSV + JSON sidecars."""
+    import time
+
+    from workbench.figures.command import plan_figures
+    from workbench.figures.export import export_figures
+
+    start = time.perf_counter()
+    plots, target, extra, notes = plan_figures(run, out_dir, formats, width, dpi, tables, prompt,
+                                               heads)
+    fmt = tuple(f.strip() for f in formats.split(",") if f.strip())
+    with _progress(progress, len(plots)) as advance:
+        index = export_figures(plots, target, formats=fmt, width=width, dpi=dpi, extra=extra,
+                               on_written=lambda plot, paths: advance())
+    for note in notes:
+        err.print(f"note: {escape(note)}")
+    out.print(f"[green]wrote[/] {len(plots)} figures ({len(plots) * (len(fmt) + 2)} files) to "
+              f"{target} in {time.perf_counter() - start:.1f} s; list: {index}")
+
+
+def _progress(enabled: bool, total: int):
+    import contextlib
+
+    from rich.progress import Progress
+
+    @contextlib.contextmanager
+    def bar():
+        if not enabled:
+            yield lambda: None
+            return
+        with Progress(console=err, transient=True) as prog:
+            task = prog.add_task("figures", total=total)
+            yield lambda: prog.advance(task)
+    return bar()
+
+
 @runs_app.callback()
 def runs_main(ctx: typer.Context, runs_dir: Path = RUNS_DIR) -> None:
     """List runs (with no subcommand)."""
