@@ -285,28 +285,31 @@ def test_registered_set_replaces_generic_figures_for_its_metrics(tmp_path):
         del FIGURE_SETS["probe_a"]
 
 
-def test_entropy_set_matches_the_probes_own_means(tmp_path, small_prompts, capsys):
-    """The entropy heatmap (mean of per-query rows) equals the probe's stored mean_entropy_norm,
-    computed independently inside the probe."""
+def test_entropy_set_matches_the_probes_own_means(tmp_path, small_prompts):
+    """The entropy heatmaps (means of per-query rows) equal the probe's stored mean_* summaries,
+    computed independently inside the probe; the mean_* metrics get no duplicate figures."""
     from workbench.cli import main
     from workbench.store import list_runs
 
     main(["run", "--model", "tiny-gpt2", "--prompts", str(small_prompts), "--runs-dir",
-          str(tmp_path), "--device", "cpu", "--no-progress"])
+          str(tmp_path), "--device", "cpu", "--no-progress", "--param",
+          "attention_entropy.segment=names"])
     [(run, _)] = list_runs(tmp_path)
     source = RunSource(run)
     plots = {p.name: p for p in run_figures(source)}
+    metrics = ("entropy_norm", "entropy", "segment_entropy_norm", "segment_entropy",
+               "segment_mass")
     assert list(plots) == [
         f"attention_entropy__{kind}__{metric}{'__heads' if kind == 'distribution' else ''}"
-        for metric in ("entropy_norm", "entropy") for kind in ("heatmap", "by_depth",
-                                                                "distribution")]
-    stored = run.read_table("attention_entropy", filters=[
-        ("metric", "=", "mean_entropy_norm")]).to_pandas().set_index(["layer", "head"])["value"]
-    heat = plots["attention_entropy__heatmap__entropy_norm"]
-    got = heat.data.set_index(["layer", "head"])["value"]
-    assert len(got) == 16 and np.allclose(got.sort_index(), stored.sort_index(), atol=1e-12)
-    assert (heat.data["n_prompts"] == 3).all()
-    fig = heat.figure()
+        for metric in metrics for kind in ("heatmap", "by_depth", "distribution")]
+    for metric in metrics:
+        stored = run.read_table("attention_entropy", filters=[("metric", "=", f"mean_{metric}")])
+        stored = stored.to_pandas().set_index(["layer", "head"])["value"].sort_index()
+        heat = plots[f"attention_entropy__heatmap__{metric}"]
+        got = heat.data.set_index(["layer", "head"])["value"].sort_index()
+        assert len(got) == 16 and np.allclose(got, stored, atol=1e-12), metric
+        assert (heat.data["n_prompts"] == 3).all()
+    fig = plots["attention_entropy__heatmap__entropy_norm"].figure()
     assert fig.data[0].colorbar.title.text == \
         "normalised entropy<br>(fraction of ln(visible keys))"
     assert source.notes == ["attention_entropy: no attention-pattern records (no metric has "
@@ -317,3 +320,15 @@ def test_figures_package_imports_no_torch():
     code = ("import sys, workbench.figures, workbench.figures.command; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def test_pdf_dates_are_fixed_in_place():
+    from workbench.figures.export import normalise
+
+    raw = b"<</CreationDate (D:20261122200133+05'30')\n/ModDate (D:20261122200133-07'00')>>"
+    fixed = normalise(raw, "pdf")
+    assert fixed == b"<</CreationDate (D:20000101000000+00'00')\n/ModDate (D:20000101000000+00'00')>>"
+    assert len(fixed) == len(raw)  # the PDF's cross-reference offsets stay valid
+    svg = b'<defs id="defs-a1b2c3"><clipPath id="clipa1b2c3x"/><text>a1b2c3</text>'
+    assert normalise(svg, "svg", uid=b"000000") == \
+        b'<defs id="defs-000000"><clipPath id="clip000000x"/><text>a1b2c3</text>'

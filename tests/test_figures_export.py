@@ -60,6 +60,24 @@ def test_export_pdf_svg_png_valid_and_deterministic(browser, tmp_path):
     assert png_size(render(fig, "png", dpi=96, browser=browser)) == (336, height)  # one-shot
 
 
+def test_app_keeps_one_browser_open(browser):
+    """The app's download path: open the browser once, render any figure to bytes, close."""
+    import plotly.graph_objects as go
+
+    from workbench.figures import close_browser, open_browser
+
+    open_browser(browser)
+    try:
+        open_browser(browser)  # idempotent
+        with export_session():  # reuses the open browser
+            screen = go.Figure(go.Scatter(x=[0, 1], y=[1, 0]))  # no size set: 700 x 500
+            assert png_size(render(screen, "png", dpi=96)) == (700, 500)
+        assert export_module._server["running"]
+    finally:
+        close_browser()
+    assert not export_module._server["running"]
+
+
 def test_figures_command_writes_every_figure_with_sidecars(browser, tmp_path, capsys):
     run = make_run(tmp_path / "runs", metrics=("score", "effect"))
     out = tmp_path / "figs"

@@ -14,6 +14,7 @@ PNGs carry no timestamp.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import json
@@ -38,7 +39,7 @@ INSTALL_HINT = ("install Debian's chromium (`sudo apt-get install -y chromium`, 
                 f"or set {BROWSER_ENV} to a Chrome or Chromium executable")
 _SVG_UID = re.compile(rb'id="defs-([0-9a-z]+)"')
 _PDF_DATE = re.compile(rb"/(CreationDate|ModDate) \(D:(\d{14})([^)]*)\)")
-_session = {"depth": 0}
+_server = {"running": False}
 
 
 class BrowserNotFound(WorkbenchError):
@@ -72,31 +73,50 @@ def find_browser() -> Path:
                           f"{INSTALL_HINT}")
 
 
-@contextlib.contextmanager
-def export_session(browser: Path | None = None) -> Iterator[None]:
-    """Keep one browser open while exporting many figures (else every :func:`render` starts one,
-    about 1.5 s). Nested sessions reuse the outer one.
+def open_browser(browser: Path | None = None) -> None:
+    """Start the shared headless browser now and keep it for every later :func:`render` (the app
+    calls this once; it is closed at exit or by :func:`close_browser`). Idempotent.
 
     Raises:
         BrowserNotFound: see :func:`find_browser`.
     """
     import kaleido
 
-    if _session["depth"]:
-        _session["depth"] += 1
-        try:
-            yield
-        finally:
-            _session["depth"] -= 1
+    if _server["running"]:
         return
     kaleido.start_sync_server(path=str(browser or find_browser()), mathjax=False,
                               silence_warnings=True)
-    _session["depth"] = 1
+    _server["running"] = True
+    if not _server.get("atexit"):
+        atexit.register(close_browser)
+        _server["atexit"] = True
+
+
+def close_browser() -> None:
+    """Stop the shared browser if it runs."""
+    import kaleido
+
+    if _server["running"]:
+        _server["running"] = False
+        kaleido.stop_sync_server(silence_warnings=True)
+
+
+@contextlib.contextmanager
+def export_session(browser: Path | None = None) -> Iterator[None]:
+    """One browser for the exports inside the block (else every :func:`render` starts one, about
+    1.5 s); inside an open browser or an outer session it reuses that one.
+
+    Raises:
+        BrowserNotFound: see :func:`find_browser`.
+    """
+    if _server["running"]:
+        yield
+        return
+    open_browser(browser)
     try:
         yield
     finally:
-        _session["depth"] = 0
-        kaleido.stop_sync_server(silence_warnings=True)
+        close_browser()
 
 
 def render(figure: go.Figure | Plot, fmt: str, *, width: Width = "single", dpi: int = 300,
@@ -104,7 +124,8 @@ def render(figure: go.Figure | Plot, fmt: str, *, width: Width = "single", dpi: 
     """A figure as ``pdf``, ``svg`` or ``png`` bytes (what the app's download buttons serve).
 
     Args:
-        figure: a plotly figure (drawn at its layout size) or a :class:`Plot` (drawn at ``width``).
+        figure: a plotly figure (drawn at its layout size, 700 x 500 when unset) or a
+            :class:`Plot` (drawn at ``width``).
         dpi: PNG resolution at the figure's nominal print size (PDF and SVG are vector).
 
     Raises:
@@ -119,9 +140,9 @@ def render(figure: go.Figure | Plot, fmt: str, *, width: Width = "single", dpi: 
     uid = _figure_uid(spec)
     for i, trace in enumerate(spec["data"]):  # plotly.js would draw a random uid per trace
         trace.setdefault("uid", f"{uid.decode()}{i}")
-    opts = {"format": fmt, "width": fig.layout.width, "height": fig.layout.height,
+    opts = {"format": fmt, "width": fig.layout.width or 700, "height": fig.layout.height or 500,
             "scale": dpi / PX_PER_IN if fmt == "png" else 1}
-    if _session["depth"]:
+    if _server["running"]:
         data = kaleido.calc_fig_sync(spec, opts=opts)
     else:
         kopts = {"path": str(browser or find_browser()), "mathjax": False}
@@ -138,8 +159,9 @@ def normalise(data: bytes, fmt: str, *, uid: bytes = b"000000") -> bytes:
     """Remove what differs between two exports of the same figure (see the module docstring)."""
     if fmt == "svg":
         found = _SVG_UID.search(data)
-        if found:
-            data = data.replace(found.group(1), uid)
+        if found:  # only where plotly.js uses the id: clip paths, defs, legends, gradients
+            where = re.compile(rb"(clip|defs-|legend|[\"'#]g)" + re.escape(found.group(1)))
+            data = where.sub(lambda m: m.group(1) + uid, data)
     elif fmt == "pdf":
         data = _PDF_DATE.sub(lambda m: b"/" + m.group(1) + b" (D:20000101000000"
                              + re.sub(rb"\d", b"0", m.group(3)).replace(b"-", b"+") + b")", data)

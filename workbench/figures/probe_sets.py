@@ -11,25 +11,30 @@ from workbench.figures.lines import by_depth, distribution
 from workbench.figures.plot import Plot
 from workbench.figures.registry import FigureOptions, RunSource, register_figure_set
 
-ENTROPY_LABELS = {"entropy_norm": "normalised entropy", "entropy": "entropy"}
+# per-(prompt, query) metric -> label; each also has a mean_<metric> summary per (layer, head)
+ENTROPY_LABELS = {"entropy_norm": "normalised entropy", "entropy": "entropy",
+                  "segment_entropy_norm": "normalised segment entropy",
+                  "segment_entropy": "segment entropy", "segment_mass": "attention on segment"}
 
 
 @register_figure_set("attention_entropy",
-                     covers=("entropy", "entropy_norm", "mean_entropy", "mean_entropy_norm"))
+                     covers=tuple(ENTROPY_LABELS) + tuple(f"mean_{m}" for m in ENTROPY_LABELS))
 def attention_entropy_figures(source: RunSource, table: str, options: FigureOptions
                               ) -> list[Plot]:
-    """Attention entropy (CARVE, arXiv 2509.06461): for the normalised and the raw entropy, a
-    layer x head heatmap of the mean over prompts and queries (equal to the probe's
-    ``mean_entropy*`` summaries), entropy by depth (spread across heads x prompts), and the
-    distribution of the per-head means. The probe stores no attention patterns.
+    """Attention entropy (CARVE, arXiv 2509.06461), for each metric the run has (normalised and
+    raw entropy, and the segment metrics when the probe ran with ``segment=``): a layer x head
+    heatmap of the mean over prompts and queries (equal to the probe's ``mean_*`` summary), the
+    metric by depth (spread across heads x prompts), and the distribution of the per-head means.
+    The probe stores no attention patterns.
     """
+    have = set(source.metrics(table))
     plots = []
-    for metric in ("entropy_norm", "entropy"):
-        present = metric if metric in source.metrics(table) else f"mean_{metric}"
-        if present not in source.metrics(table):
+    for metric, label in ENTROPY_LABELS.items():
+        present = metric if metric in have else f"mean_{metric}"
+        if present not in have:
             continue
         df = source.records(table, present)
-        common = source.labels(table, present, ENTROPY_LABELS[metric])
+        common = source.labels(table, present, label)
         plots += [head_heatmap(df, present, **source.grid(), **common),
                   by_depth(df, present, **common),
                   distribution(df, present, over="heads", **common)]
