@@ -79,6 +79,8 @@ def test_colour_scale_choice():
                                                           "zmax": 0.5}
     assert colour_scale(np.array([0.2, 0.5]), from_zero=True)["zmin"] == 0.0
     assert colour_scale(np.array([0.2, 0.5]), "diverging")["zmid"] == 0.0
+    assert colour_scale(np.array([2.0, 2.0])) == {"colorscale": SEQUENTIAL, "zmin": 1.0,
+                                                  "zmax": 3.0}
     assert axis_title("entropy", "nats") == "entropy (nats)" and axis_title("layer") == "layer"
     assert axis_title("normalised entropy", "fraction of ln(visible keys)", room_px=120) == \
         "normalised entropy<br>(fraction of ln(visible keys))"
@@ -267,14 +269,34 @@ def test_generic_figure_set_follows_the_data_shapes(tmp_path):
     assert not source.notes
 
 
+def test_each_variant_gets_the_figures_its_own_rows_allow(tmp_path):
+    """Segment A has per-head rows, segment B only layer-level rows: no heatmap for B."""
+    from workbench.records import concat, conform, records
+
+    run = make_run(tmp_path / "runs")
+    mix = concat([records("mix", [1.0, 2.0], layer=0, head=[0, 1], prompt_id="p0", segment="A"),
+                  records("mix", [3.0, 4.0], layer=[0, 1], prompt_id="p0", segment="B")])
+    run.write_table("probe_b", conform(mix, run_id="fixture", probe="probe_b"))
+    source = RunSource(run)
+    plots = run_figures(source, FigureOptions(tables=("probe_b",), prompts=("p0",)))
+    assert [p.name for p in plots] == ["probe_b__heatmap__mix__segment=A",
+                                       "probe_b__by_depth__mix__segment=A",
+                                       "probe_b__by_depth__mix__segment=B"]
+    assert plots[2].data["mean"].tolist() == [3.0, 4.0]
+    assert plots[0].params["table"] == "probe_b"
+    # patterns were asked for (--prompt) and the table has none: say so
+    assert source.notes == ["probe_b: no attention-pattern records (no metric has query_pos and "
+                            "key_pos for a head), so no pattern figures"]
+
+
 def test_registered_set_replaces_generic_figures_for_its_metrics(tmp_path):
     source = RunSource(make_run(tmp_path / "runs"))
 
     def only_score(src, table, options):
         return [head_heatmap(src.records(table, "score"), "score", name="custom")]
 
-    register_figure_set("probe_a", covers=("score", "attn", "sink", "effect", "seg_mass"))(
-        only_score)
+    register_figure_set("probe_a", covers=("score", "attn", "sink", "effect", "seg_mass"),
+                        patterns=True)(only_score)
     try:
         assert [p.name for p in run_figures(source)] == ["custom", "probe_a__by_depth__layer_norm"]
         assert source.notes == ["probe_a: no attention-pattern records (no metric has query_pos "
@@ -327,7 +349,8 @@ def test_pdf_dates_are_fixed_in_place():
 
     raw = b"<</CreationDate (D:20261122200133+05'30')\n/ModDate (D:20261122200133-07'00')>>"
     fixed = normalise(raw, "pdf")
-    assert fixed == b"<</CreationDate (D:20000101000000+00'00')\n/ModDate (D:20000101000000+00'00')>>"
+    assert fixed == (b"<</CreationDate (D:20000101000000+00'00')\n"
+                     b"/ModDate (D:20000101000000+00'00')>>")
     assert len(fixed) == len(raw)  # the PDF's cross-reference offsets stay valid
     svg = b'<defs id="defs-a1b2c3"><clipPath id="clipa1b2c3x"/><text>a1b2c3</text>'
     assert normalise(svg, "svg", uid=b"000000") == \

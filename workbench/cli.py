@@ -151,36 +151,22 @@ def figures_cmd(
     """Write every table's standard figures (PDF/SVG/PNG) with CSV + JSON sidecars."""
     import time
 
+    from rich.progress import Progress
+
     from workbench.figures.command import plan_figures
     from workbench.figures.export import export_figures
 
     start = time.perf_counter()
-    plots, target, extra, notes = plan_figures(run, out_dir, formats, width, dpi, tables, prompt,
-                                               heads)
-    fmt = tuple(f.strip() for f in formats.split(",") if f.strip())
-    with _progress(progress, len(plots)) as advance:
-        index = export_figures(plots, target, formats=fmt, width=width, dpi=dpi, extra=extra,
-                               on_written=lambda plot, paths: advance())
-    for note in notes:
+    job = plan_figures(run, out_dir, formats, width, dpi, tables, prompt, heads)
+    with Progress(console=err, transient=True, disable=not progress) as bar:
+        task = bar.add_task("figures", total=len(job.plots))
+        index = export_figures(job.plots, job.out_dir, formats=job.formats, width=width, dpi=dpi,
+                               extra=job.extra, on_written=lambda *_: bar.advance(task))
+    for note in job.notes:
         err.print(f"note: {escape(note)}")
-    out.print(f"[green]wrote[/] {len(plots)} figures ({len(plots) * (len(fmt) + 2)} files) to "
-              f"{target} in {time.perf_counter() - start:.1f} s; list: {index}")
-
-
-def _progress(enabled: bool, total: int):
-    import contextlib
-
-    from rich.progress import Progress
-
-    @contextlib.contextmanager
-    def bar():
-        if not enabled:
-            yield lambda: None
-            return
-        with Progress(console=err, transient=True) as prog:
-            task = prog.add_task("figures", total=total)
-            yield lambda: prog.advance(task)
-    return bar()
+    out.print(f"[green]wrote[/] {len(job.plots)} figures ({len(job.plots) * (len(job.formats) + 2)}"
+              f" files) to {escape(str(job.out_dir))} in {time.perf_counter() - start:.1f} s; "
+              f"list: {escape(str(index))}")
 
 
 @runs_app.callback()

@@ -3,6 +3,7 @@ and shape every figure of the run (so bad input fails before the first file is w
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from workbench.errors import InputError
@@ -14,19 +15,27 @@ from workbench.heads import parse_heads
 from workbench.store import RunDir
 
 
+@dataclass(frozen=True)
+class FigureJob:
+    """What to write: the shaped figures and the checked options."""
+
+    plots: list[Plot]
+    out_dir: Path
+    formats: tuple[str, ...]
+    extra: dict  # run provenance for the sidecars
+    notes: list[str]  # for the user (e.g. no attention patterns to draw)
+
+
 def plan_figures(run_path: Path, out_dir: Path | None, formats: str, width: str, dpi: int,
                  tables: str = "", prompts: list[str] | None = None, heads: str = ""
-                 ) -> tuple[list[Plot], Path, dict, list[str]]:
+                 ) -> FigureJob:
     """Validate the command's options and shape the run's figures.
-
-    Returns:
-        (plots, output folder, run provenance for the sidecars, notes for the user).
 
     Raises:
         InputError: an unknown format, width, table, prompt id or head, or a bad dpi.
         RunStateError: ``run_path`` is not a run directory. BrowserNotFound: no Chromium.
     """
-    fmt = [f.strip() for f in formats.split(",") if f.strip()]
+    fmt = tuple(dict.fromkeys(f.strip() for f in formats.split(",") if f.strip()))
     bad = [f for f in fmt if f not in FORMATS]
     if not fmt or bad:
         raise InputError(f"--format {formats!r}: expected a comma-separated subset of "
@@ -46,7 +55,8 @@ def plan_figures(run_path: Path, out_dir: Path | None, formats: str, width: str,
     extra = {"run": {"run_id": run.run_id, "model": m.get("model", {}).get("name"),
                      "prompts_sha256": m.get("prompts", {}).get("sha256"),
                      "git_commit": m.get("git", {}).get("commit")}}
-    return plots, Path(out_dir) if out_dir else run.path / "figures", extra, source.notes
+    return FigureJob(plots, Path(out_dir) if out_dir else run.path / "figures", fmt, extra,
+                     source.notes)
 
 
 def _check_tables(source: RunSource, tables: str) -> tuple[str, ...]:

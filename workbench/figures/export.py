@@ -35,8 +35,8 @@ FORMATS = ("pdf", "svg", "png")
 BROWSER_ENV = "WORKBENCH_BROWSER"
 DEFAULT_BROWSER = Path("/usr/bin/chromium")
 BROWSER_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
-INSTALL_HINT = ("install Debian's chromium (`sudo apt-get install -y chromium`, or `make browser`), "
-                f"or set {BROWSER_ENV} to a Chrome or Chromium executable")
+INSTALL_HINT = ("install Debian's chromium (`sudo apt-get install -y chromium`, or "
+                f"`make browser`), or set {BROWSER_ENV} to a Chrome or Chromium executable")
 _SVG_UID = re.compile(rb'id="defs-([0-9a-z]+)"')
 _PDF_DATE = re.compile(rb"/(CreationDate|ModDate) \(D:(\d{14})([^)]*)\)")
 _server = {"running": False}
@@ -58,7 +58,8 @@ def find_browser() -> Path:
         if explicit:
             if os.path.isfile(explicit) and os.access(explicit, os.X_OK):
                 return Path(explicit)
-            raise BrowserNotFound(f"{env}={explicit!r} is not an executable browser; {INSTALL_HINT}")
+            raise BrowserNotFound(f"{env}={explicit!r} is not an executable browser; "
+                                  f"{INSTALL_HINT}")
     candidates = [str(DEFAULT_BROWSER)] + [shutil.which(n) or "" for n in BROWSER_NAMES]
     for candidate in candidates:
         if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):

@@ -56,7 +56,8 @@ def draw_heatmap(data: pd.DataFrame, params: dict, width: Width) -> go.Figure:
     fig = base_figure(width, height=height)
     label, unit = params["label"], params["unit"]
     fig.add_trace(go.Heatmap(
-        x=list(range(n_layers)), y=list(range(n_heads)), z=_grid(data, "value", (n_heads, n_layers)),
+        x=list(range(n_layers)), y=list(range(n_heads)),
+        z=_grid(data, "value", (n_heads, n_layers)),
         customdata=_grid(data, "n_prompts", (n_heads, n_layers)),
         colorbar=colorbar(colorbar_title(label, unit)),
         hovertemplate=(f"layer %{{x}}, head %{{y}}<br>{label}: %{{z:.4g}}"
@@ -106,7 +107,8 @@ def _token_axis(data: pd.DataFrame, side: str) -> tuple[list[int], dict]:
     step = -(-len(positions) // MAX_TICK_LABELS)
     ticks = [p for p in positions[::step] if p in labels.index]
     return positions, {"tickmode": "array", "tickvals": ticks,
-                       "ticktext": [labels[p] for p in ticks], "tickfont": {"size": pt(TICK_PT - 1)}}
+                       "ticktext": [labels[p] for p in ticks],
+                       "tickfont": {"size": pt(TICK_PT - 1)}}
 
 
 @drawer("pattern")
@@ -114,7 +116,8 @@ def draw_pattern(data: pd.DataFrame, params: dict, width: Width) -> go.Figure:
     queries, y_axis = _token_axis(data, "query")
     keys, x_axis = _token_axis(data, "key")
     z = np.full((len(queries), len(keys)), np.nan)
-    z[data["query_pos"].to_numpy() - queries[0], data["key_pos"].to_numpy() - keys[0]] = data["value"]
+    rows, cols = data["query_pos"].to_numpy() - queries[0], data["key_pos"].to_numpy() - keys[0]
+    z[rows, cols] = data["value"].to_numpy()
     fig = base_figure(width, aspect=0.92)
     label, unit = params["label"], params["unit"]
     fig.add_trace(go.Heatmap(

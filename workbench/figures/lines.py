@@ -10,8 +10,9 @@ import plotly.graph_objects as go
 from workbench.figures.plot import Plot, drawer, safe_name
 from workbench.figures.shapes import (INTERVAL_LABELS, INTERVALS, group_mean, histogram,
                                       parse_sweep, qualifier, select, spread, unit_means)
-from workbench.figures.style import (LINE_PX, Width, axis_title, base_figure, categorical,
-                                     colorbar, layer_ticks, sequential_colours, translucent)
+from workbench.figures.style import (LINE_PX, SEQUENTIAL, Width, axis_title, base_figure,
+                                     categorical, colorbar, layer_ticks, sequential_colours,
+                                     translucent)
 
 MAX_SERIES = 8  # dose-response curves drawn per head before pooling the heads
 
@@ -97,7 +98,7 @@ def draw_position_profile(data: pd.DataFrame, params: dict, width: Width) -> go.
                                                "<extra></extra>"))
     # an invisible marker trace carries the depth colourbar
     fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", hoverinfo="skip",
-                             name="depth", marker={"colorscale": "Viridis", "cmin": 0,
+                             name="depth", marker={"colorscale": SEQUENTIAL, "cmin": 0,
                                                    "cmax": n_layers - 1, "color": [0],
                                                    "showscale": True,
                                                    "colorbar": colorbar("layer")}))

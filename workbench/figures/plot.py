@@ -1,4 +1,4 @@
-"""A figure as data: :class:`Plot` holds exactly the table a figure draws and the parameters it uses.
+"""A figure as data: :class:`Plot` holds exactly the table a figure draws and its parameters.
 
 A figure function (``head_heatmap``, ``by_depth`` ...) shapes records into a :class:`Plot`; the
 drawer registered for its ``kind`` turns ``(data, params)`` into a plotly figure. Because a drawer

@@ -17,7 +17,7 @@ ENTROPY_LABELS = {"entropy_norm": "normalised entropy", "entropy": "entropy",
                   "segment_entropy": "segment entropy", "segment_mass": "attention on segment"}
 
 
-@register_figure_set("attention_entropy",
+@register_figure_set("attention_entropy", patterns=True,
                      covers=tuple(ENTROPY_LABELS) + tuple(f"mean_{m}" for m in ENTROPY_LABELS))
 def attention_entropy_figures(source: RunSource, table: str, options: FigureOptions
                               ) -> list[Plot]:
@@ -25,7 +25,7 @@ def attention_entropy_figures(source: RunSource, table: str, options: FigureOpti
     raw entropy, and the segment metrics when the probe ran with ``segment=``): a layer x head
     heatmap of the mean over prompts and queries (equal to the probe's ``mean_*`` summary), the
     metric by depth (spread across heads x prompts), and the distribution of the per-head means.
-    The probe stores no attention patterns.
+    Attention patterns when the table has them (this probe stores none: the command notes it).
     """
     have = set(source.metrics(table))
     plots = []

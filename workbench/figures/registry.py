@@ -22,7 +22,7 @@ A metric whose rows differ in ``segment`` or ``condition`` gets one figure per c
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 
 import pandas as pd
@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 from workbench.figures.grid import attention_pattern, head_heatmap
 from workbench.figures.lines import by_depth, dose_response, position_profile
 from workbench.figures.plot import Plot
-from workbench.figures.shapes import parse_sweep
+from workbench.figures.shapes import parse_sweep, select
 from workbench.heads import Head
 from workbench.store import META_TABLES, RunDir
 
@@ -107,22 +107,29 @@ FigureBuilder = Callable[[RunSource, str, FigureOptions], list[Plot]]
 
 @dataclass(frozen=True)
 class FigureSet:
-    """A table's standard figures: ``build`` draws the metrics in ``covers``."""
+    """A table's standard figures: ``build`` draws the metrics in ``covers``; ``patterns`` says
+    that the set includes attention patterns when the table stores them (drawn by the generic
+    figures of the metrics with query_pos and key_pos; a note when there are none)."""
 
     build: FigureBuilder
-    covers: tuple[str, ...] = field(default=())
+    covers: tuple[str, ...] = ()
+    patterns: bool = False
 
 
 FIGURE_SETS: dict[str, FigureSet] = {}
 
 
-def register_figure_set(table: str, *, covers: tuple[str, ...] = ()
+def register_figure_set(table: str, *, covers: tuple[str, ...] = (), patterns: bool = False
                         ) -> Callable[[FigureBuilder], FigureBuilder]:
-    """Register ``build`` as the figure set of ``table`` (one per table)."""
+    """Register ``build`` as the figure set of ``table`` (one per table; see :class:`FigureSet`).
+
+    Raises:
+        ValueError: ``table`` already has a set.
+    """
     def register(build: FigureBuilder) -> FigureBuilder:
         if table in FIGURE_SETS:
             raise ValueError(f"table {table!r} already has a figure set")
-        FIGURE_SETS[table] = FigureSet(build=build, covers=tuple(covers))
+        FIGURE_SETS[table] = FigureSet(build=build, covers=tuple(covers), patterns=patterns)
         return build
     return register
 
@@ -135,19 +142,24 @@ class MetricShape:
     head: bool
     query: bool
     key: bool
-    variants: tuple[dict, ...]  # where-filters over segment / condition (sweeps excluded)
-    sweeps: tuple[dict, ...]  # where-filters over segment for the name=number conditions
+    variants: tuple[dict, ...] = ()  # where-filters over segment / condition (sweeps excluded)
+    sweeps: tuple[dict, ...] = ()  # where-filters over segment for the name=number conditions
 
 
 def metric_shape(df: pd.DataFrame) -> MetricShape:
+    """The shape of one metric's records (``df``: rows of that metric)."""
     conditions = df["condition"].dropna().unique()
     swept = [c for c in conditions if parse_sweep(c)]
     is_sweep = df["condition"].isin(swept)
-    return MetricShape(layer=bool(df["layer"].notna().any()), head=bool(df["head"].notna().any()),
-                       query=bool(df["query_pos"].notna().any()),
-                       key=bool(df["key_pos"].notna().any()),
+    return MetricShape(**_coordinates(df),
                        variants=_variants(df[~is_sweep], ["segment", "condition"]),
                        sweeps=_variants(df[is_sweep], ["segment"]))
+
+
+def _coordinates(df: pd.DataFrame) -> dict[str, bool]:
+    return {"layer": bool(df["layer"].notna().any()), "head": bool(df["head"].notna().any()),
+            "query": bool(df["query_pos"].notna().any()),
+            "key": bool(df["key_pos"].notna().any())}
 
 
 def _variants(df: pd.DataFrame, columns: list[str]) -> tuple[dict, ...]:
@@ -169,14 +181,15 @@ def generic_figures(source: RunSource, table: str, metric: str, options: FigureO
     common = source.labels(table, metric)
     plots = []
     for where in shape.variants[:options.max_variants]:
-        if shape.head:
+        has = _coordinates(select(df, metric, where))
+        if has["head"]:
             plots.append(head_heatmap(df, metric, where=where, **source.grid(), **common))
-        if shape.layer:
+        if has["layer"]:
             plots.append(by_depth(df, metric, where=where, **common))
-        if shape.layer and shape.key:
+        if has["layer"] and has["key"]:
             plots.append(position_profile(df, metric, where=where, n_layers=source.n_layers,
                                           **common))
-        if shape.query and shape.key:
+        if has["query"] and has["key"]:
             plots.extend(pattern_figures(source, table, metric, options, where))
     if len(shape.variants) > options.max_variants:
         source.note(f"{table}.{metric}: {len(shape.variants)} segment/condition variants, drew "
@@ -188,18 +201,23 @@ def generic_figures(source: RunSource, table: str, metric: str, options: FigureO
 
 def pattern_figures(source: RunSource, table: str, metric: str, options: FigureOptions,
                     where: dict | None = None) -> list[Plot]:
-    """Attention patterns of ``metric`` for the chosen prompts and heads (see FigureOptions)."""
+    """Attention patterns of ``metric`` (rows matching ``where``) for the chosen prompts and heads
+    (see FigureOptions); none when the run has no tokens table or the metric no such rows."""
     df = source.records(table, metric)
     tokens = source.tokens()
-    rows = df[df["query_pos"].notna() & df["key_pos"].notna() & df["head"].notna()]
-    if tokens is None or rows.empty:
+    try:
+        rows = select(df, metric, where, need=("query_pos", "key_pos", "layer", "head"))
+    except ValueError:
+        return []
+    if tokens is None:
         return []
     prompts = list(options.prompts) or sorted(rows["prompt_id"].dropna().unique())[:1]
     plots = []
     for prompt_id in prompts:
         present = rows[rows["prompt_id"] == prompt_id][["layer", "head"]].drop_duplicates()
         have = sorted((int(r.layer), int(r.head)) for r in present.itertuples())
-        heads = [h for h in options.heads if h in have] if options.heads else have[:MAX_PATTERN_HEADS]
+        heads = ([h for h in options.heads if h in have] if options.heads
+                 else have[:MAX_PATTERN_HEADS])
         plots.extend(attention_pattern(df, tokens, metric, prompt_id, layer, head, where=where,
                                        **source.labels(table, metric)) for layer, head in heads)
     return plots
@@ -207,7 +225,8 @@ def pattern_figures(source: RunSource, table: str, metric: str, options: FigureO
 
 def table_figures(source: RunSource, table: str, options: FigureOptions) -> list[Plot]:
     """A table's registered figure set plus the generic figures of every metric it does not
-    cover; a note when the table stores no attention patterns."""
+    cover; a note when no pattern could be drawn although the set includes patterns or the
+    options ask for some."""
     figure_set = FIGURE_SETS.get(table)
     plots = figure_set.build(source, table, options) if figure_set else []
     covered = figure_set.covers if figure_set else ()
@@ -216,7 +235,8 @@ def table_figures(source: RunSource, table: str, options: FigureOptions) -> list
             plots.extend(generic_figures(source, table, metric, options))
     for plot in plots:
         plot.params.setdefault("table", table)
-    if not any(p.kind == "pattern" for p in plots):
+    wanted = (figure_set and figure_set.patterns) or options.prompts or options.heads
+    if wanted and not any(p.kind == "pattern" for p in plots):
         source.note(f"{table}: no attention-pattern records (no metric has query_pos and key_pos "
                     "for a head), so no pattern figures")
     return plots

@@ -88,7 +88,10 @@ def colour_scale(values: np.ndarray, scale: str = "auto", *, from_zero: bool = F
         return {"colorscale": DIVERGING, "zmid": 0.0, "zmin": -bound, "zmax": bound}
     if scale != "sequential":
         raise ValueError(f"scale {scale!r} is not one of auto, sequential, diverging")
-    return {"colorscale": SEQUENTIAL, "zmin": lo, "zmax": hi if hi > lo else lo + 1.0}
+    if hi == lo:  # constant: centre the one colour on the value
+        pad = abs(lo) / 2 or 0.5
+        lo, hi = lo - pad, hi + pad
+    return {"colorscale": SEQUENTIAL, "zmin": lo, "zmax": hi}
 
 
 def sequential_colours(n: int) -> list[str]:
