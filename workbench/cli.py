@@ -133,6 +133,42 @@ def list_probes() -> None:
     out.print(table)
 
 
+@app.command("figures")
+def figures_cmd(
+    run: Path = typer.Option(..., "--run", help="Run directory, e.g. runs/<run_id>."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Output folder "
+                                           "(default: <run>/figures)."),
+    formats: str = typer.Option("pdf,svg,png", "--format", help="Comma-separated: pdf, svg, png."),
+    width: str = typer.Option("single", "--width", help="single (3.5 in) or double (7.16 in) "
+                                                        "column."),
+    dpi: int = typer.Option(300, "--dpi", help="PNG resolution at print size."),
+    tables: str = typer.Option("", "--tables", help="Only these tables (comma-separated)."),
+    prompt: list[str] = typer.Option([], "--prompt", help="Prompt id for attention patterns "
+                                                          "(repeatable; default: the first)."),
+    heads: str = typer.Option("", "--heads", help="Heads for attention patterns, e.g. 9.6,3.1."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Write every table's standard figures (PDF/SVG/PNG) with CSV + JSON sidecars."""
+    import time
+
+    from rich.progress import Progress
+
+    from workbench.figures.command import plan_figures
+    from workbench.figures.export import export_figures
+
+    start = time.perf_counter()
+    job = plan_figures(run, out_dir, formats, width, dpi, tables, prompt, heads)
+    with Progress(console=err, transient=True, disable=not progress) as bar:
+        task = bar.add_task("figures", total=len(job.plots))
+        index = export_figures(job.plots, job.out_dir, formats=job.formats, width=width, dpi=dpi,
+                               extra=job.extra, on_written=lambda *_: bar.advance(task))
+    for note in job.notes:
+        err.print(f"note: {escape(note)}")
+    out.print(f"[green]wrote[/] {len(job.plots)} figures ({len(job.plots) * (len(job.formats) + 2)}"
+              f" files) to {escape(str(job.out_dir))} in {time.perf_counter() - start:.1f} s; "
+              f"list: {escape(str(index))}")
+
+
 @runs_app.callback()
 def runs_main(ctx: typer.Context, runs_dir: Path = RUNS_DIR) -> None:
     """List runs (with no subcommand)."""
