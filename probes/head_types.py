@@ -143,48 +143,47 @@ def detection_pattern(detector: Detector, input_ids: Int[Tensor, "batch pos"],
     return out & (j <= i)[None] & real[:, :, None] & real[:, None, :]
 
 
-def score_keep(lengths: Int[Tensor, " batch"], seq_len: int, *, exclude_bos: bool = False,
-               exclude_current_token: bool = False) -> Bool[Tensor, "batch query_pos key_pos"]:
-    """The (query, key) pairs that count: real queries and keys, minus key 0 (``exclude_bos``)
-    and the diagonal (``exclude_current_token``)."""
-    pos = torch.arange(seq_len, device=lengths.device)
-    real = pos[None, :] < lengths[:, None]
-    keep = real[:, :, None] & real[:, None, :]
-    if exclude_bos:
-        keep &= (pos != 0)[None, None, :]
-    if exclude_current_token:
-        keep &= (pos[:, None] != pos[None, :])[None]
-    return keep
-
-
 def head_scores(pattern: Float[Tensor, "batch head_index query_pos key_pos"],
-                detection: Bool[Tensor, "batch query_pos key_pos"],
-                keep: Bool[Tensor, "batch query_pos key_pos"], lengths: Int[Tensor, " batch"]
+                detection: Bool[Tensor, "batch query_pos key_pos"], lengths: Int[Tensor, " batch"],
+                *, exclude_bos: bool = False, exclude_current_token: bool = False
                 ) -> tuple[Float[Tensor, "batch head_index"], Float[Tensor, "batch head_index"]]:
-    """``(mul, abs)`` scores of every head against a 0/1 detection pattern, per prompt.
+    """``(mul, abs)`` scores of every head against a 0/1 detection pattern, per prompt, in fp32.
 
-    ``mul = sum(A P) / sum(A)`` and ``abs = 1 - sum|A - P| / length`` over the ``keep`` pairs,
-    with ``|A - P| = A + P - 2 A P`` (exact for P in {0, 1} and A in [0, 1]), so no
-    ``[batch, head, query, key]`` temporary is made; fp32; ``mul`` is NaN where ``sum(A) = 0``.
-    ``pattern`` is not modified. Source: TransformerLens ``head_detector.py``
-    (``compute_head_attention_similarity_score``).
+    Over the prompt's real (query, key) pairs, minus key 0 (``exclude_bos``) and the diagonal
+    (``exclude_current_token``): ``mul = sum(A P) / sum(A)`` (NaN where ``sum(A) = 0``) and
+    ``abs = 1 - sum|A - P| / length`` with ``|A - P| = A + P - 2 A P`` (exact for P in {0, 1}).
+    ``sum(A P)`` gathers the pattern's entries and ``sum(A)`` uses row sums, so no
+    ``[batch, head, query, key]`` temporary is made; ``pattern`` is not modified.
+    Source: TransformerLens ``head_detector.py`` (``compute_head_attention_similarity_score``).
     """
-    a = pattern.float()
-    keep_f = keep.to(a.dtype)
-    p = (detection & keep).to(a.dtype)
-    total = torch.einsum("bhqk,bqk->bh", a, keep_f)
-    overlap = torch.einsum("bhqk,bqk->bh", a, p)
-    n_pattern = p.sum((-1, -2))[:, None]
-    mul = overlap / total
-    abs_ = 1 - (total + n_pattern - 2 * overlap) / lengths.to(a.device)[:, None].to(a.dtype)
-    return mul, abs_
+    n_batch, n_heads, seq, _ = pattern.shape
+    dev = pattern.device
+    pos = torch.arange(seq, device=dev)
+    is_real = pos[None, :] < lengths.to(dev)[:, None]  # [batch, pos]
+    real = is_real.float()
+    det = detection.to(dev) & is_real[:, :, None] & is_real[:, None, :]
+    if exclude_bos:
+        det = det & (pos != 0)[None, None, :]
+    if exclude_current_token:
+        det = det & (pos[:, None] != pos[None, :])[None]
+    b, q, k = det.nonzero(as_tuple=True)
+    overlap = torch.zeros(n_batch, n_heads, device=dev).index_add_(0, b, pattern[b, :, q, k].float())
+    total = torch.einsum("bhq,bq->bh", pattern.sum(-1, dtype=torch.float32), real)
+    if exclude_bos:
+        total -= torch.einsum("bhq,bq->bh", pattern[..., 0].float(), real)
+    if exclude_current_token:
+        total -= torch.einsum("bhq,bq->bh", pattern.diagonal(dim1=-2, dim2=-1).float(), real)
+    if exclude_bos and exclude_current_token:
+        total += pattern[:, :, 0, 0].float()  # (0, 0) was subtracted twice
+    n_target = det.sum((-1, -2)).float()[:, None]
+    abs_ = 1 - (total + n_target - 2 * overlap) / lengths.to(dev)[:, None].float()
+    return overlap / total, abs_
 
 
 @dataclass
 class _State:
     batch: Any
     patterns: list[Tensor]  # one [batch, query, key] bool per detector
-    keep: Tensor
     scores: dict[int, list[tuple[Tensor, Tensor]]] = field(default_factory=dict)
 
 
@@ -242,13 +241,12 @@ class HeadTypes(Probe):
         segments = {s: batch.segment_mask(s) for d in self._detectors for s in d.segments}
         patterns = [detection_pattern(d, batch.input_ids, batch.lengths, segments)
                     for d in self._detectors]
-        keep = score_keep(batch.lengths, batch.seq_len, exclude_bos=self.exclude_bos,
-                          exclude_current_token=self.exclude_current_token)
-        return _State(batch, patterns, keep)
+        return _State(batch, patterns)
 
     def observe(self, state: _State, layer: int, point: str, activation: Tensor) -> None:
+        opts = dict(exclude_bos=self.exclude_bos, exclude_current_token=self.exclude_current_token)
         state.scores[layer] = [
-            tuple(x.cpu() for x in head_scores(activation, p, state.keep, state.batch.lengths))
+            tuple(x.cpu() for x in head_scores(activation, p, state.batch.lengths, **opts))
             for p in state.patterns]
 
     def finish(self, state: _State) -> pa.Table | None:

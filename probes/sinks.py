@@ -36,7 +36,8 @@ def query_sums(pattern: Float[Tensor, "batch head_index query_pos key_pos"],
     """
     real = (torch.arange(pattern.shape[-2], device=pattern.device)[None, :]
             < lengths.to(pattern.device)[:, None])
-    return torch.einsum("bhqk,bq->bhk", pattern.float(), real.float())
+    a = pattern.float()
+    return torch.matmul(real.to(a.dtype)[:, None, None, :], a)[:, :, 0, :]  # batched GEMV
 
 
 def queries_seeing(lengths: Int[Tensor, " batch"], seq_len: int, window: int | None
@@ -81,9 +82,10 @@ def segment_shares(rows: Float[Tensor, "batch head_index query_pos key_pos"],
     VAR's ``HeadFork`` computes the sink ``portion = 1 - nonsink_share`` and keeps a head as
     segment-centric when ``portion <= rho`` (0.5) and ``mass >= 0.2``.
     """
-    mass = torch.einsum("bhqk,bk->bhq", rows, in_segment.to(rows.dtype))
-    nonsink = torch.einsum("bhqk,bk->bhq", rows, (in_segment & ~is_sink).to(rows.dtype))
-    return mass, nonsink / mass
+    keys = torch.stack([in_segment, in_segment & ~is_sink], -1).to(rows.dtype)  # [batch, key, 2]
+    both = torch.matmul(rows, keys[:, None])  # [batch, head, query, 2]
+    mass = both[..., 0]
+    return mass, both[..., 1] / mass
 
 
 @dataclass

@@ -10,7 +10,7 @@ from transformer_lens import head_detector as tl
 
 from probes import make_probes
 from probes.head_types import (HeadTypes, detection_pattern, head_scores, parse_detector,
-                               read_detectors_file, score_keep)
+                               read_detectors_file)
 from tests.conftest import DATA, write_jsonl
 from tests.hf_reference import hf_forward, run_probe, tiny_hf
 from workbench.errors import InputError
@@ -103,10 +103,10 @@ def test_scores_equal_slow_loop_with_padding(exclude_bos, exclude_current):
     lengths = torch.tensor([8, 5])
     pattern = random_pattern(2, 3, 8)
     before = pattern.clone()
-    keep = score_keep(lengths, 8, exclude_bos=exclude_bos, exclude_current_token=exclude_current)
     for name in ("previous_token", "duplicate_token", "induction"):
         det = detection_pattern(builtin(name), ids, lengths)
-        mul, abs_ = head_scores(pattern, det, keep, lengths)
+        mul, abs_ = head_scores(pattern, det, lengths, exclude_bos=exclude_bos,
+                                exclude_current_token=exclude_current)
         for b, n in enumerate(lengths.tolist()):
             want_mul, want_abs = slow_scores(pattern[b].double().numpy(), det[b].double().numpy(),
                                              n, exclude_bos, exclude_current)
@@ -121,8 +121,7 @@ def test_scores_equal_transformer_lens_single_prompt():
     for name in ("previous_token", "duplicate_token", "induction"):
         det = detection_pattern(builtin(name), TOKENS[None], lengths)
         for exclude_bos in (False, True):
-            keep = score_keep(lengths, 8, exclude_bos=exclude_bos)
-            mul, abs_ = head_scores(pattern, det, keep, lengths)
+            mul, abs_ = head_scores(pattern, det, lengths, exclude_bos=exclude_bos)
             for h in range(2):
                 kw = dict(detection_pattern=det[0].float(), exclude_bos=exclude_bos,
                           exclude_current_token=False)
