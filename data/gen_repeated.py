@@ -1,8 +1,8 @@
 """``repeated_tokens.jsonl``: random SmolLM2 token sequences, each repeated twice.
 
 The standard input for duplicate-token and induction heads (Olsson et al. 2022, arXiv 2209.11895;
-TransformerLens ``head_detector.py``): on the second copy an induction head at token ``t`` attends to
-the token that followed the earlier occurrence of ``t``.
+TransformerLens ``head_detector.py``): on the second copy an induction head at token ``t`` attends
+to the token that followed the earlier occurrence of ``t``.
 
 A prompt file stores text, not ids, so the tokens are drawn from those that survive a round trip:
 single lower-case words with a leading space (``" the"``, ``" pro"``) whose text tokenises back to
@@ -23,7 +23,8 @@ WORD = re.compile(r" [a-z]{3,}")
 
 
 def candidate_tokens(tok) -> list[int]:
-    """Ids of tokens that decode to ``" word"`` (3+ lower-case letters) and re-encode to themselves."""
+    """Ids of tokens that decode to ``" word"`` (3+ lower-case letters) and re-encode to
+    themselves."""
     out = []
     for i in range(len(tok)):
         text = tok.decode([i])

@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
@@ -167,7 +166,8 @@ def head_scores(pattern: Float[Tensor, "batch head_index query_pos key_pos"],
     if exclude_current_token:
         det = det & (pos[:, None] != pos[None, :])[None]
     b, q, k = det.nonzero(as_tuple=True)
-    overlap = torch.zeros(n_batch, n_heads, device=dev).index_add_(0, b, pattern[b, :, q, k].float())
+    overlap = torch.zeros(n_batch, n_heads, device=dev)
+    overlap.index_add_(0, b, pattern[b, :, q, k].float())  # [entries, head] summed per prompt
     total = torch.einsum("bhq,bq->bh", pattern.sum(-1, dtype=torch.float32), real)
     if exclude_bos:
         total -= torch.einsum("bhq,bq->bh", pattern[..., 0].float(), real)

@@ -1,9 +1,11 @@
-"""Massive activations in the residual stream (Sun et al. 2024, arXiv 2402.17762; METHODS.md section 2).
+"""Massive activations in the residual stream (Sun et al. 2024, arXiv 2402.17762; METHODS.md
+section 2).
 
 An entry ``x`` of the hidden state entering layer ``l`` (``resid_pre[l]``, Hugging Face
 ``hidden_states[l]``) is *massive* when ``|x| > abs_threshold`` (100) AND
-``|x| >= median_ratio * median|x|`` (1000; "about 1,000 times larger than the median", not 100x), the
-median taken over that prompt's hidden state at that layer (every real token, every dimension). They
+``|x| >= median_ratio * median|x|`` (1000; "about 1,000 times larger than the median", not 100x),
+the median taken over that prompt's hidden state at that layer (every real token, every dimension).
+They
 sit in a few fixed dimensions, usually at the first token and at the first delimiter. The dimensions
 are discovered from the data (:func:`sink_dims_from_records`), never hard-coded per model.
 
@@ -75,7 +77,8 @@ def resid_stats(resid: Float[Tensor, "batch pos d_model"], lengths: Int[Tensor, 
                       np_(dim), np_(resid[bi, pos, dim].double()))
 
 
-def sink_dims_from_records(table: pa.Table, min_prompt_frac: float = 0.5) -> list[tuple[int, float]]:
+def sink_dims_from_records(table: pa.Table, min_prompt_frac: float = 0.5
+                           ) -> list[tuple[int, float]]:
     """Sink dimensions found in a ``massive_activations`` table: every dimension that carries a
     massive activation (any layer, any token) in at least ``min_prompt_frac`` of the prompts.
 

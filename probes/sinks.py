@@ -24,6 +24,7 @@ from probes.base import Probe
 from probes.massive import MassiveActivations, sink_dims_from_records
 from workbench.errors import InputError
 from workbench.records import concat, records, string_column
+from workbench.run import BatchHooks
 from workbench.tokens import make_batches, pad_token_id
 
 
@@ -218,7 +219,7 @@ class AttentionSink(Probe):
     def finish(self, state: _State) -> pa.Table | None:
         batch, layers = state.batch, sorted(state.sums)
         lengths, ids = batch.lengths.cpu(), batch.prompt_ids
-        sums = torch.stack([state.sums[layer] for layer in layers]).double()  # [L, batch, head, key]
+        sums = torch.stack([state.sums[layer] for layer in layers]).double()  # [L, b, head, key]
         count = torch.stack([queries_seeing(lengths, batch.seq_len, state.windows[layer])
                              for layer in layers])
         received = sums / count.clamp_min(1)[:, :, None, :]
@@ -317,8 +318,6 @@ def discover_sink_dims(model: Any, tokenized: list, batch_size: int = 8
     """Sink dimensions of ``model`` on ``tokenized`` prompts: one pass of
     :class:`probes.massive.MassiveActivations` (default thresholds, ``top_k=1``) over them, then
     :func:`probes.massive.sink_dims_from_records`. Returns ``[(dim, fraction of prompts)]``."""
-    from workbench.run import BatchHooks
-
     probe = MassiveActivations(top_k=1)
     hooks = BatchHooks(model, [probe])
     tables = [hooks.run_batch(b).get(probe.name)

@@ -24,7 +24,8 @@ def hf_forward(hf_model, input_ids: np.ndarray) -> tuple[list[np.ndarray], list[
 
 
 def run_probe(model, prompt_path, tmp_path, name: str, batch_size: int = 2, **params):
-    """Run one probe through ``execute_run``; returns (records DataFrame, tokenized prompts, run)."""
+    """Run one probe through ``execute_run``; returns (records DataFrame, tokenized prompts,
+    run)."""
     probes = make_probes([name], {name: params})
     prompt_set = load_prompt_set(prompt_path)
     run = execute_run(model, prompt_set, probes,

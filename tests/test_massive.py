@@ -74,8 +74,9 @@ def test_real_model_matches_hugging_face_hidden_states(smollm2, smollm2_hf, tmp_
     assert len({t.n_tokens for t in tokenized}) > 1  # padding exercised
     per = table[table.prompt_id.notna()]
     dim_prompts: dict[int, set] = {}
-    token0 = np.zeros(30)
-    for tok in tokenized:
+    dim_first: dict[int, int] = {}
+    token0, medians, maxima = np.zeros(30), np.zeros((6, 30)), np.zeros((6, 30))
+    for i, tok in enumerate(tokenized):
         _, hidden = hf_forward(smollm2_hf, tok.input_ids)
         rows = per[per.prompt_id == tok.id]
         first_layer = {}
@@ -91,8 +92,10 @@ def test_real_model_matches_hugging_face_hidden_states(smollm2, smollm2_hf, tmp_
             got = at[at.metric == "massive"]
             assert dict(zip(zip(got.key_pos, got.dim), got.value)) == pytest.approx(massive,
                                                                                     rel=1e-5)
+            medians[i, layer], maxima[i, layer] = med, top[0][2]
             for pos, dim in massive:
                 first_layer.setdefault(pos, layer)
+                dim_first.setdefault(dim, layer)
                 dim_prompts.setdefault(dim, set()).add(tok.id)
             token0[layer] += any(p == 0 for p, _ in massive)
         got_first = rows[rows.metric == "first_massive_layer"]
@@ -101,6 +104,11 @@ def test_real_model_matches_hugging_face_hidden_states(smollm2, smollm2_hf, tmp_
     want_dims = {d: len(s) / 6 for d, s in dim_prompts.items() if len(s) / 6 >= 0.5}
     sink = summary[summary.metric == "sink_dim"]
     assert dict(zip(sink.dim, sink.value)) == want_dims == {507: 1.0}
+    first = summary[summary.metric == "sink_dim_first_layer"]
+    assert dict(zip(first.dim, first.value)) == {507: dim_first[507]} == {507: 12}
+    for metric, want in (("mean_median_abs", medians), ("mean_max_abs", maxima)):
+        got = summary[summary.metric == metric].sort_values("layer").value
+        np.testing.assert_allclose(got, want.mean(0), rtol=1e-5)
     frac0 = summary[summary.metric == "token0_massive_frac"].sort_values("layer")
     np.testing.assert_allclose(frac0.value, token0 / 6)
     layer0 = summary[summary.metric == "token0_massive_layer"].value.item()
