@@ -13,6 +13,8 @@ Sets (JSONL, format in workbench/prompts.py):
   the three name tokens (``S1``, ``IO``, ``S2``).
 * ``natural.jsonl`` - natural English prose: consecutive sentences of the license texts in
   /usr/share/common-licenses (on every Debian machine), 48 to 80 SmolLM2 tokens per prompt.
+* ``repeated_tokens.jsonl`` - 32 sequences of 24 random SmolLM2 word tokens, each repeated twice
+  (for previous-token, duplicate-token and induction heads; see data/gen_repeated.py).
 
 The SmolLM2 tokenizer decides token counts, so the sets fit the default model exactly.
 """
@@ -28,6 +30,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]  # the workbench package, and data/gen_*.py modules
+
+from gen_repeated import gen_repeated  # noqa: E402
 
 # Wang et al. (2022) IOI templates, as in the paper's released dataset code ("[B]" is the subject,
 # "[A]" the indirect object; the final "[A]" is the answer and is cut off the prompt).
@@ -162,7 +166,7 @@ def gen_natural(tok, min_tokens: int = 48, max_tokens: int = 80, per_file: int =
 
 # name -> function(tokenizer) -> rows; the set is written to data/<name>.jsonl. Larger generators
 # live in data/gen_<name>.py and are imported here.
-GENERATORS = {"ioi": gen_ioi, "natural": gen_natural}
+GENERATORS = {"ioi": gen_ioi, "natural": gen_natural, "repeated_tokens": gen_repeated}
 
 
 def render(rows: list[dict]) -> str:

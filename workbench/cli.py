@@ -128,7 +128,9 @@ def list_probes() -> None:
 
     table = Table("probe", "hook points", "parameters (default)", "metrics")
     for name, cls in PROBES.items():
-        params = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls))
+        params = ", ".join(
+            f"{f.name}={f.default_factory() if f.default is dataclasses.MISSING else f.default!r}"
+            for f in dataclasses.fields(cls))
         table.add_row(name, ", ".join(cls.hook_points), params or "-", ", ".join(cls.units))
     out.print(table)
 

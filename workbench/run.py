@@ -32,7 +32,7 @@ from workbench.models import LoadedModel
 from workbench.prompts import PromptSet
 from workbench.records import PROMPTS_SCHEMA, SCHEMA_VERSION, TOKENS_SCHEMA, concat, conform
 from workbench.store import RunDir
-from workbench.tokens import (Batch, TokenizedPrompt, make_batches, prompt_rows,
+from workbench.tokens import (Batch, TokenizedPrompt, make_batches, pad_token_id, prompt_rows,
                               tokenize_prompt_set, token_rows)
 
 STOP_HOOK = "ln_final.hook_in"
@@ -125,10 +125,7 @@ def execute_run(model: LoadedModel, prompt_set: PromptSet, probes: Sequence[Any]
         check_hook_points(model, probe)
         probe.check(tokenized, model)
     probes = [probe.prepare(model, tokenized) for probe in probes]
-    pad_id = model.tokenizer.pad_token_id
-    if pad_id is None:
-        pad_id = model.tokenizer.eos_token_id if model.tokenizer.eos_token_id is not None else 0
-    batches = make_batches(tokenized, options.batch_size, pad_id)
+    batches = make_batches(tokenized, options.batch_size, pad_token_id(model.tokenizer))
     t_tok = time.perf_counter() - t0
 
     key = _config_key(model, prompt_set, probes, options.batch_size)

@@ -141,6 +141,15 @@ class Batch:
                      self.attention_mask.to(device), self.lengths.to(device))
 
 
+def pad_token_id(tokenizer) -> int:
+    """The id used to fill padding: the tokenizer's pad token, else its EOS token, else 0 (padded
+    positions are masked, so the choice never changes a result)."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
 def make_batches(tokenized: list[TokenizedPrompt], batch_size: int, pad_id: int,
                  *, sort_by_length: bool = True) -> list[Batch]:
     """Split into batches of at most ``batch_size`` prompts, right-padded to the longest.
