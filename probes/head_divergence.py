@@ -7,11 +7,11 @@ default)::
     vhd[l, h, i] = || out[l, h](with segment)[i] - out[l, h](without segment)[i'] ||_2
 
 ``out`` is the head's output before W_O (``hook_z``, default) or after it (``hook_result``), and
-``i'`` is the same token in the run without the segment. Three ways to remove the segment
-(``removal``):
+``i'`` is the same token in the run without the segment (``workbench/removal.py``). Three ways to
+remove the segment (``removal``):
 
 * ``drop`` (default; "remove the image"): the segment's tokens are deleted, later tokens move
-  ``n`` positions left (``i' = i - #segment tokens before i``; RoPE phases change with them);
+  left (``i' = i - #segment tokens before i``; RoPE phases change with them);
 * ``filler``: the segment's ``n`` tokens are replaced by the filler text's tokens repeated to
   exactly ``n`` tokens (default ``"."``: ``n`` dots, the "filler tokens" of Pfau et al. 2024,
   arXiv 2404.15758), so the length and all positions are kept (``i' = i``);
@@ -39,13 +39,12 @@ from torch import Tensor
 from probes.base import Probe
 from workbench.errors import InputError
 from workbench.records import concat, records, string_column
+from workbench.removal import (POSITIONS, REMOVALS, WithoutSegment, check_removable,
+                               without_segment)
 from workbench.selection import DIVERGENCE_METRIC, NORM_WITHOUT_METRIC
 from workbench.tokens import Batch, TokenizedPrompt, pad_token_id
-from workbench.vision import IMAGE_SEGMENT
 
-REMOVALS = ("drop", "filler", "mean_embed")
 OUTPUTS = ("hook_z", "hook_result")
-POSITIONS = ("last", "after", "all")
 EMBED_HOOK = "hook_embed"
 STOP_HOOK = "ln_final.hook_in"
 
@@ -69,46 +68,6 @@ def token_vhd(vhd: Float[Tensor, "n heads"], top_k: int) -> Float[Tensor, " n"]:
     layer); all heads when there are fewer. k = 8 follows a re-implementation of He et al. 2024
     (arXiv 2412.13949); unverified against the paper's code."""
     return vhd.topk(min(top_k, vhd.shape[-1]), dim=-1).values.mean(-1)
-
-
-def query_positions(n_tokens: int, segment: np.ndarray, which: str) -> np.ndarray:
-    """Query positions (in the run with the segment) where divergence is measured.
-
-    ``last``: the last token; ``after``: every token after the segment's last one; ``all``: every
-    token outside the segment. Positions inside the segment are never returned.
-    """
-    if which == "last":
-        pos = np.array([n_tokens - 1])
-    elif which == "after":
-        pos = np.arange(int(segment.max()) + 1 if segment.size else 0, n_tokens)
-    else:
-        pos = np.arange(n_tokens)
-    return np.setdiff1d(pos, segment).astype(np.int64)
-
-
-def dropped_positions(positions: np.ndarray, segment: np.ndarray) -> np.ndarray:
-    """Where ``positions`` (outside ``segment``, sorted) land once the segment's tokens are
-    deleted: each moves left by the number of segment tokens before it."""
-    return positions - np.searchsorted(np.sort(segment), positions)
-
-
-@dataclass
-class _Plan:
-    """One batch's run without the segment, and the (prompt, query) pairs to compare."""
-
-    input_ids: Tensor  # [batch, pos], same width as the batch
-    attention_mask: Tensor  # [batch, pos]
-    pixel_values: Tensor | None  # the images that stay
-    embed_mask: Tensor | None  # [batch, pos] bool: positions whose embedding is replaced
-    rows: Tensor  # [n] batch row of each pair
-    q_with: Tensor  # [n] query position in the run with the segment
-    q_without: Tensor  # [n] the same token's position in the run without it
-
-    def kwargs(self) -> dict[str, Tensor]:
-        out = {"attention_mask": self.attention_mask}
-        if self.pixel_values is not None:
-            out["pixel_values"] = self.pixel_values
-        return out
 
 
 class _Stop(Exception):
@@ -188,7 +147,7 @@ class HeadDivergence(Probe):
         if self.removal == "filler":
             self._filler_tokens(model.tokenizer)
         for tok in tokenized:
-            self._check_prompt(tok)
+            check_removable(tok, self.segment, self.removal, self.positions)
 
     def _check_hooks(self, model: Any) -> None:
         last = model.info.n_layers - 1
@@ -215,32 +174,6 @@ class HeadDivergence(Probe):
             raise InputError(f"probe head_divergence: filler {self.filler!r} has no tokens")
         return tuple(int(i) for i in ids)
 
-    def _check_prompt(self, tok: TokenizedPrompt) -> None:
-        where = f"{tok.prompt.source}: prompt {tok.id!r}, segment {self.segment!r}"
-        if self.segment not in tok.segments:
-            raise InputError(f"{tok.prompt.source}: prompt {tok.id!r} has no segment "
-                             f"{self.segment!r} (probe head_divergence)")
-        seg = tok.segments[self.segment]
-        if seg.size == tok.n_tokens:
-            raise InputError(f"{where}: the segment covers the whole prompt ({tok.n_tokens} "
-                             "tokens); nothing would remain without it")
-        if query_positions(tok.n_tokens, seg, self.positions).size == 0:
-            hint = ("the last token is in the segment" if self.positions != "after"
-                    else "no token follows the segment")
-            raise InputError(f"{where}: no query position outside the segment (positions="
-                             f"{self.positions}: {hint}); choose positions=all or a segment "
-                             "before the question")
-        image = tok.segments.get(IMAGE_SEGMENT) if tok.pixel_values is not None else None
-        if image is not None and self.segment != IMAGE_SEGMENT:
-            overlap = np.intersect1d(image, seg).size
-            if overlap and (overlap != image.size or self.removal == "mean_embed"):
-                raise InputError(f"{where}: the segment covers {overlap} of the image's "
-                                 f"{image.size} tokens; an image is removed whole, and only by "
-                                 "drop or filler")
-        if self.segment == IMAGE_SEGMENT and image is not None and self.removal == "mean_embed":
-            raise InputError(f"{where}: removal=mean_embed replaces token embeddings (hook_embed); "
-                             "image tokens carry vision features: use removal=drop or filler")
-
     def prepare(self, model: Any, tokenized: list[TokenizedPrompt]) -> "HeadDivergence":
         if self.removal == "filler":
             return self.derived(_filler_ids=self._filler_tokens(model.tokenizer))
@@ -263,7 +196,8 @@ class HeadDivergence(Probe):
     # --- the two forward passes ------------------------------------------------------------------
 
     def run_batch(self, model: Any, batch: Batch) -> pa.Table | None:
-        plan = self._plan(model, batch)
+        plan = without_segment(batch, self.segment, self.removal, self.positions,
+                               pad_token_id(model.tokenizer), self._filler_ids)
         n_layers, n_heads = model.info.n_layers, model.info.n_heads
         stats = torch.zeros(3, n_layers, plan.rows.numel(), n_heads, device=batch.input_ids.device)
         saved: list[Tensor | None] = [None] * n_layers
@@ -271,7 +205,7 @@ class HeadDivergence(Probe):
         if self.output == "hook_result":
             model.bridge.set_use_attn_result(True)
         try:
-            self._forward(model, plan.input_ids, plan.kwargs(),
+            self._forward(model, plan.input_ids, plan.model_kwargs(),
                           self._hooks(model, plan, saved, stats, without=True))
             self._forward(model, batch.input_ids, batch.model_kwargs(),
                           self._hooks(model, plan, saved, stats, without=False))
@@ -279,7 +213,8 @@ class HeadDivergence(Probe):
             model.bridge.set_use_attn_result(previous)
         return self._records(batch, plan, stats.cpu())
 
-    def _hooks(self, model: Any, plan: _Plan, saved: list, stats: Tensor, *, without: bool):
+    def _hooks(self, model: Any, plan: WithoutSegment, saved: list, stats: Tensor, *,
+               without: bool):
         def make(layer: int):
             def hook(act, hook):
                 picked = act[plan.rows, plan.q_without if without else plan.q_with]
@@ -313,42 +248,9 @@ class HeadDivergence(Probe):
             except _Stop:
                 pass
 
-    def _plan(self, model: Any, batch: Batch) -> _Plan:
-        """The input without the segment (same width as the batch) and the query pairs."""
-        width, pad = batch.seq_len, pad_token_id(model.tokenizer)
-        ids = torch.full((batch.size, width), pad, dtype=torch.long)
-        mask = torch.zeros((batch.size, width), dtype=torch.long)
-        embed_mask = torch.zeros((batch.size, width), dtype=torch.bool)
-        rows, q_with, q_without, pixels = [], [], [], []
-        for b, tok in enumerate(batch.prompts):
-            seg = tok.segments[self.segment]
-            keep = np.setdiff1d(np.arange(tok.n_tokens), seg)
-            q = query_positions(tok.n_tokens, seg, self.positions)
-            new = tok.input_ids[keep] if self.removal == "drop" else tok.input_ids.copy()
-            if self.removal == "filler":
-                new[seg] = np.resize(np.asarray(self._filler_ids, dtype=np.int64), seg.size)
-            elif self.removal == "mean_embed":
-                embed_mask[b, torch.from_numpy(seg)] = True
-            if self.removal != "drop" and len(new) != tok.n_tokens:  # pragma: no cover
-                raise RuntimeError(f"prompt {tok.id!r}: removal={self.removal} changed the length")
-            ids[b, :len(new)] = torch.from_numpy(new)
-            mask[b, :len(new)] = 1
-            rows.append(np.full(q.size, b))
-            q_with.append(q)
-            q_without.append(dropped_positions(q, seg) if self.removal == "drop" else q)
-            image = tok.segments.get(IMAGE_SEGMENT)
-            if tok.pixel_values is not None and np.intersect1d(image, seg).size == 0:
-                pixels.append(tok.pixel_values)
-        dev = batch.input_ids.device
-        cat = lambda parts: torch.as_tensor(np.concatenate(parts), device=dev)  # noqa: E731
-        return _Plan(ids.to(dev), mask.to(dev),
-                     torch.stack(pixels).to(dev) if pixels else None,
-                     embed_mask.to(dev) if self.removal == "mean_embed" else None,
-                     cat(rows), cat(q_with), cat(q_without))
-
     # --- records ---------------------------------------------------------------------------------
 
-    def _records(self, batch: Batch, plan: _Plan, stats: Tensor) -> pa.Table:
+    def _records(self, batch: Batch, plan: WithoutSegment, stats: Tensor) -> pa.Table:
         n_layers, n_pairs, n_heads = stats.shape[1:]
         vhd, norm_with, norm_without = stats.double()
         rel = torch.where(norm_with > 0, vhd / norm_with, torch.full_like(vhd, float("nan")))

@@ -12,14 +12,14 @@ import pytest
 import torch
 
 from probes import make_probes
-from probes.head_divergence import (HeadDivergence, dropped_positions, head_divergence,
-                                    query_positions, token_vhd)
+from probes.head_divergence import HeadDivergence, head_divergence, token_vhd
 from tests.conftest import DATA, write_jsonl
 from tests.hf_heads import divergence, head_outputs
 from workbench.errors import InputError
 from workbench.models import MODELS
 from workbench.prompts import load_prompt_set
 from workbench.records import concat
+from workbench.removal import dropped_positions, query_positions, without_segment
 from workbench.run import RunOptions, execute_run
 from workbench.tokens import Batch, TokenizedPrompt, make_batches, tokenize_prompt_set
 
@@ -97,9 +97,8 @@ def fake_batch(ids: list[int], seg: list[int]) -> Batch:
 ])
 def test_without_inputs_hand_built(removal, ids, mask, q_without):
     """Token ids [10..14], segment at positions 1-2, filler token 7, padding 0."""
-    probe = HeadDivergence(segment="seg", removal=removal).derived(_filler_ids=(7,))
-    model = SimpleNamespace(tokenizer=SimpleNamespace(pad_token_id=0, eos_token_id=0))
-    plan = probe._plan(model, fake_batch([10, 11, 12, 13, 14], [1, 2]))
+    plan = without_segment(fake_batch([10, 11, 12, 13, 14], [1, 2]), "seg", removal, "last",
+                           pad_id=0, filler_ids=(7,))
     assert plan.input_ids.tolist() == [ids] and plan.attention_mask.tolist() == [mask]
     assert plan.q_with.tolist() == [4] and plan.q_without.tolist() == [q_without]
     if removal == "mean_embed":
