@@ -22,9 +22,9 @@ counterfactual_context_closed``:
   prompt's tokens minus the passage's (checked here with the SmolLM2 tokenizer), so it is also what
   the head-divergence probe's ``removal=drop`` feeds the model.
 
-Zero-shot works best for SmolLM2-135M: with one or two worked examples before the question it
-copied the passage less reliably (measured on the capital items: accuracy 1.00 zero-shot, 0.77
-one-shot).
+Zero-shot works best for SmolLM2-135M: in a trial on 22 capital items the same format without
+worked examples reached accuracy 1.00 with the passage (0.00 without), one worked example before
+the question only 0.77. The shipped set's accuracies are in the README (experiments/context_ablation).
 """
 
 from __future__ import annotations

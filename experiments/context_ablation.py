@@ -95,7 +95,8 @@ def random_draws(n_layers: int, n_heads: int, k: int, draws: int, seed: int) -> 
 
 def _ablations(model: Any, prompt_set: PromptSet, top: list[Head], draws: list[list[Head]],
                batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-prompt logit differences with ``top`` ablated ``[n]`` and with each draw ``[draw, n]``."""
+    """Per-prompt logit differences with ``top`` ablated, ``[n]``, and with each draw ablated,
+    ``[draw, n]``."""
     ablated_top = task_logit_diff(model, prompt_set, top, batch_size)
     per_draw = np.stack([task_logit_diff(model, prompt_set, heads, batch_size) for heads in draws])
     return ablated_top, per_draw

@@ -164,7 +164,8 @@ class HeadDivergence(Probe):
                 model.bridge.set_use_attn_result(True)
             except Exception as err:  # noqa: BLE001 - the bridge refuses: report, do not crash
                 raise InputError(f"probe head_divergence: model {model.info.name!r} cannot "
-                                 f"expose per-head hook_result ({err}); use output=hook_z") from None
+                                 f"expose per-head hook_result ({err}); use output=hook_z"
+                                 ) from None
             finally:
                 model.bridge.set_use_attn_result(previous)
 
@@ -222,7 +223,7 @@ class HeadDivergence(Probe):
                     saved[layer] = picked.clone()
                 else:
                     dist, norm_with, norm_without = head_divergence(picked, saved[layer])
-                    stats[0, layer], stats[1, layer], stats[2, layer] = dist, norm_with, norm_without
+                    stats[:, layer] = torch.stack([dist, norm_with, norm_without])
                     saved[layer] = None
             return hook
         hooks = [(f"blocks.{layer}.attn.{self.output}", make(layer))

@@ -59,7 +59,7 @@ def vhd_of(table: pd.DataFrame, prompt_id: str, query_pos: int, metric="vhd") ->
     return rows.pivot(index="layer", columns="head", values="value").to_numpy()
 
 
-# --- hand cases ----------------------------------------------------------------------------------
+# --- hand cases -----------------------------------------------------------------------------------
 
 def test_head_divergence_hand_case():
     with_ = torch.tensor([[[3.0, 4.0], [1.0, 0.0]]])  # [n=1, head=2, d=2]
@@ -107,7 +107,7 @@ def test_without_inputs_hand_built(removal, ids, mask, q_without):
         assert plan.embed_mask is None
 
 
-# --- against plain Hugging Face ---------------------------------------------------------------------
+# --- against plain Hugging Face -------------------------------------------------------------------
 
 def reference_inputs(model, hf_model, tok: TokenizedPrompt, removal: str, mean_embed=None):
     """The without-segment input for the plain HF model, built independently of the probe."""
@@ -240,7 +240,7 @@ def test_retrieval_shaped_prompts(tiny_llama, tiny_llama_hf, tmp_path):
                                        rtol=1e-4, atol=1e-4)
 
 
-# --- bad input ---------------------------------------------------------------------------------------
+# --- bad input ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("rows, params, message", [
     ([{"id": "x", "text": "Hello there", "segments": {"other": [0, 5]}}], {},
@@ -289,7 +289,7 @@ def test_cli_parses_choices(tiny_llama):
     assert probe[1].segment_query == "all"
 
 
-# --- the real model --------------------------------------------------------------------------------
+# --- the real model -------------------------------------------------------------------------------
 
 @pytest.mark.real_model
 def test_divergence_matches_hf_o_proj_input_on_smollm2(smollm2, smollm2_hf, tmp_path):
