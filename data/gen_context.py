@@ -24,7 +24,8 @@ counterfactual_context_closed``:
 
 Zero-shot works best for SmolLM2-135M: in a trial on 22 capital items the same format without
 worked examples reached accuracy 1.00 with the passage (0.00 without), one worked example before
-the question only 0.77. The shipped set's accuracies are in the README (experiments/context_ablation).
+the question only 0.77. The shipped set's accuracies are in the README
+(``python -m experiments.context_ablation``).
 """
 
 from __future__ import annotations
