@@ -15,6 +15,9 @@ Sets (JSONL, format in workbench/prompts.py):
   /usr/share/common-licenses (on every Debian machine), 48 to 80 SmolLM2 tokens per prompt.
 * ``repeated_tokens.jsonl`` - 32 sequences of 24 random SmolLM2 word tokens, each repeated twice
   (for previous-token, duplicate-token and induction heads; see data/gen_repeated.py).
+* ``counterfactual_context.jsonl`` and ``counterfactual_context_closed.jsonl`` - questions whose
+  answer is only in a one-sentence passage (counterfactual facts, invented people), and the same
+  questions without the passage; see ``gen_context.py``.
 
 The SmolLM2 tokenizer decides token counts, so the sets fit the default model exactly.
 """
@@ -31,6 +34,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]  # the workbench package, and data/gen_*.py modules
 
+from gen_context import gen_counterfactual_context, gen_counterfactual_context_closed  # noqa: E402
 from gen_repeated import gen_repeated  # noqa: E402
 
 # Wang et al. (2022) IOI templates, as in the paper's released dataset code ("[B]" is the subject,
@@ -166,7 +170,9 @@ def gen_natural(tok, min_tokens: int = 48, max_tokens: int = 80, per_file: int =
 
 # name -> function(tokenizer) -> rows; the set is written to data/<name>.jsonl. Larger generators
 # live in data/gen_<name>.py and are imported here.
-GENERATORS = {"ioi": gen_ioi, "natural": gen_natural, "repeated_tokens": gen_repeated}
+GENERATORS = {"ioi": gen_ioi, "natural": gen_natural, "repeated_tokens": gen_repeated,
+              "counterfactual_context": gen_counterfactual_context,
+              "counterfactual_context_closed": gen_counterfactual_context_closed}
 
 
 def render(rows: list[dict]) -> str:

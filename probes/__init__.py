@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from probes.base import Probe, build_probe
 from probes.entropy import AttentionEntropy
+from probes.head_divergence import HeadDivergence
 from probes.head_types import HeadTypes
 from probes.massive import MassiveActivations
 from probes.sinks import AttentionSink
 from workbench.errors import InputError
 
 PROBES: dict[str, type[Probe]] = {cls.name: cls for cls in (
-    AttentionEntropy, AttentionSink, MassiveActivations, HeadTypes)}
+    AttentionEntropy, AttentionSink, MassiveActivations, HeadTypes, HeadDivergence)}
 
 
 def make_probes(names: list[str], params: dict[str, dict[str, str]] | None = None) -> list[Probe]:

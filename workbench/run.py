@@ -120,7 +120,8 @@ def execute_run(model: LoadedModel, prompt_set: PromptSet, probes: Sequence[Any]
     """
     t0 = time.perf_counter()
     tokenized = tokenize_prompt_set(prompt_set, model.tokenizer, prepend_bos=model.info.prepend_bos,
-                                    n_ctx=model.info.n_ctx, model_name=model.info.name)
+                                    n_ctx=model.info.n_ctx, model_name=model.info.name,
+                                    images=model.images)
     for probe in probes:
         check_hook_points(model, probe)
         probe.check(tokenized, model)
@@ -228,8 +229,7 @@ class BatchHooks:
             self.states = [p.start(batch, self.model) for p in self.probes]
             with torch.inference_mode(), self.model.bridge.hooks(fwd_hooks=self.hooks):
                 try:
-                    self.model.bridge(batch.input_ids, attention_mask=batch.attention_mask,
-                                      return_type=None)
+                    self.model.bridge(batch.input_ids, return_type=None, **batch.model_kwargs())
                 except _StopForward:
                     pass
             for probe, state in zip(self.probes, self.states):
