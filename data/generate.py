@@ -13,6 +13,9 @@ Sets (JSONL, format in workbench/prompts.py):
   the three name tokens (``S1``, ``IO``, ``S2``).
 * ``natural.jsonl`` - natural English prose: consecutive sentences of the license texts in
   /usr/share/common-licenses (on every Debian machine), 48 to 80 SmolLM2 tokens per prompt.
+* ``retrieval.jsonl`` - lost-in-the-middle key-value retrieval (``gen_retrieval.py``): 12
+  ``Name: word`` lines, the asked-for line at six controlled depths, segments ``passage``,
+  ``needle``, ``question``; single-token answer and distractor (another word of the passage).
 
 The SmolLM2 tokenizer decides token counts, so the sets fit the default model exactly.
 """
@@ -28,6 +31,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]  # the workbench package, and data/gen_*.py modules
+
+from gen_retrieval import gen_retrieval  # noqa: E402
 
 # Wang et al. (2022) IOI templates, as in the paper's released dataset code ("[B]" is the subject,
 # "[A]" the indirect object; the final "[A]" is the answer and is cut off the prompt).
@@ -162,7 +167,7 @@ def gen_natural(tok, min_tokens: int = 48, max_tokens: int = 80, per_file: int =
 
 # name -> function(tokenizer) -> rows; the set is written to data/<name>.jsonl. Larger generators
 # live in data/gen_<name>.py and are imported here.
-GENERATORS = {"ioi": gen_ioi, "natural": gen_natural}
+GENERATORS = {"ioi": gen_ioi, "natural": gen_natural, "retrieval": gen_retrieval}
 
 
 def render(rows: list[dict]) -> str:
