@@ -73,7 +73,7 @@ def profile_by_decile(table: pd.DataFrame, layers: list[int]) -> pd.DataFrame:
     the positions of each tenth of the prompt (decile 0 holds the first token), at ``layers``."""
     rows = table[(table.metric == "last_token_profile") & table.layer.isin(layers)].copy()
     n = rows.groupby("prompt_id").key_pos.transform("max") + 1
-    rows["decile"] = (rows.key_pos * 10 // n).clip(upper=9)
+    rows["decile"] = (rows.key_pos * 10 // n).clip(upper=9).astype(int)
     wide = rows.groupby(["condition", "layer", "decile"]).value.mean().unstack("decile") * 100
     wide.columns = [f"d{c}" for c in wide.columns]
     return wide
