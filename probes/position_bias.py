@@ -34,8 +34,13 @@ from workbench.models import encode
 from workbench.records import concat, records, string_column
 
 CONDITIONS = ("product", "rollout")
-SUMMARY_METRICS = ("first_token_mass", "first_k_mass", "last_k_mass", "middle_mass",
-                   "primacy_index", "relative_position", "segment_mass")
+_SUMMARY_UNITS = {
+    "first_token_mass": "fraction of attention", "first_k_mass": "fraction of attention",
+    "last_k_mass": "fraction of attention", "middle_mass": "fraction of attention",
+    "primacy_index": "index in [-1, 1]", "relative_position": "fraction of prompt length",
+    "segment_mass": "fraction of attention",
+}
+SUMMARY_METRICS = tuple(_SUMMARY_UNITS)
 
 
 def layer_attention(pattern: Float[Tensor, "batch head_index query_pos key_pos"],
@@ -159,11 +164,7 @@ class PositionBias(Probe):
     hook_points: ClassVar[tuple[str, ...]] = ("attn.hook_pattern",)
     units: ClassVar[dict[str, str]] = {
         "last_token_profile": "fraction of attention", "column_sum": "attention (sums to n)",
-        "first_token_mass": "fraction of attention", "first_k_mass": "fraction of attention",
-        "last_k_mass": "fraction of attention", "middle_mass": "fraction of attention",
-        "segment_mass": "fraction of attention", "primacy_index": "index in [-1, 1]",
-        "relative_position": "fraction of prompt length",
-        **{f"mean_{m}": "mean over prompts" for m in SUMMARY_METRICS},
+        **_SUMMARY_UNITS, **{f"mean_{m}": unit for m, unit in _SUMMARY_UNITS.items()},
     }
 
     heads: str = "mean"  # "mean", a head index for every layer ("3"), or "0.3,1.5,..." per layer
@@ -215,7 +216,7 @@ class PositionBias(Probe):
         n_layers, n_cond, size, seq = state.last_rows.shape
         last_rows, col_sums = state.last_rows.cpu(), state.col_sums.cpu()
         lengths = batch.lengths.cpu()
-        head = (np.asarray(state.path)[np.arange(n_layers)] if state.path is not None else None)
+        head = np.asarray(state.path) if state.path is not None else None
         flat = last_rows.reshape(-1, seq)
         summary = position_summary(flat, lengths.repeat(n_layers * n_cond), self.k)
         if self.segment is not None:

@@ -139,8 +139,8 @@ def execute_run(model: LoadedModel, prompt_set: PromptSet, probes: Sequence[Any]
     if pad_id is None:
         pad_id = model.tokenizer.eos_token_id if model.tokenizer.eos_token_id is not None else 0
     batches = make_batches(tokenized, options.batch_size, pad_id)
-    mask_check = verify_mask(model, mask) if mask is not None else None
     t_tok = time.perf_counter() - t0
+    mask_check = verify_mask(model, mask) if mask is not None else None
 
     key = _config_key(model, prompt_set, probes, options.batch_size, mask)
     run_id = options.run_id or default_run_id(key, model, prompt_set)
