@@ -18,6 +18,9 @@ Sets (JSONL, format in workbench/prompts.py):
 * ``counterfactual_context.jsonl`` and ``counterfactual_context_closed.jsonl`` - questions whose
   answer is only in a one-sentence passage (counterfactual facts, invented people), and the same
   questions without the passage; see ``gen_context.py``.
+* ``retrieval.jsonl`` - lost-in-the-middle key-value retrieval (``gen_retrieval.py``): 12
+  ``Name: word`` lines, the asked-for line at six controlled depths, segments ``passage``,
+  ``needle``, ``question``; single-token answer and distractor (another word of the passage).
 
 The SmolLM2 tokenizer decides token counts, so the sets fit the default model exactly.
 """
@@ -36,6 +39,7 @@ sys.path[:0] = [str(HERE.parent), str(HERE)]  # the workbench package, and data/
 
 from gen_context import gen_counterfactual_context, gen_counterfactual_context_closed  # noqa: E402
 from gen_repeated import gen_repeated  # noqa: E402
+from gen_retrieval import gen_retrieval  # noqa: E402
 
 # Wang et al. (2022) IOI templates, as in the paper's released dataset code ("[B]" is the subject,
 # "[A]" the indirect object; the final "[A]" is the answer and is cut off the prompt).
@@ -172,7 +176,8 @@ def gen_natural(tok, min_tokens: int = 48, max_tokens: int = 80, per_file: int =
 # live in data/gen_<name>.py and are imported here.
 GENERATORS = {"ioi": gen_ioi, "natural": gen_natural, "repeated_tokens": gen_repeated,
               "counterfactual_context": gen_counterfactual_context,
-              "counterfactual_context_closed": gen_counterfactual_context_closed}
+              "counterfactual_context_closed": gen_counterfactual_context_closed,
+              "retrieval": gen_retrieval}
 
 
 def render(rows: list[dict]) -> str:

@@ -11,11 +11,12 @@ from probes.entropy import AttentionEntropy
 from probes.head_divergence import HeadDivergence
 from probes.head_types import HeadTypes
 from probes.massive import MassiveActivations
+from probes.position_bias import PositionBias
 from probes.sinks import AttentionSink
 from workbench.errors import InputError
 
 PROBES: dict[str, type[Probe]] = {cls.name: cls for cls in (
-    AttentionEntropy, AttentionSink, MassiveActivations, HeadTypes, HeadDivergence)}
+    AttentionEntropy, AttentionSink, MassiveActivations, HeadTypes, HeadDivergence, PositionBias)}
 
 
 def make_probes(names: list[str], params: dict[str, dict[str, str]] | None = None) -> list[Probe]:

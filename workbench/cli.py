@@ -65,15 +65,22 @@ def run(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run."),
     strict_parity: bool = typer.Option(False, help="Stop if bridge and HF logits disagree."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    attention_mask: Optional[str] = typer.Option(
+        None, "--attention-mask",
+        help="Apply a mask to every layer's attention scores for the whole run: causal, "
+             "window:W, prefix:K or decay:GAMMA (see workbench/masks.py)."),
 ) -> None:
     """Run probes over a prompt set and write runs/<run_id>/ (parquet + run.json)."""
     from probes import make_probes
+    from workbench.masks import AttentionMask
     from workbench.models import load_model
     from workbench.prompts import load_prompt_set
     from workbench.run import RunOptions, execute_run
 
     if resume and overwrite:
         raise InputError("--resume and --overwrite contradict each other; choose one")
+    if attention_mask is not None:
+        AttentionMask.parse(attention_mask)  # bad specs fail before the model loads
     names = [n.strip() for n in probes.split(",") if n.strip()]
     probe_objs = make_probes(names, parse_params(param))
     prompt_set = load_prompt_set(prompts)
@@ -81,7 +88,8 @@ def run(
     loaded = load_model(model, device=device, dtype=dtype, prepend_bos=prepend_bos)
     _report_parity(loaded, strict_parity)
     options = RunOptions(runs_dir=runs_dir, run_id=run_id, batch_size=batch_size, resume=resume,
-                         overwrite=overwrite, progress=progress, command=sys.argv)
+                         overwrite=overwrite, progress=progress, command=sys.argv,
+                         attention_mask=attention_mask)
     run_dir = execute_run(loaded, prompt_set, probe_objs, options,
                           load_seconds=loaded.info.load_seconds)
     manifest = run_dir.read_manifest()
@@ -169,6 +177,44 @@ def figures_cmd(
     out.print(f"[green]wrote[/] {len(job.plots)} figures ({len(job.plots) * (len(job.formats) + 2)}"
               f" files) to {escape(str(job.out_dir))} in {time.perf_counter() - start:.1f} s; "
               f"list: {escape(str(index))}")
+
+
+@app.command()
+def graph(
+    text: str = typer.Option(..., "--text", "-t", help="The prompt text."),
+    out_path: Path = typer.Option(..., "--out", "-o", help="Output file: .graphml or .json."),
+    model: str = typer.Option("smollm2-135m", "--model", "-m"),
+    layer: int = typer.Option(-1, help="Layer; negative counts from the end (default: last)."),
+    matrix: str = typer.Option("attention", help="attention (that layer), product or rollout "
+                                                 "(composed over layers 0..layer)."),
+    threshold: float = typer.Option(0.01, help="Keep edges whose weight is above this."),
+    heads: str = typer.Option("mean", help="mean, one head index, or layer.head per layer."),
+    attention_mask: Optional[str] = typer.Option(None, "--attention-mask",
+                                                 help="causal, window:W, prefix:K, decay:GAMMA"),
+    device: Optional[str] = typer.Option(None),
+) -> None:
+    """Export one prompt's attention graph (edge j -> i when query i attends to key j)."""
+    from probes.position_bias import CONDITIONS, prompt_matrices
+    from workbench.graphs import GRAPH_FORMATS, attention_graph, centre_nodes, hops_to_first
+    from workbench.graphs import write_graph
+    from workbench.masks import AttentionMask
+    from workbench.models import load_model
+
+    if matrix not in ("attention", *CONDITIONS):
+        raise InputError(f"--matrix {matrix!r}: choose attention, product or rollout")
+    if out_path.suffix not in GRAPH_FORMATS:
+        raise InputError(f"--out {out_path}: the file must end in {' or '.join(GRAPH_FORMATS)}")
+    mask = AttentionMask.parse(attention_mask) if attention_mask else None
+    loaded = load_model(model, device=device)
+    layer = loaded.info.n_layers + layer if layer < 0 else layer
+    mats = prompt_matrices(loaded, text, layers=[layer], heads=heads, mask=mask)
+    g = attention_graph(mats[matrix][layer], threshold, tokens=mats["tokens"],
+                        name=f"{model} layer {layer} {matrix} heads={heads} mask={mask}")
+    write_graph(g, out_path)
+    hops = [h for h in hops_to_first(g).values() if h is not None]
+    out.print(f"wrote {out_path}: {g.number_of_nodes()} nodes, {g.number_of_edges()} edges above "
+              f"{threshold}; centre nodes {centre_nodes(g)}; hops to the first token: max "
+              f"{max(hops)}, {g.number_of_nodes() - len(hops)} position(s) unreachable")
 
 
 @runs_app.callback()
