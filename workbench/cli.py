@@ -94,6 +94,10 @@ def run(
                           load_seconds=loaded.info.load_seconds)
     manifest = run_dir.read_manifest()
     rows = sum(t["rows"] for t in manifest["tables"].values())
+    if run_dir.state == "complete":
+        out.print(f"[green]complete[/]: {run_dir.path} was already complete (finished "
+                  f"{manifest.get('finished')}); nothing to do ({rows:,} records)")
+        return
     out.print(f"[green]complete[/]: {run_dir.path} ({rows:,} records in "
               f"{len(manifest['tables'])} table(s), {manifest['timings'].get('total_s')} s)")
 

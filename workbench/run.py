@@ -144,8 +144,10 @@ def execute_run(model: LoadedModel, prompt_set: PromptSet, probes: Sequence[Any]
     run_id = options.run_id or default_run_id(key, model, prompt_set)
     manifest = _manifest(run_id, key, model, prompt_set, tokenized, probes, options, len(batches))
     manifest["attention_mask"] = None if mask is None else {"spec": str(mask), "check": mask_check}
-    run, resumed = RunDir.create(options.runs_dir, run_id, manifest, resume=options.resume,
-                                 overwrite=options.overwrite, same_config=_same_config(key))
+    run, state = RunDir.create(options.runs_dir, run_id, manifest, resume=options.resume,
+                               overwrite=options.overwrite, same_config=_same_config(key))
+    if state == "complete":  # resuming a finished run: its tables stand as they are
+        return run
     run.write_table("prompts", pa.table(prompt_rows(tokenized), schema=PROMPTS_SCHEMA))
     run.write_table("tokens", pa.table(token_rows(tokenized, model.tokenizer), schema=TOKENS_SCHEMA))
     timings = {"load_model_s": load_seconds, "tokenize_s": round(t_tok, 3)}
