@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from probes.base import Probe, build_probe
 from probes.entropy import AttentionEntropy
+from probes.pattern import AttentionPattern
 from workbench.errors import InputError
 
-PROBES: dict[str, type[Probe]] = {cls.name: cls for cls in (AttentionEntropy,)}
+PROBES: dict[str, type[Probe]] = {cls.name: cls for cls in (AttentionEntropy, AttentionPattern)}
 
 
 def make_probes(names: list[str], params: dict[str, dict[str, str]] | None = None) -> list[Probe]:
