@@ -79,6 +79,10 @@ def test_colour_scale_choice():
     assert colour_scale(np.array([0.2, 0.5, np.nan])) == {"colorscale": SEQUENTIAL, "zmin": 0.2,
                                                           "zmax": 0.5}
     assert colour_scale(np.array([0.2, 0.5]), from_zero=True)["zmin"] == 0.0
+    # means that differ only by rounding (rows that sum to 1) get one colour, not noise
+    assert colour_scale(np.array([0.326087, 0.326087 + 1e-16])) == {
+        "colorscale": SEQUENTIAL, "zmin": pytest.approx(0.326087 / 2),
+        "zmax": pytest.approx(0.326087 * 1.5)}
     assert colour_scale(np.array([0.2, 0.5]), "diverging")["zmid"] == 0.0
     assert colour_scale(np.array([2.0, 2.0])) == {"colorscale": SEQUENTIAL, "zmin": 1.0,
                                                   "zmax": 3.0}

@@ -97,7 +97,7 @@ def colour_scale(values: np.ndarray, scale: str = "auto", *, from_zero: bool = F
         return {"colorscale": DIVERGING, "zmid": 0.0, "zmin": -bound, "zmax": bound}
     if scale != "sequential":
         raise ValueError(f"scale {scale!r} is not one of auto, sequential, diverging")
-    if hi == lo:  # constant: centre the one colour on the value
+    if hi - lo <= 1e-9 * max(abs(lo), abs(hi), 1e-300):  # constant up to rounding: one colour
         pad = abs(lo) / 2 or 0.5
         lo, hi = lo - pad, hi + pad
     return {"colorscale": SEQUENTIAL, "zmin": lo, "zmax": hi}
