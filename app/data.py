@@ -234,31 +234,80 @@ def records(ref: TableRef, metric: str, where: Where = ()) -> pd.DataFrame:
     return frame(read(ref, READ_COLUMNS, (("metric", metric), *where)))
 
 
+Summary = dict[str, tuple[int, set, set]]  # metric -> (rows, coordinates, (segment, condition))
+
+
 @st.cache_data(max_entries=64, show_spinner=False)
 def table_info(ref: TableRef) -> TableInfo:
-    """Per metric: rows, coordinates present and segment/condition variants (one scan of the
-    coordinate columns, cached until the file changes)."""
+    """Per metric: rows, coordinates present and segment/condition variants, cached until the
+    file changes. Row groups that hold one metric with constant (or null) segment and condition
+    are summarised from their statistics alone (the store writes tables sorted by metric); only
+    the others are read, and only their coordinate columns."""
     try:
-        schema = pq.read_schema(ref.path)
+        missing = [c for c in READ_COLUMNS if c not in pq.read_schema(ref.path).names]
+        if missing:
+            return TableInfo(0, problem=f"not a record table (no column(s) "
+                                        f"{', '.join(missing)})")
+        with pq.ParquetFile(ref.path, read_dictionary=list(STRINGS)) as parquet:
+            summary, rest = _from_statistics(parquet)
+            _add_rows(summary, parquet.read_row_groups(rest, columns=["metric", *COORDINATES]))
+            n_rows = parquet.metadata.num_rows
     except (OSError, pa.ArrowException) as err:
         return TableInfo(0, problem=f"not a readable parquet file: {err}")
-    missing = [c for c in READ_COLUMNS if c not in schema.names]
-    if missing:
-        return TableInfo(0, problem=f"not a record table (no column(s) {', '.join(missing)})")
-    table = scan(ref, ("metric", *COORDINATES))
+    metrics = {}
+    for name, (n, coords, combos) in sorted(summary.items()):
+        frame_ = pd.DataFrame(sorted(combos, key=str), columns=["segment", "condition"])
+        metrics[name] = MetricInfo(n, frozenset(coords), *_variants(frame_))
+    return TableInfo(n_rows, metrics)
+
+
+def _from_statistics(parquet: pq.ParquetFile) -> tuple[Summary, list[int]]:
+    """The summary of the row groups whose statistics tell everything, and the other groups."""
+    names = parquet.schema_arrow.names
+    summary: Summary = {}
+    rest = []
+    for g in range(parquet.metadata.num_row_groups):
+        group = parquet.metadata.row_group(g)
+        stats = {c: group.column(names.index(c)).statistics for c in ("metric", *COORDINATES)}
+        n = group.num_rows
+        if not all(v is not None and v.has_null_count for v in stats.values()):
+            rest.append(g)
+            continue
+        metric, segment, condition = (_constant(stats[c], n)
+                                      for c in ("metric", "segment", "condition"))
+        if not isinstance(metric, str) or segment is False or condition is False:
+            rest.append(g)
+            continue
+        rows, coords, combos = summary.setdefault(metric, (0, set(), set()))
+        coords |= {c for c in COORDINATES if stats[c].null_count < n}
+        combos.add((segment, condition))
+        summary[metric] = (rows + n, coords, combos)
+    return summary, rest
+
+
+def _constant(stats: Any, n: int) -> Any:
+    """The one value of a string column in a row group: None when all null, False if unknown."""
+    if stats.null_count == n:
+        return None
+    if stats.null_count == 0 and stats.has_min_max and stats.min == stats.max:
+        return stats.min
+    return False
+
+
+def _add_rows(summary: Summary, table: pa.Table) -> None:
+    """Add rows read from the row groups the statistics could not summarise."""
     if table.num_rows == 0:
-        return TableInfo(0)
+        return
+    table = table.unify_dictionaries()
     counts = table.group_by("metric").aggregate([(c, "count") for c in COORDINATES]
                                                 + [("metric", "count")])
-    combos = frame(table.select(["metric", "segment", "condition"]).group_by(
-        ["metric", "segment", "condition"]).aggregate([]))
-    metrics = {}
+    combos = table.group_by(["metric", "segment", "condition"]).aggregate([])
     for row in counts.to_pylist():
-        name = row["metric"]
-        coords = frozenset(c for c in COORDINATES if row[f"{c}_count"])
-        mine = combos[combos["metric"] == name]
-        metrics[name] = MetricInfo(row["metric_count"], coords, *_variants(mine))
-    return TableInfo(table.num_rows, dict(sorted(metrics.items())))
+        rows, coords, seen = summary.setdefault(row["metric"], (0, set(), set()))
+        coords |= {c for c in COORDINATES if row[f"{c}_count"]}
+        summary[row["metric"]] = (rows + row["metric_count"], coords, seen)
+    for row in combos.to_pylist():
+        summary[row["metric"]][2].add((row["segment"], row["condition"]))
 
 
 def _variants(combos: pd.DataFrame) -> tuple[tuple[dict, ...], tuple[dict, ...]]:
@@ -328,7 +377,8 @@ def _read_meta(ref: TableRef) -> pd.DataFrame:
 def table_rows(ref: TableRef) -> int:
     """Rows of a parquet table from its footer (no data read)."""
     try:
-        return pq.ParquetFile(ref.path).metadata.num_rows
+        with pq.ParquetFile(ref.path) as parquet:
+            return parquet.metadata.num_rows
     except (OSError, pa.ArrowException) as err:
         raise RunStateError(f"{Path(ref.path).name} cannot be read: {err}") from None
 

@@ -150,11 +150,12 @@ def _browser_problem() -> str | None:
 
 
 def export(plot: Plot, fmt: str, width: str) -> bytes:
-    """``plot`` as ``fmt`` bytes; the first call starts the shared export browser (once per app
-    process; kaleido closes it at exit)."""
+    """``plot`` as ``fmt`` bytes (a download button calls this on its own thread when clicked).
+    The first call starts the shared export browser, kept for the app process (closed at exit);
+    exports are serialised on it."""
     with _browser_lock:
         open_browser()
-    return render(plot, fmt, width=width)  # type: ignore[arg-type]
+        return render(plot, fmt, width=width)  # type: ignore[arg-type]
 
 
 def plot_key(*parts: object) -> str:

@@ -106,6 +106,11 @@ def test_every_page_in_chromium(server, tmp_path_factory):
                     tick_texts = page.locator("svg text").all_text_contents()
                     assert SCRIPT_TOKEN in tick_texts  # the token, drawn as text
                     assert SCRIPT_TEXT in page.locator("[data-testid='stCode']").all_text_contents()
+                    with page.expect_download() as download:  # rendered when clicked
+                        page.get_by_role("button", name="SVG").first.click()
+                    svg = Path(download.value.path()).read_bytes()
+                    assert svg.lstrip().startswith(b"<svg") and download.value.suggested_filename \
+                        .endswith(".svg")
                 page.screenshot(path=str(shots / f"{path or 'runs'}.png"), full_page=True)
                 assert page.locator("h1").first.inner_text() == title
                 assert page.locator("[data-testid='stException']").count() == 0, path

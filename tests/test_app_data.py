@@ -44,6 +44,25 @@ def test_table_info_matches_the_records(root):
     assert info.metrics["score"].variants == ({},) and info.metrics["score"].sweeps == ()
 
 
+def test_table_info_from_row_group_statistics(tmp_path):
+    """Row groups of one metric are summarised from their statistics, the others read: the
+    result is the same as from every row (here 40-row groups, most holding one metric)."""
+    table = fixture_table().sort_by([("metric", "ascending"), ("layer", "ascending")])
+    pq.write_table(table, tmp_path / "small.parquet", row_group_size=40)
+    ref = data.TableRef(str(tmp_path / "small.parquet"), 0, 0)
+    summary, rest = data._from_statistics(pq.ParquetFile(ref.path))
+    assert summary and rest  # both paths are taken
+    info = data.table_info(ref)
+    raw = table.to_pandas()
+    for metric, mi in info.metrics.items():
+        rows = raw[raw.metric == metric]
+        assert mi.n_rows == len(rows)
+        assert mi.coords == {c for c in data.COORDINATES if rows[c].notna().any()}
+    assert info.metrics["seg_mass"].variants == ({"segment": "IO"}, {"segment": "S1"})
+    assert info.metrics["effect"].variants == ({"condition": "clean"},)
+    assert info.metrics["effect"].sweeps == ({},)
+
+
 def test_head_and_unit_means_equal_pandas(root):
     ref = root.table("fixture", "probe_a")
     raw = fixture_table().to_pandas()

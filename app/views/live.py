@@ -89,8 +89,10 @@ def show(result) -> None:
 
         metric = "logit_diff" if "logit_diff" in result.sweep.columns else "kl_divergence"
         st.dataframe(result.sweep, width="stretch")
-        ui.show_plot(dose_response(data.frame(result.records), metric, table="live"),
-                     key="live-sweep")
+        from app.live import UNITS
+
+        ui.show_plot(dose_response(data.frame(result.records), metric, unit=UNITS[metric],
+                                   table="live"), key="live-sweep")
 
 
 def save(result) -> None:
