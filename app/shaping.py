@@ -40,9 +40,10 @@ def circuit_digraph(members: pd.DataFrame, edges: pd.DataFrame | None = None) ->
 
 def attention_digraph(pattern: pd.DataFrame, tokens: pd.DataFrame, prompt_id: str,
                       threshold: float) -> nx.DiGraph:
-    """The attention graph of a prompt: one node per token position (``label`` = the token), an
-    edge query -> key with ``weight`` = the mean stored value over the rows of that (query, key)
-    (e.g. over the heads of a layer) when it is at least ``threshold``.
+    """The attention graph of a prompt in the convention of ``workbench.graphs`` (Wu et al. 2025,
+    arXiv 2502.01951): one node per token position (attributes ``pos``, ``token``), an edge
+    key -> query (information flows from j to i) with ``weight`` = the mean stored value over
+    the rows of that (query, key), e.g. over the heads of a layer, when it is above ``threshold``.
 
     Raises:
         ValueError: no pattern rows for the prompt.
@@ -55,9 +56,9 @@ def attention_digraph(pattern: pd.DataFrame, tokens: pd.DataFrame, prompt_id: st
     last = int(max(cells["query_pos"].max(), cells["key_pos"].max()))
     graph = nx.DiGraph()
     for pos in range(last + 1):
-        graph.add_node(pos, label=str(mine.get(pos, pos)))
-    kept = cells[cells["value"] >= threshold]
-    graph.add_weighted_edges_from(zip(kept["query_pos"].astype(int), kept["key_pos"].astype(int),
+        graph.add_node(pos, pos=pos, token=str(mine.get(pos, pos)))
+    kept = cells[cells["value"] > threshold]
+    graph.add_weighted_edges_from(zip(kept["key_pos"].astype(int), kept["query_pos"].astype(int),
                                       kept["value"].astype(float)))
     return graph
 

@@ -201,17 +201,17 @@ def test_position_page(open_app, runs):
     want = rows.groupby(["layer", "key_pos"]).value.mean()
     layer0 = next(t for t in profile["data"] if t.get("name") == "layer 0")
     assert layer0["y"] == pytest.approx(want.loc[0].to_numpy().tolist())
-    # the graph: layer 0 of p0, mean over heads, edges >= 0.1 (self-loops not drawn)
+    # the graph: layer 0 of p0, mean over heads, edges above 0.1 (self-loops not drawn)
     cells = rows.query("layer == 0 and prompt_id == 'p0'").groupby(["query_pos",
                                                                     "key_pos"]).value.mean()
-    kept = cells[(cells >= 0.1) & (cells.index.get_level_values(0) !=
-                                   cells.index.get_level_values(1))]
+    kept = cells[(cells > 0.1) & (cells.index.get_level_values(0) !=
+                                  cells.index.get_level_values(1))]
     hover = next(t for t in graph["data"] if t.get("hovertext"))
     assert sorted(hover["marker"]["color"]) == pytest.approx(sorted(kept.to_numpy()))
     assert "&lt;script&gt;" in graph["layout"]["xaxis"]["ticktext"]
     at.slider(key="position-graph-threshold").set_value(0.5).run()
     hover = next(t for t in charts(at)[1]["data"] if t.get("hovertext"))
-    assert len(hover["marker"]["color"]) == int((kept >= 0.5).sum())
+    assert len(hover["marker"]["color"]) == int((kept > 0.5).sum())
 
 
 def test_circuits_page(open_app):

@@ -98,11 +98,11 @@ def test_every_page_in_chromium(server, tmp_path_factory):
             for path, title in PAGES.items():
                 page.goto(f"{url}/{path}?run=fixture&compare=second")
                 page.wait_for_function(READY, timeout=60_000)
-                page.wait_for_timeout(500)
+                page.wait_for_timeout(200)
                 if path == "heads":
                     page.get_by_role("tab", name="Attention pattern").click()
                     page.wait_for_function(READY, timeout=30_000)
-                    page.wait_for_timeout(500)
+                    page.wait_for_timeout(200)
                     tick_texts = page.locator("svg text").all_text_contents()
                     assert SCRIPT_TOKEN in tick_texts  # the token, drawn as text
                     assert SCRIPT_TEXT in page.locator("[data-testid='stCode']").all_text_contents()

@@ -162,10 +162,10 @@ def test_attention_digraph_and_extremes():
                             "key_pos": [0, 0, 1, 0, 1], "value": [1.0, 0.8, 0.2, 0.6, 0.4]})
     tokens = pd.DataFrame({"prompt_id": "p", "pos": [0, 1], "token": ["<s>", " a"]})
     graph = shaping.attention_digraph(pattern, tokens, "p", threshold=0.35)
-    assert graph.nodes[0]["label"] == "<s>"
-    # means over the two heads: (1, 0) 0.7 kept, (1, 1) 0.3 below the threshold
+    assert graph.nodes[0] == {"pos": 0, "token": "<s>"}
+    # edges key -> query; means over the two heads: (q1, k0) 0.7 kept, (q1, k1) 0.3 dropped
     assert dict(graph.edges.items()) == {(0, 0): {"weight": 1.0},
-                                         (1, 0): {"weight": pytest.approx(0.7)}}
+                                         (0, 1): {"weight": pytest.approx(0.7)}}
     with pytest.raises(ValueError, match="no attention-pattern rows"):
         shaping.attention_digraph(pattern, tokens, "q", 0.1)
     per_prompt = pd.DataFrame({"prompt_id": list("abcde"), "value": [3.0, 1.0, 5.0, 2.0, 4.0]})

@@ -56,7 +56,7 @@ def graph(root: data.RunsRoot, run_id: str, infos: dict) -> None:
     layer = cols[2].selectbox("Layer", layers, key="position-graph-layer")
     heads = sorted(int(v) for v in index.loc[index["layer"] == layer, "head"].dropna().unique())
     head = cols[3].selectbox("Head", [MEAN_OVER_HEADS, *heads], key="position-graph-head")
-    threshold = st.slider("Draw edges with weight at least", 0.0, 1.0, 0.1, 0.01,
+    threshold = st.slider("Draw edges with weight above", 0.0, 1.0, 0.1, 0.01,
                           key="position-graph-threshold")
     filters = (*where, ("prompt_id", prompt_id), ("layer", int(layer)))
     if head != MEAN_OVER_HEADS:
@@ -65,10 +65,11 @@ def graph(root: data.RunsRoot, run_id: str, infos: dict) -> None:
     ui.show_prompt(root, run_id, prompt_id)
     digraph = attention_digraph(rows, tokens, prompt_id, threshold)
     which = "mean" if head == MEAN_OVER_HEADS else f"H{head}"
-    st.caption(ui.literal(f"{digraph.number_of_edges()} edges query -> key (self-loops not "
+    st.caption(ui.literal(f"{digraph.number_of_edges()} edges key -> query (self-loops not "
                           f"drawn) of prompt {prompt_id}, layer {layer}, {head}"))
     unit = (root.manifest(run_id).get("units") or {}).get(metric)
-    ui.show_plot(weighted_graph(digraph, label=metric, unit=unit, table=table,
+    ui.show_plot(weighted_graph(digraph, label=metric, unit=unit, node_label="token",
+                                table=table,
                                 name=safe_name(table, "graph", metric, prompt_id,
                                                f"L{layer}{which}")),
                  key=ui.plot_key("position-graph", table, metric, prompt_id, layer, head))

@@ -136,7 +136,7 @@ def weighted_graph(graph: nx.DiGraph, *, weight: str = "weight", label: str = "w
                    name: str | None = None) -> Plot:
     """Any weighted DiGraph as an arc diagram: the nodes on a line in ``order`` (default: sorted,
     e.g. token positions), each edge an arc above the line whose colour and width grow with
-    ``weight`` (e.g. the attention graph of a prompt: an edge query -> key per attention weight
+    ``weight`` (e.g. the attention graph of a prompt: an edge key -> query per attention weight
     above a threshold, Wu et al. 2025, arXiv 2502.01951). Self-loops are kept in the data but not
     drawn. Node labels come from the node attribute ``node_label`` (else the node itself).
 
