@@ -388,6 +388,6 @@ def where_of(variant: dict) -> Where:
     return tuple(sorted(variant.items()))
 
 
-__all__ = ["COORDINATES", "MetricInfo", "OutsideRunsFolder", "RunEntry",
-           "RunsRoot", "TableInfo", "TableRef", "check_name", "frame", "head_means", "prompts",
-           "read", "records", "scan", "table_info", "table_rows", "tokens", "unit_means", "where_of"]
+__all__ = ["COORDINATES", "MetricInfo", "OutsideRunsFolder", "RunEntry", "RunsRoot", "TableInfo",
+           "TableRef", "check_name", "frame", "head_means", "prompts", "read", "records", "scan",
+           "table_info", "table_rows", "tokens", "unit_means", "where_of"]

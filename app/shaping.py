@@ -208,6 +208,6 @@ def compare_heads(a: pd.DataFrame, b: pd.DataFrame) -> tuple[pd.DataFrame, dict]
     if len(both):
         worst = diff["value"].abs().idxmax()
         stats["mean |a - b|"] = float(diff["value"].abs().mean())
-        stats["largest |a - b|"] = (f"{diff.loc[worst, 'value']:.4g} at head "
-                                    f"{int(diff.loc[worst, 'layer'])}.{int(diff.loc[worst, 'head'])}")
+        layer, head = int(diff.loc[worst, "layer"]), int(diff.loc[worst, "head"])
+        stats["largest |a - b|"] = f"{diff.loc[worst, 'value']:.4g} at head {layer}.{head}"
     return diff, stats

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import re
 import threading
 from collections.abc import Iterator
@@ -40,8 +41,6 @@ def literal(text: object) -> str:
 
 def runs_root() -> RunsRoot:
     """The runs folder the app was started with (see ``main.py``)."""
-    import os
-
     return RunsRoot(st.session_state.get(ROOT_KEY) or os.environ.get(RUNS_ENV) or "runs")
 
 

@@ -35,14 +35,14 @@ import numpy as np
 import pyarrow as pa
 
 N_LAYERS, N_HEADS, N_QUERIES = 30, 9, 31
+RUN_ID = "bench-1m"
 MAIN = Path(__file__).resolve().parent.parent / "app" / "main.py"
 
 
-def synthetic_run(runs_dir: Path, n_records: int, seed: int = 0) -> str:
-    """Write the synthetic run; returns its id."""
-    from workbench.records import PROMPTS_SCHEMA, TOKENS_SCHEMA, concat, conform, records, \
-        string_column
-    from workbench.store import RunDir
+def entropy_like_table(n_records: int, seed: int = 0) -> tuple[pa.Table, list[str]]:
+    """``entropy`` and ``entropy_norm`` per (prompt, layer, head, query) plus their per-head means,
+    sorted like a finished run; and the prompt ids."""
+    from workbench.records import concat, conform, records, string_column
 
     rng = np.random.default_rng(seed)
     n_prompts = max(1, round(n_records / (2 * N_LAYERS * N_HEADS * N_QUERIES)))
@@ -52,39 +52,47 @@ def synthetic_run(runs_dir: Path, n_records: int, seed: int = 0) -> str:
         np.arange(1, N_QUERIES + 1), indexing="ij"))
     entropy = rng.gamma(2.0, 0.7, prompt.size)
     cols = dict(layer=layer, head=head, query_pos=query, prompt_id=string_column(ids, prompt))
-    parts = [records("entropy", entropy, **cols),
-             records("entropy_norm", entropy / np.log(query + 1), **cols)]
+    parts = []
+    lay, hd = np.divmod(np.arange(N_LAYERS * N_HEADS), N_HEADS)
     for metric, values in (("entropy", entropy), ("entropy_norm", entropy / np.log(query + 1))):
+        parts.append(records(metric, values, **cols))
         means = values.reshape(n_prompts, N_LAYERS, N_HEADS, N_QUERIES).mean(axis=(0, 3))
-        lay, hd = np.divmod(np.arange(N_LAYERS * N_HEADS), N_HEADS)
         parts.append(records(f"mean_{metric}", means.ravel(), layer=lay, head=hd))
-    run_id = "bench-1m"
-    table = conform(concat(parts), run_id=run_id, probe="attention_entropy").sort_by(
-        [("metric", "ascending"), ("layer", "ascending"), ("head", "ascending")])
-    manifest = {"run_id": run_id, "kind": "probes", "status": "complete",
+    table = conform(concat(parts), run_id=RUN_ID, probe="attention_entropy")
+    return table.sort_by([("metric", "ascending"), ("layer", "ascending"),
+                          ("head", "ascending")]), ids
+
+
+def synthetic_run(runs_dir: Path, n_records: int) -> str:
+    """Write the synthetic run (manifest, record table, prompts, tokens); returns its id."""
+    from workbench.records import PROMPTS_SCHEMA, TOKENS_SCHEMA
+    from workbench.store import RunDir
+
+    table, ids = entropy_like_table(n_records)
+    n = len(ids)
+    manifest = {"run_id": RUN_ID, "kind": "probes", "status": "complete",
                 "created": "2026-01-01T00:00:00+00:00",
                 "model": {"name": "synthetic-smollm2-shape", "n_layers": N_LAYERS,
                           "n_heads": N_HEADS},
-                "prompts": {"name": "synthetic", "n_prompts": n_prompts},
+                "prompts": {"name": "synthetic", "n_prompts": n},
                 "probes": [{"name": "attention_entropy", "params": {}}],
                 "units": {"entropy": "nats", "entropy_norm": "fraction of ln(visible keys)"},
-                "tables": {"attention_entropy": {"rows": table.num_rows, "metrics": [
-                    "entropy", "entropy_norm", "mean_entropy", "mean_entropy_norm"]}}}
-    run, _ = RunDir.create(runs_dir, run_id, manifest, resume=False, overwrite=True,
+                "tables": {"attention_entropy": {"rows": table.num_rows, "metrics": sorted(
+                    set(table["metric"].to_pylist()))}}}
+    run, _ = RunDir.create(runs_dir, RUN_ID, manifest, resume=False, overwrite=True,
                            same_config=lambda m: None)
     run.write_table("attention_entropy", table)
+    empty = [None] * n
     run.write_table("prompts", pa.table({
-        "prompt_id": ids, "text": [f"synthetic prompt {i}" for i in range(n_prompts)],
-        "n_tokens": [N_QUERIES + 1] * n_prompts, "task": [None] * n_prompts,
-        "answer": [None] * n_prompts, "distractor": [None] * n_prompts,
-        "corrupted_text": [None] * n_prompts, "segments": [None] * n_prompts,
-        "source": [None] * n_prompts}, schema=PROMPTS_SCHEMA))
-    pos = np.tile(np.arange(N_QUERIES + 1), n_prompts)
+        "prompt_id": ids, "text": [f"synthetic prompt {i}" for i in range(n)],
+        "n_tokens": [N_QUERIES + 1] * n, "task": empty, "answer": empty, "distractor": empty,
+        "corrupted_text": empty, "segments": empty, "source": empty}, schema=PROMPTS_SCHEMA))
+    pos = np.tile(np.arange(N_QUERIES + 1), n)
     run.write_table("tokens", pa.table({
         "prompt_id": np.repeat(ids, N_QUERIES + 1), "pos": pos, "token_id": pos,
         "token": [f"t{p}" for p in pos], "char_start": pos, "char_end": pos + 1},
         schema=TOKENS_SCHEMA))
-    return run_id
+    return RUN_ID
 
 
 def timed(action) -> float:
@@ -108,8 +116,8 @@ def one_round(run_id: str) -> dict[str, float]:
     out["open_heads_page_s"] = timed(lambda: at.switch_page("views/heads.py").run())
     keys = [s.key for s in at.selectbox]
     if "heads-layer" not in keys:
-        raise RuntimeError(f"the Heads page shows no head picker: {keys}, "
-                           f"{[e.value for kind in ('error', 'warning', 'info') for e in at.get(kind)]}")
+        shown = [e.value for kind in ("error", "warning", "info") for e in at.get(kind)]
+        raise RuntimeError(f"the Heads page shows no head picker: {keys}, {shown}")
     out["open_total_s"] = out["open_runs_page_s"] + out["open_heads_page_s"]
     layer = at.selectbox(key="heads-layer")
     other = next(v for v in layer.options if str(v) != str(layer.value))

@@ -46,34 +46,39 @@ def graph(root: data.RunsRoot, run_id: str, infos: dict) -> None:
     choice = cols[0].selectbox("Matrix metric", range(len(found)), key="position-graph-metric",
                                format_func=lambda i: f"{found[i][0]} · {found[i][1]}")
     table, metric = found[choice]
-    ref = root.table(run_id, table)
     where = ui.pick_variant(infos[table].metrics[metric], key="position-graph-variant")
-    index = data.frame(data.read(ref, ("prompt_id", "layer", "head"), (("metric", metric),
-                                                                        *where)))
-    prompt_id = cols[1].selectbox("Prompt", sorted(index["prompt_id"].dropna().unique()),
-                                  key="position-graph-prompt")
-    layers = sorted(int(v) for v in index["layer"].dropna().unique())
-    layer = cols[2].selectbox("Layer", layers, key="position-graph-layer")
-    heads = sorted(int(v) for v in index.loc[index["layer"] == layer, "head"].dropna().unique())
-    head = cols[3].selectbox("Head", [MEAN_OVER_HEADS, *heads], key="position-graph-head")
+    filters, chosen = pick_matrix(root.table(run_id, table), metric, where, cols[1:])
     threshold = st.slider("Draw edges with weight above", 0.0, 1.0, 0.1, 0.01,
                           key="position-graph-threshold")
-    filters = (*where, ("prompt_id", prompt_id), ("layer", int(layer)))
-    if head != MEAN_OVER_HEADS:
-        filters = (*filters, ("head", int(head)))
-    rows = data.records(ref, metric, filters)
+    prompt_id, layer, head = chosen
     ui.show_prompt(root, run_id, prompt_id)
-    digraph = attention_digraph(rows, tokens, prompt_id, threshold)
-    which = "mean" if head == MEAN_OVER_HEADS else f"H{head}"
+    digraph = attention_digraph(data.records(root.table(run_id, table), metric, filters), tokens,
+                                prompt_id, threshold)
     st.caption(ui.literal(f"{digraph.number_of_edges()} edges key -> query (self-loops not "
                           f"drawn) of prompt {prompt_id}, layer {layer}, {head}"))
+    which = "mean" if head == MEAN_OVER_HEADS else f"H{head}"
     unit = (root.manifest(run_id).get("units") or {}).get(metric)
-    ui.show_plot(weighted_graph(digraph, label=metric, unit=unit, node_label="token",
-                                table=table,
+    ui.show_plot(weighted_graph(digraph, label=metric, unit=unit, node_label="token", table=table,
                                 name=safe_name(table, "graph", metric, prompt_id,
                                                f"L{layer}{which}")),
                  key=ui.plot_key("position-graph", table, metric, prompt_id, layer, head))
 
+
+def pick_matrix(ref: data.TableRef, metric: str, where: tuple, cols: list) -> tuple:
+    """Prompt, layer and head (or the mean over heads) pickers over the prompts and heads that
+    have rows; returns the record filter and the choice."""
+    index = data.frame(data.read(ref, ("prompt_id", "layer", "head"),
+                                 (("metric", metric), *where)))
+    prompt_id = cols[0].selectbox("Prompt", sorted(index["prompt_id"].dropna().unique()),
+                                  key="position-graph-prompt")
+    layers = sorted(int(v) for v in index["layer"].dropna().unique())
+    layer = cols[1].selectbox("Layer", layers, key="position-graph-layer")
+    heads = sorted(int(v) for v in index.loc[index["layer"] == layer, "head"].dropna().unique())
+    head = cols[2].selectbox("Head", [MEAN_OVER_HEADS, *heads], key="position-graph-head")
+    filters = (*where, ("prompt_id", prompt_id), ("layer", int(layer)))
+    if head != MEAN_OVER_HEADS:
+        filters = (*filters, ("head", int(head)))
+    return filters, (prompt_id, layer, head)
 
 root = ui.runs_root()
 st.title("Position bias")

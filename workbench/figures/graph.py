@@ -198,8 +198,8 @@ def draw_weighted_graph(data: pd.DataFrame, params: dict, width: Width) -> go.Fi
     fig.add_trace(go.Scatter(
         x=[x[ARC_POINTS // 2] for x, _ in tops], y=[y[ARC_POINTS // 2] for _, y in tops],
         mode="markers", hovertext=hover, hoverinfo="text",
-        marker={"size": 3, "opacity": 0.8, "color": edges["value"].to_numpy(), "colorscale": scale["colorscale"],
-                "cmin": lo, "cmax": hi, "showscale": True,
+        marker={"size": 3, "opacity": 0.8, "color": edges["value"].to_numpy(),
+                "colorscale": scale["colorscale"], "cmin": lo, "cmax": hi, "showscale": True,
                 "colorbar": colorbar(colorbar_title(params["label"], params["unit"]))}))
     fig.add_trace(go.Scatter(x=nodes["x"], y=np.zeros(len(nodes)), mode="markers",
                              marker={"size": 4, "color": INK}, hoverinfo="skip"))
