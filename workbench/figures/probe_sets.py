@@ -9,7 +9,8 @@ from __future__ import annotations
 from workbench.figures.grid import head_heatmap
 from workbench.figures.lines import by_depth, distribution
 from workbench.figures.plot import Plot
-from workbench.figures.registry import FigureOptions, RunSource, register_figure_set
+from workbench.figures.registry import (FigureOptions, RunSource, pattern_figures,
+                                        register_figure_set)
 
 # per-(prompt, query) metric -> label; each also has a mean_<metric> summary per (layer, head)
 ENTROPY_LABELS = {"entropy_norm": "normalised entropy", "entropy": "entropy",
@@ -39,3 +40,12 @@ def attention_entropy_figures(source: RunSource, table: str, options: FigureOpti
                   by_depth(df, present, **common),
                   distribution(df, present, over="heads", **common)]
     return plots
+
+
+@register_figure_set("attention_pattern", covers=("pattern",), patterns=True)
+def attention_pattern_figures(source: RunSource, table: str, options: FigureOptions
+                              ) -> list[Plot]:
+    """The stored attention patterns over the tokens of the chosen prompts and heads (default:
+    the first prompt and the first 4 heads stored). No heatmap: the mean of a causal pattern's
+    entries is 1 / (mean row length) for every head, so it says nothing about the head."""
+    return pattern_figures(source, table, "pattern", options)

@@ -55,18 +55,27 @@ def size(width: Width, aspect: float, *, min_height: int = 150) -> dict[str, int
     return {"width": w, "height": max(min_height, round(w * aspect))}
 
 
+def plot_text(text: object) -> str:
+    """``text`` as plotly draws it literally: plotly.js reads ``<br>``, ``<b>``, ``<a href>`` ...
+    in titles, tick labels and hover text as markup, so ``&``, ``<`` and ``>`` become entities
+    (which it turns back into the characters). Use it on every string that comes from data
+    (metric names, units, tokens, task names)."""
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def axis_title(label: str, unit: str | None = None, *, room_px: float | None = None) -> str:
     """``"entropy (nats)"``; just the label when there is no unit. When the title would not fit
-    in ``room_px`` pixels (the axis length), the unit goes on a second line."""
+    in ``room_px`` pixels (the axis length), the unit goes on a second line. Label and unit are
+    drawn literally (see :func:`plot_text`)."""
     text = f"{label} ({unit})" if unit else label
     if unit and room_px and len(text) * pt(FONT_PT) * CHAR_EM > room_px:
-        return f"{label}<br>({unit})"
-    return text
+        return f"{plot_text(label)}<br>({plot_text(unit)})"
+    return plot_text(text)
 
 
 def colorbar_title(label: str, unit: str | None = None) -> str:
     """A colourbar title: the unit goes on a second line, the bar is narrow."""
-    return f"{label}<br>({unit})" if unit else label
+    return f"{plot_text(label)}<br>({plot_text(unit)})" if unit else plot_text(label)
 
 
 def colour_scale(values: np.ndarray, scale: str = "auto", *, from_zero: bool = False) -> dict:
@@ -88,7 +97,7 @@ def colour_scale(values: np.ndarray, scale: str = "auto", *, from_zero: bool = F
         return {"colorscale": DIVERGING, "zmid": 0.0, "zmin": -bound, "zmax": bound}
     if scale != "sequential":
         raise ValueError(f"scale {scale!r} is not one of auto, sequential, diverging")
-    if hi == lo:  # constant: centre the one colour on the value
+    if hi - lo <= 1e-9 * max(abs(lo), abs(hi), 1e-300):  # constant up to rounding: one colour
         pad = abs(lo) / 2 or 0.5
         lo, hi = lo - pad, hi + pad
     return {"colorscale": SEQUENTIAL, "zmin": lo, "zmax": hi}
