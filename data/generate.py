@@ -17,6 +17,14 @@ Sets (JSONL, format in workbench/prompts.py):
   first occurrence (``data/gen_induction.py``).
 * ``natural.jsonl`` - natural English prose: consecutive sentences of the license texts in
   /usr/share/common-licenses (on every Debian machine), 48 to 80 SmolLM2 tokens per prompt.
+* ``repeated_tokens.jsonl`` - 32 sequences of 24 random SmolLM2 word tokens, each repeated twice
+  (for previous-token, duplicate-token and induction heads; see data/gen_repeated.py).
+* ``counterfactual_context.jsonl`` and ``counterfactual_context_closed.jsonl`` - questions whose
+  answer is only in a one-sentence passage (counterfactual facts, invented people), and the same
+  questions without the passage; see ``gen_context.py``.
+* ``retrieval.jsonl`` - lost-in-the-middle key-value retrieval (``gen_retrieval.py``): 12
+  ``Name: word`` lines, the asked-for line at six controlled depths, segments ``passage``,
+  ``needle``, ``question``; single-token answer and distractor (another word of the passage).
 
 The SmolLM2 tokenizer decides token counts, so the sets fit the default model exactly.
 """
@@ -32,6 +40,12 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]  # the workbench package, and data/gen_*.py modules
+
+from gen_colored_objects import gen_colored_objects  # noqa: E402
+from gen_context import gen_counterfactual_context, gen_counterfactual_context_closed  # noqa: E402
+from gen_induction import gen_induction  # noqa: E402
+from gen_repeated import gen_repeated  # noqa: E402
+from gen_retrieval import gen_retrieval  # noqa: E402
 
 # Wang et al. (2022) IOI templates, as in the paper's released dataset code ("[B]" is the subject,
 # "[A]" the indirect object; the final "[A]" is the answer and is cut off the prompt).
@@ -164,12 +178,12 @@ def gen_natural(tok, min_tokens: int = 48, max_tokens: int = 80, per_file: int =
     return rows
 
 
-from gen_colored_objects import gen_colored_objects  # noqa: E402 (needs the sys.path above)
-from gen_induction import gen_induction  # noqa: E402
-
 # name -> function(tokenizer) -> rows; the set is written to data/<name>.jsonl. Larger generators
 # live in data/gen_<name>.py and are imported here.
-GENERATORS = {"ioi": gen_ioi, "natural": gen_natural, "colored_objects": gen_colored_objects,
+GENERATORS = {"ioi": gen_ioi, "natural": gen_natural, "repeated_tokens": gen_repeated,
+              "counterfactual_context": gen_counterfactual_context,
+              "counterfactual_context_closed": gen_counterfactual_context_closed,
+              "retrieval": gen_retrieval, "colored_objects": gen_colored_objects,
               "induction": gen_induction}
 
 

@@ -8,9 +8,17 @@ from __future__ import annotations
 
 from probes.base import Probe, build_probe
 from probes.entropy import AttentionEntropy
+from probes.head_divergence import HeadDivergence
+from probes.head_types import HeadTypes
+from probes.massive import MassiveActivations
+from probes.pattern import AttentionPattern
+from probes.position_bias import PositionBias
+from probes.sinks import AttentionSink
 from workbench.errors import InputError
 
-PROBES: dict[str, type[Probe]] = {cls.name: cls for cls in (AttentionEntropy,)}
+PROBES: dict[str, type[Probe]] = {cls.name: cls for cls in (
+    AttentionEntropy, AttentionSink, MassiveActivations, HeadTypes, HeadDivergence, PositionBias,
+    AttentionPattern)}
 
 
 def make_probes(names: list[str], params: dict[str, dict[str, str]] | None = None) -> list[Probe]:

@@ -106,6 +106,8 @@ def _json_like(value: str, hint: Any) -> bool:
     if hint is str or value.strip() == "":
         return False
     args = typing.get_args(hint)
+    if typing.get_origin(hint) is typing.Literal and all(isinstance(a, str) for a in args):
+        return value.strip().startswith('"')  # a bare word: the literal itself
     if str in args and not value.strip().startswith(("[", "{", '"')) and value not in ("null",):
         return False
     return True

@@ -26,6 +26,13 @@ def tiny_gpt2():
 
 
 @pytest.fixture(scope="session")
+def tiny_llava():
+    from workbench.models import load_model
+
+    return load_model("tiny-llava", device="cpu")
+
+
+@pytest.fixture(scope="session")
 def smollm2():
     """The real offline model (converts the GGUF into the cache on first use, about 25 s)."""
     from workbench.models import load_model

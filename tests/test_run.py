@@ -109,7 +109,12 @@ def test_existing_run_needs_resume_or_overwrite(capsys, small_prompts, tmp_path)
     assert cli(capsys, *run_args(small_prompts, runs))[0] == 0
     code, _, err = cli(capsys, *run_args(small_prompts, runs))
     assert code == 2 and "already exists (status: complete); rerun with --resume" in err
-    assert cli(capsys, *run_args(small_prompts, runs, "--resume"))[0] == 0
+    [(run, before)] = list_runs(runs)
+    mtime = run.table_path("attention_entropy").stat().st_mtime_ns
+    code, out, _ = cli(capsys, *run_args(small_prompts, runs, "--resume"))
+    assert code == 0 and "was already complete" in out  # nothing recomputed or rewritten
+    assert run.read_manifest() == before
+    assert run.table_path("attention_entropy").stat().st_mtime_ns == mtime
     assert cli(capsys, *run_args(small_prompts, runs, "--overwrite"))[0] == 0
     # resuming with a different configuration is refused
     [(run, _)] = list_runs(runs)

@@ -49,9 +49,9 @@ def test_atomic_dir_leaves_nothing_on_failure(tmp_path):
 
 def test_run_dir_create_resume_and_parts(tmp_path):
     same = lambda stored: None  # noqa: E731
-    run, resumed = RunDir.create(tmp_path, "r1", {"status": "running", "created": "t"},
-                                 resume=False, overwrite=False, same_config=same)
-    assert not resumed and run.read_manifest()["status"] == "running"
+    run, state = RunDir.create(tmp_path, "r1", {"status": "running", "created": "t"},
+                               resume=False, overwrite=False, same_config=same)
+    assert state == "new" == run.state and run.read_manifest()["status"] == "running"
     run.write_batch(0, {"t": conform(records("m", [1.0]), run_id="r1", probe="t")})
     run.write_batch(2, {"t": conform(records("m", [3.0]), run_id="r1", probe="t")})
     assert run.done_batches() == [0, 2] and run.part_table_names() == ["t"]
@@ -61,10 +61,14 @@ def test_run_dir_create_resume_and_parts(tmp_path):
     with pytest.raises(RunStateError, match="cannot resume run 'r1': it differs"):
         RunDir.create(tmp_path, "r1", {}, resume=True, overwrite=False,
                       same_config=lambda s: "it differs")
-    again, resumed = RunDir.create(tmp_path, "r1", {"status": "running"}, resume=True,
-                                   overwrite=False, same_config=same)
-    assert resumed and again.done_batches() == [0, 2]
+    again, state = RunDir.create(tmp_path, "r1", {"status": "running"}, resume=True,
+                                 overwrite=False, same_config=same)
+    assert state == "resumed" and again.done_batches() == [0, 2]
     assert again.read_manifest()["resumed"] == 1
+    again.update_manifest(status="complete")
+    done, state = RunDir.create(tmp_path, "r1", {"status": "would overwrite"}, resume=True,
+                                overwrite=False, same_config=same)
+    assert state == "complete" and done.read_manifest()["status"] == "complete"
     fresh, _ = RunDir.create(tmp_path, "r1", {"status": "new"}, resume=False, overwrite=True,
                              same_config=same)
     assert fresh.done_batches() == []

@@ -65,15 +65,22 @@ def run(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run."),
     strict_parity: bool = typer.Option(False, help="Stop if bridge and HF logits disagree."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    attention_mask: Optional[str] = typer.Option(
+        None, "--attention-mask",
+        help="Apply a mask to every layer's attention scores for the whole run: causal, "
+             "window:W, prefix:K or decay:GAMMA (see workbench/masks.py)."),
 ) -> None:
     """Run probes over a prompt set and write runs/<run_id>/ (parquet + run.json)."""
     from probes import make_probes
+    from workbench.masks import AttentionMask
     from workbench.models import load_model
     from workbench.prompts import load_prompt_set
     from workbench.run import RunOptions, execute_run
 
     if resume and overwrite:
         raise InputError("--resume and --overwrite contradict each other; choose one")
+    if attention_mask is not None:
+        AttentionMask.parse(attention_mask)  # bad specs fail before the model loads
     names = [n.strip() for n in probes.split(",") if n.strip()]
     probe_objs = make_probes(names, parse_params(param))
     prompt_set = load_prompt_set(prompts)
@@ -81,11 +88,16 @@ def run(
     loaded = load_model(model, device=device, dtype=dtype, prepend_bos=prepend_bos)
     _report_parity(loaded, strict_parity)
     options = RunOptions(runs_dir=runs_dir, run_id=run_id, batch_size=batch_size, resume=resume,
-                         overwrite=overwrite, progress=progress, command=sys.argv)
+                         overwrite=overwrite, progress=progress, command=sys.argv,
+                         attention_mask=attention_mask)
     run_dir = execute_run(loaded, prompt_set, probe_objs, options,
                           load_seconds=loaded.info.load_seconds)
     manifest = run_dir.read_manifest()
     rows = sum(t["rows"] for t in manifest["tables"].values())
+    if run_dir.state == "complete":
+        out.print(f"[green]complete[/]: {run_dir.path} was already complete (finished "
+                  f"{manifest.get('finished')}); nothing to do ({rows:,} records)")
+        return
     out.print(f"[green]complete[/]: {run_dir.path} ({rows:,} records in "
               f"{len(manifest['tables'])} table(s), {manifest['timings'].get('total_s')} s)")
 
@@ -188,9 +200,131 @@ def list_probes() -> None:
 
     table = Table("probe", "hook points", "parameters (default)", "metrics")
     for name, cls in PROBES.items():
-        params = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls))
+        params = ", ".join(
+            f"{f.name}={f.default_factory() if f.default is dataclasses.MISSING else f.default!r}"
+            for f in dataclasses.fields(cls))
         table.add_row(name, ", ".join(cls.hook_points), params or "-", ", ".join(cls.units))
     out.print(table)
+
+
+@app.command("figures")
+def figures_cmd(
+    run: Path = typer.Option(..., "--run", help="Run directory, e.g. runs/<run_id>."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Output folder "
+                                           "(default: <run>/figures)."),
+    formats: str = typer.Option("pdf,svg,png", "--format", help="Comma-separated: pdf, svg, png."),
+    width: str = typer.Option("single", "--width", help="single (3.5 in) or double (7.16 in) "
+                                                        "column."),
+    dpi: int = typer.Option(300, "--dpi", help="PNG resolution at print size."),
+    tables: str = typer.Option("", "--tables", help="Only these tables (comma-separated)."),
+    prompt: list[str] = typer.Option([], "--prompt", help="Prompt id for attention patterns "
+                                                          "(repeatable; default: the first)."),
+    heads: str = typer.Option("", "--heads", help="Heads for attention patterns, e.g. 9.6,3.1."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Write every table's standard figures (PDF/SVG/PNG) with CSV + JSON sidecars."""
+    import time
+
+    from rich.progress import Progress
+
+    from workbench.figures.command import plan_figures
+    from workbench.figures.export import export_figures
+
+    start = time.perf_counter()
+    job = plan_figures(run, out_dir, formats, width, dpi, tables, prompt, heads)
+    with Progress(console=err, transient=True, disable=not progress) as bar:
+        task = bar.add_task("figures", total=len(job.plots))
+        index = export_figures(job.plots, job.out_dir, formats=job.formats, width=width, dpi=dpi,
+                               extra=job.extra, on_written=lambda *_: bar.advance(task))
+    for note in job.notes:
+        err.print(f"note: {escape(note)}")
+    out.print(f"[green]wrote[/] {len(job.plots)} figures ({len(job.plots) * (len(job.formats) + 2)}"
+              f" files) to {escape(str(job.out_dir))} in {time.perf_counter() - start:.1f} s; "
+              f"list: {escape(str(index))}")
+
+
+@app.command()
+def graph(
+    text: str = typer.Option(..., "--text", "-t", help="The prompt text."),
+    out_path: Path = typer.Option(..., "--out", "-o", help="Output file: .graphml or .json."),
+    model: str = typer.Option("smollm2-135m", "--model", "-m"),
+    layer: int = typer.Option(-1, help="Layer; negative counts from the end (default: last)."),
+    matrix: str = typer.Option("attention", help="attention (that layer), product or rollout "
+                                                 "(composed over layers 0..layer)."),
+    threshold: float = typer.Option(0.01, help="Keep edges whose weight is above this."),
+    heads: str = typer.Option("mean", help="mean, one head index, or layer.head per layer."),
+    attention_mask: Optional[str] = typer.Option(None, "--attention-mask",
+                                                 help="causal, window:W, prefix:K, decay:GAMMA"),
+    device: Optional[str] = typer.Option(None),
+) -> None:
+    """Export one prompt's attention graph (edge j -> i when query i attends to key j)."""
+    from probes.position_bias import CONDITIONS, prompt_matrices
+    from workbench.graphs import GRAPH_FORMATS, attention_graph, centre_nodes, hops_to_first
+    from workbench.graphs import write_graph
+    from workbench.masks import AttentionMask
+    from workbench.models import load_model
+
+    if matrix not in ("attention", *CONDITIONS):
+        raise InputError(f"--matrix {matrix!r}: choose attention, product or rollout")
+    if out_path.suffix not in GRAPH_FORMATS:
+        raise InputError(f"--out {out_path}: the file must end in {' or '.join(GRAPH_FORMATS)}")
+    mask = AttentionMask.parse(attention_mask) if attention_mask else None
+    loaded = load_model(model, device=device)
+    layer = loaded.info.n_layers + layer if layer < 0 else layer
+    mats = prompt_matrices(loaded, text, layers=[layer], heads=heads, mask=mask)
+    g = attention_graph(mats[matrix][layer], threshold, tokens=mats["tokens"],
+                        name=f"{model} layer {layer} {matrix} heads={heads} mask={mask}")
+    write_graph(g, out_path)
+    hops = [h for h in hops_to_first(g).values() if h is not None]
+    out.print(f"wrote {out_path}: {g.number_of_nodes()} nodes, {g.number_of_edges()} edges above "
+              f"{threshold}; centre nodes {centre_nodes(g)}; hops to the first token: max "
+              f"{max(hops)}, {g.number_of_nodes() - len(hops)} position(s) unreachable")
+
+
+def app_command(runs_dir: Path, host: str, port: int) -> list[str]:
+    """The ``streamlit run`` command line that serves the app on ``host:port`` for ``runs_dir``.
+
+    Raises:
+        InputError: ``runs_dir`` is not a folder, ``port`` is out of range, or the app package
+            (``app/main.py``) is not installed.
+    """
+    import importlib.util
+
+    if not runs_dir.is_dir():
+        raise InputError(f"--runs-dir {runs_dir}: not a folder (make runs with `workbench run "
+                         "--runs-dir ...`)")
+    if not 1 <= port <= 65535:
+        raise InputError(f"--port {port}: expected 1 to 65535")
+    spec = importlib.util.find_spec("app")  # locates the package; runs nothing of it
+    main = Path(next(iter(spec.submodule_search_locations)), "main.py") if spec and \
+        spec.submodule_search_locations else None
+    if main is None or not main.is_file():
+        raise InputError("the app package (app/main.py) is not installed with the workbench")
+    return [sys.executable, "-m", "streamlit", "run", str(main), "--server.address", host,
+            "--server.port", str(port), "--server.headless", "true",
+            "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
+            "--client.toolbarMode", "minimal",
+            "--", "--runs-dir", str(runs_dir.resolve())]
+
+
+@app.command("app")
+def app_cmd(runs_dir: Path = RUNS_DIR,
+            port: int = typer.Option(8501, "--port", help="Port to serve on."),
+            host: str = typer.Option("127.0.0.1", "--host",
+                                     help="Address to bind (default: this machine only)."),
+            ) -> None:
+    """Browse runs in the Streamlit app at http://HOST:PORT (reads only inside --runs-dir)."""
+    import subprocess
+
+    command = app_command(runs_dir, host, port)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        err.print(f"[yellow]warning[/]: serving on {escape(host)}: other machines can reach the "
+                  "app and read every run in the folder")
+    err.print(f"serving {escape(str(runs_dir.resolve()))} at http://{escape(host)}:{port} "
+              "(Ctrl-C stops)")
+    code = subprocess.call(command)
+    if code not in (0, -2, 130):
+        sys.exit(code)
 
 
 @runs_app.callback()

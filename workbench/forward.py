@@ -17,13 +17,14 @@ HookList = Sequence[tuple[str, Callable]]
 
 
 def logits(model, batch, fwd_hooks: HookList = ()) -> Float[Tensor, "batch pos vocab"]:
-    """Full logits of ``batch`` (right-padded, with its attention mask) with ``fwd_hooks`` active.
+    """Full logits of ``batch`` (right-padded, with its attention mask and images, if any) with
+    ``fwd_hooks`` active.
 
     Hooks are removed afterwards even if the forward raises. Runs under ``torch.inference_mode``.
     """
     batch = batch.to(model.device)
     with torch.inference_mode(), model.bridge.hooks(fwd_hooks=list(fwd_hooks)):
-        return model.bridge(batch.input_ids, attention_mask=batch.attention_mask)
+        return model.bridge(batch.input_ids, **batch.model_kwargs())
 
 
 def last_logits(model, batch, fwd_hooks: HookList = ()) -> Float[Tensor, "batch vocab"]:

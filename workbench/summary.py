@@ -28,6 +28,8 @@ def describe_run(run: RunDir, console: Console, top: int = 3) -> None:
                   f"BOS prepended: {prompts.get('prepend_bos')}")
     for p in m.get("probes", []):
         console.print(f"probe {p['name']}: {p['params']}")
+    if m.get("attention_mask"):
+        console.print(f"attention mask: {m['attention_mask']['spec']} (applied to every forward)")
     console.print(f"timings (s): {m.get('timings')}")
     if m.get("error"):
         console.print(f"[red]error[/]: {m['error']}")

@@ -3,7 +3,9 @@
 Two architectures cover the bridge code paths the workbench relies on: a Llama-style model with
 grouped-query attention and rotary positions (like SmolLM2) and a GPT-2-style model with learned
 positions and fused QKV. Both share a small byte-level BPE tokenizer trained here on a fixed corpus,
-so any text can be encoded and offsets map characters to tokens exactly as for real tokenizers.
+so any text can be encoded and offsets map characters to tokens exactly as for real tokenizers. A
+tiny LLaVA (a CLIP vision tower on 32 px images, 16 image tokens, and the Llama one as language
+model) covers the vision-language path; its tokenizer adds the ``<image>`` placeholder.
 """
 
 from __future__ import annotations
@@ -122,4 +124,68 @@ def build_tiny_hf_model(cfg: TinyConfig, vocab_size: int):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model = cls(hf_cfg)
+    return model.eval()
+
+
+# --- a tiny LLaVA ----------------------------------------------------------------------------------
+
+TINY_IMAGE_TOKEN = "<image>"
+
+
+@dataclass(frozen=True)
+class TinyVisionConfig:
+    """The vision side of the tiny LLaVA: a CLIP vision tower on ``image_size`` px images cut into
+    ``patch_size`` px patches, giving ``(image_size / patch_size)^2`` image tokens (16 here)."""
+
+    image_size: int = 32
+    patch_size: int = 8
+    d_model: int = 32
+    d_mlp: int = 64
+    n_layers: int = 2
+    n_heads: int = 2
+
+
+def tiny_llava_tokenizer():
+    """The tiny BPE tokenizer plus the special token ``<image>`` (id 512)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir())
+    tokenizer.add_special_tokens({"additional_special_tokens": [TINY_IMAGE_TOKEN]})
+    return tokenizer
+
+
+def tiny_image_processor(vision: TinyVisionConfig):
+    """A CLIP image processor (PIL backend: no torchvision) for ``vision.image_size`` px images."""
+    from transformers import CLIPImageProcessorPil
+
+    side = vision.image_size
+    return CLIPImageProcessorPil(size={"shortest_edge": side}, crop_size={"height": side,
+                                                                         "width": side})
+
+
+def build_tiny_llava(cfg: TinyConfig, vision: TinyVisionConfig, tokenizer):
+    """A random ``LlavaForConditionalGeneration`` (CLIP vision tower + Llama language model, the
+    ``cfg`` shape), built deterministically from ``cfg.seed``; the global RNG is untouched."""
+    import torch
+    from transformers import (CLIPVisionConfig, LlamaConfig, LlavaConfig,
+                              LlavaForConditionalGeneration)
+
+    text = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=cfg.d_model, intermediate_size=cfg.d_mlp,
+        num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
+        num_key_value_heads=cfg.n_key_value_heads, max_position_embeddings=cfg.n_ctx,
+        initializer_range=cfg.init_std, tie_word_embeddings=False, bos_token_id=0,
+        eos_token_id=0, pad_token_id=0)
+    tower = CLIPVisionConfig(
+        hidden_size=vision.d_model, intermediate_size=vision.d_mlp,
+        num_hidden_layers=vision.n_layers, num_attention_heads=vision.n_heads,
+        image_size=vision.image_size, patch_size=vision.patch_size)
+    hf_cfg = LlavaConfig(text_config=text, vision_config=tower,
+                         image_token_id=tokenizer.convert_tokens_to_ids(TINY_IMAGE_TOKEN),
+                         vision_feature_select_strategy="default", vision_feature_layer=-1)
+    hf_cfg.architectures = ["LlavaForConditionalGeneration"]
+    hf_cfg._attn_implementation = "eager"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = LlavaForConditionalGeneration(hf_cfg)
     return model.eval()

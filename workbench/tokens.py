@@ -17,6 +17,7 @@ import torch
 
 from workbench.errors import InputError
 from workbench.prompts import Prompt, PromptSet
+from workbench.vision import IMAGE_SEGMENT, ImageTokens, expand_image
 
 
 @dataclass(frozen=True)
@@ -25,12 +26,15 @@ class TokenizedPrompt:
 
     ``segments[name]`` is a sorted int array of the token positions whose characters overlap the
     segment's character span (possibly empty). A BOS token has offsets (0, 0) and is in no segment.
+    A prompt with an image has its image tokens expanded (see ``workbench.vision``), the automatic
+    segment ``"image"`` holding their positions, and ``pixel_values``.
     """
 
     prompt: Prompt
     input_ids: np.ndarray  # [pos] int64
     offsets: np.ndarray  # [pos, 2] int64, character span of each token
     segments: dict[str, np.ndarray]
+    pixel_values: torch.Tensor | None = None  # [3, height, width] float32, the prompt's image
 
     @property
     def id(self) -> str:
@@ -52,30 +56,45 @@ def segment_positions(offsets: np.ndarray, span: tuple[int, int]) -> np.ndarray:
     return np.flatnonzero(hit).astype(np.int64)
 
 
-def tokenize_prompt(prompt: Prompt, tokenizer, *, prepend_bos: bool) -> TokenizedPrompt:
-    """Tokenise one prompt with offsets (no special tokens, then BOS in front if asked)."""
+def tokenize_prompt(prompt: Prompt, tokenizer, *, prepend_bos: bool,
+                    images: ImageTokens | None = None) -> TokenizedPrompt:
+    """Tokenise one prompt with offsets (no special tokens, then BOS in front if asked); with
+    ``images`` (a vision-language model), expand its image placeholder and load its image.
+
+    Raises:
+        InputError: an image problem (see ``workbench.vision.expand_image``), or a segment named
+            ``"image"`` (reserved for the image tokens).
+    """
     enc = tokenizer(prompt.text, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(enc["input_ids"])
     offsets = [tuple(o) for o in enc["offset_mapping"]]
     if prepend_bos:
         ids = [tokenizer.bos_token_id] + ids
         offsets = [(0, 0)] + offsets
+    where = f"{prompt.source}: prompt {prompt.id!r}"
+    ids, offsets, image_pos, pixels = expand_image(ids, offsets, prompt.image, images, where)
     offs = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
     segments = {name: segment_positions(offs, span) for name, span in prompt.segments.items()}
-    return TokenizedPrompt(prompt, np.asarray(ids, dtype=np.int64), offs, segments)
+    if image_pos is not None:
+        if IMAGE_SEGMENT in segments:
+            raise InputError(f"{where}: segment name {IMAGE_SEGMENT!r} is reserved for the image "
+                             "tokens; rename the segment")
+        segments[IMAGE_SEGMENT] = image_pos
+    return TokenizedPrompt(prompt, np.asarray(ids, dtype=np.int64), offs, segments, pixels)
 
 
 def tokenize_prompt_set(prompt_set: PromptSet, tokenizer, *, prepend_bos: bool,
-                        n_ctx: int | None = None, model_name: str = "the model"
-                        ) -> list[TokenizedPrompt]:
-    """Tokenise every prompt once.
+                        n_ctx: int | None = None, model_name: str = "the model",
+                        images: ImageTokens | None = None) -> list[TokenizedPrompt]:
+    """Tokenise every prompt once (``images``: see :func:`tokenize_prompt`).
 
     Raises:
-        InputError: a prompt tokenises to nothing, or is longer than the model's context ``n_ctx``.
+        InputError: a prompt tokenises to nothing, is longer than the model's context ``n_ctx``,
+            or has a bad image.
     """
     out = []
     for prompt in prompt_set.prompts:
-        tok = tokenize_prompt(prompt, tokenizer, prepend_bos=prepend_bos)
+        tok = tokenize_prompt(prompt, tokenizer, prepend_bos=prepend_bos, images=images)
         if tok.n_tokens == 0:
             raise InputError(f"{prompt.source}: prompt {prompt.id!r} has no tokens")
         if n_ctx is not None and tok.n_tokens > n_ctx:
@@ -95,6 +114,8 @@ class Batch:
         input_ids: ``[batch, pos]`` int64 (padding filled with ``pad_id``).
         attention_mask: ``[batch, pos]`` int64, 1 for real tokens, 0 for padding.
         lengths: ``[batch]`` int64, number of real tokens of each prompt.
+        pixel_values: ``[n_images, 3, height, width]`` float32, the images of the batch's prompts
+            that have one, in batch order (``None`` when none has).
     """
 
     index: int
@@ -102,6 +123,7 @@ class Batch:
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     lengths: torch.Tensor
+    pixel_values: torch.Tensor | None = None
 
     @property
     def size(self) -> int:
@@ -136,9 +158,27 @@ class Batch:
             mask[b, torch.from_numpy(tok.segments[name])] = True
         return mask.to(self.input_ids.device)
 
+    def model_kwargs(self) -> dict[str, torch.Tensor]:
+        """Keyword arguments of the forward pass besides ``input_ids``: the attention mask, and
+        ``pixel_values`` when the batch has images."""
+        kwargs = {"attention_mask": self.attention_mask}
+        if self.pixel_values is not None:
+            kwargs["pixel_values"] = self.pixel_values
+        return kwargs
+
     def to(self, device: Any) -> "Batch":
+        pixels = None if self.pixel_values is None else self.pixel_values.to(device)
         return Batch(self.index, self.prompts, self.input_ids.to(device),
-                     self.attention_mask.to(device), self.lengths.to(device))
+                     self.attention_mask.to(device), self.lengths.to(device), pixels)
+
+
+def pad_token_id(tokenizer) -> int:
+    """The id used to fill padding: the tokenizer's pad token, else its EOS token, else 0 (padded
+    positions are masked, so the choice never changes a result)."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return int(candidate)
+    return 0
 
 
 def make_batches(tokenized: list[TokenizedPrompt], batch_size: int, pad_id: int,
@@ -165,7 +205,9 @@ def make_batches(tokenized: list[TokenizedPrompt], batch_size: int, pad_id: int,
             ids[b, :tok.n_tokens] = torch.from_numpy(tok.input_ids)
             mask[b, :tok.n_tokens] = 1
         lengths = mask.sum(1)
-        batches.append(Batch(index, members, ids, mask, lengths))
+        images = [t.pixel_values for t in members if t.pixel_values is not None]
+        pixels = torch.stack(images) if images else None
+        batches.append(Batch(index, members, ids, mask, lengths, pixels))
     return batches
 
 

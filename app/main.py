@@ -1,0 +1,101 @@
+"""Attention Workbench app: browse the runs of one runs folder.
+
+Start it with ``workbench app --runs-dir runs`` (binds to 127.0.0.1:8501), or
+``streamlit run app/main.py -- --runs-dir runs``. The runs folder comes from ``--runs-dir``, else
+``$WORKBENCH_RUNS_DIR``, else ``runs``; the app reads nothing outside it. The sidebar chooses the
+run (and a second run to compare); ``?run=<id>&compare=<id>`` in the address does the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import streamlit as st
+
+APP_DIR = Path(__file__).resolve().parent
+if str(APP_DIR.parent) not in sys.path:  # `streamlit run app/main.py` from anywhere
+    sys.path.insert(0, str(APP_DIR.parent))
+
+from app import ui  # noqa: E402
+from app.data import RUNS_ENV, RunsRoot, check_name  # noqa: E402
+from workbench.errors import WorkbenchError  # noqa: E402
+
+PAGES = (("views/runs.py", "Runs", ":material/folder_open:"),
+         ("views/heads.py", "Heads", ":material/grid_on:"),
+         ("views/layers.py", "Layers", ":material/stacked_line_chart:"),
+         ("views/position.py", "Position bias", ":material/linear_scale:"),
+         ("views/circuits.py", "Circuits", ":material/hub:"),
+         ("views/interventions.py", "Interventions", ":material/tune:"),
+         ("views/live.py", "Live intervention", ":material/bolt:"))
+
+
+def runs_dir() -> str:
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--runs-dir")
+    args, _ = parser.parse_known_args(sys.argv[1:])
+    return args.runs_dir or os.environ.get(RUNS_ENV) or "runs"
+
+
+def from_query(root: RunsRoot, param: str, available: list[str]) -> str | None:
+    """A run id from the address (``?run=``), if it names a listed run; else an error shown."""
+    value = st.query_params.get(param)
+    if not value:
+        return None
+    try:
+        check_name(value, "run id")
+        root.run_dir(value)
+    except WorkbenchError as err:
+        st.sidebar.error(ui.literal(f"?{param}=: {err}"))
+        return None
+    if value not in available:
+        st.sidebar.error(ui.literal(f"?{param}=: run {value!r} cannot be opened"))
+        return None
+    return value
+
+
+def sidebar(root: RunsRoot) -> None:
+    st.sidebar.caption("Runs folder")
+    st.sidebar.code(str(root.root), language=None)
+    entries = root.runs()
+    available = [e.run_id for e in entries if e.manifest is not None]
+    if not root.exists():
+        st.sidebar.error(ui.literal(f"The runs folder {root.given} does not exist."))
+    for key, param in ((ui.RUN_KEY, "run"), (ui.COMPARE_KEY, "compare")):
+        wanted = from_query(root, param, available)
+        if wanted and key not in st.session_state:
+            st.session_state[key] = wanted
+        if st.session_state.get(key) not in available + [ui.NO_RUN]:
+            st.session_state.pop(key, None)
+    if not available:
+        st.sidebar.info("No runs yet.")
+        return
+    run = st.sidebar.selectbox("Run", available, key=ui.RUN_KEY)
+    others = [ui.NO_RUN] + [r for r in available if r != run]
+    if st.session_state.get(ui.COMPARE_KEY) not in others:
+        st.session_state[ui.COMPARE_KEY] = ui.NO_RUN
+    compare = st.sidebar.selectbox("Compare with", others, key=ui.COMPARE_KEY)
+    st.query_params["run"] = run
+    if compare != ui.NO_RUN:
+        st.query_params["compare"] = compare
+    else:
+        st.query_params.pop("compare", None)
+
+
+def main() -> None:
+    st.set_page_config(page_title="Attention Workbench", layout="wide")
+    st.session_state[ui.ROOT_KEY] = runs_dir()
+    root = ui.runs_root()
+    pages = [st.Page(str(APP_DIR / path), title=title, icon=icon, default=(i == 0))
+             for i, (path, title, icon) in enumerate(PAGES)]
+    page = st.navigation(pages)
+    sidebar(root)
+    st.sidebar.radio("Figure width", ["single", "double"], index=1, key=ui.WIDTH_KEY,
+                     horizontal=True, help="Column width the figures are drawn and exported at: "
+                                           "single 3.5 in, double 7.16 in.")
+    page.run()
+
+
+main()

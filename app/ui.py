@@ -1,0 +1,162 @@
+"""Widgets every page uses: the runs folder and chosen runs, figures with PNG / SVG / PDF downloads
+drawn by the figures package, text from runs shown literally, and clear messages instead of
+tracebacks.
+
+Strings from a run (ids, prompt texts, tokens, metric and task names) are data: they go to
+``st.code`` / ``st.text`` / dataframes, or through :func:`literal` wherever Streamlit would read
+Markdown. Nothing uses ``unsafe_allow_html``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import re
+import threading
+from collections.abc import Iterator
+
+import pyarrow as pa
+import streamlit as st
+
+from app.data import (RUNS_ENV, MetricInfo, RunsRoot, TableInfo, prompts, table_info,
+                      where_of)
+from workbench.errors import WorkbenchError
+from workbench.figures import BrowserNotFound, Plot, find_browser, open_browser, render
+from workbench.figures.shapes import qualifier
+
+ROOT_KEY = "runs_root"  # session state: the runs folder (set by main.py)
+RUN_KEY, COMPARE_KEY, WIDTH_KEY = "run", "compare", "figure_width"
+NO_RUN = "(none)"
+MIME = {"png": "image/png", "svg": "image/svg+xml", "pdf": "application/pdf"}
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:&=\"'])")
+_browser_lock = threading.Lock()
+
+
+def literal(text: object) -> str:
+    """``text`` escaped so that Streamlit's Markdown shows it character for character (no links,
+    images, HTML, emphasis, LaTeX or colour directives)."""
+    return _MARKDOWN.sub(r"\\\1", str(text)).replace("\n", "  \n")
+
+
+def runs_root() -> RunsRoot:
+    """The runs folder the app was started with (see ``main.py``)."""
+    return RunsRoot(st.session_state.get(ROOT_KEY) or os.environ.get(RUNS_ENV) or "runs")
+
+
+def chosen_run() -> str | None:
+    """The run chosen in the sidebar; shows how to choose one and returns None when none is."""
+    run_id = st.session_state.get(RUN_KEY)
+    if not run_id:
+        st.info("No run chosen. Pick one in the sidebar (the Runs page lists every run in the "
+                "runs folder).")
+        return None
+    return run_id
+
+
+def compared_run() -> str | None:
+    """The second run chosen in the sidebar, if any."""
+    run_id = st.session_state.get(COMPARE_KEY)
+    return None if run_id in (None, NO_RUN) else run_id
+
+
+@contextlib.contextmanager
+def guard() -> Iterator[None]:
+    """Show data problems (a missing or unreadable table, records of an unexpected shape) as a
+    one-line error instead of a traceback."""
+    try:
+        yield
+    except (WorkbenchError, ValueError, KeyError, OSError, pa.ArrowException) as err:
+        st.error(literal(f"{type(err).__name__}: {err}" if isinstance(err, KeyError) else err))
+
+
+def infos(root: RunsRoot, run_id: str) -> dict[str, TableInfo]:
+    """Every record table of a run with its metric shapes, the probes' tables first (in the
+    manifest's order); unreadable tables are reported."""
+    probes = [p.get("name") for p in root.manifest(run_id).get("probes") or []
+              if isinstance(p, dict)]
+    out = {}
+    for table in sorted(root.record_tables(run_id),
+                        key=lambda t: (probes.index(t) if t in probes else len(probes), t)):
+        info = table_info(root.table(run_id, table))
+        if info.problem:
+            st.warning(literal(f"table {table}: {info.problem}"))
+        else:
+            out[table] = info
+    return out
+
+
+def metrics_with(infos_: dict[str, TableInfo], *coords: str) -> dict[str, list[str]]:
+    """Per table, the metrics whose records carry every coordinate in ``coords``."""
+    out = {t: [m for m, mi in info.metrics.items() if set(coords) <= mi.coords]
+           for t, info in infos_.items()}
+    return {t: ms for t, ms in out.items() if ms}
+
+
+def patterns_last(info: TableInfo, metrics: list[str]) -> list[str]:
+    """``metrics`` with the attention-pattern-like ones (query_pos and key_pos) last: their
+    per-head means are rarely the interesting default."""
+    return sorted(metrics, key=lambda m: {"query_pos", "key_pos"} <= info.metrics[m].coords)
+
+
+def variant_label(variant: dict) -> str:
+    return ", ".join(f"{k} = {v}" for k, v in variant.items()) or "all rows"
+
+
+def pick_variant(info: MetricInfo, key: str) -> tuple:
+    """A selectbox over a metric's segment/condition variants; the chosen one as a filter."""
+    variants = list(info.variants) or [{}]
+    if len(variants) == 1:
+        return where_of(variants[0])
+    chosen = st.selectbox("Segment / condition", range(len(variants)), key=key,
+                          format_func=lambda i: variant_label(variants[i]))
+    return where_of(variants[chosen])
+
+
+def show_prompt(root: RunsRoot, run_id: str, prompt_id: str) -> None:
+    """A prompt's text from the run's prompts table, shown literally (nothing when absent)."""
+    table = prompts(root, run_id)
+    text = None if table is None else table.loc[table["prompt_id"] == prompt_id, "text"]
+    if text is not None and len(text):
+        st.code(str(text.iloc[0]), language=None, wrap_lines=True)
+
+
+def show_plot(plot: Plot, key: str) -> None:
+    """The figure as drawn for papers (the chosen column width) and its PNG / SVG / PDF
+    downloads, rendered only when clicked by the same export as ``workbench figures``."""
+    width = st.session_state.get(WIDTH_KEY, "double")
+    st.plotly_chart(plot.figure(width), width="content", theme=None, key=f"chart-{key}",
+                    config={"displaylogo": False})
+    problem = _browser_problem()
+    if problem:
+        st.caption(literal(f"Downloads need a browser for export: {problem}"))
+        return
+    with st.container(horizontal=True):
+        for fmt in ("png", "svg", "pdf"):
+            st.download_button(fmt.upper(), data=functools.partial(export, plot, fmt, width),
+                               file_name=f"{plot.name}.{fmt}", mime=MIME[fmt], on_click="ignore",
+                               key=f"download-{key}-{fmt}", help=f"{plot.name}.{fmt}",
+                               width="content")
+
+
+@st.cache_resource(show_spinner=False)
+def _browser_problem() -> str | None:
+    try:
+        find_browser()
+    except BrowserNotFound as err:
+        return str(err)
+    return None
+
+
+def export(plot: Plot, fmt: str, width: str) -> bytes:
+    """``plot`` as ``fmt`` bytes (a download button calls this on its own thread when clicked).
+    The first call starts the shared export browser, kept for the app process (closed at exit);
+    exports are serialised on it."""
+    with _browser_lock:
+        open_browser()
+        return render(plot, fmt, width=width)  # type: ignore[arg-type]
+
+
+def plot_key(*parts: object) -> str:
+    """A widget key from parts (table, metric, variant filter ...)."""
+    return "-".join(qualifier(p) if isinstance(p, dict) else str(p) for p in parts)

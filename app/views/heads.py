@@ -1,0 +1,143 @@
+"""Heads: a layer x head heatmap of any per-head metric; one head's distribution over prompts, its
+most extreme prompts, its attention pattern on a prompt (runs with pattern records) and every
+other metric of that head."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pyarrow.compute as pc
+import streamlit as st
+
+from app import data, ui
+from app.shaping import extreme_prompts, head_summary, rank_of
+from workbench.figures import attention_pattern, distribution, heatmap_of_means
+from workbench.figures.plot import safe_name
+from workbench.figures.shapes import qualifier
+
+N_EXTREME = 5
+
+
+def heatmap(root: data.RunsRoot, run_id: str, infos: dict) -> tuple | None:
+    """Table / metric / variant pickers and the heatmap; returns (table, metric, where, means)."""
+    per_head = ui.metrics_with(infos, "layer", "head")
+    if not per_head:
+        st.info(ui.literal(f"This run has no per-head records (its record tables: "
+                           f"{', '.join(infos) or 'none'}); the Layers page shows layer-level "
+                           "metrics."))
+        return None
+    left, mid, right = st.columns(3)
+    table = left.selectbox("Table", list(per_head), key="heads-table")
+    metric = mid.selectbox("Metric", ui.patterns_last(infos[table], per_head[table]),
+                           key="heads-metric")
+    with right:
+        where = ui.pick_variant(infos[table].metrics[metric], key="heads-variant")
+    manifest = root.manifest(run_id)
+    model = manifest.get("model") or {}
+    means = data.head_means(root.table(run_id, table), metric, where)
+    if means.empty:
+        st.info("No rows of this metric have a layer and a head for this choice.")
+        return None
+    unit = (manifest.get("units") or {}).get(metric)
+    ui.show_plot(heatmap_of_means(means, metric, where=dict(where), unit=unit, table=table,
+                                  n_layers=model.get("n_layers"), n_heads=model.get("n_heads")),
+                 key=ui.plot_key("heads", table, metric, dict(where)))
+    return table, metric, where, means
+
+
+def pick_head(means: pd.DataFrame) -> tuple[int, int]:
+    best = means.loc[means["value"].idxmax()]
+    layers = sorted(means["layer"].unique().tolist())
+    left, right, _ = st.columns([1, 1, 4])
+    layer = left.selectbox("Layer", layers, index=layers.index(int(best["layer"])),
+                           key="heads-layer")
+    heads = sorted(means.loc[means["layer"] == layer, "head"].unique().tolist())
+    default = heads.index(int(best["head"])) if int(best["layer"]) == layer else 0
+    head = right.selectbox("Head", heads, index=default, key="heads-head")
+    return int(layer), int(head)
+
+
+def over_prompts(root, run_id, table, metric, where, layer, head) -> None:
+    ref = root.table(run_id, table)
+    mine = (*where, ("layer", layer), ("head", head))
+    rows = data.records(ref, metric, mine)
+    if rows["prompt_id"].isna().all():
+        st.info("This metric has one value per head (no per-prompt records), so there is no "
+                "distribution over prompts.")
+        return
+    unit = (root.manifest(run_id).get("units") or {}).get(metric)
+    ui.show_plot(distribution(rows, metric, over="prompts", unit=unit, table=table,
+                              name=safe_name(table, "distribution", metric,
+                                             f"L{layer}H{head}", qualifier(dict(where)))),
+                 key=ui.plot_key("heads-dist", table, metric, dict(mine)))
+    per_prompt = rows.groupby("prompt_id", as_index=False)["value"].mean()
+    st.caption("Prompts where this head is most extreme (mean over the prompt's rows)")
+    st.dataframe(extreme_prompts(per_prompt, data.prompts(root, run_id), N_EXTREME),
+                 hide_index=True, width="stretch")
+
+
+def pattern(root, run_id, infos, layer, head) -> None:
+    found = [(t, m) for t, ms in ui.metrics_with(infos, "query_pos", "key_pos", "head").items()
+             for m in ms]
+    if not found:
+        st.info("This run stores no attention patterns (records with query_pos and key_pos). "
+                "Add the attention_pattern probe to a run to see them: workbench run ... "
+                "--probes attention_entropy,attention_pattern")
+        return
+    tokens = data.tokens(root, run_id)
+    if tokens is None:
+        st.info("This run has no tokens table, so patterns cannot be drawn over tokens.")
+        return
+    choice = st.selectbox("Pattern metric", range(len(found)), key="heads-pattern-metric",
+                          format_func=lambda i: f"{found[i][0]} · {found[i][1]}")
+    table, metric = found[choice]
+    where = ui.pick_variant(infos[table].metrics[metric], key="heads-pattern-variant")
+    head_rows = data.read(root.table(run_id, table), ("prompt_id",),
+                          (("metric", metric), *where, ("layer", layer), ("head", head)))
+    prompt_ids = sorted(str(p) for p in pc.unique(head_rows["prompt_id"]).to_pylist() if p)
+    if not prompt_ids:
+        st.info(f"No pattern records for head {layer}.{head}; the probe stored other heads.")
+        return
+    prompt_id = st.selectbox("Prompt", prompt_ids, key="heads-pattern-prompt")
+    ui.show_prompt(root, run_id, prompt_id)
+    rows = data.records(root.table(run_id, table), metric,
+                        (*where, ("layer", layer), ("head", head), ("prompt_id", prompt_id)))
+    unit = (root.manifest(run_id).get("units") or {}).get(metric)
+    ui.show_plot(attention_pattern(rows, tokens, metric, prompt_id, layer, head, unit=unit,
+                                   table=table),
+                 key=ui.plot_key("heads-pattern", table, metric, prompt_id, layer, head))
+
+
+def every_metric(root, run_id, infos, layer, head, chosen) -> None:
+    frames = []
+    for table in infos:
+        rows = data.frame(data.read(root.table(run_id, table),
+                                    ("metric", "prompt_id", "segment", "condition", "value"),
+                                    (("layer", layer), ("head", head))))
+        frames.append(rows.assign(table=table))
+    summary = head_summary(pd.concat(frames), root.manifest(run_id).get("units") or {})
+    table, metric, where, means = chosen
+    rank = rank_of(means, layer, head)
+    if rank:
+        st.caption(ui.literal(f"Head {layer}.{head} ranks {rank[0]} of {rank[1]} heads on "
+                              f"{metric} (highest first)."))
+    st.dataframe(summary, hide_index=True, width="stretch")
+
+
+root = ui.runs_root()
+st.title("Heads")
+run_id = ui.chosen_run()
+if run_id:
+    with ui.guard():
+        infos = ui.infos(root, run_id)
+        chosen = heatmap(root, run_id, infos)
+        if chosen:
+            table, metric, where, means = chosen
+            st.subheader("One head")
+            layer, head = pick_head(means)
+            tabs = st.tabs(["Over prompts", "Attention pattern", "Every metric"])
+            with tabs[0], ui.guard():
+                over_prompts(root, run_id, table, metric, where, layer, head)
+            with tabs[1], ui.guard():
+                pattern(root, run_id, infos, layer, head)
+            with tabs[2], ui.guard():
+                every_metric(root, run_id, infos, layer, head, chosen)

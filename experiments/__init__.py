@@ -1,0 +1,1 @@
+"""Reproducible experiments built on the workbench (run as ``python -m experiments.<name>``)."""

@@ -1,0 +1,278 @@
+"""Head-type detectors: how well each head's attention matches a detection pattern.
+
+Semantics of TransformerLens ``head_detector.py`` (METHODS.md section 5), per prompt then averaged:
+
+* ``mul``: ``sum(A * P) / sum(A)``, the share of the head's attention on the pattern's (query, key)
+  pairs;
+* ``abs``: ``1 - sum|A - P| / seq_len``, in [-1, 1], 1 for a perfect match (TransformerLens rounds
+  it to 3 decimals; we do not).
+
+Sums run over the prompt's real tokens only (padding never counts). ``exclude_bos`` drops key
+position 0 and ``exclude_current_token`` the diagonal from both sums, as TransformerLens does.
+Unlike TransformerLens, options apply to every prompt of a set (its list input used to drop them)
+and no activation is modified (its ``mul`` used to mask the cached pattern in place).
+
+A detection pattern is a rule: terms joined by ``|`` (union), each selecting keys ``j`` for query
+``i`` (always ``j <= i``):
+
+* ``offset:K`` - ``j = i - K`` (``offset:1`` previous token, ``offset:0`` current token);
+* ``pos:J`` - ``j = J`` (``pos:0`` the first token);
+* ``match:S`` - ``token[j - S] == token[i]`` with ``j - S < i`` (``match:0`` duplicate token,
+  ``match:1`` induction: the token after an earlier copy of the current token);
+* ``segment:NAME`` - ``j`` in the prompt's segment ``NAME``.
+
+Built-in detectors: ``previous_token = offset:1``, ``duplicate_token = match:0``,
+``induction = match:1`` (equal to TransformerLens's patterns; a test checks it).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from probes.base import Probe
+from workbench.errors import InputError
+from workbench.records import concat, records, string_column
+
+BUILTIN_DETECTORS = {"previous_token": "offset:1", "duplicate_token": "match:0",
+                     "induction": "match:1"}
+MEASURES = ("mul", "abs")
+_MEASURE_UNITS = {"mul": "fraction of attention", "abs": "1 - sum|A - P| / seq_len"}
+_TERM = re.compile(r"^(offset|pos|match):(\d+)$|^segment:(.+)$")
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def _units(names) -> dict[str, str]:
+    return {f"{pre}{name}_{m}": _MEASURE_UNITS[m] for name in names for m in MEASURES
+            for pre in ("", "mean_")}
+
+
+@dataclass(frozen=True)
+class Detector:
+    """A named detection rule; ``terms`` are ``(kind, argument)`` pairs (see the module doc)."""
+
+    name: str
+    rule: str
+    terms: tuple[tuple[str, int | str], ...]
+
+    @property
+    def segments(self) -> list[str]:
+        return [str(arg) for kind, arg in self.terms if kind == "segment"]
+
+
+def parse_detector(item: str, where: str) -> Detector:
+    """``"induction"`` (built-in) or ``"name=rule"`` -> :class:`Detector`.
+
+    Raises:
+        InputError: an unknown built-in, a bad name, or a bad term; ``where`` prefixes the message.
+    """
+    name, sep, rule = (s.strip() for s in item.partition("="))
+    if not sep:
+        if name not in BUILTIN_DETECTORS:
+            raise InputError(f"{where}: unknown detector {name!r}; built-ins are "
+                             f"{', '.join(BUILTIN_DETECTORS)}, or write name=rule "
+                             f"(e.g. first=pos:0)")
+        rule = BUILTIN_DETECTORS[name]
+    if not _NAME.match(name):
+        raise InputError(f"{where}: detector name {name!r} must be lower case letters, digits "
+                         f"and _, starting with a letter")
+    terms = []
+    for term in rule.split("|"):
+        match = _TERM.match(term.strip())
+        if not match:
+            raise InputError(f"{where}: detector {name!r}: term {term.strip()!r} is not one of "
+                             f"offset:K, pos:J, match:S (K, J, S >= 0) or segment:NAME")
+        kind = match.group(1) or "segment"
+        terms.append((kind, int(match.group(2)) if match.group(1) else match.group(3).strip()))
+    return Detector(name, "|".join(f"{k}:{a}" for k, a in terms), tuple(terms))
+
+
+def read_detectors_file(path: str) -> list[Detector]:
+    """Detectors from a text file: one ``name = rule`` (or a built-in name) per line; blank lines
+    and ``#`` comments are ignored.
+
+    Raises:
+        InputError: a missing file, or a bad line (with file and line number).
+    """
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as err:
+        raise InputError(f"head_types: cannot read detectors_file {path!r} ({err.strerror})") \
+            from None
+    out = []
+    for lineno, line in enumerate(lines, start=1):
+        text = line.split("#", 1)[0].strip()
+        if text:
+            out.append(parse_detector(text, f"{path}:{lineno}"))
+    return out
+
+
+def detection_pattern(detector: Detector, input_ids: Int[Tensor, "batch pos"],
+                      lengths: Int[Tensor, " batch"],
+                      segment_masks: dict[str, Bool[Tensor, "batch pos"]] | None = None
+                      ) -> Bool[Tensor, "batch query_pos key_pos"]:
+    """The detector's pattern ``P[b, i, j]`` for a right-padded batch: lower triangular
+    (``j <= i``), False on padded queries and keys."""
+    n_batch, seq = input_ids.shape
+    dev = input_ids.device
+    i = torch.arange(seq, device=dev)[:, None]
+    j = torch.arange(seq, device=dev)[None, :]
+    out = torch.zeros(n_batch, seq, seq, dtype=torch.bool, device=dev)
+    for kind, arg in detector.terms:
+        if kind == "offset":
+            out |= (i - j == arg)[None]
+        elif kind == "pos":
+            out |= (j == arg)[None]
+        elif kind == "match":
+            shifted = torch.full_like(input_ids, -1)
+            shifted[:, arg:] = input_ids[:, :seq - arg]  # shifted[b, j] = token[b, j - arg]
+            same = shifted[:, None, :] == input_ids[:, :, None]  # [b, i, j]
+            out |= same & (j - arg < i)[None] & (j >= arg)[None]
+        else:
+            out |= segment_masks[arg].to(dev)[:, None, :]
+    real = torch.arange(seq, device=dev)[None, :] < lengths.to(dev)[:, None]
+    return out & (j <= i)[None] & real[:, :, None] & real[:, None, :]
+
+
+def head_scores(pattern: Float[Tensor, "batch head_index query_pos key_pos"],
+                detection: Bool[Tensor, "batch query_pos key_pos"], lengths: Int[Tensor, " batch"],
+                *, exclude_bos: bool = False, exclude_current_token: bool = False
+                ) -> tuple[Float[Tensor, "batch head_index"], Float[Tensor, "batch head_index"]]:
+    """``(mul, abs)`` scores of every head against a 0/1 detection pattern, per prompt, in fp32.
+
+    Over the prompt's real (query, key) pairs, minus key 0 (``exclude_bos``) and the diagonal
+    (``exclude_current_token``): ``mul = sum(A P) / sum(A)`` (NaN where ``sum(A) = 0``) and
+    ``abs = 1 - sum|A - P| / length`` with ``|A - P| = A + P - 2 A P`` (exact for P in {0, 1}).
+    ``sum(A P)`` gathers the pattern's entries and ``sum(A)`` uses row sums, so no
+    ``[batch, head, query, key]`` temporary is made; ``pattern`` is not modified.
+    Source: TransformerLens ``head_detector.py`` (``compute_head_attention_similarity_score``).
+    """
+    n_batch, n_heads, seq, _ = pattern.shape
+    dev = pattern.device
+    pos = torch.arange(seq, device=dev)
+    is_real = pos[None, :] < lengths.to(dev)[:, None]  # [batch, pos]
+    real = is_real.float()
+    det = detection.to(dev) & is_real[:, :, None] & is_real[:, None, :]
+    if exclude_bos:
+        det = det & (pos != 0)[None, None, :]
+    if exclude_current_token:
+        det = det & (pos[:, None] != pos[None, :])[None]
+    b, q, k = det.nonzero(as_tuple=True)
+    overlap = torch.zeros(n_batch, n_heads, device=dev)
+    overlap.index_add_(0, b, pattern[b, :, q, k].float())  # [entries, head] summed per prompt
+    total = torch.einsum("bhq,bq->bh", pattern.sum(-1, dtype=torch.float32), real)
+    if exclude_bos:
+        total -= torch.einsum("bhq,bq->bh", pattern[..., 0].float(), real)
+    if exclude_current_token:
+        total -= torch.einsum("bhq,bq->bh", pattern.diagonal(dim1=-2, dim2=-1).float(), real)
+    if exclude_bos and exclude_current_token:
+        total += pattern[:, :, 0, 0].float()  # (0, 0) was subtracted twice
+    n_target = det.sum((-1, -2)).float()[:, None]
+    abs_ = 1 - (total + n_target - 2 * overlap) / lengths.to(dev)[:, None].float()
+    return overlap / total, abs_
+
+
+@dataclass
+class _State:
+    batch: Any
+    patterns: list[Tensor]  # one [batch, query, key] bool per detector
+    scores: dict[int, list[tuple[Tensor, Tensor]]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class HeadTypes(Probe):
+    """Head-type scores of every head (hook ``attn.hook_pattern``).
+
+    Records per (prompt, layer, head): ``{detector}_mul`` and ``{detector}_abs`` for each detector
+    (default: ``previous_token``, ``duplicate_token``, ``induction``); summaries
+    ``mean_{detector}_{measure}`` per (layer, head), the mean over prompts (TransformerLens's
+    list semantics). ``mul`` rows are left out where the kept attention sums to 0.
+
+    ``detectors``: built-in names or ``name=rule`` items (module doc), e.g. on the command line
+    ``--param 'head_types.detectors=["induction", "first=pos:0", "skip=offset:2|offset:3"]'``;
+    ``detectors_file``: a text file with one ``name = rule`` per line, added to ``detectors``. The
+    resolved rules are recorded in the manifest (``rules``). Use ``data/repeated_tokens.jsonl`` for
+    duplicate-token and induction heads.
+
+    Raises (at construction / in :meth:`check`): InputError for a bad rule, a duplicate name, an
+    unreadable file, or a ``segment:`` rule naming a segment some prompt lacks.
+    """
+
+    name: ClassVar[str] = "head_types"
+    hook_points: ClassVar[tuple[str, ...]] = ("attn.hook_pattern",)
+    units: ClassVar[dict[str, str]] = _units(BUILTIN_DETECTORS)  # plus custom detectors'
+
+    detectors: list[str] = field(default_factory=lambda: list(BUILTIN_DETECTORS))
+    detectors_file: str | None = None  # more detectors, one "name = rule" per line
+    exclude_bos: bool = False  # leave key position 0 out of both sums (TransformerLens option)
+    exclude_current_token: bool = False  # leave the diagonal out of both sums
+
+    def __post_init__(self):
+        found = [parse_detector(item, "head_types.detectors") for item in self.detectors]
+        if self.detectors_file:
+            found += read_detectors_file(self.detectors_file)
+        names = [d.name for d in found]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes or not found:
+            raise InputError(f"head_types: detector names must be unique and at least one is "
+                             f"needed; got {names}")
+        object.__setattr__(self, "_detectors", tuple(found))
+        object.__setattr__(self, "units", _units([d.name for d in found]))  # this run's metrics
+
+    def params(self) -> dict:
+        return {**super().params(), "rules": {d.name: d.rule for d in self._detectors}}
+
+    def check(self, tokenized: list, model: Any) -> None:
+        for name in {s for d in self._detectors for s in d.segments}:
+            for tok in tokenized:
+                if name not in tok.segments:
+                    raise InputError(f"{tok.prompt.source}: prompt {tok.id!r} has no segment "
+                                     f"{name!r} (probe head_types, segment:{name})")
+
+    def start(self, batch: Any, model: Any) -> _State:
+        segments = {s: batch.segment_mask(s) for d in self._detectors for s in d.segments}
+        patterns = [detection_pattern(d, batch.input_ids, batch.lengths, segments)
+                    for d in self._detectors]
+        return _State(batch, patterns)
+
+    def observe(self, state: _State, layer: int, point: str, activation: Tensor) -> None:
+        opts = dict(exclude_bos=self.exclude_bos, exclude_current_token=self.exclude_current_token)
+        state.scores[layer] = [
+            tuple(x.cpu() for x in head_scores(activation, p, state.batch.lengths, **opts))
+            for p in state.patterns]
+
+    def finish(self, state: _State) -> pa.Table | None:
+        ids = state.batch.prompt_ids
+        out = []
+        for layer, per_detector in sorted(state.scores.items()):
+            for det, scores in zip(self._detectors, per_detector):
+                for measure, values in zip(MEASURES, scores):
+                    keep = ~torch.isnan(values)
+                    idx = keep.nonzero().numpy()
+                    out.append(records(f"{det.name}_{measure}", values[keep].double().numpy(),
+                                       layer=layer, head=idx[:, 1],
+                                       prompt_id=string_column(ids, idx[:, 0])))
+        return concat(out)
+
+    def summarize(self, table: pa.Table) -> pa.Table | None:
+        rows = table.filter(pc.is_valid(table["prompt_id"]))
+        out = []
+        for det in self._detectors:
+            for measure in MEASURES:
+                metric = f"{det.name}_{measure}"
+                sel = rows.filter(pc.equal(rows["metric"], metric))
+                if sel.num_rows == 0:
+                    continue
+                agg = sel.group_by(["layer", "head"], use_threads=False).aggregate(
+                    [("value", "mean")]).sort_by([("layer", "ascending"), ("head", "ascending")])
+                out.append(records(f"mean_{metric}", agg["value_mean"].to_numpy(),
+                                   layer=agg["layer"], head=agg["head"]))
+        return concat(out)
