@@ -9,7 +9,8 @@ hypergeometric upper tail
 
     P(X >= k) = sum_{j >= k} C(|A|, j) C(N - |A|, |B| - j) / C(N, |B|),
 
-computed exactly with integers (``math.comb``).
+computed exactly with integers (``math.comb``), and the expected Jaccard index of such random sets,
+``E[X / (|A| + |B| - X)]`` under the same hypergeometric law (the baseline of a Jaccard matrix).
 """
 
 from __future__ import annotations
@@ -38,6 +39,22 @@ def hypergeometric_tail(k: int, n_total: int, n_first: int, n_second: int) -> fl
     return float(Fraction(hits, math.comb(n_total, n_second)))
 
 
+def expected_jaccard(n_total: int, n_first: int, n_second: int) -> float:
+    """``E[|A∩B| / |A∪B|]`` for a fixed ``A`` of ``n_first`` heads and a uniformly random ``B`` of
+    ``n_second`` heads out of ``n_total`` (exact sum over the hypergeometric law; 0/0 counts as 0).
+
+    Raises:
+        InputError: a set larger than ``n_total``.
+    """
+    if not (0 <= n_first <= n_total and 0 <= n_second <= n_total):
+        raise InputError(f"set sizes {n_first} and {n_second} must be between 0 and {n_total}")
+    total = Fraction(0)
+    for j in range(1, min(n_first, n_second) + 1):
+        ways = math.comb(n_first, j) * math.comb(n_total - n_first, n_second - j)
+        total += Fraction(ways * j, n_first + n_second - j)
+    return float(total / math.comb(n_total, n_second))
+
+
 @dataclass(frozen=True)
 class Overlap:
     """Overlap of two circuits; ``first``/``second`` name them (task names)."""
@@ -54,6 +71,7 @@ class Overlap:
     shared_over_second: float  # |A∩B| / |B|
     expected_shared: float  # |A| |B| / N for random sets of these sizes
     p_value: float  # P(random sets share >= |A∩B| heads)
+    expected_jaccard: float  # E[Jaccard] of random sets of these sizes
 
     @property
     def n_shared(self) -> int:
@@ -74,7 +92,8 @@ def overlap(first: Iterable[Head], second: Iterable[Head], n_total: int,
                    jaccard=_ratio(k, len(a | b)), overlap_coefficient=_ratio(k, min(len(a), len(b))),
                    shared_over_first=_ratio(k, len(a)), shared_over_second=_ratio(k, len(b)),
                    expected_shared=len(a) * len(b) / n_total,
-                   p_value=hypergeometric_tail(k, n_total, len(a), len(b)))
+                   p_value=hypergeometric_tail(k, n_total, len(a), len(b)),
+                   expected_jaccard=expected_jaccard(n_total, len(a), len(b)))
 
 
 def overlap_table(circuits: Mapping[str, Iterable[Head]], n_total: int) -> list[Overlap]:

@@ -15,7 +15,8 @@ units in ``run.json``):
   ``faithfulness``, ``faithfulness_normalised``, ``faithfulness_random``, ``circuit_accuracy``.
 * ``overlap``: one set of rows per pair of tasks, ``segment`` = ``"taskA|taskB"`` (order of
   ``--task``): ``jaccard``, ``overlap_coefficient``, ``shared_over_first``, ``shared_over_second``,
-  ``n_shared``, ``size_first``, ``size_second``, ``expected_shared``, ``p_value``; and ``shared``
+  ``n_shared``, ``size_first``, ``size_second``, ``expected_shared``, ``p_value``,
+  ``expected_jaccard`` (the random baseline of ``jaccard``); and ``shared``
   rows (value 1) naming each shared head by ``layer``/``head``.
 * ``method_agreement`` (with two or more methods): ``spearman`` of the per-head scores (path
   patching: stage 1) per task, ``condition`` = ``"methodA~methodB"``.
@@ -65,6 +66,7 @@ UNITS = {
     "overlap_coefficient": "fraction", "shared_over_first": "fraction",
     "shared_over_second": "fraction", "n_shared": "heads", "size_first": "heads",
     "size_second": "heads", "expected_shared": "heads", "p_value": "probability",
+    "expected_jaccard": "fraction (random head sets of the same sizes)",
     "shared": "1 per shared head", "spearman": "rank correlation",
 }
 
@@ -261,7 +263,7 @@ def _overlap_rows(o: Overlap) -> pa.Table:
     pair = f"{o.first}|{o.second}"
     parts = [records(metric, getattr(o, metric), segment=pair) for metric in (
         "jaccard", "overlap_coefficient", "shared_over_first", "shared_over_second", "n_shared",
-        "size_first", "size_second", "expected_shared", "p_value")]
+        "size_first", "size_second", "expected_shared", "p_value", "expected_jaccard")]
     if o.shared:
         parts.append(records("shared", np.ones(len(o.shared)), layer=[h[0] for h in o.shared],
                              head=[h[1] for h in o.shared], segment=pair))

@@ -12,7 +12,8 @@ import torch
 from circuits.discovery import (Selection, ablation_means, circuit_graph, circuit_logit_diff,
                                 faithfulness, select_heads)
 from circuits.methods import METHODS, DiscoveryOptions
-from circuits.overlap import hypergeometric_tail, overlap, overlap_table, shared_by_all
+from circuits.overlap import (expected_jaccard, hypergeometric_tail, overlap, overlap_table,
+                              shared_by_all)
 from circuits.tasks import load_task
 from tests.circuit_tasks import tiny_ioi_file
 from workbench.errors import InputError
@@ -124,6 +125,11 @@ def test_overlap_metrics_and_baseline_on_hand_made_sets():
     hits = sum(len(a & set(s)) >= 2 for s in itertools.combinations(
         [(l, h) for l in range(4) for h in range(4)], 4))
     assert o.p_value == pytest.approx(hits / math.comb(16, 4), rel=1e-12)
+    # brute force expected Jaccard over the same 1820 random sets
+    sets = list(itertools.combinations([(l, h) for l in range(4) for h in range(4)], 4))
+    brute = sum(len(a & set(s)) / len(a | set(s)) for s in sets) / len(sets)
+    assert o.expected_jaccard == pytest.approx(brute, rel=1e-12)
+    assert expected_jaccard(16, 0, 0) == 0.0
     assert hypergeometric_tail(0, 16, 3, 4) == 1.0
     assert hypergeometric_tail(4, 16, 3, 4) == 0.0
     pmf = [hypergeometric_tail(k, 270, 20, 30) - hypergeometric_tail(k + 1, 270, 20, 30)
