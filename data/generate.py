@@ -11,6 +11,10 @@ Sets (JSONL, format in workbench/prompts.py):
   single tokens for SmolLM2, ``answer`` = the indirect object, ``distractor`` = the subject, and the
   p_ABC corruption (all three names replaced by three other names, equal token length). Segments mark
   the three name tokens (``S1``, ``IO``, ``S2``).
+* ``colored_objects.jsonl`` - Colored Objects (Merullo et al. 2023), one-shot, three objects; the
+  corruption asks about another listed object (``data/gen_colored_objects.py``).
+* ``induction.jsonl`` - copying a repeated sequence of ten common nouns; the corruption replaces the
+  first occurrence (``data/gen_induction.py``).
 * ``natural.jsonl`` - natural English prose: consecutive sentences of the license texts in
   /usr/share/common-licenses (on every Debian machine), 48 to 80 SmolLM2 tokens per prompt.
 * ``repeated_tokens.jsonl`` - 32 sequences of 24 random SmolLM2 word tokens, each repeated twice
@@ -37,7 +41,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]  # the workbench package, and data/gen_*.py modules
 
+from gen_colored_objects import gen_colored_objects  # noqa: E402
 from gen_context import gen_counterfactual_context, gen_counterfactual_context_closed  # noqa: E402
+from gen_induction import gen_induction  # noqa: E402
 from gen_repeated import gen_repeated  # noqa: E402
 from gen_retrieval import gen_retrieval  # noqa: E402
 
@@ -177,7 +183,8 @@ def gen_natural(tok, min_tokens: int = 48, max_tokens: int = 80, per_file: int =
 GENERATORS = {"ioi": gen_ioi, "natural": gen_natural, "repeated_tokens": gen_repeated,
               "counterfactual_context": gen_counterfactual_context,
               "counterfactual_context_closed": gen_counterfactual_context_closed,
-              "retrieval": gen_retrieval}
+              "retrieval": gen_retrieval, "colored_objects": gen_colored_objects,
+              "induction": gen_induction}
 
 
 def render(rows: list[dict]) -> str:

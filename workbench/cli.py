@@ -102,6 +102,66 @@ def run(
               f"{len(manifest['tables'])} table(s), {manifest['timings'].get('total_s')} s)")
 
 
+@app.command()
+def circuits(
+    model: str = typer.Option("smollm2-135m", "--model", "-m",
+                              help="Registry name, local folder or Hugging Face id."),
+    task: list[str] = typer.Option(..., "--task", "-t", help="Shipped task (ioi, colored_objects, "
+                                   "induction) or a JSONL prompt file; repeat for several."),
+    method: list[str] = typer.Option(["attribution"], "--method",
+                                     help="attribution, activation or path; repeat for several."),
+    select: str = typer.Option("top_k=20", "--select",
+                               help="Circuit selection: top_k=N, top_percent=P or threshold=S."),
+    n_prompts: Optional[int] = typer.Option(32, "--n-prompts",
+                                            help="Use the first N prompts of each task."),
+    direction: str = typer.Option("corrupted_into_clean", "--direction",
+                                  help="corrupted_into_clean (noising) or clean_into_corrupted."),
+    positions: str = typer.Option("all", "--positions",
+                                  help="Where to patch: all, last, or segment names (IO,S2)."),
+    batch_size: int = typer.Option(16, "--batch-size", "-b", help="Prompts per forward pass."),
+    heads_per_forward: Optional[int] = typer.Option(
+        None, "--heads-per-forward", help="Heads patched per forward (default: 1 on CPU, a "
+        "layer's heads on GPU)."),
+    stages: int = typer.Option(2, "--stages", help="Path patching stages."),
+    receiver_input: str = typer.Option("qkv", "--receiver-input",
+                                       help="Path patching: receiver inputs (q, k, v, qkv ...)."),
+    n_random: int = typer.Option(3, "--n-random",
+                                 help="Random circuits for the faithfulness baseline."),
+    mean_prompts: Optional[int] = typer.Option(
+        None, "--mean-prompts", help="Corrupted prompts the ablation means average over "
+        "(default: every prompt of the task file)."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: auto)."),
+    dtype: Optional[str] = typer.Option(None, help="float32, bfloat16, float16 (default: auto)."),
+    prepend_bos: Optional[bool] = typer.Option(
+        None, "--prepend-bos/--no-prepend-bos",
+        help="Put BOS before every prompt (default: what the tokenizer does)."),
+    runs_dir: Path = RUNS_DIR,
+    run_id: Optional[str] = typer.Option(None, help="Run folder name (default: derived from the "
+                                                    "configuration)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run."),
+    strict_parity: bool = typer.Option(False, help="Stop if bridge and HF logits disagree."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Find each task's circuit (per-head effects, selection, faithfulness) and their overlap."""
+    from circuits.run import (CircuitsOptions, check_options, execute_circuits, load_tasks,
+                              report)
+    from workbench.models import load_model
+
+    options = check_options(method, select, direction=direction, positions=positions,
+                            batch_size=batch_size, heads_per_forward=heads_per_forward,
+                            stages=stages, receiver_input=receiver_input, n_random=n_random,
+                            mean_prompts=mean_prompts,
+                            runs_dir=runs_dir, run_id=run_id, overwrite=overwrite,
+                            progress=progress)
+    err.print(f"loading model [bold]{model}[/] ...")
+    loaded = load_model(model, device=device, dtype=dtype, prepend_bos=prepend_bos)
+    _report_parity(loaded, strict_parity)
+    tasks = load_tasks(task, loaded, n_prompts=n_prompts, positions=positions)
+    run_dir = execute_circuits(loaded, tasks, options)
+    out.print(report(run_dir))
+    out.print(f"[green]complete[/]: {run_dir.path}")
+
+
 def _report_parity(loaded, strict: bool) -> None:
     p = loaded.info.parity
     line = (f"model {loaded.info.name}: {loaded.info.n_layers} layers x {loaded.info.n_heads} heads,"

@@ -1,0 +1,197 @@
+"""Circuit discovery from head scores, faithfulness under mean ablation, circuits as graphs.
+
+* :func:`select_heads`: top-k, top-percent or threshold on per-head scores (by magnitude by
+  default, so heads that hurt the task, like IOI's negative name movers, count too).
+* :func:`faithfulness`: run the clean prompts with every head outside the circuit mean-ablated
+  (its ``z`` replaced by the mean over the *corrupted* prompts, per position) and compare the logit
+  difference with the full model's (Wang et al. 2022, arXiv 2211.00593, section 4: F(C) / F(M)).
+* :func:`circuit_graph`: a ``networkx.DiGraph`` with heads as nodes, and edges from path patching.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import networkx as nx
+import numpy as np
+import torch
+from torch import Tensor
+
+from circuits.cache import Z_HOOK, capture
+from circuits.tasks import Task
+from workbench.errors import InputError
+from workbench.forward import last_logits
+from workbench.heads import Head, all_heads, format_head
+
+SELECTIONS = ("top_k", "top_percent", "threshold")
+
+
+@dataclass(frozen=True)
+class Selection:
+    """How heads are picked from scores: ``top_k`` (a count), ``top_percent`` (of all heads,
+    rounded up) or ``threshold`` (score magnitude at least ``value``)."""
+
+    method: Literal["top_k", "top_percent", "threshold"]
+    value: float
+    absolute: bool = True  # rank by |score|
+
+    def __post_init__(self):
+        if self.method not in SELECTIONS:
+            raise InputError(f"selection {self.method!r} is not one of {', '.join(SELECTIONS)}")
+        if self.value < 0 or (self.method == "top_percent" and self.value > 100):
+            raise InputError(f"selection {self.method}={self.value} is out of range")
+
+    @classmethod
+    def parse(cls, text: str) -> "Selection":
+        """``"top_k=10"``, ``"top_percent=2"``, ``"threshold=0.05"``."""
+        name, sep, value = text.partition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+        if not sep or number is None:
+            raise InputError(f"selection {text!r} is not method=value (top_k=10, top_percent=2, "
+                             "threshold=0.05)")
+        return cls(name.strip(), number)  # type: ignore[arg-type]
+
+    def __str__(self) -> str:
+        value = int(self.value) if self.method == "top_k" else self.value
+        return f"{self.method}={value}"
+
+
+def select_heads(scores: np.ndarray, selection: Selection) -> list[Head]:
+    """Heads picked from ``[n_layers, n_heads]`` scores (NaN = not scored, never picked), sorted
+    by layer. Ties at the cut are broken by head order (layer, then head)."""
+    values = np.abs(scores) if selection.absolute else np.asarray(scores, float)
+    flat = np.where(np.isnan(values), -np.inf, values).ravel()
+    n_heads = scores.shape[1]
+    if selection.method == "threshold":
+        picked = np.flatnonzero(flat >= selection.value)
+    else:
+        k = int(selection.value) if selection.method == "top_k" else \
+            int(np.ceil(selection.value / 100 * flat.size))
+        k = min(k, int(np.isfinite(flat).sum()))
+        picked = np.argsort(-flat, kind="stable")[:k]
+    return sorted((int(i // n_heads), int(i % n_heads)) for i in picked)
+
+
+@dataclass
+class AblationMeans:
+    """Mean ``z`` over the corrupted prompts: per token length ``n``, per layer, ``[n, head_index,
+    d_head]`` (each position averaged over the prompts of that length, which for template-made
+    sets means the same template positions)."""
+
+    by_length: dict[int, list[Tensor]]
+
+    def batch(self, layer: int, lengths: Tensor, seq_len: int) -> Tensor:
+        """``[batch, seq_len, head_index, d_head]`` means for prompts of these lengths (zeros at
+        padding)."""
+        rows = []
+        for n in lengths.tolist():
+            mean = self.by_length[n][layer]
+            rows.append(torch.nn.functional.pad(mean, (0, 0, 0, 0, 0, seq_len - n)))
+        return torch.stack(rows)
+
+
+def ablation_means(model, task: Task, *, batch_size: int = 16) -> AblationMeans:
+    """One pass over the corrupted prompts, averaging ``hook_z`` per (token length, position)."""
+    sums: dict[int, list[Tensor]] = {}
+    counts: dict[int, int] = {}
+    for tb in task.batches(batch_size):
+        z = capture(model, tb.corrupted, block_inputs=False).z
+        for b, n in enumerate(tb.corrupted.lengths.tolist()):
+            acc = sums.setdefault(n, [torch.zeros_like(z[0][b, :n]) for _ in z])
+            for layer, z_layer in enumerate(z):
+                acc[layer] += z_layer[b, :n]
+            counts[n] = counts.get(n, 0) + 1
+    return AblationMeans({n: [s / counts[n] for s in acc] for n, acc in sums.items()})
+
+
+def mean_ablation_hooks(model, means: AblationMeans, ablated: Sequence[Head], batch):
+    """Hooks replacing the ``z`` of ``ablated`` heads by their means for this batch."""
+    by_layer: dict[int, list[int]] = {}
+    for layer, head in ablated:
+        by_layer.setdefault(layer, []).append(head)
+
+    def make(layer: int, heads: list[int]):
+        mean = means.batch(layer, batch.lengths.cpu(), batch.seq_len).to(model.device)
+
+        def hook(z, hook):
+            out = z.clone()
+            out[:, :, heads] = mean[:, :, heads].to(z.dtype)
+            return out
+        return hook
+    return [(Z_HOOK.format(layer=layer), make(layer, heads)) for layer, heads in by_layer.items()]
+
+
+def circuit_logit_diff(model, task: Task, circuit: Iterable[Head], means: AblationMeans, *,
+                       batch_size: int = 16) -> np.ndarray:
+    """``[n_prompts]`` clean LD with every head outside ``circuit`` mean-ablated."""
+    keep = set(map(tuple, circuit))
+    ablated = [h for h in all_heads(model.info.n_layers, model.info.n_heads) if h not in keep]
+    out = np.zeros(len(task))
+    for tb in task.batches(batch_size):
+        hooks = mean_ablation_hooks(model, means, ablated, tb.clean)
+        out[tb.index] = tb.logit_diff(last_logits(model, tb.clean, hooks)).cpu().numpy()
+    return out
+
+
+@dataclass(frozen=True)
+class Faithfulness:
+    """Mean logit differences (logits) and the fractions derived from them.
+
+    ``model``: the full model on the clean prompts; ``circuit``: every head outside the circuit
+    mean-ablated; ``empty``: every head mean-ablated. ``faithfulness = circuit / model`` (Wang et
+    al.'s F(C)/F(M)); ``normalised = (circuit - empty) / (model - empty)``; ``random`` the mean
+    faithfulness of random circuits of the same size (NaN when none were drawn).
+    """
+
+    model: float
+    circuit: float
+    empty: float
+    circuit_accuracy: float
+    random: float = float("nan")
+
+    @property
+    def faithfulness(self) -> float:
+        return self.circuit / self.model
+
+    @property
+    def normalised(self) -> float:
+        return (self.circuit - self.empty) / (self.model - self.empty)
+
+
+def faithfulness(model, task: Task, circuit: Iterable[Head], *, means: AblationMeans | None = None,
+                 n_random: int = 0, seed: int = 0, batch_size: int = 16) -> Faithfulness:
+    """Faithfulness of ``circuit`` on ``task`` (means from :func:`ablation_means` unless given);
+    ``n_random`` random circuits of the same size (seeded) give a baseline."""
+    circuit = sorted(set(map(tuple, circuit)))
+    means = means or ablation_means(model, task, batch_size=batch_size)
+    full = circuit_logit_diff(model, task, all_heads(model.info.n_layers, model.info.n_heads),
+                              means, batch_size=batch_size)
+    kept = circuit_logit_diff(model, task, circuit, means, batch_size=batch_size)
+    empty = circuit_logit_diff(model, task, [], means, batch_size=batch_size)
+    rng = np.random.default_rng(seed)
+    heads = all_heads(model.info.n_layers, model.info.n_heads)
+    randoms = [circuit_logit_diff(model, task, [heads[i] for i in rng.choice(
+        len(heads), len(circuit), replace=False)], means, batch_size=batch_size).mean()
+               for _ in range(n_random)]
+    random = float(np.mean(randoms) / full.mean()) if randoms else float("nan")
+    return Faithfulness(float(full.mean()), float(kept.mean()), float(empty.mean()),
+                        float((kept > 0).mean()), random)
+
+
+def circuit_graph(heads: Iterable[Head], scores: np.ndarray | None = None,
+                  edges: Iterable[tuple[Head | str, Head | str, float]] = ()) -> nx.DiGraph:
+    """The circuit as a directed graph: nodes ``"L.H"`` (attributes ``layer``, ``head``,
+    ``score``) and ``"logits"``; edges ``(sender, receiver, weight)`` from path patching."""
+    graph = nx.DiGraph()
+    for layer, head in heads:
+        score = float(scores[layer, head]) if scores is not None else None
+        graph.add_node(format_head((layer, head)), layer=layer, head=head, score=score)
+    for sender, receiver, weight in edges:
+        graph.add_edge(*(n if isinstance(n, str) else format_head(n) for n in (sender, receiver)),
+                       weight=float(weight))
+    return graph

@@ -1,0 +1,152 @@
+"""Per-head patching results, their sign convention, and the positions a patch touches.
+
+Directions (Heimersheim & Nanda's "denoising" / "noising"):
+
+* ``clean_into_corrupted``: run the corrupted prompt, put in the clean activation; the *base* run is
+  the corrupted one and a head matters if it restores the clean logit difference.
+* ``corrupted_into_clean`` (the default, as in Wang et al.'s path patching and Syed et al.'s EAP):
+  run the clean prompt, put in the corrupted activation; the base run is the clean one and a head
+  matters if it destroys the clean logit difference.
+
+Every method returns :class:`HeadEffects` with the same convention: ``patched[p, l, h]`` is the
+logit difference of prompt ``p`` with head ``(l, h)`` patched (measured, or estimated by attribution
+patching), ``effect = mean(patched) - mean(base)`` in logits, and ``score`` the effect as a fraction
+of the clean - corrupted gap, signed so that **positive means the head carries the task**: the
+fraction of the gap recovered (clean into corrupted) or lost (corrupted into clean).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import torch
+from torch import Tensor
+
+from workbench.errors import InputError
+from workbench.records import concat, records, string_column
+
+Direction = Literal["clean_into_corrupted", "corrupted_into_clean"]
+DIRECTIONS: tuple[str, ...] = ("clean_into_corrupted", "corrupted_into_clean")
+
+
+def check_direction(direction: str) -> None:
+    if direction not in DIRECTIONS:
+        raise InputError(f"direction {direction!r} is not one of {', '.join(DIRECTIONS)}")
+
+
+@dataclass
+class HeadEffects:
+    """One method's per-head results on one task.
+
+    Attributes:
+        method: ``activation_patching``, ``attribution_patching`` or ``path_patching``.
+        task: task name.
+        direction: one of :data:`DIRECTIONS`.
+        patched: ``[n_prompts, n_layers, n_heads]`` logit difference with the head patched; NaN for
+            heads that were not patched.
+        clean, corrupted: ``[n_prompts]`` unpatched logit differences.
+        prompt_ids: the prompts, in row order.
+        condition: free text recorded with the rows (e.g. a path-patching stage).
+    """
+
+    method: str
+    task: str
+    direction: str
+    patched: np.ndarray
+    clean: np.ndarray
+    corrupted: np.ndarray
+    prompt_ids: list[str]
+    condition: str | None = None
+
+    @property
+    def base(self) -> np.ndarray:
+        return self.clean if self.direction == "corrupted_into_clean" else self.corrupted
+
+    @property
+    def effect(self) -> np.ndarray:
+        """``[n_layers, n_heads]`` mean patched LD minus mean base LD, in logits."""
+        return self.patched.mean(0) - self.base.mean()
+
+    @property
+    def score(self) -> np.ndarray:
+        """``[n_layers, n_heads]`` effect / (mean clean LD - mean corrupted LD), positive = the
+        head carries the task (gap recovered when denoising, gap lost when noising)."""
+        sign = 1.0 if self.direction == "clean_into_corrupted" else -1.0
+        return sign * self.effect / (self.clean.mean() - self.corrupted.mean())
+
+    def records(self) -> pa.Table:
+        """Rows: ``logit_diff`` per (prompt, layer, head); ``effect`` and ``score`` per (layer,
+        head); ``segment`` = task, ``condition`` = direction (plus :attr:`condition`)."""
+        n, n_layers, n_heads = self.patched.shape
+        ok = ~np.isnan(self.patched[0])
+        layer, head = np.nonzero(ok)
+        cond = self.direction if self.condition is None else f"{self.direction}; {self.condition}"
+        common = dict(segment=self.task, condition=cond)
+        per_prompt = records(
+            "logit_diff", self.patched[:, layer, head].reshape(-1),
+            layer=np.tile(layer, n), head=np.tile(head, n),
+            prompt_id=string_column(self.prompt_ids, np.repeat(np.arange(n), len(layer))), **common)
+        return concat([per_prompt,
+                       records("effect", self.effect[layer, head], layer=layer, head=head,
+                               **common),
+                       records("score", self.score[layer, head], layer=layer, head=head,
+                               **common)])
+
+
+def spearman(first: np.ndarray, second: np.ndarray) -> float:
+    """Spearman rank correlation of two score arrays over the entries finite in both: the Pearson
+    correlation of their ranks (ties get their average rank)."""
+    a, b = np.asarray(first, float).ravel(), np.asarray(second, float).ravel()
+    ok = np.isfinite(a) & np.isfinite(b)
+    ranks = [pd.Series(x[ok]).rank(method="average").to_numpy() for x in (a, b)]
+    return float(np.corrcoef(*ranks)[0, 1])
+
+
+def position_mask(batch, positions: str | Sequence[str] | None) -> Tensor:
+    """``[batch, pos]`` bool: where a patch applies.
+
+    ``None`` or ``"all"``: every position; ``"last"``: each prompt's last real token; otherwise one
+    or more segment names (comma-separated or a list), possibly with ``"last"``: the union of their
+    token positions in the clean prompt (the corrupted prompt has the same length).
+
+    Raises:
+        InputError: a prompt lacks a named segment.
+    """
+    names = parse_positions(positions)
+    if not names:
+        return torch.ones(batch.size, batch.seq_len, dtype=torch.bool)
+    mask = torch.zeros(batch.size, batch.seq_len, dtype=torch.bool)
+    for name in names:
+        if name == "last":
+            mask[torch.arange(batch.size), batch.last_pos().cpu()] = True
+        else:
+            mask |= batch.segment_mask(name).cpu()
+    return mask
+
+
+def parse_positions(positions: str | Sequence[str] | None) -> list[str]:
+    """``None``/``"all"`` -> ``[]`` (everywhere); ``"IO,last"`` -> ``["IO", "last"]``."""
+    if positions is None:
+        return []
+    if isinstance(positions, str):
+        positions = [p.strip() for p in positions.split(",") if p.strip()]
+    names = list(positions)
+    return [] if names in ([], ["all"]) else names
+
+
+def check_positions(task, positions: str | Sequence[str] | None) -> None:
+    """Raise :class:`InputError` before any forward pass if a prompt lacks a named segment."""
+    for name in parse_positions(positions):
+        if name == "all":
+            raise InputError("positions: 'all' cannot be combined with other positions")
+        if name == "last":
+            continue
+        for tok in task.clean:
+            if name not in tok.segments:
+                raise InputError(f"{tok.prompt.source}: prompt {tok.id!r} has no segment {name!r} "
+                                 f"(patching positions)")

@@ -1,0 +1,116 @@
+"""Circuit discovery methods: one function per method, one registry (:data:`METHODS`).
+
+Each method scores heads on a task and selects a circuit with a :class:`Selection`:
+
+* ``activation``: activation patching of every head (:mod:`circuits.patching`), then select;
+* ``attribution``: attribution patching (EAP, :mod:`circuits.attribution`), then select;
+* ``path``: path patching in stages as in Wang et al. and Merullo et al.
+  (:mod:`circuits.path_patching`): stage 1 scores every head as a sender to the logits and
+  selects; stage ``s + 1`` scores every head as a sender to the query/key/value of the heads newly
+  selected at stage ``s`` and selects again; the circuit is the union. Each selected sender gets an
+  edge to every receiver of its stage in a later layer (or to ``"logits"``), weighted by its score
+  through that receiver set jointly (the per-receiver split would cost one run per receiver).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import networkx as nx
+import numpy as np
+
+from circuits.attribution import attribution_patching
+from circuits.discovery import Selection, circuit_graph, select_heads
+from circuits.effects import HeadEffects
+from circuits.path_patching import path_patching
+from circuits.patching import Progress, activation_patching
+from circuits.tasks import Task
+from workbench.heads import Head
+
+
+@dataclass(frozen=True)
+class DiscoveryOptions:
+    """Options shared by the methods (recorded in the run manifest)."""
+
+    direction: str = "corrupted_into_clean"
+    positions: str | None = None  # None = every position; "last"; or segment names
+    batch_size: int = 16
+    heads_per_forward: int | None = None  # None = 1 on CPU, a layer's heads on GPU
+    stages: int = 2  # path patching stages
+    receiver_input: str = "qkv"  # path patching: which inputs of receiver heads
+
+
+@dataclass
+class Discovery:
+    """A method's result on a task: per-stage effects, the circuit, its edges, the time taken."""
+
+    method: str
+    task: str
+    effects: list[HeadEffects]
+    circuit: list[Head]
+    scores: np.ndarray  # [n_layers, n_heads]: the score each head was selected on (stage 1 else)
+    edges: list[tuple[Any, Any, float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def graph(self) -> nx.DiGraph:
+        """The circuit as a ``networkx.DiGraph`` (:func:`circuits.discovery.circuit_graph`)."""
+        return circuit_graph(self.circuit, self.scores, self.edges)
+
+
+def _scored(method: str, run: Callable[..., HeadEffects]):
+    def discover(model, task: Task, selection: Selection, options: DiscoveryOptions,
+                 progress: Progress | None = None) -> Discovery:
+        start = time.perf_counter()
+        kwargs = dict(direction=options.direction, positions=options.positions,
+                      batch_size=options.batch_size, progress=progress)
+        if method == "activation":
+            kwargs["heads_per_forward"] = options.heads_per_forward
+        effects = run(model, task, **kwargs)
+        circuit = select_heads(effects.score, selection)
+        return Discovery(method, task.name, [effects], circuit, effects.score,
+                         seconds=time.perf_counter() - start)
+    return discover
+
+
+def discover_path(model, task: Task, selection: Selection, options: DiscoveryOptions,
+                  progress: Progress | None = None) -> Discovery:
+    start = time.perf_counter()
+    effects: list[HeadEffects] = []
+    circuit: list[Head] = []
+    edges: list[tuple[Any, Any, float]] = []
+    scores = np.full((model.info.n_layers, model.info.n_heads), np.nan)
+    receivers: Any = "logits"
+    for stage in range(1, options.stages + 1):
+        result = path_patching(model, task, receivers=receivers,
+                               receiver_input=options.receiver_input, direction=options.direction,
+                               positions=options.positions, batch_size=options.batch_size,
+                               heads_per_forward=options.heads_per_forward, progress=progress)
+        result.condition = f"stage {stage}; {result.condition}"
+        effects.append(result)
+        picked = select_heads(result.score, selection)
+        for sender in picked:
+            targets = ["logits"] if receivers == "logits" else \
+                [r for r in receivers if r[0] > sender[0]]
+            edges += [(sender, r, float(result.score[sender])) for r in targets]
+        new = [h for h in picked if h not in circuit]
+        for head in new:
+            scores[head] = result.score[head]
+        circuit += new
+        receivers = new
+        if not any(layer > 0 for layer, _ in new):  # nothing earlier can send to them
+            break
+    stage1 = effects[0].score
+    scores = np.where(np.isnan(scores), stage1, scores)
+    return Discovery("path", task.name, effects, sorted(circuit), scores, edges,
+                     time.perf_counter() - start)
+
+
+METHODS: dict[str, Callable[..., Discovery]] = {
+    "activation": _scored("activation", activation_patching),
+    "attribution": _scored("attribution", attribution_patching),
+    "path": discover_path,
+}
+

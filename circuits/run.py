@@ -1,0 +1,365 @@
+"""``workbench circuits``: score heads, select circuits, measure faithfulness and overlap.
+
+Tables in ``runs/<run_id>/`` (record schema, :mod:`workbench.records`; ``probe`` = the method:
+``activation_patching``, ``attribution_patching`` or ``path_patching``; ``segment`` = the task name;
+units in ``run.json``):
+
+* ``task_metrics`` (probe ``task``): ``logit_diff`` per prompt with ``condition`` ``clean`` /
+  ``corrupted``; ``mean_logit_diff`` and ``accuracy`` per condition (``prompt_id`` null).
+* ``head_effects``: ``logit_diff`` per (prompt, layer, head) with the head patched, ``effect`` and
+  ``score`` per (layer, head); ``condition`` = direction (path patching: plus stage and receivers).
+* ``circuits``: ``member`` (value = the head's score), one row per circuit head; ``edge`` rows
+  (path patching) with ``layer``/``head`` = the sender and ``condition`` = ``receiver=L.H`` or
+  ``receiver=logits``; ``size`` (heads in the circuit; layer and head null).
+* ``faithfulness``: ``logit_diff`` with ``condition`` ``model`` / ``circuit`` / ``empty``;
+  ``faithfulness``, ``faithfulness_normalised``, ``faithfulness_random``, ``circuit_accuracy``.
+* ``overlap``: one set of rows per pair of tasks, ``segment`` = ``"taskA|taskB"`` (order of
+  ``--task``): ``jaccard``, ``overlap_coefficient``, ``shared_over_first``, ``shared_over_second``,
+  ``n_shared``, ``size_first``, ``size_second``, ``expected_shared``, ``p_value``,
+  ``expected_jaccard`` (the random baseline of ``jaccard``); and ``shared``
+  rows (value 1) naming each shared head by ``layer``/``head``.
+* ``method_agreement`` (with two or more methods): ``spearman`` of the per-head scores (path
+  patching: stage 1) per task, ``condition`` = ``"methodA~methodB"``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from circuits.discovery import Faithfulness, Selection, ablation_means, faithfulness
+from circuits.effects import check_direction, check_positions, spearman
+from circuits.methods import METHODS, Discovery, DiscoveryOptions
+from circuits.overlap import Overlap, overlap_table
+from circuits.path_patching import check_receiver_input
+from circuits.tasks import Task, load_task
+from workbench.errors import InputError, RunStateError
+from workbench.heads import format_head
+from workbench.metrics import accuracy
+from workbench.records import (PROMPTS_SCHEMA, SCHEMA_VERSION, TOKENS_SCHEMA, concat, conform,
+                               records, string_column)
+from workbench.run import git_state, library_versions
+from workbench.store import RunDir
+from workbench.tokens import prompt_rows, token_rows
+
+PROBE = {"activation": "activation_patching", "attribution": "attribution_patching",
+         "path": "path_patching"}
+UNITS = {
+    "logit_diff": "logits", "mean_logit_diff": "logits", "accuracy": "fraction of prompts",
+    "effect": "logits (mean patched LD - mean base LD)",
+    "score": "fraction of the clean - corrupted LD gap; positive = the head carries the task",
+    "member": "score the head was selected on", "edge": "sender's path-patching score",
+    "size": "heads", "faithfulness": "fraction of the full model's LD (circuit / model)",
+    "faithfulness_normalised": "(circuit - empty) / (model - empty)",
+    "faithfulness_random": "mean faithfulness of random circuits of equal size",
+    "circuit_accuracy": "fraction of prompts", "jaccard": "fraction",
+    "overlap_coefficient": "fraction", "shared_over_first": "fraction",
+    "shared_over_second": "fraction", "n_shared": "heads", "size_first": "heads",
+    "size_second": "heads", "expected_shared": "heads", "p_value": "probability",
+    "expected_jaccard": "fraction (random head sets of the same sizes)",
+    "shared": "1 per shared head", "spearman": "rank correlation",
+}
+
+
+@dataclass
+class CircuitsOptions:
+    methods: list[str]
+    selection: Selection
+    discovery: DiscoveryOptions = field(default_factory=DiscoveryOptions)
+    n_random: int = 3  # random circuits for the faithfulness baseline
+    mean_prompts: int | None = None  # corrupted prompts for ablation means (None: the whole file)
+    runs_dir: Path = Path("runs")
+    run_id: str | None = None
+    overwrite: bool = False
+    progress: bool = True
+
+
+def check_methods(methods: list[str]) -> None:
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise InputError(f"unknown method(s) {unknown or methods}; choose from {', '.join(METHODS)}")
+    if len(set(methods)) != len(methods):
+        raise InputError(f"a method is named twice: {', '.join(methods)}")
+
+
+def check_options(methods: list[str], select: str, *, direction: str, positions: str | None,
+                  batch_size: int, heads_per_forward: int | None, stages: int,
+                  receiver_input: str, n_random: int, mean_prompts: int | None,
+                  **run: object) -> CircuitsOptions:
+    """Validate the command line before the model loads.
+
+    Raises:
+        InputError: an unknown method, a bad selection, direction, receiver input or count.
+    """
+    check_methods(methods)
+    check_direction(direction)
+    check_receiver_input(receiver_input)
+    for name, value, least in (("--batch-size", batch_size, 1), ("--stages", stages, 1),
+                               ("--n-random", n_random, 0),
+                               ("--mean-prompts", mean_prompts or 1, 1),
+                               ("--heads-per-forward", heads_per_forward or 1, 1)):
+        if value < least:
+            raise InputError(f"{name} must be at least {least}, got {value}")
+    discovery = DiscoveryOptions(direction, None if positions in (None, "all") else positions,
+                                 batch_size, heads_per_forward, stages, receiver_input)
+    return CircuitsOptions(methods, Selection.parse(select), discovery, n_random, mean_prompts,
+                           **run)
+
+
+def load_tasks(specs: list[str], model, *, n_prompts: int | None, positions: str | None
+               ) -> list[Task]:
+    """Load and check every task (and the patching positions) before anything is written."""
+    tasks = [load_task(spec, model, n_prompts=n_prompts) for spec in specs]
+    names = [t.name for t in tasks]
+    if len(set(names)) != len(names):
+        raise InputError(f"a task is named twice: {', '.join(names)}")
+    for task in tasks:
+        check_positions(task, positions)
+    return tasks
+
+
+def execute_circuits(model, tasks: list[Task], options: CircuitsOptions) -> RunDir:
+    """Run every method on every task, then faithfulness, overlap and agreement; write the run.
+
+    Raises:
+        InputError: an unknown method or duplicate task, before the run directory is created.
+        RunStateError: the run exists and ``overwrite`` is off.
+    """
+    check_methods(options.methods)
+    names = [t.name for t in tasks]
+    if len(set(names)) != len(names):
+        raise InputError(f"a task is named twice: {', '.join(names)}")
+    for task in tasks:
+        check_positions(task, options.discovery.positions)
+    manifest = _manifest(model, tasks, options)
+    if (Path(options.runs_dir) / manifest["run_id"]).exists() and not options.overwrite:
+        raise RunStateError(f"run {manifest['run_id']!r} already exists; use --overwrite or "
+                            "another --run-id")
+    run, _ = RunDir.create(options.runs_dir, manifest["run_id"], manifest, resume=False,
+                           overwrite=options.overwrite, same_config=lambda stored: None)
+    timings: dict[str, float] = {}
+    try:
+        found = _discover_all(model, tasks, options, timings)
+        tables = _tables(model, tasks, found, options, timings, run.run_id)
+        clean = [c for t in tasks for c in t.clean]
+        run.write_table("prompts", pa.table(prompt_rows(clean), schema=PROMPTS_SCHEMA))
+        run.write_table("tokens", pa.table(token_rows(clean, model.tokenizer), schema=TOKENS_SCHEMA))
+        written = {}
+        for name, table in tables.items():
+            run.write_table(name, table)
+            written[name] = {"rows": table.num_rows,
+                             "metrics": sorted(set(table.column("metric").to_pylist()))}
+        run.update_manifest(status="complete", finished=_now(), tables=written, timings=timings)
+    except BaseException as err:
+        run.update_manifest(status="failed", error=f"{type(err).__name__}: {err}",
+                            timings=timings)
+        raise
+    return run
+
+
+def _discover_all(model, tasks, options, timings) -> dict[tuple[str, str], Discovery]:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    found = {}
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(),
+               TextColumn("{task.completed} heads x batches"), TimeElapsedColumn())
+    with Progress(*columns, disable=not options.progress) as bar:
+        for method in options.methods:
+            for task in tasks:
+                handle = bar.add_task(f"{method} {task.name}", total=None)
+                result = METHODS[method](model, task, options.selection, options.discovery,
+                                         progress=lambda n, h=handle: bar.advance(h, n))
+                found[method, task.name] = result
+                timings[f"{method}.{task.name}_s"] = round(result.seconds, 3)
+    return found
+
+
+def _tables(model, tasks, found, options, timings, run_id: str) -> dict[str, pa.Table]:
+    tables: dict[str, list[pa.Table]] = {"task_metrics": [], "head_effects": [], "circuits": [],
+                                         "faithfulness": []}
+    for task in tasks:
+        effects = found[options.methods[0], task.name].effects[0]
+        tables["task_metrics"].append(conform(_task_rows(effects), run_id=run_id, probe="task"))
+        means = _ablation_means(model, task, options)
+        for method in options.methods:
+            result, probe = found[method, task.name], PROBE[method]
+            tables["head_effects"] += [conform(e.records(), run_id=run_id, probe=probe)
+                                       for e in result.effects]
+            tables["circuits"].append(conform(_circuit_rows(result), run_id=run_id, probe=probe))
+            start = time.perf_counter()
+            faith = faithfulness(model, task, result.circuit, means=means,
+                                 n_random=options.n_random, batch_size=options.discovery.batch_size)
+            timings[f"faithfulness.{method}.{task.name}_s"] = round(time.perf_counter() - start, 3)
+            tables["faithfulness"].append(conform(_faith_rows(faith, task.name), run_id=run_id,
+                                                  probe=probe))
+    n_total = model.info.n_layers * model.info.n_heads
+    if len(tasks) > 1:
+        tables["overlap"] = [
+            conform(_overlap_rows(o), run_id=run_id, probe=PROBE[method])
+            for method in options.methods
+            for o in overlap_table({t.name: found[method, t.name].circuit for t in tasks}, n_total)]
+    if len(options.methods) > 1:
+        tables["method_agreement"] = [conform(_agreement_rows(found, tasks, options.methods),
+                                              run_id=run_id, probe="agreement")]
+    return {name: concat(parts) for name, parts in tables.items()}
+
+
+def _ablation_means(model, task: Task, options: CircuitsOptions):
+    """Means over the corrupted prompts of the task's whole file (or its first ``mean_prompts``,
+    never fewer than the scored prompts, so every scored prompt's length has a mean)."""
+    n = None if options.mean_prompts is None else max(options.mean_prompts, len(task))
+    source = load_task(task.prompt_set.files[0].path, model, n_prompts=n)
+    return ablation_means(model, source, batch_size=options.discovery.batch_size)
+
+
+def _task_rows(effects) -> pa.Table:
+    ids = effects.prompt_ids
+    parts = []
+    for condition, ld in (("clean", effects.clean), ("corrupted", effects.corrupted)):
+        parts += [records("logit_diff", ld, prompt_id=string_column(ids, np.arange(len(ids))),
+                          segment=effects.task, condition=condition),
+                  records("mean_logit_diff", ld.mean(), segment=effects.task, condition=condition),
+                  records("accuracy", accuracy(torch.from_numpy(ld)), segment=effects.task,
+                          condition=condition)]
+    return concat(parts)
+
+
+def _circuit_rows(result: Discovery) -> pa.Table:
+    layer = np.array([h[0] for h in result.circuit], dtype=np.int64)
+    head = np.array([h[1] for h in result.circuit], dtype=np.int64)
+    parts = [records("member", result.scores[layer, head] if len(layer) else [], layer=layer,
+                     head=head, segment=result.task),
+             records("size", len(result.circuit), segment=result.task)]
+    if result.edges:
+        receivers = [r if isinstance(r, str) else format_head(r) for _, r, _ in result.edges]
+        parts.append(records("edge", [w for *_, w in result.edges],
+                             layer=[s[0] for s, _, _ in result.edges],
+                             head=[s[1] for s, _, _ in result.edges], segment=result.task,
+                             condition=np.array([f"receiver={r}" for r in receivers])))
+    return concat(parts)
+
+
+def _faith_rows(faith: Faithfulness, task: str) -> pa.Table:
+    parts = [records("logit_diff", value, segment=task, condition=condition)
+             for condition, value in (("model", faith.model), ("circuit", faith.circuit),
+                                      ("empty", faith.empty))]
+    parts += [records(metric, value, segment=task) for metric, value in (
+        ("faithfulness", faith.faithfulness), ("faithfulness_normalised", faith.normalised),
+        ("faithfulness_random", faith.random), ("circuit_accuracy", faith.circuit_accuracy))]
+    return concat(parts)
+
+
+def _overlap_rows(o: Overlap) -> pa.Table:
+    pair = f"{o.first}|{o.second}"
+    parts = [records(metric, getattr(o, metric), segment=pair) for metric in (
+        "jaccard", "overlap_coefficient", "shared_over_first", "shared_over_second", "n_shared",
+        "size_first", "size_second", "expected_shared", "p_value", "expected_jaccard")]
+    if o.shared:
+        parts.append(records("shared", np.ones(len(o.shared)), layer=[h[0] for h in o.shared],
+                             head=[h[1] for h in o.shared], segment=pair))
+    return concat(parts)
+
+
+def _agreement_rows(found, tasks, methods) -> pa.Table:
+    parts = []
+    for a, b in combinations(methods, 2):
+        for task in tasks:
+            rho = spearman(found[a, task.name].effects[0].score,
+                           found[b, task.name].effects[0].score)
+            parts.append(records("spearman", rho, segment=task.name,
+                                 condition=f"{PROBE[a]}~{PROBE[b]}"))
+    return concat(parts)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _manifest(model, tasks: list[Task], options: CircuitsOptions) -> dict:
+    info = model.info
+    config = {"model": info.name, "model_file_sha256": info.details.get("file_sha256"),
+              "dtype": info.dtype, "prepend_bos": info.prepend_bos,
+              "tasks": [{"name": t.name, "sha256": t.prompt_set.sha256, "n_prompts": len(t)}
+                        for t in tasks],
+              "methods": options.methods, "selection": str(options.selection),
+              "discovery": asdict(options.discovery), "n_random": options.n_random,
+              "mean_prompts": options.mean_prompts}
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
+    slug = info.name.rstrip("/").split("/")[-1].replace(" ", "-")
+    run_id = options.run_id or f"{slug}-circuits-{'+'.join(t.name for t in tasks)}-{digest}"
+    return {
+        "run_id": run_id, "kind": "circuits", "status": "running", "created": _now(),
+        "finished": None, "command": sys.argv, "config_key": config, "model": info.to_dict(),
+        "prompts": {"name": "+".join(t.name for t in tasks),
+                    "files": [vars(f) for t in tasks for f in t.prompt_set.files],
+                    "n_prompts": sum(len(t) for t in tasks),
+                    "n_tokens": int(sum(c.n_tokens for t in tasks for c in t.clean)),
+                    "prepend_bos": info.prepend_bos},
+        "probes": [{"name": PROBE[m], "params": {**asdict(options.discovery),
+                                                  "selection": str(options.selection),
+                                                  "n_random": options.n_random,
+                                                  "mean_prompts": options.mean_prompts},
+                    "hook_points": ["attn.hook_z"], "units": UNITS} for m in options.methods],
+        "units": UNITS, "record_schema_version": SCHEMA_VERSION,
+        "conventions": {"segment": "task name (overlap: 'taskA|taskB')",
+                        "condition": "direction / clean|corrupted / receiver=... (see docs)"},
+        "versions": library_versions(), "git": git_state(), "device": info.device,
+        "timings": {}, "tables": {},
+    }
+
+
+def report(run: RunDir) -> str:
+    """A plain-text summary of a circuits run: task metrics, circuits with faithfulness, overlap,
+    method agreement and timings (reads the parquet tables only)."""
+    def frame(name):
+        return run.read_table(name).to_pandas() if name in run.tables() else None
+
+    def value(df, metric, **where):
+        rows = df[df.metric == metric]
+        for column, wanted in where.items():
+            rows = rows[rows[column] == wanted]
+        return float(rows.value.iloc[0]) if len(rows) else float("nan")
+
+    lines = ["task: mean LD clean / corrupted (logits), accuracy clean / corrupted"]
+    tm = frame("task_metrics")
+    for task in dict.fromkeys(tm.segment):
+        ld = [value(tm, "mean_logit_diff", segment=task, condition=c)
+              for c in ("clean", "corrupted")]
+        acc = [value(tm, "accuracy", segment=task, condition=c) for c in ("clean", "corrupted")]
+        lines.append(f"  {task}: {ld[0]:.3f} / {ld[1]:.3f}; {acc[0]:.2f} / {acc[1]:.2f}")
+    lines.append("circuit: size, faithfulness (circuit/model), normalised, random-circuit baseline")
+    circ, faith = frame("circuits"), frame("faithfulness")
+    timings = run.read_manifest().get("timings", {})
+    for (probe, task), _ in faith.groupby(["probe", "segment"], sort=False):
+        c, f = circ[(circ.probe == probe) & (circ.segment == task)], \
+            faith[(faith.probe == probe) & (faith.segment == task)]
+        heads = ", ".join(f"{int(r.layer)}.{int(r.head)}" for r in c[c.metric == "member"]
+                          .itertuples())
+        method = next(k for k, v in PROBE.items() if v == probe)
+        lines.append(f"  {probe} {task}: {int(value(c, 'size'))} heads, "
+                     f"{value(f, 'faithfulness'):.3f}, {value(f, 'faithfulness_normalised'):.3f}, "
+                     f"{value(f, 'faithfulness_random'):.3f}; "
+                     f"{timings.get(f'{method}.{task}_s')} s; heads {heads}")
+    ov = frame("overlap")
+    if ov is not None:
+        lines.append("overlap: shared, Jaccard, overlap coefficient, expected shared, "
+                     "p (random sets)")
+        for (probe, pair), o in ov.groupby(["probe", "segment"], sort=False):
+            lines.append(f"  {probe} {pair}: {int(value(o, 'n_shared'))}, "
+                         f"{value(o, 'jaccard'):.3f}, {value(o, 'overlap_coefficient'):.3f}, "
+                         f"{value(o, 'expected_shared'):.2f}, {value(o, 'p_value'):.2e}")
+    ag = frame("method_agreement")
+    if ag is not None:
+        lines.append("method agreement (Spearman of head scores)")
+        lines += [f"  {r.segment} {r.condition}: {r.value:.3f}" for r in ag.itertuples()]
+    return "\n".join(lines)

@@ -1,0 +1,100 @@
+"""``workbench circuits`` end to end on a tiny model: tables, manifest, overlap, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from circuits.effects import spearman
+from circuits.overlap import overlap
+from tests.circuit_tasks import tiny_ioi_rows
+from tests.conftest import write_jsonl
+from tests.test_run import cli
+from workbench.records import RECORD_SCHEMA
+from workbench.store import list_runs
+
+
+@pytest.fixture
+def two_tasks(tmp_path):
+    first = write_jsonl(tmp_path / "alpha.jsonl", tiny_ioi_rows(4, seed=1))
+    rows = [{**r, "id": r["id"].replace("ioi", "beta")} for r in tiny_ioi_rows(4, seed=2)]
+    return first, write_jsonl(tmp_path / "beta.jsonl", rows)
+
+
+def args(tasks, runs, *extra):
+    out = ["circuits", "--model", "tiny-llama", "--device", "cpu", "--runs-dir", str(runs),
+           "--no-progress", "--n-random", "1"]
+    for task in tasks:
+        out += ["--task", str(task)]
+    return out + list(extra)
+
+
+def test_circuits_run_writes_every_table(capsys, two_tasks, tmp_path):
+    runs = tmp_path / "runs"
+    code, out, err = cli(capsys, *args(two_tasks, runs, "--method", "attribution", "--method",
+                                       "activation", "--select", "top_k=3"))
+    assert code == 0, err
+    [(run, manifest)] = list_runs(runs)
+    assert manifest["kind"] == "circuits" and manifest["status"] == "complete"
+    assert set(manifest["timings"]) >= {"attribution.alpha_s", "activation.beta_s",
+                                        "faithfulness.activation.alpha_s"}
+    assert [p["name"] for p in manifest["probes"]] == ["attribution_patching",
+                                                      "activation_patching"]
+    tables = {name: pq.read_table(run.table_path(name)) for name in manifest["tables"]}
+    assert set(tables) == {"task_metrics", "head_effects", "circuits", "faithfulness", "overlap",
+                           "method_agreement"}
+    assert {"prompts", "tokens"} <= set(run.tables())
+    for table in tables.values():
+        assert table.schema.equals(RECORD_SCHEMA, check_metadata=False)
+    frames = {name: t.to_pandas() for name, t in tables.items()}
+    effects, circuits = frames["head_effects"], frames["circuits"]
+    scores = effects[effects.metric == "score"]
+    assert len(scores) == 2 * 2 * 16 and set(scores.condition) == {"corrupted_into_clean"}
+    members = {}
+    for (probe, task), rows in circuits[circuits.metric == "member"].groupby(["probe", "segment"]):
+        members[probe, task] = {(int(r.layer), int(r.head)) for r in rows.itertuples()}
+        assert len(members[probe, task]) == 3
+        top = scores[(scores.probe == probe) & (scores.segment == task)]
+        top = top.assign(mag=top.value.abs()).nlargest(3, "mag")
+        assert members[probe, task] == {(int(r.layer), int(r.head)) for r in top.itertuples()}
+    ov = frames["overlap"]
+    row = ov[(ov.probe == "activation_patching") & (ov.metric == "jaccard")]
+    assert row.segment.tolist() == ["alpha|beta"]
+    want = overlap(members["activation_patching", "alpha"], members["activation_patching", "beta"],
+                   16)
+    assert row.value.item() == pytest.approx(want.jaccard)
+    p = ov[(ov.probe == "activation_patching") & (ov.metric == "p_value")].value.item()
+    assert p == pytest.approx(want.p_value)
+    grid = {probe: np.full((4, 4), np.nan) for probe in scores.probe.unique()}
+    for r in scores[scores.segment == "alpha"].itertuples():
+        grid[r.probe][r.layer, r.head] = r.value
+    rho = frames["method_agreement"].query("segment == 'alpha'").value.item()
+    assert rho == pytest.approx(spearman(grid["attribution_patching"],
+                                         grid["activation_patching"]))
+    faith = frames["faithfulness"]
+    assert set(faith.metric) == {"logit_diff", "faithfulness", "faithfulness_normalised",
+                                 "faithfulness_random", "circuit_accuracy"}
+    assert "overlap: shared, Jaccard" in out and "alpha|beta" in out
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--method", "magic"], "unknown method(s) ['magic']"),
+    (["--select", "top_k"], "selection 'top_k' is not method=value"),
+    (["--positions", "S9"], "has no segment 'S9' (patching positions)"),
+    (["--direction", "up"], "direction 'up' is not one of"),
+])
+def test_bad_input_exits_2_and_writes_nothing(capsys, two_tasks, tmp_path, extra, message):
+    runs = tmp_path / "runs"
+    code, _, err = cli(capsys, *args(two_tasks, runs, *extra))
+    assert code == 2 and message in err
+    assert not runs.exists()
+
+
+def test_unequal_lengths_are_refused(capsys, tmp_path):
+    rows = tiny_ioi_rows(3)
+    rows[1]["corrupted_text"] = rows[1]["corrupted_text"] + " and more"
+    path = write_jsonl(tmp_path / "t.jsonl", rows)
+    code, _, err = cli(capsys, *args([path], tmp_path / "runs"))
+    assert code == 2 and "prompt 'tiny-ioi-1': corrupted_text has" in err
+    assert "patching needs equal lengths" in err and not (tmp_path / "runs").exists()

@@ -1,0 +1,150 @@
+"""Circuit selection, mean-ablation faithfulness, circuit graphs, overlap and its random baseline."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from circuits.discovery import (Selection, ablation_means, circuit_graph, circuit_logit_diff,
+                                faithfulness, select_heads)
+from circuits.methods import METHODS, DiscoveryOptions
+from circuits.overlap import (expected_jaccard, hypergeometric_tail, overlap, overlap_table,
+                              shared_by_all)
+from circuits.tasks import load_task
+from tests.circuit_tasks import tiny_ioi_file
+from workbench.errors import InputError
+
+
+@pytest.fixture(scope="module")
+def task_path(tmp_path_factory):
+    return tiny_ioi_file(tmp_path_factory.mktemp("tasks"), n=6)
+
+
+def test_selection_by_count_percent_and_threshold():
+    scores = np.array([[0.1, -0.9, np.nan], [0.5, 0.05, -0.2]])
+    assert select_heads(scores, Selection("top_k", 2)) == [(0, 1), (1, 0)]
+    assert select_heads(scores, Selection("top_k", 2, absolute=False)) == [(0, 0), (1, 0)]
+    assert select_heads(scores, Selection("top_percent", 50)) == [(0, 1), (1, 0), (1, 2)]
+    assert select_heads(scores, Selection("threshold", 0.2)) == [(0, 1), (1, 0), (1, 2)]
+    assert select_heads(scores, Selection("top_k", 99)) == [(0, 0), (0, 1), (1, 0), (1, 1),
+                                                             (1, 2)]  # NaN is never picked
+    assert Selection.parse("top_percent=2") == Selection("top_percent", 2.0)
+    assert str(Selection.parse("top_k=10")) == "top_k=10"
+    for bad in ("top_k", "top_k=x", "best=3", "top_percent=120"):
+        with pytest.raises(InputError):
+            Selection.parse(bad)
+
+
+def test_ablation_means_are_per_length_position_means_of_corrupted_z(tiny_llama, task_path):
+    task = load_task(str(task_path), tiny_llama)
+    means = ablation_means(tiny_llama, task, batch_size=4)
+    layer = 2
+    by_length = {}
+    for tok in task.corrupted:  # one prompt at a time, full forward, no padding
+        kept = {}
+        ids = torch.from_numpy(tok.input_ids)[None]
+        with torch.inference_mode(), tiny_llama.bridge.hooks(fwd_hooks=[(
+                f"blocks.{layer}.attn.hook_z", lambda z, hook: kept.update(z=z[0].clone()))]):
+            tiny_llama.bridge(ids)
+        by_length.setdefault(tok.n_tokens, []).append(kept["z"])
+    assert set(means.by_length) == set(by_length)
+    for n, zs in by_length.items():
+        torch.testing.assert_close(means.by_length[n][layer], torch.stack(zs).mean(0),
+                                   atol=1e-5, rtol=1e-5)
+
+
+def test_faithfulness_bounds_and_a_hand_made_ablation(tiny_llama, task_path):
+    from tests.test_circuits_patching import hf_twin, o_proj
+
+    task = load_task(str(task_path), tiny_llama)
+    means = ablation_means(tiny_llama, task)
+    everything = [(l, h) for l in range(4) for h in range(4)]
+    full = faithfulness(tiny_llama, task, everything, means=means)
+    assert full.faithfulness == pytest.approx(1.0) and full.normalised == pytest.approx(1.0)
+    empty = faithfulness(tiny_llama, task, [], means=means, n_random=2)
+    assert empty.circuit == pytest.approx(empty.empty) and empty.normalised == pytest.approx(0.0)
+    assert empty.random == pytest.approx(empty.faithfulness)  # random circuits of size 0
+    circuit = [(0, 1), (2, 3), (3, 0)]
+    got = circuit_logit_diff(tiny_llama, task, circuit, means)
+    hf, d_head = hf_twin(tiny_llama), tiny_llama.info.d_head
+    for tb in task.batches(16):
+        handles = []
+        for layer in range(4):
+            ablated = [h for h in range(4) if (layer, h) not in circuit]
+            mean = means.batch(layer, tb.clean.lengths, tb.clean.seq_len)
+
+            def pre(module, args, ablated=ablated, mean=mean):
+                x = args[0].clone()
+                for h in ablated:
+                    x[..., h * d_head:(h + 1) * d_head] = mean[:, :, h]
+                return (x,)
+            handles.append(o_proj(hf, layer).register_forward_pre_hook(pre))
+        with torch.inference_mode():
+            logits = hf(input_ids=tb.clean.input_ids, attention_mask=tb.clean.attention_mask).logits
+        for handle in handles:
+            handle.remove()
+        want = tb.logit_diff(logits[torch.arange(tb.clean.size), tb.clean.last_pos()])
+        np.testing.assert_allclose(got[tb.index], want.numpy(), atol=1e-4)
+
+
+def test_circuit_graph_and_path_discovery(tiny_llama, task_path):
+    graph = circuit_graph([(1, 2), (3, 0)], np.arange(16.0).reshape(4, 4),
+                          [((1, 2), (3, 0), 0.5), ((3, 0), "logits", 0.25)])
+    assert sorted(graph.nodes) == ["1.2", "3.0", "logits"]
+    assert graph.nodes["1.2"] == {"layer": 1, "head": 2, "score": 6.0}
+    assert graph.edges["1.2", "3.0"]["weight"] == 0.5
+    task = load_task(str(task_path), tiny_llama)
+    top4 = Selection("top_k", 4)
+    found = METHODS["path"](tiny_llama, task, top4, DiscoveryOptions(stages=2))
+    stage1, stage2 = (set(select_heads(e.score, top4)) for e in found.effects)
+    assert any(layer > 0 for layer, _ in stage1)  # so stage 2 has receivers with senders
+    assert set(found.circuit) == stage1 | stage2 and len(found.effects) == 2
+    assert {(s, r) for s, r, _ in found.edges if r == "logits"} == {(h, "logits") for h in stage1}
+    for sender, receiver, weight in found.edges:
+        if receiver != "logits":
+            assert receiver in stage1 and sender in stage2 and receiver[0] > sender[0]
+            assert weight == pytest.approx(found.effects[1].score[sender])
+    graph = found.graph()
+    assert set(graph.nodes) == {f"{l}.{h}" for l, h in found.circuit} | {"logits"}
+    assert graph.number_of_edges() == len(found.edges)
+
+
+def test_overlap_metrics_and_baseline_on_hand_made_sets():
+    a = {(0, 0), (0, 1), (1, 0)}
+    b = {(0, 1), (1, 0), (2, 2), (3, 3)}
+    o = overlap(a, b, 16, ("ioi", "colors"))
+    assert o.shared == ((0, 1), (1, 0)) and o.n_shared == 2
+    assert o.jaccard == pytest.approx(2 / 5) and o.overlap_coefficient == pytest.approx(2 / 3)
+    assert o.shared_over_first == pytest.approx(2 / 3) and o.shared_over_second == 0.5
+    assert o.expected_shared == pytest.approx(12 / 16)
+    # brute force: every 4-head set out of 16, how many share >= 2 heads with a?
+    hits = sum(len(a & set(s)) >= 2 for s in itertools.combinations(
+        [(l, h) for l in range(4) for h in range(4)], 4))
+    assert o.p_value == pytest.approx(hits / math.comb(16, 4), rel=1e-12)
+    # brute force expected Jaccard over the same 1820 random sets
+    sets = list(itertools.combinations([(l, h) for l in range(4) for h in range(4)], 4))
+    brute = sum(len(a & set(s)) / len(a | set(s)) for s in sets) / len(sets)
+    assert o.expected_jaccard == pytest.approx(brute, rel=1e-12)
+    assert expected_jaccard(16, 0, 0) == 0.0
+    assert hypergeometric_tail(0, 16, 3, 4) == 1.0
+    assert hypergeometric_tail(4, 16, 3, 4) == 0.0
+    pmf = [hypergeometric_tail(k, 270, 20, 30) - hypergeometric_tail(k + 1, 270, 20, 30)
+           for k in range(21)]
+    assert sum(k * p for k, p in enumerate(pmf)) == pytest.approx(20 * 30 / 270)
+    with pytest.raises(InputError, match="between 0 and 16"):
+        hypergeometric_tail(1, 16, 17, 2)
+
+
+def test_overlap_table_pairs_and_shared_by_all():
+    circuits = {"a": [(0, 0), (1, 1)], "b": [(1, 1)], "c": [(1, 1), (2, 2)]}
+    table = overlap_table(circuits, 9)
+    assert [(o.first, o.second) for o in table] == [("a", "b"), ("a", "c"), ("b", "c")]
+    assert table[0].overlap_coefficient == 1.0 and table[0].jaccard == 0.5
+    assert shared_by_all(circuits) == [(1, 1)]
+    with pytest.raises(InputError, match="at least two tasks"):
+        overlap_table({"a": []}, 9)
+    assert math.isnan(overlap([], [(0, 0)], 9).overlap_coefficient)
