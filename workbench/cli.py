@@ -26,6 +26,9 @@ out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 RUNS_DIR = typer.Option(Path("runs"), "--runs-dir", help="Folder holding run directories.")
+DEVICE_MAP = typer.Option(
+    None, "--device-map", help="Hugging Face device map for a model larger than one GPU: auto, "
+    "balanced, sequential (accelerate places the layers; not with --device).")
 
 
 def parse_params(items: list[str]) -> dict[str, dict[str, str]]:
@@ -52,9 +55,16 @@ def run(
     probes: str = typer.Option("attention_entropy", "--probes",
                                help="Comma-separated probe names (see `workbench probes`)."),
     param: list[str] = typer.Option([], "--param", help="Probe parameter: probe.name=value."),
-    batch_size: int = typer.Option(8, "--batch-size", "-b", help="Prompts per forward pass."),
+    batch_size: Optional[int] = typer.Option(
+        None, "--batch-size", "-b", min=1,
+        help="Prompts per forward pass (default: chosen from free memory, 8 on the CPU)."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: auto)."),
     dtype: Optional[str] = typer.Option(None, help="float32, bfloat16, float16 (default: auto)."),
+    device_map: Optional[str] = DEVICE_MAP,
+    attention: str = typer.Option(
+        "auto", "--attention",
+        help="auto, eager or sdpa: auto runs the fast sdpa kernel when no probe reads an "
+             "attention hook (see workbench/attention_impl.py)."),
     prepend_bos: Optional[bool] = typer.Option(
         None, "--prepend-bos/--no-prepend-bos",
         help="Put BOS before every prompt (default: what the tokenizer does)."),
@@ -72,6 +82,7 @@ def run(
 ) -> None:
     """Run probes over a prompt set and write runs/<run_id>/ (parquet + run.json)."""
     from probes import make_probes
+    from workbench.attention_impl import ATTENTION_CHOICES
     from workbench.masks import AttentionMask
     from workbench.models import load_model
     from workbench.prompts import load_prompt_set
@@ -81,15 +92,18 @@ def run(
         raise InputError("--resume and --overwrite contradict each other; choose one")
     if attention_mask is not None:
         AttentionMask.parse(attention_mask)  # bad specs fail before the model loads
+    if attention not in ATTENTION_CHOICES:
+        raise InputError(f"--attention {attention!r}: choose one of {', '.join(ATTENTION_CHOICES)}")
     names = [n.strip() for n in probes.split(",") if n.strip()]
     probe_objs = make_probes(names, parse_params(param))
     prompt_set = load_prompt_set(prompts)
     err.print(f"loading model [bold]{model}[/] ...")
-    loaded = load_model(model, device=device, dtype=dtype, prepend_bos=prepend_bos)
+    loaded = load_model(model, device=device, dtype=dtype, prepend_bos=prepend_bos,
+                        device_map=device_map)
     _report_parity(loaded, strict_parity)
     options = RunOptions(runs_dir=runs_dir, run_id=run_id, batch_size=batch_size, resume=resume,
                          overwrite=overwrite, progress=progress, command=sys.argv,
-                         attention_mask=attention_mask)
+                         attention_mask=attention_mask, attention=attention)
     run_dir = execute_run(loaded, prompt_set, probe_objs, options,
                           load_seconds=loaded.info.load_seconds)
     manifest = run_dir.read_manifest()
