@@ -391,6 +391,44 @@ def runs_show(ctx: typer.Context, run_id: str = typer.Argument(..., help="Run id
     describe_run(run, out)
 
 
+@app.command()
+def sweep(
+    sweep_file: Path = typer.Argument(..., help="Sweep YAML (models, prompt_sets, jobs; see "
+                                      "sweeps/spec.py)."),
+    engine: str = typer.Option("local", "--engine", help="local (this process) or ray."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (auto, "
+                                          "ray://head:10001); default: start a local cluster."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-n", min=1,
+                                          help="Ray actors (default: the cluster's CPUs/GPUs)."),
+    gpus_per_worker: Optional[float] = typer.Option(
+        None, "--gpus-per-worker", help="GPUs per Ray actor (default: 1 when the cluster has "
+        "GPUs, else 0)."),
+    runs_dir: Path = RUNS_DIR,
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start the sweep's runs again."),
+) -> None:
+    """Run models x prompt sets x jobs in shards (model, prompt chunk); a rerun skips finished
+    shards. Exit 1 when a shard failed (see <runs-dir>/<name>/sweep.json)."""
+    from sweeps import SweepOptions, load_spec, run_sweep
+
+    spec = load_spec(sweep_file)
+    if engine == "local" and (address or workers):
+        raise InputError("--address and --workers need --engine ray")
+    manifest = run_sweep(spec, SweepOptions(runs_dir=runs_dir, engine=engine, address=address,
+                                            workers=workers, gpus_per_worker=gpus_per_worker,
+                                            overwrite=overwrite, command=sys.argv))
+    failed = [r for r in manifest["shards"] if r["status"] != "done"]
+    where = Path(spec.runs_dir or runs_dir) / spec.name
+    for row in failed:
+        err.print(f"[bold red]shard failed[/]: {row['run']} chunk {row['chunk']} "
+                  f"({row['first_id']}..{row['last_id']}): {escape(str(row['error']))}",
+                  highlight=False, soft_wrap=True)
+    out.print(f"{'[red]failed' if failed else '[green]complete'}[/]: {where} "
+              f"({manifest['n_shards'] - len(failed)}/{manifest['n_shards']} shards done, "
+              f"{manifest['n_skipped']} skipped as finished, {manifest['timings']['total_s']} s)")
+    if failed:
+        raise typer.Exit(1)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry: run the app, turning WorkbenchErrors into one line and an exit code."""
     try:

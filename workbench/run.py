@@ -138,7 +138,7 @@ def execute_run(model: LoadedModel, prompt_set: PromptSet, probes: Sequence[Any]
     mask = AttentionMask.parse(options.attention_mask) if options.attention_mask else None
     tokenized, probes = prepare_probes(model, prompt_set, probes)
     hooks = BatchHooks(model, probes, mask, attention=options.attention)
-    plan = _batch_plan(model, tokenized, hooks, options)
+    plan = batch_plan(model, tokenized, hooks, options)
     batches = make_batches(tokenized, plan.batch_size, pad_token_id(model.tokenizer))
     t_tok = time.perf_counter() - t0
     mask_check = verify_mask(model, mask) if mask is not None else None
@@ -195,7 +195,7 @@ def prepare_probes(model: LoadedModel, prompt_set: PromptSet, probes: Sequence[A
     return tokenized, [probe.prepare(model, tokenized) for probe in probes]
 
 
-def _batch_plan(model: LoadedModel, tokenized: list[TokenizedPrompt], hooks: "BatchHooks",
+def batch_plan(model: LoadedModel, tokenized: list[TokenizedPrompt], hooks: "BatchHooks",
                 options: RunOptions) -> BatchPlan:
     """``options.batch_size`` when given; the stored one when resuming a named run; otherwise
     the automatic plan of :mod:`workbench.memory` for the longest prompt."""
@@ -382,5 +382,5 @@ def _manifest(run_id: str, key: dict, model: LoadedModel, prompt_set: PromptSet,
     }
 
 
-__all__ = ["BatchHooks", "RunOptions", "WorkbenchError", "execute_run", "finalize_tables",
-           "prepare_probes"]
+__all__ = ["BatchHooks", "RunOptions", "WorkbenchError", "batch_plan", "execute_run",
+           "finalize_tables", "prepare_probes"]
