@@ -350,7 +350,8 @@ def load_model(spec: str = DEFAULT_MODEL, *, device: str | None = None, dtype: s
             ``"cpu"``, or ``{module: device}``) for a model larger than one GPU: applied in
             ``from_pretrained`` (accelerate places the layers), then handed to the bridge as a
             pre-loaded model. ``info.device`` is then the embedding's device and
-            ``info.details["device_map"]`` the placement. Not with ``device``.
+            ``info.details["device_map"]`` the request and accelerate's placement. Not with
+            ``device``.
 
     Returns:
         The loaded model; ``info.parity`` holds the parity check (``info.parity.ok`` is False when
@@ -380,8 +381,9 @@ def load_model(spec: str = DEFAULT_MODEL, *, device: str | None = None, dtype: s
     else:
         hf_model = hf_model.eval()
         dev = hf_model.get_input_embeddings().weight.device
-        details["device_map"] = {k: str(v) for k, v in
-                                 (getattr(hf_model, "hf_device_map", None) or {}).items()}
+        placement = getattr(hf_model, "hf_device_map", None) or {}  # absent for one device
+        details["device_map"] = {"requested": device_map,
+                                 "placement": {k: str(v) for k, v in placement.items()}}
     bos_id = tokenizer.bos_token_id
     adds_bos = _tokenizer_adds_bos(tokenizer)
     use_bos = adds_bos if prepend_bos is None else bool(prepend_bos)
