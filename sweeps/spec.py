@@ -15,6 +15,8 @@ Example (``sweep.yaml``)::
       - kind: probes
         probes: [attention_entropy, attention_sink]
         params: {attention_entropy: {segment: passage}}
+      - kind: head_patching        # sweeps.circuit_jobs (prompt sets that are task files)
+        method: activation
 
 A shard is (model, prompt set, chunk of ``chunk_size`` prompts in file order); it runs every job
 on its chunk. Relative prompt paths are resolved against the sweep file's folder.

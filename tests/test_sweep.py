@@ -191,3 +191,31 @@ def test_ray_engine_gives_the_local_tables(five, tmp_path):
         pd.testing.assert_frame_equal(
             pd.read_parquet(tmp_path / "ray" / "sw" / RUN / f"{meta}.parquet"),
             pd.read_parquet(tmp_path / "local" / "sw" / RUN / f"{meta}.parquet"))
+
+
+def test_head_patching_job_equals_one_pass_over_the_task(tiny_llama, tmp_path):
+    from circuits.patching import activation_patching
+    from circuits.tasks import load_task
+    from tests.circuit_tasks import tiny_ioi_file
+
+    task_file = tiny_ioi_file(tmp_path, n=6)
+    spec = parse_spec({"name": "sw", "chunk_size": 2,
+                       "models": [{"spec": "tiny-llama", "device": "cpu"}],
+                       "prompt_sets": [str(task_file)],
+                       "jobs": [{"kind": "head_patching", "batch_size": 4}]}, tmp_path)
+    assert run_sweep(spec, SweepOptions(runs_dir=tmp_path / "runs"))["status"] == "complete"
+    got = pd.read_parquet(tmp_path / "runs" / "sw" / "tiny-llama--tiny_ioi" / "head_effects.parquet")
+    whole = activation_patching(tiny_llama, load_task(str(task_file), tiny_llama), batch_size=4)
+    for metric, want in (("effect", whole.effect), ("score", whole.score)):
+        rows = got[got.metric == metric]
+        assert len(rows) == want.size
+        values = rows.value.to_numpy()
+        assert abs(values - want[rows["layer"].astype(int), rows["head"].astype(int)]).max() < 1e-5
+    per_prompt = got[got.metric == "logit_diff"]
+    order = {p: i for i, p in enumerate(whole.prompt_ids)}
+    expect = whole.patched[per_prompt.prompt_id.map(order), per_prompt.layer.astype(int),
+                           per_prompt["head"].astype(int)]
+    assert len(per_prompt) == whole.patched.size
+    assert abs(per_prompt.value.to_numpy() - expect).max() < 1e-5
+    clean = got[got.metric == "clean_logit_diff"].set_index("prompt_id").value
+    assert abs(clean[whole.prompt_ids].to_numpy() - whole.clean).max() < 1e-5
