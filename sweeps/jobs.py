@@ -49,6 +49,11 @@ class Job(BaseModel):
     def units(self) -> dict[str, str]:
         return {}
 
+    def describe(self) -> list[dict]:
+        """Manifest entries (``probes`` of ``run.json``), one per table."""
+        params = self.model_dump(mode="json", exclude={"kind"})
+        return [{"name": t, "job": self.kind, "params": params} for t in self.tables()]
+
 
 class ProbesJob(Job):
     """Probes in one shared forward per batch (as ``workbench run``): one table per probe."""
@@ -102,6 +107,11 @@ class ProbesJob(Job):
 
     def units(self) -> dict[str, str]:
         return {k: v for p in self._make() for k, v in p.units.items()}
+
+    def describe(self) -> list[dict]:
+        return [{"name": p.name, "job": self.kind, "params": p.params(),
+                 "hook_points": list(p.hook_points), "units": dict(p.units)}
+                for p in self._make()]
 
 
 JOB_KINDS: dict[str, type[Job]] = {"probes": ProbesJob}

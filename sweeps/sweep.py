@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow.compute as pc
+
 from sweeps.engines import ENGINES, run_local, run_ray
 from sweeps.jobs import Job
 from sweeps.shards import Shard, ShardResult
@@ -72,7 +74,7 @@ def _run_manifest(run_id: str, entry, prompt_set, spec: SweepSpec) -> dict:
             "created": _now(), "finished": None, "config_key": key, "model": {"name": entry.spec},
             "prompts": {"name": prompt_set.name, "files": [vars(f) for f in prompt_set.files],
                         "sha256": prompt_set.sha256, "n_prompts": len(prompt_set)},
-            "probes": [{"name": t, "job": job.kind} for job in spec.jobs for t in job.tables()],
+            "probes": [entry for job in spec.jobs for entry in job.describe()],
             "units": units, "record_schema_version": SCHEMA_VERSION,
             "versions": library_versions(), "git": git_state(), "timings": {}, "tables": {}}
 
@@ -181,9 +183,13 @@ def _finish_runs(runs: list[RunDir], ledger: _Ledger, spec: SweepSpec) -> None:
         t0 = time.perf_counter()
         tables = finalize_tables(run, summaries)
         model = ledger.model_info.get(run.run_id, manifest.get("model"))
+        n_tokens = pc.sum(run.read_table("prompts", columns=["n_tokens"])["n_tokens"]).as_py()
+        prompts = {**manifest["prompts"], "n_tokens": n_tokens,
+                   "prepend_bos": model.get("prepend_bos")}
         run.update_manifest(status="complete", finished=_now(), tables=tables, model=model,
-                            error=None, timings={"finalize_s": round(time.perf_counter() - t0, 3),
-                                                 "shards": len(mine)})
+                            prompts=prompts, error=None,
+                            timings={"finalize_s": round(time.perf_counter() - t0, 3),
+                                     "shards": len(mine)})
 
 
 def run_sweep(spec: SweepSpec, options: SweepOptions) -> dict:

@@ -178,3 +178,10 @@ def test_sdpa_gives_the_eager_records_for_a_resid_probe(which, request, small_pr
             fwd_hooks=[("blocks.0.attn.hook_pattern", lambda a, hook: fired.append(1))]):
         model.bridge(ids, return_type=None)
     assert fired == []
+
+
+def test_cli_rejects_a_bad_attention_choice_before_loading(capsys, small_prompts, tmp_path):
+    from tests.test_run import cli, run_args
+
+    code, _, err = cli(capsys, *run_args(small_prompts, tmp_path / "runs", "--attention", "flash"))
+    assert code == 2 and "--attention 'flash'" in err and not tmp_path.joinpath("runs").exists()

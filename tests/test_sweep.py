@@ -3,12 +3,14 @@ interrupted sweeps resume without duplicates, failing shards are reported and lo
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import ClassVar, Literal
 
 import pandas as pd
 import pytest
+from rich.console import Console
 
 from probes import make_probes
 from sweeps import Job, SweepOptions, parse_spec, register_job_kind, run_sweep
@@ -17,6 +19,8 @@ from tests.conftest import write_jsonl
 from workbench.errors import InputError, RunStateError
 from workbench.prompts import load_prompt_set
 from workbench.run import RunOptions, execute_run
+from workbench.store import RunDir
+from workbench.summary import describe_run
 
 KEYS = ["probe", "metric", "layer", "head", "prompt_id", "query_pos", "key_pos", "segment",
         "condition", "dim"]
@@ -88,6 +92,10 @@ def test_sweep_equals_one_run_and_rerun_skips(tiny_llama, five, tmp_path):
                                       atol=1e-6)
     prompts = pd.read_parquet(tmp_path / "runs" / "sw" / RUN / "prompts.parquet")
     assert list(prompts.prompt_id) == list("abcde")
+    shown = io.StringIO()  # `workbench runs show` reads a sweep's run like any other
+    describe_run(RunDir(tmp_path / "runs" / "sw" / RUN), Console(file=shown, width=200))
+    assert "probe attention_entropy: {'segment': 'names'" in shown.getvalue()
+    assert f"{int(prompts.n_tokens.sum())} tokens" in shown.getvalue()
     again = run_sweep(spec_for(five), SweepOptions(runs_dir=tmp_path / "runs"))
     assert again["n_skipped"] == 3 and all(r["skipped"] for r in again["shards"])
 
