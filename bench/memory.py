@@ -40,7 +40,7 @@ MIB = 2 ** 20
 
 
 def cache_estimate(seq: int, n_layers: int, n_heads: int, d_model: int) -> int:
-    """Estimated bytes of ``run_with_cache``'s activations for one prompt of ``seq`` tokens (fp32)."""
+    """Estimated bytes of ``run_with_cache``'s activations, one prompt of ``seq`` tokens, fp32."""
     return n_layers * (2 * n_heads * seq * seq + 24 * seq * d_model) * 4
 
 

@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = ", ".join(f"{t:.2f}" for t in res["times_s"]["resumed"])
     print(f"resumed (blocks l..L-1, last-token unembedding, {res['heads_per_forward']} head(s) "
           f"per forward): {best['resumed']:8.2f} s  (runs: {runs})")
-    print(f"attribution (all heads, one forward + backward per batch): {best['attribution']:8.2f} s")
+    print("attribution (all heads, one forward + backward per batch): "
+          f"{best['attribution']:8.2f} s")
     print(f"speedup: {res['speedup']:.2f}x; max |LD difference| {res['max_diff']:.1e} logits")
     if args.json:
         args.json.write_text(json.dumps(res, indent=2))

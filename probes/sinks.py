@@ -208,8 +208,8 @@ class AttentionSink(Probe):
         if self.segment is None:
             return
         if self.segment_query == "last":
-            rows = activation[torch.arange(batch.size), :, batch.last_pos().to(activation.device), :]
-            rows = rows[:, :, None, :]
+            last = batch.last_pos().to(activation.device)
+            rows = activation[torch.arange(batch.size), :, last, :][:, :, None, :]
         else:
             rows = activation
         in_seg = batch.segment_mask(self.segment).to(activation.device)

@@ -91,23 +91,29 @@ def plan_shards(spec: SweepSpec, root: Path, overwrite: bool = False
     """Create (or reopen) every (model, prompt set) run under ``root`` and list all shards.
 
     Raises:
-        InputError: a bad prompt file (before any model is loaded or file written).
+        InputError: a bad prompt file (before any model is loaded or file written), or two
+            (model, prompt set) entries with the same run folder name.
         RunStateError: a run exists with another configuration (use ``--overwrite``).
     """
     sets = [load_prompt_set(files) for files in spec.prompt_sets]
+    plan = [(entry, files, prompt_set, f"{entry.slug}--{prompt_set.name}")
+            for entry in spec.models for files, prompt_set in zip(spec.prompt_sets, sets)]
+    ids = [run_id for *_, run_id in plan]
+    twice = sorted({r for r in ids if ids.count(r) > 1})
+    if twice:
+        raise InputError(f"sweep {spec.name!r}: two entries make the run(s) {', '.join(twice)} "
+                         "(the same model and prompt set names); list each once")
     runs, shards = [], []
-    for entry in spec.models:
-        for files, prompt_set in zip(spec.prompt_sets, sets):
-            run_id = f"{entry.slug}--{prompt_set.name}"
-            manifest = _run_manifest(run_id, entry, prompt_set, spec)
-            run, _ = RunDir.create(root, run_id, manifest, resume=True, overwrite=overwrite,
-                                   same_config=_same_config(manifest["config_key"]))
-            runs.append(run)
-            ids = [p.id for p in prompt_set.prompts]
-            for chunk, start in enumerate(range(0, len(ids), spec.chunk_size)):
-                shards.append(Shard(len(shards), str(run.path), entry,
-                                    tuple(str(f) for f in files), chunk,
-                                    tuple(ids[start:start + spec.chunk_size]), tuple(spec.jobs)))
+    for entry, files, prompt_set, run_id in plan:
+        manifest = _run_manifest(run_id, entry, prompt_set, spec)
+        run, _ = RunDir.create(root, run_id, manifest, resume=True, overwrite=overwrite,
+                               same_config=_same_config(manifest["config_key"]))
+        runs.append(run)
+        prompt_ids = [p.id for p in prompt_set.prompts]
+        for chunk, start in enumerate(range(0, len(prompt_ids), spec.chunk_size)):
+            shards.append(Shard(len(shards), str(run.path), entry, tuple(str(f) for f in files),
+                                chunk, tuple(prompt_ids[start:start + spec.chunk_size]),
+                                tuple(spec.jobs)))
     return runs, shards
 
 

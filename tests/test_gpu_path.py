@@ -20,7 +20,8 @@ KEYS = ["metric", "layer", "head", "prompt_id", "query_pos", "key_pos", "segment
 
 def entropy_table(model, prompts, tmp_path, run_id) -> pd.DataFrame:
     run = execute_run(model, load_prompt_set(prompts),
-                      make_probes(["attention_entropy"], {"attention_entropy": {"segment": "names"}}),
+                      make_probes(["attention_entropy"],
+                                  {"attention_entropy": {"segment": "names"}}),
                       RunOptions(runs_dir=tmp_path, run_id=run_id, batch_size=2, progress=False))
     table = run.read_table("attention_entropy").to_pandas().drop(columns="run_id")
     return table.sort_values(KEYS, na_position="first").reset_index(drop=True)

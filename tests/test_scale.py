@@ -66,7 +66,8 @@ def test_plan_batch_on_a_model(tiny_llama):
 
 
 def test_auto_batch_size_is_recorded_in_the_manifest(tiny_llama, small_prompts, tmp_path):
-    run = execute_run(tiny_llama, load_prompt_set(small_prompts), make_probes(["attention_entropy"]),
+    run = execute_run(tiny_llama, load_prompt_set(small_prompts),
+                      make_probes(["attention_entropy"]),
                       RunOptions(runs_dir=tmp_path, progress=False))
     manifest = run.read_manifest()
     plan = manifest["batching"]["plan"]

@@ -54,9 +54,11 @@ def five(tmp_path) -> Path:
     return write_jsonl(tmp_path / "five.jsonl", [
         {"id": "a", "text": "Then, Mary and John went to the store. John gave a drink to",
          "segments": {"names": [6, 19]}},
-        {"id": "b", "text": "The quick brown fox jumps over the lazy dog.", "segments": {"names": [4, 9]}},
+        {"id": "b", "text": "The quick brown fox jumps over the lazy dog.",
+         "segments": {"names": [4, 9]}},
         {"id": "c", "text": "Hello there, attention", "segments": {"names": [0, 5]}},
-        {"id": "d", "text": "Heads read the residual stream and write back", "segments": {"names": [0, 5]}},
+        {"id": "d", "text": "Heads read the residual stream and write back",
+         "segments": {"names": [0, 5]}},
         {"id": "e", "text": "Short one", "segments": {"names": [0, 5]}},
     ])
 
@@ -156,6 +158,14 @@ def test_failing_shard_is_reported_and_finished_shards_stay(five, tmp_path, caps
         pd.testing.assert_frame_equal(got[name], whole[name])
 
 
+def test_duplicate_runs_are_refused_before_any_write(five, tmp_path):
+    spec = spec_for(five)
+    twice = spec.model_copy(update={"models": spec.models * 2})
+    with pytest.raises(InputError, match="tiny-llama--five"):
+        run_sweep(twice, SweepOptions(runs_dir=tmp_path / "runs"))
+    assert not (tmp_path / "runs").exists()
+
+
 def test_changed_sweep_file_needs_overwrite(five, tmp_path):
     run_sweep(spec_for(five), SweepOptions(runs_dir=tmp_path))
     changed = spec_for(five).model_copy(update={"chunk_size": 3})
@@ -212,7 +222,8 @@ def test_head_patching_job_equals_one_pass_over_the_task(tiny_llama, tmp_path):
                        "prompt_sets": [str(task_file)],
                        "jobs": [{"kind": "head_patching", "batch_size": 4}]}, tmp_path)
     assert run_sweep(spec, SweepOptions(runs_dir=tmp_path / "runs"))["status"] == "complete"
-    got = pd.read_parquet(tmp_path / "runs" / "sw" / "tiny-llama--tiny_ioi" / "head_effects.parquet")
+    got = pd.read_parquet(tmp_path / "runs" / "sw" / "tiny-llama--tiny_ioi"
+                          / "head_effects.parquet")
     whole = activation_patching(tiny_llama, load_task(str(task_file), tiny_llama), batch_size=4)
     for metric, want in (("effect", whole.effect), ("score", whole.score)):
         rows = got[got.metric == metric]

@@ -31,7 +31,8 @@ from workbench.errors import InputError
 
 EAGER, SDPA, AUTO = "eager", "sdpa", "auto"
 ATTENTION_CHOICES = (AUTO, EAGER, SDPA)
-# Hook points (suffixes of blocks.{layer}.) that fire inside the bridge's attention reimplementation.
+# Hook points (suffixes of blocks.{layer}.) that fire inside the bridge's attention
+# reimplementation.
 _INSIDE_ATTENTION = ("attn.",)
 _ATTENTION_INPUTS = {"hook_attn_in", "hook_q_input", "hook_k_input", "hook_v_input"}
 CHECK_TEXTS = ("The quick brown fox jumps over the lazy dog. Attention heads read the residual "
