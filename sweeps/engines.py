@@ -53,7 +53,11 @@ def run_ray(shards: Sequence[Shard], on_result: Callable[[ShardResult], None], *
         resources = ray.cluster_resources()
         gpus = (1.0 if resources.get("GPU", 0) > 0 else 0.0) if gpus_per_worker is None \
             else gpus_per_worker
-        n = workers or max(1, int(resources.get("GPU" if gpus else "CPU", 1) // (gpus or 1)))
+        fits = max(1, int(resources.get("GPU" if gpus else "CPU", 1) // (gpus or 1)))
+        if workers and workers > fits:
+            raise InputError(f"--workers {workers}: the cluster has room for {fits} actor(s) "
+                             f"of {gpus or 1:g} {'GPU' if gpus else 'CPU'}")
+        n = workers or fits
         actor = ray.remote(num_cpus=1, num_gpus=gpus)(ShardWorker)
         actors = [actor.remote() for _ in range(n)]
         pool = ActorPool(actors)
