@@ -82,7 +82,6 @@ def build(variant: str, probe_names: list[str]):
     from transformers import AutoModelForCausalLM
 
     from workbench.models import load_model, smollm2_cache
-
     from workbench.settings import resolve_device, resolve_dtype
 
     device = resolve_device(None)  # the workbench's defaults: CUDA and bf16 when there is a GPU
@@ -205,7 +204,8 @@ def suite(quick: bool = False) -> tuple[list[dict], dict]:
         rows.append({"benchmark": "probe_pass", "measure": f"plain HF forward (eager) {shape}",
                      "value": row["hf_eager"], "unit": "s",
                      "note": f"{n_tok / row['hf_eager']:.0f} tok/s"})
-        rows.append({"benchmark": "probe_pass", "measure": f"probe pass (attention_entropy) {shape}",
+        rows.append({"benchmark": "probe_pass",
+                     "measure": f"probe pass (attention_entropy) {shape}",
                      "value": row["probe_pass"], "unit": "s",
                      "note": f"{row['probe_pass'] / row['hf_eager']:.3f}x the plain forward; "
                              f"{n_tok / row['probe_pass']:.0f} tok/s"})
