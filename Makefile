@@ -61,8 +61,9 @@ app: demo
 test: setup browser
 	$(BIN)/python -m pytest -q
 
+BENCH_ARGS ?=
 bench: setup
-	$(BIN)/python -m bench.probe_pass
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 data: setup
 	$(BIN)/python data/generate.py

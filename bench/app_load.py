@@ -129,20 +129,14 @@ def one_round(run_id: str) -> dict[str, float]:
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", type=Path, help="an existing run directory (default: write a "
-                                                 "synthetic one)")
-    parser.add_argument("--records", type=int, default=1_000_000)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
+def measure(records: int = 1_000_000, repeats: int = 3, run: Path | None = None) -> dict:
+    """Medians (s) of :func:`one_round` over ``repeats`` rounds, on ``run`` or a synthetic run."""
     with tempfile.TemporaryDirectory(prefix="bench-app-") as tmp:
-        if args.run:
-            runs_dir, run_id = args.run.resolve().parent, args.run.name
+        if run:
+            runs_dir, run_id = run.resolve().parent, run.name
         else:
             start = time.perf_counter()
-            runs_dir, run_id = Path(tmp), synthetic_run(Path(tmp), args.records)
+            runs_dir, run_id = Path(tmp), synthetic_run(Path(tmp), records)
             print(f"wrote the synthetic run in {time.perf_counter() - start:.1f} s")
         os.environ["WORKBENCH_RUNS_DIR"] = str(runs_dir)
         from app.data import RunsRoot
@@ -150,11 +144,32 @@ def main() -> None:
         root = RunsRoot(runs_dir)
         rows = sum(int(t.get("rows", 0)) for t in (root.manifest(run_id).get("tables") or {})
                    .values())
-        rounds = [one_round(run_id) for _ in range(args.repeats)]
+        rounds = [one_round(run_id) for _ in range(repeats)]
         for i, r in enumerate(rounds):
             print(f"round {i}: " + ", ".join(f"{k} {v:.3f}" for k, v in r.items()))
-    result = {"run": run_id, "records": rows, "repeats": args.repeats,
-              **{k: statistics.median(r[k] for r in rounds) for k in rounds[0]}}
+    return {"run": run_id, "records": rows, "repeats": repeats,
+            **{k: statistics.median(r[k] for r in rounds) for k in rounds[0]}}
+
+
+def suite(quick: bool = False) -> tuple[list[dict], dict]:
+    """Rows for ``python -m bench``; ``quick``: 20,000 records, one round."""
+    res = measure(20_000, 1) if quick else measure()
+    rows = [{"benchmark": "app_load", "measure": f"{key} ({res['records']:,} records)",
+             "value": res[key], "unit": "s", "note": "cold caches"}
+            for key in ("open_total_s", "change_head_s", "change_metric_s")]
+    return rows, res
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", type=Path, help="an existing run directory (default: write a "
+                                                 "synthetic one)")
+    parser.add_argument("--records", type=int, default=1_000_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="20,000 records, one round")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    result = measure(20_000, 1) if args.quick else measure(args.records, args.repeats, args.run)
     print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()},
                      indent=2))
     if args.json:

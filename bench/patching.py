@@ -8,10 +8,13 @@ one batch, corrupted into clean at ``hook_z``, every ``--every``-th head of the 
 * ``naive``: :func:`circuits.patching.naive_activation_patching`, one full forward per head (all
   blocks, logits at every position), the usual TransformerLens loop;
 * ``resumed``: :func:`circuits.patching.activation_patching`, blocks ``l..L-1`` only from cached
-  block inputs, the unembedding at the last token only, ``--heads-per-forward`` heads per pass.
+  block inputs, the unembedding at the last token only, ``--heads-per-forward`` heads per pass;
+* ``attribution``: :func:`circuits.attribution.attribution_patching` (EAP, arXiv:2310.10348): one
+  forward and one backward per batch for all heads, an estimate.
 
-Both run once in the same process (resumed first, then naive, then resumed again; the faster
-resumed time counts), check that they agree, and the script prints the times and the speedup.
+All run in the same process (resumed first, then naive, then resumed again; the faster resumed
+time counts; attribution last), check that resumed and naive agree, and the script prints the
+times and the speedups. ``--quick``: 4 prompts, every 27th head (a smoke run).
 """
 
 from __future__ import annotations
@@ -23,58 +26,87 @@ import time
 from pathlib import Path
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--n-prompts", type=int, default=16)
-    parser.add_argument("--every", type=int, default=1, help="patch every k-th head (smoke runs)")
-    parser.add_argument("--heads-per-forward", type=int, default=None)
-    parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args(argv)
-
+def measure(n_prompts: int = 16, every: int = 1, heads_per_forward: int | None = None) -> dict:
+    """Times (s) of the three methods, the speedups and the resumed-vs-naive agreement."""
     import numpy as np
     import torch
 
+    from circuits.attribution import attribution_patching
     from circuits.patching import activation_patching, naive_activation_patching
     from circuits.tasks import load_task
     from workbench.heads import all_heads
     from workbench.models import load_model
 
     model = load_model("smollm2-135m")
-    task = load_task("ioi", model, n_prompts=args.n_prompts)
-    heads = all_heads(model.info.n_layers, model.info.n_heads)[::args.every]
-    common = dict(heads=heads, batch_size=args.n_prompts)
-    times = {}
+    task = load_task("ioi", model, n_prompts=n_prompts)
+    heads = all_heads(model.info.n_layers, model.info.n_heads)[::every]
+    times: dict[str, list[float]] = {}
 
     def timed(name, fn, **kwargs):
         start = time.perf_counter()
-        result = fn(model, task, **common, **kwargs)
+        result = fn(model, task, batch_size=n_prompts, **kwargs)
         times.setdefault(name, []).append(time.perf_counter() - start)
         return result
 
-    fast = timed("resumed", activation_patching, heads_per_forward=args.heads_per_forward)
-    naive = timed("naive", naive_activation_patching)
-    timed("resumed", activation_patching, heads_per_forward=args.heads_per_forward)
+    fast = timed("resumed", activation_patching, heads=heads, heads_per_forward=heads_per_forward)
+    naive = timed("naive", naive_activation_patching, heads=heads)
+    timed("resumed", activation_patching, heads=heads, heads_per_forward=heads_per_forward)
+    timed("attribution", attribution_patching)
     ok = ~np.isnan(naive.patched)
-    diff = float(np.abs(fast.patched[ok] - naive.patched[ok]).max())
     best = {name: min(values) for name, values in times.items()}
-    ratio = best["naive"] / best["resumed"]
-    print(f"activation patching, {len(heads)} heads x {len(task)} IOI prompts, SmolLM2-135M "
-          f"{model.info.dtype} on {model.info.device}, torch threads {torch.get_num_threads()}")
+    return {"times_s": times, "best_s": best, "speedup": best["naive"] / best["resumed"],
+            "attribution_speedup_vs_naive": best["naive"] / best["attribution"],
+            "max_diff": float(np.abs(fast.patched[ok] - naive.patched[ok]).max()),
+            "n_heads": len(heads), "n_prompts": len(task),
+            "heads_per_forward": heads_per_forward or _default_heads(model),
+            "device": model.info.device, "dtype": model.info.dtype,
+            "torch_threads": torch.get_num_threads()}
+
+
+def suite(quick: bool = False) -> tuple[list[dict], dict]:
+    """Rows for ``python -m bench`` and the raw result."""
+    res = measure(4, 27) if quick else measure()
+    what = f"{res['n_heads']} heads x {res['n_prompts']} IOI prompts"
+    best = res["best_s"]
+    rows = [{"benchmark": "patching", "measure": f"naive loop ({what})", "value": best["naive"],
+             "unit": "s"},
+            {"benchmark": "patching", "measure": "resumed + batched", "value": best["resumed"],
+             "unit": "s", "note": f"{res['speedup']:.2f}x faster than naive"},
+            {"benchmark": "patching", "measure": "attribution (EAP estimate)",
+             "value": best["attribution"], "unit": "s",
+             "note": f"{res['attribution_speedup_vs_naive']:.1f}x faster than naive"}]
+    return rows, res
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n-prompts", type=int, default=16)
+    parser.add_argument("--every", type=int, default=1, help="patch every k-th head (smoke runs)")
+    parser.add_argument("--heads-per-forward", type=int, default=None)
+    parser.add_argument("--quick", action="store_true", help="4 prompts, every 27th head")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    res = measure(4, 27) if args.quick else measure(args.n_prompts, args.every,
+                                                    args.heads_per_forward)
+    best = res["best_s"]
+    print(f"activation patching, {res['n_heads']} heads x {res['n_prompts']} IOI prompts, "
+          f"SmolLM2-135M {res['dtype']} on {res['device']}, torch threads {res['torch_threads']}")
     print(f"naive (full forward per head):   {best['naive']:8.2f} s")
-    runs = ", ".join(f"{t:.2f}" for t in times["resumed"])
-    print(f"resumed (blocks l..L-1, last-token unembedding, {fast_heads(args, model)} head(s) per "
-          f"forward): {best['resumed']:8.2f} s  (runs: {runs})")
-    print(f"speedup: {ratio:.2f}x; max |LD difference| {diff:.1e} logits")
+    runs = ", ".join(f"{t:.2f}" for t in res["times_s"]["resumed"])
+    print(f"resumed (blocks l..L-1, last-token unembedding, {res['heads_per_forward']} head(s) "
+          f"per forward): {best['resumed']:8.2f} s  (runs: {runs})")
+    print("attribution (all heads, one forward + backward per batch): "
+          f"{best['attribution']:8.2f} s")
+    print(f"speedup: {res['speedup']:.2f}x; max |LD difference| {res['max_diff']:.1e} logits")
     if args.json:
-        args.json.write_text(json.dumps({"times_s": times, "speedup": ratio, "max_diff": diff,
-                                         "n_heads": len(heads), "n_prompts": len(task)}, indent=2))
+        args.json.write_text(json.dumps(res, indent=2))
     return 0
 
 
-def fast_heads(args, model) -> int:
+def _default_heads(model) -> int:
     from circuits.patching import default_heads_per_forward
 
-    return args.heads_per_forward or default_heads_per_forward(model)
+    return default_heads_per_forward(model)
 
 
 if __name__ == "__main__":

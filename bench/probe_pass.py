@@ -82,13 +82,18 @@ def build(variant: str, probe_names: list[str]):
     from transformers import AutoModelForCausalLM
 
     from workbench.models import load_model, smollm2_cache
+    from workbench.settings import resolve_device, resolve_dtype
 
+    device = resolve_device(None)  # the workbench's defaults: CUDA and bf16 when there is a GPU
     if variant.startswith("hf_"):
         folder, _ = smollm2_cache()
         impl = variant.removeprefix("hf_")
-        hf = AutoModelForCausalLM.from_pretrained(folder, attn_implementation=impl).eval()
+        hf = AutoModelForCausalLM.from_pretrained(folder, attn_implementation=impl,
+                                                  dtype=resolve_dtype(None, device))
+        hf = hf.to(device).eval()
 
         def runner(ids):
+            ids = ids.to(device)
             with torch.inference_mode():
                 hf(input_ids=ids, attention_mask=torch.ones_like(ids))
         return runner
@@ -96,7 +101,7 @@ def build(variant: str, probe_names: list[str]):
     if variant == "run_with_cache":
         def runner(ids):
             with torch.inference_mode():
-                model.bridge.run_with_cache(ids)
+                model.bridge.run_with_cache(ids.to(device))
         return runner
 
     import numpy as np
@@ -120,7 +125,7 @@ def build(variant: str, probe_names: list[str]):
     return runner
 
 
-def time_all(probe_names: list[str], repeats: int) -> dict:
+def time_all(probe_names: list[str], repeats: int, shapes=tuple(SHAPES)) -> dict:
     from transformers import AutoTokenizer
 
     from workbench.models import smollm2_cache
@@ -128,7 +133,7 @@ def time_all(probe_names: list[str], repeats: int) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(smollm2_cache()[0])
     runners = {v: build(v, probe_names) for v in VARIANTS}
     results = {}
-    for batch, seq in SHAPES:
+    for batch, seq in shapes:
         ids = text_batch(tokenizer, batch, seq)
         for fn in runners.values():  # warm-up
             fn(ids)
@@ -186,6 +191,25 @@ def report(times: dict, memory: dict) -> str:
                          f"{m['peak'] / 2**20:8.0f} {m['peak'] / base['peak']:9.2f} "
                          f"{m['extra'] / 2**20:9.0f} {m['extra'] / max(base['extra'], 1):10.2f}")
     return "\n".join(lines)
+
+
+def suite(quick: bool = False) -> tuple[list[dict], dict]:
+    """Rows for ``python -m bench``: probe pass / plain HF forward time ratio per shape (memory
+    is :mod:`bench.memory`'s). ``quick``: one repeat of batch 2 x 32."""
+    names = ["attention_entropy"]
+    times = time_all(names, 1 if quick else 7, [(2, 32)] if quick else SHAPES)
+    rows = []
+    for shape, row in times.items():
+        n_tok = math.prod(int(x) for x in shape.split("x"))
+        rows.append({"benchmark": "probe_pass", "measure": f"plain HF forward (eager) {shape}",
+                     "value": row["hf_eager"], "unit": "s",
+                     "note": f"{n_tok / row['hf_eager']:.0f} tok/s"})
+        rows.append({"benchmark": "probe_pass",
+                     "measure": f"probe pass (attention_entropy) {shape}",
+                     "value": row["probe_pass"], "unit": "s",
+                     "note": f"{row['probe_pass'] / row['hf_eager']:.3f}x the plain forward; "
+                             f"{n_tok / row['probe_pass']:.0f} tok/s"})
+    return rows, {"probes": names, "times_s": times}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from probes.base import Probe
-from workbench.attention import key_mask, visible_keys
+from workbench.attention import key_mask, query_blocks, visible_keys
 from workbench.errors import InputError
 from workbench.records import concat, records, string_column
 
@@ -55,8 +55,17 @@ class _State:
     batch: Any
     windows: list[int | None]
     neg_entropy: Tensor  # [layer, batch, head, query]: sum_j p ln p, filled by the hooks
-    scratch: Tensor | None = None  # [batch, head, query, key] fp32, reused by every layer
+    scratch: Tensor | None = None  # [batch, head, query block, key] fp32, reused by every layer
     segment_rows: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)
+
+
+def _scratch(state: _State, block: Tensor) -> Tensor:
+    """A view shaped like ``block`` of the batch's fp32 scratch buffer. The first query block of a
+    layer is the largest, so the buffer is allocated once per batch (and per device)."""
+    if state.scratch is None or state.scratch.shape[2] < block.shape[2] or \
+            state.scratch.device != block.device:
+        state.scratch = torch.empty_like(block)
+    return state.scratch[:, :, :block.shape[2]]
 
 
 @dataclass(frozen=True)
@@ -108,22 +117,31 @@ class AttentionEntropy(Probe):
                       torch.zeros(shape, dtype=torch.float32, device=batch.input_ids.device))
 
     def observe(self, state: _State, layer: int, point: str, activation: Tensor) -> None:
-        pattern = activation if activation.dtype == torch.float32 else activation.float()
-        # Same quantity as attention_entropy(), written into a buffer reused across layers: a fresh
-        # [batch, head, query, key] temporary per layer costs more (page faults) than the maths.
-        if state.scratch is None or state.scratch.shape != pattern.shape:
-            state.scratch = torch.empty_like(pattern)
-        torch.xlogy(pattern, pattern, out=state.scratch)
-        torch.sum(state.scratch, dim=-1, out=state.neg_entropy[layer])
+        # Same quantity as attention_entropy(), block by block of query rows (query_blocks) into a
+        # scratch buffer reused across layers: fp32 work whatever the model's dtype, and scratch
+        # memory bounded by QUERY_BLOCK_BYTES instead of a second [batch, head, query, key] tensor.
+        neg_entropy = state.neg_entropy[layer]
+        for rows in query_blocks(activation.shape):
+            block = activation[:, :, rows].float()  # a no-op view in fp32
+            scratch = _scratch(state, block)
+            torch.xlogy(block, block, out=scratch)
+            neg_entropy[:, :, rows] = scratch.sum(-1).to(neg_entropy.device)
         if self.segment is not None:
-            batch = state.batch
-            if self.segment_query == "last":
-                rows = pattern[torch.arange(batch.size), :, batch.last_pos(), :][:, :, None, :]
-            else:
-                rows = pattern
-            in_seg = batch.segment_mask(self.segment)
-            ent, mass = segment_entropy(rows, in_seg, renormalise=self.segment_renormalise)
-            state.segment_rows[layer] = (ent.cpu(), mass.cpu())
+            state.segment_rows[layer] = self._segment_rows(state.batch, activation)
+
+    def _segment_rows(self, batch: Any, pattern: Tensor) -> tuple[Tensor, Tensor]:
+        """Segment entropy and mass ``[batch, head, q']`` on the CPU, fp32, in query blocks."""
+        in_seg = batch.segment_mask(self.segment).to(pattern.device)
+        if self.segment_query == "last":
+            rows = pattern[torch.arange(batch.size), :, batch.last_pos().to(pattern.device), :]
+            ent, mass = segment_entropy(rows[:, :, None, :].float(), in_seg,
+                                        renormalise=self.segment_renormalise)
+            return ent.cpu(), mass.cpu()
+        parts = [segment_entropy(pattern[:, :, rows].float(), in_seg,
+                                 renormalise=self.segment_renormalise)
+                 for rows in query_blocks(pattern.shape)]
+        return (torch.cat([e for e, _ in parts], -1).cpu(),
+                torch.cat([m for _, m in parts], -1).cpu())
 
     def finish(self, state: _State) -> pa.Table | None:
         batch = state.batch

@@ -218,12 +218,14 @@ class HeadDivergence(Probe):
                without: bool):
         def make(layer: int):
             def hook(act, hook):
-                picked = act[plan.rows, plan.q_without if without else plan.q_with]
+                query = plan.q_without if without else plan.q_with
+                picked = act[plan.rows.to(act.device), query.to(act.device)]
                 if without:
                     saved[layer] = picked.clone()
                 else:
                     dist, norm_with, norm_without = head_divergence(picked, saved[layer])
-                    stats[:, layer] = torch.stack([dist, norm_with, norm_without])
+                    stats[:, layer] = torch.stack([dist, norm_with, norm_without]).to(
+                        stats.device)
                     saved[layer] = None
             return hook
         hooks = [(f"blocks.{layer}.attn.{self.output}", make(layer))

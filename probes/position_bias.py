@@ -46,13 +46,16 @@ SUMMARY_METRICS = tuple(_SUMMARY_UNITS)
 def layer_attention(pattern: Float[Tensor, "batch head_index query_pos key_pos"],
                     valid: Bool[Tensor, "batch pos"], head: int | None = None
                     ) -> Float[Tensor, "batch query_pos key_pos"]:
-    """One layer's attention matrix ``A`` per prompt, float64: the head average (or one head).
+    """One layer's attention matrix ``A`` per prompt, float64: the head average (or one head),
+    accumulated in float64 whatever the pattern's dtype, on ``valid``'s device.
 
     Rows and columns of padding are zero; each real row is renormalised to sum to 1 over the
     prompt's real keys (a no-op in exact arithmetic: it keeps half-precision products
     row-stochastic and guarantees that padding never leaks into a real row).
     """
-    a = (pattern[:, head] if head is not None else pattern.mean(1)).double()
+    heads = [head] if head is not None else range(pattern.shape[1])
+    a = sum(pattern[:, h].double() for h in heads) / len(heads)  # never a whole-pattern copy
+    a = a.to(valid.device)  # layers of a model split over devices (device_map)
     vv = (valid[:, :, None] & valid[:, None, :]).double()
     a = a * vv
     return a / a.sum(-1, keepdim=True).clamp_min(1e-300)

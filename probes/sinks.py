@@ -22,6 +22,7 @@ from torch import Tensor
 
 from probes.base import Probe
 from probes.massive import MassiveActivations, sink_dims_from_records
+from workbench.attention import query_blocks
 from workbench.errors import InputError
 from workbench.records import concat, records, string_column
 from workbench.run import BatchHooks
@@ -33,12 +34,15 @@ def query_sums(pattern: Float[Tensor, "batch head_index query_pos key_pos"],
     """``sum over real queries i of A[i, j]`` for every key ``j`` (padded query rows never count).
 
     Under a causal (or windowed) mask ``A[i, j] = 0`` for keys a query cannot see, so the sum runs
-    over exactly the queries that see ``j``. fp32.
+    over exactly the queries that see ``j``. Accumulated in fp32 over blocks of query rows
+    (:func:`workbench.attention.query_blocks`), so a half-precision pattern is never copied whole.
     """
     real = (torch.arange(pattern.shape[-2], device=pattern.device)[None, :]
-            < lengths.to(pattern.device)[:, None])
-    a = pattern.float()
-    return torch.matmul(real.to(a.dtype)[:, None, None, :], a)[:, :, 0, :]  # batched GEMV
+            < lengths.to(pattern.device)[:, None]).float()
+    out = torch.zeros(pattern.shape[0], pattern.shape[1], pattern.shape[3], device=pattern.device)
+    for rows in query_blocks(pattern.shape):
+        out += torch.matmul(real[:, None, None, rows], pattern[:, :, rows].float())[:, :, 0, :]
+    return out
 
 
 def queries_seeing(lengths: Int[Tensor, " batch"], seq_len: int, window: int | None
@@ -81,10 +85,13 @@ def segment_shares(rows: Float[Tensor, "batch head_index query_pos key_pos"],
     Returns ``(mass, nonsink_share)``: ``mass = sum over segment keys of A[i, j]``;
     ``nonsink_share = sum over segment keys that are not sinks / mass`` (NaN where mass is 0).
     VAR's ``HeadFork`` computes the sink ``portion = 1 - nonsink_share`` and keeps a head as
-    segment-centric when ``portion <= rho`` (0.5) and ``mass >= 0.2``.
+    segment-centric when ``portion <= rho`` (0.5) and ``mass >= 0.2``. fp32, in blocks of query
+    rows.
     """
-    keys = torch.stack([in_segment, in_segment & ~is_sink], -1).to(rows.dtype)  # [batch, key, 2]
-    both = torch.matmul(rows, keys[:, None])  # [batch, head, query, 2]
+    keys = torch.stack([in_segment, in_segment & ~is_sink], -1).to(rows.device)  # [batch, key, 2]
+    keys = keys[:, None].float()
+    both = torch.cat([torch.matmul(rows[:, :, block].float(), keys)  # [batch, head, query, 2]
+                      for block in query_blocks(rows.shape)], dim=2)
     mass = both[..., 0]
     return mass, both[..., 1] / mass
 
@@ -201,12 +208,13 @@ class AttentionSink(Probe):
         if self.segment is None:
             return
         if self.segment_query == "last":
-            rows = activation[torch.arange(batch.size), :, batch.last_pos(), :][:, :, None, :]
+            last = batch.last_pos().to(activation.device)
+            rows = activation[torch.arange(batch.size), :, last, :][:, :, None, :]
         else:
             rows = activation
-        in_seg = batch.segment_mask(self.segment)
+        in_seg = batch.segment_mask(self.segment).to(activation.device)
         sinks = self._sinks(state, layer).to(in_seg.device)
-        mass, share = segment_shares(rows.float(), in_seg, sinks)
+        mass, share = segment_shares(rows, in_seg, sinks)
         state.segment_rows[layer] = (mass.cpu(), share.cpu())
 
     def _sinks(self, state: _State, layer: int) -> Tensor:

@@ -21,3 +21,20 @@ def key_mask(seq_len: int, window: int | None, device=None) -> torch.Tensor:
     if window:
         allowed &= j > i - window
     return allowed
+
+
+QUERY_BLOCK_BYTES = 64 * 2 ** 20  # fp32 scratch a probe may use per block of query rows
+
+
+def query_blocks(shape: tuple[int, ...], budget_bytes: int | None = None) -> list[slice]:
+    """Slices of the query axis of a ``[batch, head_index, query_pos, key_pos]`` pattern such that
+    an fp32 temporary of one block (``batch * head_index * rows * key_pos * 4`` bytes) stays within
+    ``budget_bytes`` (default :data:`QUERY_BLOCK_BYTES`); at least one row per block.
+
+    Probes reduce a layer's pattern block by block so that their own scratch memory does not grow
+    with ``query_pos * key_pos``; one block when the whole pattern fits.
+    """
+    budget = QUERY_BLOCK_BYTES if budget_bytes is None else budget_bytes
+    n_batch, n_heads, n_query, n_key = shape
+    rows = max(1, budget // max(n_batch * n_heads * n_key * 4, 1))
+    return [slice(start, min(start + rows, n_query)) for start in range(0, n_query, rows)]

@@ -26,6 +26,9 @@ out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 RUNS_DIR = typer.Option(Path("runs"), "--runs-dir", help="Folder holding run directories.")
+DEVICE_MAP = typer.Option(
+    None, "--device-map", help="Hugging Face device map for a model larger than one GPU: auto, "
+    "balanced, sequential (accelerate places the layers; not with --device).")
 
 
 def parse_params(items: list[str]) -> dict[str, dict[str, str]]:
@@ -52,9 +55,16 @@ def run(
     probes: str = typer.Option("attention_entropy", "--probes",
                                help="Comma-separated probe names (see `workbench probes`)."),
     param: list[str] = typer.Option([], "--param", help="Probe parameter: probe.name=value."),
-    batch_size: int = typer.Option(8, "--batch-size", "-b", help="Prompts per forward pass."),
+    batch_size: Optional[int] = typer.Option(
+        None, "--batch-size", "-b", min=1,
+        help="Prompts per forward pass (default: chosen from free memory, 8 on the CPU)."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: auto)."),
     dtype: Optional[str] = typer.Option(None, help="float32, bfloat16, float16 (default: auto)."),
+    device_map: Optional[str] = DEVICE_MAP,
+    attention: str = typer.Option(
+        "auto", "--attention",
+        help="auto, eager or sdpa: auto runs the fast sdpa kernel when no probe reads an "
+             "attention hook (see workbench/attention_impl.py)."),
     prepend_bos: Optional[bool] = typer.Option(
         None, "--prepend-bos/--no-prepend-bos",
         help="Put BOS before every prompt (default: what the tokenizer does)."),
@@ -72,6 +82,7 @@ def run(
 ) -> None:
     """Run probes over a prompt set and write runs/<run_id>/ (parquet + run.json)."""
     from probes import make_probes
+    from workbench.attention_impl import ATTENTION_CHOICES
     from workbench.masks import AttentionMask
     from workbench.models import load_model
     from workbench.prompts import load_prompt_set
@@ -81,15 +92,18 @@ def run(
         raise InputError("--resume and --overwrite contradict each other; choose one")
     if attention_mask is not None:
         AttentionMask.parse(attention_mask)  # bad specs fail before the model loads
+    if attention not in ATTENTION_CHOICES:
+        raise InputError(f"--attention {attention!r}: choose one of {', '.join(ATTENTION_CHOICES)}")
     names = [n.strip() for n in probes.split(",") if n.strip()]
     probe_objs = make_probes(names, parse_params(param))
     prompt_set = load_prompt_set(prompts)
     err.print(f"loading model [bold]{model}[/] ...")
-    loaded = load_model(model, device=device, dtype=dtype, prepend_bos=prepend_bos)
+    loaded = load_model(model, device=device, dtype=dtype, prepend_bos=prepend_bos,
+                        device_map=device_map)
     _report_parity(loaded, strict_parity)
     options = RunOptions(runs_dir=runs_dir, run_id=run_id, batch_size=batch_size, resume=resume,
                          overwrite=overwrite, progress=progress, command=sys.argv,
-                         attention_mask=attention_mask)
+                         attention_mask=attention_mask, attention=attention)
     run_dir = execute_run(loaded, prompt_set, probe_objs, options,
                           load_seconds=loaded.info.load_seconds)
     manifest = run_dir.read_manifest()
@@ -375,6 +389,44 @@ def runs_show(ctx: typer.Context, run_id: str = typer.Argument(..., help="Run id
         out.print_json(json.dumps(run.read_manifest(), default=str))
         return
     describe_run(run, out)
+
+
+@app.command()
+def sweep(
+    sweep_file: Path = typer.Argument(..., help="Sweep YAML (models, prompt_sets, jobs; see "
+                                      "sweeps/spec.py)."),
+    engine: str = typer.Option("local", "--engine", help="local (this process) or ray."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (auto, "
+                                          "ray://head:10001); default: start a local cluster."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-n", min=1,
+                                          help="Ray actors (default: the cluster's CPUs/GPUs)."),
+    gpus_per_worker: Optional[float] = typer.Option(
+        None, "--gpus-per-worker", help="GPUs per Ray actor (default: 1 when the cluster has "
+        "GPUs, else 0)."),
+    runs_dir: Path = RUNS_DIR,
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start the sweep's runs again."),
+) -> None:
+    """Run models x prompt sets x jobs in shards (model, prompt chunk); a rerun skips finished
+    shards. Exit 1 when a shard failed (see <runs-dir>/<name>/sweep.json)."""
+    from sweeps import SweepOptions, load_spec, run_sweep
+
+    spec = load_spec(sweep_file)
+    if engine == "local" and (address or workers):
+        raise InputError("--address and --workers need --engine ray")
+    manifest = run_sweep(spec, SweepOptions(runs_dir=runs_dir, engine=engine, address=address,
+                                            workers=workers, gpus_per_worker=gpus_per_worker,
+                                            overwrite=overwrite, command=sys.argv))
+    failed = [r for r in manifest["shards"] if r["status"] != "done"]
+    where = Path(spec.runs_dir or runs_dir) / spec.name
+    for row in failed:
+        err.print(f"[bold red]shard failed[/]: {row['run']} chunk {row['chunk']} "
+                  f"({row['first_id']}..{row['last_id']}): {escape(str(row['error']))}",
+                  highlight=False, soft_wrap=True)
+    out.print(f"{'[red]failed' if failed else '[green]complete'}[/]: {where} "
+              f"({manifest['n_shards'] - len(failed)}/{manifest['n_shards']} shards done, "
+              f"{manifest['n_skipped']} skipped as finished, {manifest['timings']['total_s']} s)")
+    if failed:
+        raise typer.Exit(1)
 
 
 def main(argv: list[str] | None = None) -> None:

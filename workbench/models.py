@@ -112,11 +112,15 @@ class LoadedModel:
 
 @dataclass(frozen=True)
 class RegistryEntry:
-    """A named model: ``build()`` returns (hf_model, tokenizer, hf_name, source, details)."""
+    """A named model: ``build(**load)`` returns (hf_model, tokenizer, hf_name, source, details).
+
+    ``load`` holds ``from_pretrained`` options (``dtype``, ``device_map``); a model built in
+    memory (the tiny test models) accepts ``dtype`` only.
+    """
 
     name: str
     description: str
-    build: Callable[[], tuple[Any, Any, str, str, dict]]
+    build: Callable[..., tuple[Any, Any, str, str, dict]]
     availability: Callable[[], str | None]  # None when loadable offline, else why not
     image_processor: Callable[[], Any] | None = None  # for vision-language models
 
@@ -183,19 +187,27 @@ def smollm2_cache() -> tuple[Path, dict]:
     return target, meta
 
 
-def _build_smollm2():
+def _build_smollm2(**load):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target, meta = smollm2_cache()
-    model = AutoModelForCausalLM.from_pretrained(target, attn_implementation="eager")
+    model = AutoModelForCausalLM.from_pretrained(target, attn_implementation="eager", **load)
     tokenizer = AutoTokenizer.from_pretrained(target)
     return model, tokenizer, SMOLLM2_HF_ID, "gguf", meta
 
 
+def _in_memory(name: str, load: dict) -> None:
+    if load.get("device_map") is not None:
+        raise InputError(f"model {name!r} is built in memory; --device-map needs a checkpoint "
+                         "loaded with from_pretrained (smollm2-135m, a local folder or a "
+                         "Hugging Face id)")
+
+
 def _build_tiny(cfg: TinyConfig):
-    def build():
+    def build(**load):
         from transformers import AutoTokenizer
 
+        _in_memory(f"tiny-{cfg.architecture}", load)
         tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir())
         model = build_tiny_hf_model(cfg, vocab_size=len(tokenizer))
         return model, tokenizer, f"workbench/tiny-{cfg.architecture}", "random-init", {
@@ -204,7 +216,8 @@ def _build_tiny(cfg: TinyConfig):
 
 
 def _build_tiny_llava(cfg: TinyConfig, vision: TinyVisionConfig):
-    def build():
+    def build(**load):
+        _in_memory("tiny-llava", load)
         tokenizer = tiny_llava_tokenizer()
         model = build_tiny_llava(cfg, vision, tokenizer)
         return model, tokenizer, "workbench/tiny-llava", "random-init", {
@@ -254,7 +267,7 @@ def _auto_model_class(config):
     return AutoModelForCausalLM
 
 
-def _build_hf(spec: str):
+def _build_hf(spec: str, **load):
     from transformers import AutoConfig, AutoTokenizer
 
     local = Path(spec).expanduser()
@@ -279,7 +292,7 @@ def _build_hf(spec: str):
         config = AutoConfig.from_pretrained(ref, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(ref, **kwargs)
         model = _auto_model_class(config).from_pretrained(ref, attn_implementation="eager",
-                                                          **kwargs)
+                                                          **kwargs, **load)
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelNotAvailable(f"model {spec!r} could not be loaded: {first}") from None
@@ -323,7 +336,8 @@ def _no_processor_autoload() -> Iterator[None]:
 # --- loading --------------------------------------------------------------------------------------
 
 def load_model(spec: str = DEFAULT_MODEL, *, device: str | None = None, dtype: str | None = None,
-               prepend_bos: bool | None = None) -> LoadedModel:
+               prepend_bos: bool | None = None, device_map: str | dict | None = None
+               ) -> LoadedModel:
     """Load ``spec`` as a TransformerBridge and check it against plain Hugging Face.
 
     Args:
@@ -332,6 +346,12 @@ def load_model(spec: str = DEFAULT_MODEL, *, device: str | None = None, dtype: s
         dtype: ``"float32"``, ``"bfloat16"``, ``"float16"``; default: bf16 on CUDA, else fp32.
         prepend_bos: put the tokenizer's BOS token before every prompt. Default (``None``): do
             what the tokenizer itself does (SmolLM2 and GPT-2 add none; Llama-2 adds ``<s>``).
+        device_map: a Hugging Face device map (``"auto"``, ``"balanced"``, ``"sequential"``,
+            ``"cpu"``, or ``{module: device}``) for a model larger than one GPU: applied in
+            ``from_pretrained`` (accelerate places the layers), then handed to the bridge as a
+            pre-loaded model. ``info.device`` is then the embedding's device and
+            ``info.details["device_map"]`` the request and accelerate's placement. Not with
+            ``device``.
 
     Returns:
         The loaded model; ``info.parity`` holds the parity check (``info.parity.ok`` is False when
@@ -339,7 +359,8 @@ def load_model(spec: str = DEFAULT_MODEL, *, device: str | None = None, dtype: s
 
     Raises:
         ModelNotAvailable: the spec names nothing loadable here.
-        InputError: a bad device or dtype.
+        InputError: a bad device or dtype, ``device`` together with ``device_map``, or a device
+            map for a model built in memory (the tiny test models).
     """
     import torch
     import transformers
@@ -348,18 +369,21 @@ def load_model(spec: str = DEFAULT_MODEL, *, device: str | None = None, dtype: s
     transformers.utils.logging.disable_progress_bar()
     if not isinstance(spec, str) or not spec.strip():
         raise InputError("model spec is empty; try 'smollm2-135m' or see `workbench models`")
+    if device_map is not None and device not in (None, "", "auto"):
+        raise InputError(f"--device {device!r} and --device-map {device_map!r} contradict each "
+                         "other: a device map places the model itself; give one of them")
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     start = time.perf_counter()
-    entry = MODELS.get(spec)
-    if entry is not None:
-        why = entry.availability()
-        if why:
-            raise ModelNotAvailable(f"model {spec!r} is not available: {why}")
-        hf_model, tokenizer, hf_name, source, details = entry.build()
+    hf_model, tokenizer, hf_name, source, details = _build(spec, dt, device_map)
+    if device_map is None:
+        hf_model = hf_model.to(device=dev, dtype=dt).eval()
     else:
-        hf_model, tokenizer, hf_name, source, details = _build_hf(spec)
-    hf_model = hf_model.to(device=dev, dtype=dt).eval()
+        hf_model = hf_model.eval()
+        dev = hf_model.get_input_embeddings().weight.device
+        placement = getattr(hf_model, "hf_device_map", None) or {}  # absent for one device
+        details["device_map"] = {"requested": device_map,
+                                 "placement": {k: str(v) for k, v in placement.items()}}
     bos_id = tokenizer.bos_token_id
     adds_bos = _tokenizer_adds_bos(tokenizer)
     use_bos = adds_bos if prepend_bos is None else bool(prepend_bos)
@@ -369,10 +393,11 @@ def load_model(spec: str = DEFAULT_MODEL, *, device: str | None = None, dtype: s
     ids = torch.tensor([parity_ids], device=dev)
     with torch.inference_mode():
         reference = hf_model(input_ids=ids).logits.float()
-    images = _image_tokens(entry, hf_model, tokenizer, spec, details)
+    images = _image_tokens(MODELS.get(spec), hf_model, tokenizer, spec, details)
     with _no_processor_autoload():
-        bridge = TransformerBridge.boot_transformers(hf_name, hf_model=hf_model,
-                                                     tokenizer=tokenizer, device=dev, dtype=dt)
+        bridge = TransformerBridge.boot_transformers(
+            hf_name, hf_model=hf_model, tokenizer=tokenizer,
+            device=None if device_map is not None else dev, dtype=dt)
     bridge.eval()
     with torch.inference_mode():
         got = bridge(ids, return_type="logits").float()
@@ -392,6 +417,19 @@ def load_model(spec: str = DEFAULT_MODEL, *, device: str | None = None, dtype: s
         attention_windows=attention_windows(hf_model.config, int(cfg.n_layers)), parity=parity,
         load_seconds=round(time.perf_counter() - start, 3), details=details)
     return LoadedModel(bridge=bridge, tokenizer=tokenizer, info=info, images=images)
+
+
+def _build(spec: str, dtype, device_map: str | dict | None):
+    """(hf_model, tokenizer, hf_name, source, details) of a registry model or an HF id / folder;
+    checkpoints load in ``dtype`` (a 7B model never passes through fp32) and with ``device_map``."""
+    load = {"dtype": dtype, **({} if device_map is None else {"device_map": device_map})}
+    entry = MODELS.get(spec)
+    if entry is None:
+        return _build_hf(spec, **load)
+    why = entry.availability()
+    if why:
+        raise ModelNotAvailable(f"model {spec!r} is not available: {why}")
+    return entry.build(**load)
 
 
 def _image_tokens(entry: RegistryEntry | None, hf_model, tokenizer, spec: str,

@@ -12,6 +12,7 @@ This module does not import ``probes``: it runs any objects with the probe inter
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -27,12 +28,15 @@ from typing import Any
 import pyarrow as pa
 import torch
 
+from workbench.attention_impl import AUTO, EAGER, SDPA, AttentionChoice, choose_attention
+from workbench.attention_impl import sdpa_attention
 from workbench.errors import InputError, WorkbenchError
 from workbench.masks import AttentionMask, mask_hooks, verify_mask
+from workbench.memory import BatchPlan, plan_batch
 from workbench.models import LoadedModel
 from workbench.prompts import PromptSet
 from workbench.records import PROMPTS_SCHEMA, SCHEMA_VERSION, TOKENS_SCHEMA, concat, conform
-from workbench.store import RunDir
+from workbench.store import MANIFEST, META_TABLES, RunDir
 from workbench.tokens import (Batch, TokenizedPrompt, make_batches, pad_token_id, prompt_rows,
                               tokenize_prompt_set, token_rows)
 
@@ -47,12 +51,13 @@ class _StopForward(Exception):
 class RunOptions:
     runs_dir: Path = Path("runs")
     run_id: str | None = None
-    batch_size: int = 8
+    batch_size: int | None = None  # None: chosen from free memory (workbench.memory)
     resume: bool = False
     overwrite: bool = False
     progress: bool = True
     command: list[str] = field(default_factory=list)
     attention_mask: str | None = None  # a workbench.masks variant for every forward ("window:16")
+    attention: str = AUTO  # auto | eager | sdpa for the shared forward (workbench.attention_impl)
 
 
 def library_versions() -> dict[str, str]:
@@ -82,7 +87,7 @@ def git_state() -> dict[str, Any]:
 
 
 def _config_key(model: LoadedModel, prompt_set: PromptSet, probes: Sequence[Any],
-                batch_size: int, mask: AttentionMask | None) -> dict:
+                batch_size: int, mask: AttentionMask | None, attention: str = EAGER) -> dict:
     """Everything that decides a run's numbers; equal keys mean a resumable run."""
     info = model.info
     return {
@@ -92,7 +97,9 @@ def _config_key(model: LoadedModel, prompt_set: PromptSet, probes: Sequence[Any]
         "prompts_sha256": prompt_set.sha256,
         "probes": [{"name": p.name, "params": p.params()} for p in probes],
         "batch_size": batch_size,
-        **({} if mask is None else {"attention_mask": str(mask)}),  # absent: ids stay as before
+        # absent when at their defaults, so that run ids stay as before
+        **({} if mask is None else {"attention_mask": str(mask)}),
+        **({} if attention == EAGER else {"attention": attention}),
     }
 
 
@@ -129,20 +136,19 @@ def execute_run(model: LoadedModel, prompt_set: PromptSet, probes: Sequence[Any]
     """
     t0 = time.perf_counter()
     mask = AttentionMask.parse(options.attention_mask) if options.attention_mask else None
-    tokenized = tokenize_prompt_set(prompt_set, model.tokenizer, prepend_bos=model.info.prepend_bos,
-                                    n_ctx=model.info.n_ctx, model_name=model.info.name,
-                                    images=model.images)
-    for probe in probes:
-        check_hook_points(model, probe)
-        probe.check(tokenized, model)
-    probes = [probe.prepare(model, tokenized) for probe in probes]
-    batches = make_batches(tokenized, options.batch_size, pad_token_id(model.tokenizer))
+    tokenized, probes = prepare_probes(model, prompt_set, probes)
+    hooks = BatchHooks(model, probes, mask, attention=options.attention)
+    plan = batch_plan(model, tokenized, hooks, options)
+    batches = make_batches(tokenized, plan.batch_size, pad_token_id(model.tokenizer))
     t_tok = time.perf_counter() - t0
     mask_check = verify_mask(model, mask) if mask is not None else None
 
-    key = _config_key(model, prompt_set, probes, options.batch_size, mask)
+    key = _config_key(model, prompt_set, probes, plan.batch_size, mask,
+                      hooks.attention.implementation)
     run_id = options.run_id or default_run_id(key, model, prompt_set)
     manifest = _manifest(run_id, key, model, prompt_set, tokenized, probes, options, len(batches))
+    manifest["batching"]["plan"] = plan.to_dict()
+    manifest["attention"] = hooks.attention.to_dict()
     manifest["attention_mask"] = None if mask is None else {"spec": str(mask), "check": mask_check}
     run, state = RunDir.create(options.runs_dir, run_id, manifest, resume=options.resume,
                                overwrite=options.overwrite, same_config=_same_config(key))
@@ -154,10 +160,10 @@ def execute_run(model: LoadedModel, prompt_set: PromptSet, probes: Sequence[Any]
     try:
         t1 = time.perf_counter()
         todo = [b for b in batches if not run.batch_done(b.index)]
-        n_done = _run_batches(model, todo, probes, run, len(batches), options.progress, mask)
+        n_done = _run_batches(hooks, todo, run, len(batches), options.progress)
         timings["forward_s"] = round(time.perf_counter() - t1, 3)
         t2 = time.perf_counter()
-        tables = _finalize(run, probes)
+        tables = finalize_tables(run, probes)
         timings["finalize_s"] = round(time.perf_counter() - t2, 3)
         timings["total_s"] = round(time.perf_counter() - t0 + (load_seconds or 0), 3)
         run.update_manifest(status="complete", finished=_now(), tables=tables, timings=timings,
@@ -172,6 +178,40 @@ def execute_run(model: LoadedModel, prompt_set: PromptSet, probes: Sequence[Any]
     return run
 
 
+def prepare_probes(model: LoadedModel, prompt_set: PromptSet, probes: Sequence[Any]
+                   ) -> tuple[list[TokenizedPrompt], list[Any]]:
+    """Tokenise ``prompt_set`` once, check every probe against it and the model (before any
+    forward pass or file write) and return the prompts with the prepared probes.
+
+    Raises:
+        InputError: a prompt longer than the context, a probe the prompts or model cannot support.
+    """
+    tokenized = tokenize_prompt_set(prompt_set, model.tokenizer, prepend_bos=model.info.prepend_bos,
+                                    n_ctx=model.info.n_ctx, model_name=model.info.name,
+                                    images=model.images)
+    for probe in probes:
+        check_hook_points(model, probe)
+        probe.check(tokenized, model)
+    return tokenized, [probe.prepare(model, tokenized) for probe in probes]
+
+
+def batch_plan(model: LoadedModel, tokenized: list[TokenizedPrompt], hooks: "BatchHooks",
+                options: RunOptions) -> BatchPlan:
+    """``options.batch_size`` when given; the stored one when resuming a named run; otherwise
+    the automatic plan of :mod:`workbench.memory` for the longest prompt."""
+    device_type = model.device.type
+    if options.batch_size is not None:
+        return BatchPlan(options.batch_size, "given", device_type)
+    stored = Path(options.runs_dir) / (options.run_id or "") / MANIFEST
+    if options.resume and options.run_id and stored.is_file():
+        size = json.loads(stored.read_text()).get("config_key", {}).get("batch_size")
+        if isinstance(size, int) and size >= 1:
+            return BatchPlan(size, "resumed", device_type)
+    return plan_batch(model, max(t.n_tokens for t in tokenized),
+                      eager=hooks.attention.implementation == EAGER or bool(hooks.own),
+                      needs_logits=any(p.needs_logits for p in hooks.probes) or bool(hooks.own))
+
+
 def check_hook_points(model: LoadedModel, probe: Any) -> None:
     """Raise :class:`InputError` if the model lacks a hook point the probe needs."""
     names = model.bridge.hook_dict
@@ -183,8 +223,8 @@ def check_hook_points(model: LoadedModel, probe: Any) -> None:
                                  f"{model.info.name!r} ({model.info.architecture}) does not have")
 
 
-def _run_batches(model: LoadedModel, batches: list[Batch], probes: Sequence[Any], run: RunDir,
-                 total: int, show_progress: bool, mask: AttentionMask | None = None) -> int:
+def _run_batches(hooks: "BatchHooks", batches: list[Batch], run: RunDir, total: int,
+                 show_progress: bool) -> int:
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeElapsedColumn, TimeRemainingColumn)
 
@@ -192,7 +232,6 @@ def _run_batches(model: LoadedModel, batches: list[Batch], probes: Sequence[Any]
                TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, disable=not show_progress, transient=False) as progress:
         task = progress.add_task(f"{run.run_id}", total=total, completed=total - len(batches))
-        hooks = BatchHooks(model, probes, mask)
         for batch in batches:
             tables = hooks.run_batch(batch)
             run.write_batch(batch.index, {name: conform(t, run_id=run.run_id, probe=name)
@@ -210,10 +249,18 @@ class BatchHooks:
     activations are never changed. When no probe needs logits the pass stops at ``ln_final``.
     With ``mask``, its score hooks are active around every forward of the batch (probe-owned
     ones included) and run before the probes' hooks.
+
+    ``attention`` (auto | eager | sdpa) picks the shared forward's attention implementation
+    (:func:`workbench.attention_impl.choose_attention`; ``self.attention`` holds the choice):
+    ``auto`` runs sdpa when no shared-forward probe reads an attention hook. Probe-owned forwards
+    always run eager.
+
+    Raises:
+        InputError: ``attention="sdpa"`` where it cannot be used.
     """
 
     def __init__(self, model: LoadedModel, probes: Sequence[Any],
-                 mask: AttentionMask | None = None):
+                 mask: AttentionMask | None = None, *, attention: str = AUTO):
         self.model = model
         self.mask_hooks = mask_hooks(model, mask) if mask is not None else []
         self.own = [p for p in probes if p.owns_forward]
@@ -226,6 +273,13 @@ class BatchHooks:
                     self.hooks.append((f"blocks.{layer}.{point}", self._hook(i, layer, point)))
         if not any(p.needs_logits for p in self.probes) and STOP_HOOK in model.bridge.hook_dict:
             self.hooks.append((STOP_HOOK, self._stop))
+        if self.probes:
+            self.attention = choose_attention(
+                model, [pt for p in self.probes for pt in p.hook_points], attention,
+                masked=mask is not None)
+        else:
+            self.attention = AttentionChoice(EAGER, attention, "no shared forward: every probe "
+                                             "runs its own (eager) passes")
 
     def _hook(self, i: int, layer: int, point: str):
         probe = self.probes[i]
@@ -246,7 +300,9 @@ class BatchHooks:
         with self.model.bridge.hooks(fwd_hooks=self.mask_hooks):
             if self.probes:
                 self.states = [p.start(batch, self.model) for p in self.probes]
-                with torch.inference_mode(), self.model.bridge.hooks(fwd_hooks=self.hooks):
+                fast = self.attention.implementation == SDPA
+                with torch.inference_mode(), self.model.bridge.hooks(fwd_hooks=self.hooks), \
+                        (sdpa_attention(self.model) if fast else contextlib.nullcontext()):
                     try:
                         self.model.bridge(batch.input_ids, return_type=None,
                                           **batch.model_kwargs())
@@ -260,12 +316,18 @@ class BatchHooks:
         return {name: t for name, t in out.items() if t is not None and t.num_rows}
 
 
-def _finalize(run: RunDir, probes: Sequence[Any]) -> dict[str, dict]:
-    """Join each table's parts, add the probe's summaries, write ``<table>.parquet``."""
+def finalize_tables(run: RunDir, probes: Sequence[Any]) -> dict[str, dict]:
+    """Join each table's parts (in part order), add the probe's summaries to record tables, write
+    ``<table>.parquet`` and drop the parts. ``prompts`` and ``tokens`` parts (written by sweep
+    shards) are joined as they are. Returns ``{table: {"rows", "metrics"}}`` for record tables."""
     by_name = {p.name: p for p in probes}
     tables = {}
     for name in run.part_table_names():
-        table = concat(run.read_parts(name))
+        parts = run.read_parts(name)
+        if name in META_TABLES:
+            run.write_table(name, pa.concat_tables(parts))
+            continue
+        table = concat(parts)
         probe = by_name.get(name)
         summary = probe.summarize(table) if probe is not None else None
         if summary is not None and summary.num_rows:
@@ -309,7 +371,7 @@ def _manifest(run_id: str, key: dict, model: LoadedModel, prompt_set: PromptSet,
         "probes": [{"name": p.name, "params": p.params(), "hook_points": list(p.hook_points),
                     "units": dict(p.units)} for p in probes],
         "units": units,
-        "batching": {"batch_size": options.batch_size, "n_batches": n_batches,
+        "batching": {"batch_size": key["batch_size"], "n_batches": n_batches,
                      "order": "by token length (stable)", "padding": "right"},
         "record_schema_version": SCHEMA_VERSION,
         "versions": library_versions(),
@@ -320,4 +382,5 @@ def _manifest(run_id: str, key: dict, model: LoadedModel, prompt_set: PromptSet,
     }
 
 
-__all__ = ["BatchHooks", "RunOptions", "WorkbenchError", "execute_run"]
+__all__ = ["BatchHooks", "RunOptions", "WorkbenchError", "batch_plan", "execute_run",
+           "finalize_tables", "prepare_probes"]

@@ -1,0 +1,97 @@
+"""The benchmark suite: every benchmark, one table, one JSON file.
+
+    python -m bench [--quick] [--only probe_pass,memory,...] [--json runs/bench.json]
+
+Benchmarks (each module also runs alone, ``python -m bench.<name> --help``):
+
+* ``probe_pass``: the probe pass against a plain Hugging Face forward on the same batches;
+* ``memory``: peak memory of the probe pass, the plain forward and ``run_with_cache`` at 512, 2048
+  and 8192 tokens (``run_with_cache`` skipped, with its estimated size, when it cannot fit);
+* ``patching``: activation patching resumed and batched against the one-head-per-forward loop and
+  against attribution patching;
+* ``sweep``: the same sweep on the local engine and on Ray with 1 and 2 workers;
+* ``app_load``: the app opening a run of a million records.
+
+``--quick`` runs every benchmark on a small shape for smoke testing; its numbers are not for
+reporting. Run the full suite on a quiet machine: ratios are measured within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+
+BENCHMARKS = ("probe_pass", "memory", "patching", "sweep", "app_load")
+
+
+def machine() -> dict:
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu,
+            "platform": platform.platform()}
+
+
+def table(rows: list[dict]) -> str:
+    """A plain-text table of the rows (benchmark, measure, value, unit, note)."""
+    def value(row):
+        v = row.get("value")
+        return "-" if v is None else f"{v:,.3f}" if v < 100 else f"{v:,.0f}"
+    cells = [("benchmark", "measure", "value", "unit", "note")] + [
+        (r["benchmark"], r["measure"], value(r), r.get("unit", ""), r.get("note", ""))
+        for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(4)]
+    return "\n".join("  ".join([c[0].ljust(widths[0]), c[1].ljust(widths[1]),
+                                c[2].rjust(widths[2]), c[3].ljust(widths[3]), c[4]]).rstrip()
+                     for c in cells)
+
+
+def run_one(name: str, quick: bool) -> tuple[list[dict], dict]:
+    """One benchmark's rows and raw result; a failure becomes a row saying why."""
+    start = time.perf_counter()
+    try:
+        rows, raw = importlib.import_module(f"bench.{name}").suite(quick)
+    except Exception as err:  # noqa: BLE001 - one broken benchmark must not hide the others
+        rows = [{"benchmark": name, "measure": "failed", "value": None, "unit": "",
+                 "note": f"{type(err).__name__}: {err}"}]
+        raw = {"error": traceback.format_exc(limit=6)}
+    return rows, {**raw, "benchmark_s": round(time.perf_counter() - start, 1)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small shapes: a smoke run")
+    parser.add_argument("--only", default=",".join(BENCHMARKS),
+                        help=f"comma-separated subset of {', '.join(BENCHMARKS)}")
+    parser.add_argument("--json", type=Path, default=Path("runs") / "bench.json")
+    args = parser.parse_args(argv)
+    names = [n for n in args.only.split(",") if n]
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {BENCHMARKS}")
+    rows, raw = [], {}
+    for name in names:
+        print(f"running {name}{' (quick)' if args.quick else ''} ...", file=sys.stderr, flush=True)
+        got, raw[name] = run_one(name, args.quick)
+        rows += got
+    print(table(rows))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "quick": args.quick, "machine": machine(), "rows": rows, "raw": raw}, indent=2,
+        default=str) + "\n")
+    print(f"wrote {args.json}", file=sys.stderr)
+    return 1 if any(r["measure"] == "failed" for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
