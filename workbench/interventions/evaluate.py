@@ -334,3 +334,19 @@ def _manifest(model, prompt_set, tokenized, checked: Checked, options) -> dict:
                      "padding": "right"},
         "record_schema_version": SCHEMA_VERSION, "versions": library_versions(),
         "git": git_state(), "device": model.info.device, "timings": {}, "tables": {}}
+
+
+def report(run: RunDir) -> str:
+    """A short text table of the run's per-condition summaries (and generations)."""
+    frame = run.read_table(TABLE).to_pandas()
+    summary = frame[frame["prompt_id"].isna() & frame["condition"].notna()]
+    wide = summary.pivot_table(index="condition", columns="metric", values="value",
+                               sort=False)
+    lines = [wide.to_string(float_format=lambda v: f"{v:.4g}")]
+    critical = frame[frame["metric"] == "critical_sigma"]["value"]
+    if len(critical):
+        lines.append(f"critical_sigma: {critical.iloc[0]:g}")
+    for row in run.read_manifest().get("generations") or []:
+        lines.append(f"generations for {row['prompt_id']}:")
+        lines += [f"  {k:>14}: {v!r}" for k, v in row.items() if k != "prompt_id"]
+    return "\n".join(lines)

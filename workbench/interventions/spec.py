@@ -203,10 +203,19 @@ def load_spec(path: str | Path) -> Spec:
 
 
 def _describe(err: ValidationError) -> str:
-    first = err.errors()[0]
-    loc = ".".join(str(x) for x in first["loc"][1:] if not isinstance(x, int)) or \
-        ".".join(str(x) for x in first["loc"])
-    return f"field {loc!r}: {first['msg']}"
+    """``field 'name': message`` of the first error (the ``heads`` union: its relevant branch)."""
+    errors = err.errors()
+    first = errors[0]
+    loc = [str(x) for x in first["loc"][1:]]
+    if loc and loc[0] == "heads":
+        branch = "Selector" if isinstance(first["input"], dict) else "list"
+        first = next((e for e in errors if len(e["loc"]) > 2
+                      and str(e["loc"][2]).startswith(branch)), first)
+        where = ".".join(str(x) for x in first["loc"][3:])
+        return ("field 'heads': expected a list of 'layer.head' strings or a selector "
+                "{select: all | vhr | top_k | image_centric | random, ...}; "
+                f"{where + ': ' if where else ''}{first['msg']}")
+    return f"field {'.'.join(loc) or 'op'!r}: {first['msg']}"
 
 
 def with_value(spec: Spec, name: str, value: float) -> Spec:
