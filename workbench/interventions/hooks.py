@@ -98,7 +98,7 @@ def op_hooks(model, checked: Checked, i: int, batch: Batch) -> tuple[list[Hook],
     layers = by_layer(heads)
     batch = batch.to(model.device)
     if op.op == "scale_head":
-        return scale_heads_hooks(heads, op.alpha, op.point), []
+        return (scale_heads_hooks(heads, op.alpha, op.point) if op.alpha != 1 else []), []
     if op.op == "ablate_head" and op.mode == "zero":
         return scale_heads_hooks(heads, 0.0), []
     if op.op == "ablate_head":
@@ -211,7 +211,10 @@ def intervention_hooks(model, checked: Checked, batch: Batch) -> list[Hook]:
 
 
 def needs_attn_result(checked: Checked) -> bool:
-    return any(getattr(op, "point", None) == "hook_result" for op in checked.spec.operations)
+    """True when an operation edits ``hook_result`` (alpha != 1): only then is the per-head
+    result computed, since summing it changes float rounding (alpha = 1 stays an exact no-op)."""
+    return any(getattr(op, "point", None) == "hook_result" and op.alpha != 1
+               for op in checked.spec.operations)
 
 
 @contextlib.contextmanager
