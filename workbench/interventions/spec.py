@@ -39,8 +39,9 @@ class Selector(_Strict):
       ``last_n_layers`` optional.
     * ``top_k``: the ``k`` heads with the largest mean ``metric`` in ``table`` of ``run``
       (rows with a head; ``segment``/``condition`` filter them when given).
-    * ``image_centric``: VAR's image-centric heads from a ``sinks`` run: mean ``segment_mass`` of
-      ``segment`` >= ``min_mass`` and mean ``segment_nonsink_share`` >= ``rho``.
+    * ``image_centric``: VAR's image-centric heads from an ``attention_sink`` run (table
+      ``attention_sink``): mean ``segment_mass`` of ``segment`` >= ``min_mass`` and mean
+      ``segment_nonsink_share`` >= ``rho``.
     * ``random``: ``k`` heads drawn with ``seed`` (a control), from every layer but the last when
       ``exclude_last_layer``.
     """

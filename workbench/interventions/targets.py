@@ -2,7 +2,7 @@
 
 Selectors read a stored run's parquet tables (no torch): VHR heads of a ``head_divergence`` run
 (:func:`workbench.selection.vhr_heads`), the top-k heads by any metric of any table, VAR's
-image-centric heads from a ``sinks`` run, or random heads (a control). See
+image-centric heads from an ``attention_sink`` run, or random heads (a control). See
 :class:`workbench.interventions.spec.Selector`.
 """
 
@@ -53,13 +53,13 @@ def top_k_heads(frame: pd.DataFrame, metric: str, k: int, *, segment: str | None
 def image_centric_heads(frame: pd.DataFrame, segment: str, min_mass: float, rho: float
                         ) -> list[Head]:
     """VAR's segment-centric heads (arXiv 2503.03321): mean ``segment_mass`` >= ``min_mass`` and
-    mean ``segment_nonsink_share`` >= ``rho`` per (layer, head), from a ``sinks`` table."""
+    mean ``segment_nonsink_share`` >= ``rho`` per (layer, head), from an ``attention_sink`` table."""
     rows = frame[(frame["segment"] == segment) & frame["prompt_id"].isna()]
     wide = rows.pivot_table(index=["layer", "head"], columns="metric", values="value")
     need = ("mean_segment_mass", "mean_segment_nonsink_share")
     if wide.empty or any(m not in wide for m in need):
         raise InputError(f"no {' / '.join(need)} summaries for segment {segment!r}: pass a "
-                         "sinks run made with that segment")
+                         "attention_sink run made with that segment")
     keep = wide[(wide[need[0]] >= min_mass) & (wide[need[1]] >= rho)]
     return sorted((int(layer), int(head)) for layer, head in keep.index)
 
@@ -99,8 +99,8 @@ def _select(sel: Selector, n_layers: int, n_heads: int, where: str) -> list[Head
             return vhr_heads(_table(sel, "head_divergence", where), sel.last_n_layers,
                              sel.metric or "vhd")
         if sel.select == "image_centric":
-            return image_centric_heads(_table(sel, "sinks", where), sel.segment or "image",
-                                       sel.min_mass, sel.rho)
+            return image_centric_heads(_table(sel, "attention_sink", where),
+                                       sel.segment or "image", sel.min_mass, sel.rho)
         if sel.k is None or sel.metric is None or sel.table is None:
             raise InputError("selector 'top_k' needs 'run', 'table', 'metric' and 'k'")
         return top_k_heads(_table(sel, sel.table, where), sel.metric, sel.k,
