@@ -27,7 +27,7 @@ import torch
 from workbench.heads import by_layer, scale_heads_hooks
 from workbench.interventions import edits
 from workbench.interventions.check import Checked
-from workbench.tokens import Batch
+from workbench.tokens import Batch, make_batches, pad_token_id
 
 Hook = tuple[str, Callable]
 ATTN = "blocks.{layer}.attn.{point}"
@@ -125,8 +125,6 @@ def _mean_z(model, checked: Checked, i: int) -> dict[str, torch.Tensor]:
     ``{hook name: [head_index, d_head]}``, computed once per checked spec and operation."""
     cache = checked.cache.setdefault("means", {})
     if i not in cache:
-        from workbench.tokens import make_batches, pad_token_id
-
         names = [ATTN.format(layer=layer, point="hook_z") for layer in by_layer(checked.heads[i])]
         sums: dict[str, torch.Tensor] = {}
         count = 0
