@@ -206,3 +206,33 @@ def test_intervene_sweep_table(tiny_llama, prompts, tmp_path):
         assert (rows.loc["mean_logit_diff", "layer"], rows.loc["mean_logit_diff", "head"]) == (2, 1)
     kl1 = frame[(frame["metric"] == "kl_divergence") & (frame["condition"] == "alpha=1")]
     assert (kl1["value"] == 0).all() and len(kl1) == 2
+
+
+def test_probe_metrics_are_compared_between_conditions(tiny_llama, prompts, tmp_path):
+    """The entropy probe under a temperature edit of head 0.1: layer 0's other heads keep their
+    entropy, head 0.1's becomes the entropy of softmax(scores / 4) (computed here by hand)."""
+    from probes import make_probes
+    from probes.entropy import attention_entropy
+
+    spec = parse_spec([{"op": "attention_temperature", "heads": ["0.1"], "temperature": 4.0}])
+    run_dir = intervene(tiny_llama, load_prompt_set(prompts), spec, InterveneOptions(
+        probes=make_probes(["attention_entropy"]), runs_dir=tmp_path, progress=False))
+    frame = run_dir.read_table("attention_entropy").to_pandas()
+    frame = frame[(frame["metric"] == "entropy") & (frame["layer"] == 0)]
+    wide = frame.pivot_table(index=["prompt_id", "head", "query_pos"], columns="condition",
+                             values="value")
+    other = wide.xs(2, level="head")
+    assert (other["baseline"] - other["intervened"]).abs().max() < 1e-6
+    tok = tokenize_prompt_set(load_prompt_set(prompts), tiny_llama.tokenizer,
+                              prepend_bos=tiny_llama.info.prepend_bos)
+    batch = make_batches(tok, 8, pad_token_id(tiny_llama.tokenizer))[0]
+    scores = capture(tiny_llama, batch, ["blocks.0.attn.hook_attn_scores"])[
+        "blocks.0.attn.hook_attn_scores"][:, 1]
+    want = attention_entropy(torch.softmax(edits.temper_scores(scores, 4.0), -1)[:, None])[:, 0]
+    b = batch.prompt_ids.index("a")
+    got = wide.xs(("a", 1), level=("prompt_id", "head"))["intervened"]
+    assert len(got) >= 15
+    assert torch.allclose(torch.tensor(got.to_numpy().copy()), want[b, got.index.to_numpy().copy()].double(),
+                          atol=1e-5)
+    assert (wide.xs(1, level="head")["baseline"] - wide.xs(1, level="head")["intervened"]
+            ).abs().max() > 1e-2
