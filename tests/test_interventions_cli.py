@@ -29,7 +29,8 @@ def test_intervene_cli_sweep_and_generations(tmp_path, small_prompts, capsys):
     frame = run.read_table("interventions").to_pandas()
     conds = set(frame["condition"].dropna())
     assert conds == {"temperature=0.5", "temperature=1", "temperature=2"}  # no answers: KL only
-    assert set(frame["metric"]) == {"kl_divergence", "mean_kl_divergence"}
+    assert set(frame["metric"]) == {"kl_divergence", "mean_kl_divergence",
+                                    "head_output_rel_error", "mean_head_output_rel_error"}
 
 
 @pytest.mark.parametrize("spec, sweep, message", [

@@ -204,6 +204,8 @@ def test_intervene_sweep_table(tiny_llama, prompts, tmp_path):
         assert rows.loc["mean_kl_divergence", "value"] == pytest.approx(
             float(kl_divergence(base, new).mean()), abs=1e-6)
         assert (rows.loc["mean_logit_diff", "layer"], rows.loc["mean_logit_diff", "head"]) == (2, 1)
+        assert rows.loc["mean_head_output_rel_error", "value"] == pytest.approx(abs(alpha - 1),
+                                                                                abs=1e-6)
     kl1 = frame[(frame["metric"] == "kl_divergence") & (frame["condition"] == "alpha=1")]
     assert (kl1["value"] == 0).all() and len(kl1) == 2
 

@@ -9,7 +9,11 @@ Tables in ``runs/<run_id>/`` (record schema, :mod:`workbench.records`; ``probe``
   prompt has both) and ``kl_divergence`` (``KL(baseline || intervened)`` of the next-token
   distribution, nats); per condition (``prompt_id`` null) ``mean_logit_diff``, ``accuracy``
   (fraction with LD > 0), ``logit_diff_change`` (mean LD minus the baseline's) and
-  ``mean_kl_divergence``; for a ``sigma`` sweep, ``critical_sigma`` (see :func:`critical_level`).
+  ``mean_kl_divergence``; per prompt ``head_output_rel_error`` (``||z' - z|| / ||z||`` of each
+  edited head's ``hook_z`` at the last token, mean over the spec's heads; edits at
+  ``hook_result`` do not show in it) and its ``mean_``; for a ``sigma`` sweep, ``critical_sigma``
+  (the task metric, see :func:`critical_level`) and ``critical_sigma_head`` (the first sigma
+  whose mean head-output relative error reaches 1: noise as large as the head's output).
   ``layer``/``head`` name the head when the spec acts on exactly one head, else null.
 * one table per probe given (``--probes``), its records with ``condition`` set, so any probe
   metric can be compared between conditions; ``prompts`` and ``tokens``.
@@ -28,10 +32,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import torch
 
 from workbench.errors import InputError, RunStateError
 from workbench.forward import last_logits
-from workbench.heads import format_head
+from workbench.heads import by_layer, format_head
 from workbench.interventions.check import Checked, check_spec
 from workbench.interventions.hooks import attn_result, intervention_hooks, needs_attn_result
 from workbench.interventions.spec import SWEEPABLE, Spec, with_value
@@ -49,7 +54,10 @@ PROBE = "intervention"
 UNITS = {"logit_diff": "logits", "mean_logit_diff": "logits", "accuracy": "fraction of prompts",
          "logit_diff_change": "logits (mean LD minus the baseline's)",
          "kl_divergence": "nats, KL(baseline || intervened)", "mean_kl_divergence": "nats",
-         "critical_sigma": "sigma (relative value-noise std); NaN: never degraded"}
+         "head_output_rel_error": "fraction (||z' - z|| / ||z|| at the last token)",
+         "mean_head_output_rel_error": "fraction",
+         "critical_sigma": "sigma (relative value-noise std); NaN: never degraded",
+         "critical_sigma_head": "sigma; NaN: the head's output error never reached 1"}
 
 
 @dataclass(frozen=True)
@@ -186,6 +194,7 @@ def _evaluate(model, tokenized, conds, answers: bool, probes, options, run_id: s
     rows: list[pa.Table] = []
     probe_rows: dict[str, list[pa.Table]] = {}
     one = _one_head(conds[0][1])
+    heads = sorted({h for hs in conds[0][1].heads for h in hs})
     with Progress(disable=not options.progress, transient=True) as bar:
         task = bar.add_task("intervene", total=len(batches) * (len(conds) + 1))
         for batch in batches:
@@ -193,7 +202,8 @@ def _evaluate(model, tokenized, conds, answers: bool, probes, options, run_id: s
                     answer_token_ids(model.tokenizer, batch.prompts, "distractor")) \
                 if answers else None
             ids = batch.prompt_ids
-            base = last_logits(model, batch)
+            z_base: dict[int, torch.Tensor] = {}
+            base = last_logits(model, batch, _z_hooks(heads, batch, z_base))
             if pair is not None:
                 rows.append(records("logit_diff", logit_diff(base, *pair).cpu().numpy(),
                                     prompt_id=ids, condition="baseline"))
@@ -202,8 +212,9 @@ def _evaluate(model, tokenized, conds, answers: bool, probes, options, run_id: s
             bar.advance(task)
             for label, checked in conds:
                 hooks = intervention_hooks(model, checked, batch)
+                z_new: dict[int, torch.Tensor] = {}
                 with attn_result(model, needs_attn_result(checked)):
-                    new = last_logits(model, batch, hooks)
+                    new = last_logits(model, batch, hooks + _z_hooks(heads, batch, z_new))
                     if probes:
                         with model.bridge.hooks(fwd_hooks=hooks):
                             _probe_records(BatchHooks(model, probes), batch, label, probe_rows)
@@ -212,6 +223,8 @@ def _evaluate(model, tokenized, conds, answers: bool, probes, options, run_id: s
                                         prompt_id=ids, condition=label, **one))
                 rows.append(records("kl_divergence", kl_divergence(base, new).cpu().numpy(),
                                     prompt_id=ids, condition=label, **one))
+                rows.append(records("head_output_rel_error", _rel_error(z_base, z_new),
+                                    prompt_id=ids, condition=label, **one))
                 bar.advance(task)
     table = concat(rows)
     table = pa.concat_tables([table, _summaries(table, conds, options, one)])
@@ -219,6 +232,28 @@ def _evaluate(model, tokenized, conds, answers: bool, probes, options, run_id: s
     for name, parts in probe_rows.items():
         out[name] = conform(concat(parts), run_id=run_id, probe=name)
     return out
+
+
+def _z_hooks(heads, batch, into: dict) -> list:
+    """Hooks keeping ``hook_z`` of ``heads`` at each prompt's last real token (registered after
+    the intervention's hooks, so they see the edited ``z``): ``into[layer]`` ``[batch, n, d_head]``.
+    """
+    rows, last = torch.arange(batch.size), batch.last_pos()
+
+    def keep(layer: int, idx: list[int]):
+        def hook(z, hook):
+            into[layer] = z[rows, last.to(z.device)][:, idx].float()
+        return hook
+    return [(f"blocks.{layer}.attn.hook_z", keep(layer, idx))
+            for layer, idx in by_layer(heads).items()]
+
+
+def _rel_error(z_base: dict, z_new: dict) -> np.ndarray:
+    """``||z' - z|| / ||z||`` per head at the last token, averaged over the heads: ``[batch]``."""
+    base = torch.cat([z_base[layer] for layer in sorted(z_base)], 1)
+    new = torch.cat([z_new[layer] for layer in sorted(z_base)], 1)
+    error = (new - base).norm(dim=-1) / base.norm(dim=-1).clamp_min(1e-12)
+    return error.mean(1).cpu().numpy()
 
 
 def _probe_records(hooks, batch, label: str, into: dict[str, list[pa.Table]]) -> None:
@@ -256,14 +291,17 @@ def _summaries(table: pa.Table, conds, options, one: dict) -> pa.Table:
                 out.append(records("logit_diff_change", means["logit_diff", label] - base,
                                    condition=label, **head))
         if label != "baseline":
-            out.append(records("mean_kl_divergence", means["kl_divergence", label],
-                               condition=label, **head))
+            out += [records(f"mean_{m}", means[m, label], condition=label, **head)
+                    for m in ("kl_divergence", "head_output_rel_error")]
     if options.sweep is not None and options.sweep.name == "sigma":
         metric = "logit_diff" if has_ld else "kl_divergence"
         levels = list(options.sweep.values)
         values = [float(means[metric, f"sigma={v:g}"]) for v in levels]
-        out.append(records("critical_sigma", critical_level(levels, values, base,
-                                                            options.threshold, has_ld), **one))
+        errors = [float(means["head_output_rel_error", f"sigma={v:g}"]) for v in levels]
+        out += [records("critical_sigma", critical_level(levels, values, base, options.threshold,
+                                                         has_ld), **one),
+                records("critical_sigma_head", critical_level(levels, errors, 0.0, 1.0, False),
+                        **one)]
     return concat(out)
 
 
@@ -343,9 +381,10 @@ def report(run: RunDir) -> str:
     wide = summary.pivot_table(index="condition", columns="metric", values="value",
                                sort=False)
     lines = [wide.to_string(float_format=lambda v: f"{v:.4g}")]
-    critical = frame[frame["metric"] == "critical_sigma"]["value"]
-    if len(critical):
-        lines.append(f"critical_sigma: {critical.iloc[0]:g}")
+    for metric in ("critical_sigma", "critical_sigma_head"):
+        critical = frame[frame["metric"] == metric]["value"]
+        if len(critical):
+            lines.append(f"{metric}: {critical.iloc[0]:g}")
     for row in run.read_manifest().get("generations") or []:
         lines.append(f"generations for {row['prompt_id']}:")
         lines += [f"  {k:>14}: {v!r}" for k, v in row.items() if k != "prompt_id"]
