@@ -188,44 +188,15 @@ def _evaluate(model, tokenized, conds, answers: bool, probes, options, run_id: s
               ) -> dict[str, pa.Table]:
     from rich.progress import Progress
 
-    from workbench.run import BatchHooks
-
     batches = make_batches(tokenized, options.batch_size, pad_token_id(model.tokenizer))
     rows: list[pa.Table] = []
     probe_rows: dict[str, list[pa.Table]] = {}
     one = _one_head(conds[0][1])
-    heads = sorted({h for hs in conds[0][1].heads for h in hs})
     with Progress(disable=not options.progress, transient=True) as bar:
-        task = bar.add_task("intervene", total=len(batches) * (len(conds) + 1))
+        task = bar.add_task("intervene", total=len(batches))
         for batch in batches:
-            pair = (answer_token_ids(model.tokenizer, batch.prompts, "answer"),
-                    answer_token_ids(model.tokenizer, batch.prompts, "distractor")) \
-                if answers else None
-            ids = batch.prompt_ids
-            z_base: dict[int, torch.Tensor] = {}
-            base = last_logits(model, batch, _z_hooks(heads, batch, z_base))
-            if pair is not None:
-                rows.append(records("logit_diff", logit_diff(base, *pair).cpu().numpy(),
-                                    prompt_id=ids, condition="baseline"))
-            if probes:
-                _probe_records(BatchHooks(model, probes), batch, "baseline", probe_rows)
+            rows += _batch_records(model, batch, conds, answers, probes, one, probe_rows)
             bar.advance(task)
-            for label, checked in conds:
-                hooks = intervention_hooks(model, checked, batch)
-                z_new: dict[int, torch.Tensor] = {}
-                with attn_result(model, needs_attn_result(checked)):
-                    new = last_logits(model, batch, hooks + _z_hooks(heads, batch, z_new))
-                    if probes:
-                        with model.bridge.hooks(fwd_hooks=hooks):
-                            _probe_records(BatchHooks(model, probes), batch, label, probe_rows)
-                if pair is not None:
-                    rows.append(records("logit_diff", logit_diff(new, *pair).cpu().numpy(),
-                                        prompt_id=ids, condition=label, **one))
-                rows.append(records("kl_divergence", kl_divergence(base, new).cpu().numpy(),
-                                    prompt_id=ids, condition=label, **one))
-                rows.append(records("head_output_rel_error", _rel_error(z_base, z_new),
-                                    prompt_id=ids, condition=label, **one))
-                bar.advance(task)
     table = concat(rows)
     table = pa.concat_tables([table, _summaries(table, conds, options, one)])
     out = {TABLE: conform(table, run_id=run_id, probe=PROBE)}
@@ -234,15 +205,46 @@ def _evaluate(model, tokenized, conds, answers: bool, probes, options, run_id: s
     return out
 
 
+def _batch_records(model, batch, conds, answers: bool, probes, one: dict,
+                   probe_rows: dict[str, list[pa.Table]]) -> list[pa.Table]:
+    """One batch: the baseline, then every condition (records of the module docstring)."""
+    from workbench.run import BatchHooks
+
+    heads = sorted({h for hs in conds[0][1].heads for h in hs})
+    pair = (answer_token_ids(model.tokenizer, batch.prompts, "answer"),
+            answer_token_ids(model.tokenizer, batch.prompts, "distractor")) if answers else None
+    ids, rows = batch.prompt_ids, []
+    z_base: dict[int, torch.Tensor] = {}
+    base = last_logits(model, batch, _z_hooks(heads, batch, z_base))
+    if pair is not None:
+        rows.append(records("logit_diff", logit_diff(base, *pair).cpu().numpy(), prompt_id=ids,
+                            condition="baseline"))
+    if probes:
+        _probe_records(BatchHooks(model, probes), batch, "baseline", probe_rows)
+    for label, checked in conds:
+        hooks = intervention_hooks(model, checked, batch)
+        z_new: dict[int, torch.Tensor] = {}
+        with attn_result(model, needs_attn_result(checked)):
+            new = last_logits(model, batch, hooks + _z_hooks(heads, batch, z_new))
+            if probes:
+                with model.bridge.hooks(fwd_hooks=hooks):
+                    _probe_records(BatchHooks(model, probes), batch, label, probe_rows)
+        cols = {"prompt_id": ids, "condition": label, **one}
+        if pair is not None:
+            rows.append(records("logit_diff", logit_diff(new, *pair).cpu().numpy(), **cols))
+        rows += [records("kl_divergence", kl_divergence(base, new).cpu().numpy(), **cols),
+                 records("head_output_rel_error", _rel_error(z_base, z_new), **cols)]
+    return rows
+
+
 def _z_hooks(heads, batch, into: dict) -> list:
     """Hooks keeping ``hook_z`` of ``heads`` at each prompt's last real token (registered after
     the intervention's hooks, so they see the edited ``z``): ``into[layer]`` ``[batch, n, d_head]``.
     """
-    rows, last = torch.arange(batch.size), batch.last_pos()
-
     def keep(layer: int, idx: list[int]):
         def hook(z, hook):
-            into[layer] = z[rows, last.to(z.device)][:, idx].float()
+            rows = torch.arange(batch.size, device=z.device)
+            into[layer] = z[rows, batch.last_pos().to(z.device)][:, idx].float()
         return hook
     return [(f"blocks.{layer}.attn.hook_z", keep(layer, idx))
             for layer, idx in by_layer(heads).items()]
