@@ -143,3 +143,13 @@ def test_spec_text_is_stored_verbatim(tiny_llama, tmp_path, small_prompts):
     assert manifest["intervention"]["heads"] == [["1.0"]]
     assert json.dumps(manifest)  # serialisable
     assert manifest["status"] == "complete"
+
+
+def test_generation_with_a_source_op_is_refused_before_writing(tiny_llama, tmp_path):
+    path = write_jsonl(tmp_path / "p.jsonl", [{"id": "a", "text": "Mary and John went home",
+                                               "corrupted_text": "Mary and John went home"}])
+    spec = parse_spec([{"op": "kv_misalign", "heads": ["1.0"]}])
+    with pytest.raises(InputError, match="--generate: kv_misalign"):
+        intervene(tiny_llama, load_prompt_set(path), spec, InterveneOptions(
+            generate=2, runs_dir=tmp_path / "runs", progress=False))
+    assert not (tmp_path / "runs").exists()

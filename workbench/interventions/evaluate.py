@@ -157,6 +157,9 @@ def intervene(model, prompt_set, spec: Spec, options: InterveneOptions) -> RunDi
     checked = check_spec(model, spec, tokenized)
     conds = conditions(checked, options.sweep)
     answers = has_answers(tokenized)
+    if options.generate > 0 and checked.sources:
+        raise InputError("--generate: kv_misalign and resample ablation need a corrupted_text "
+                         "of the same length, which a growing prompt does not have")
     probes = [p.prepare(model, tokenized) for p in options.probes]
     manifest = _manifest(model, prompt_set, tokenized, checked, options)
     if (Path(options.runs_dir) / manifest["run_id"]).exists() and not options.overwrite:
@@ -309,13 +312,10 @@ def _summaries(table: pa.Table, conds, options, one: dict) -> pa.Table:
 
 def _generations(model, tokenized, conds, options) -> list[dict]:
     """Greedy continuations (``options.generate`` tokens) of the first ``n_generate`` prompts,
-    baseline and every condition; operations that read ``corrupted_text`` cannot follow a growing
-    prompt and are refused."""
+    baseline and every condition (operations that read ``corrupted_text`` are refused earlier:
+    they cannot follow a growing prompt)."""
     if options.generate <= 0:
         return []
-    if any(c.sources for _, c in conds):
-        raise InputError("--generate: kv_misalign and resample ablation need a corrupted_text "
-                         "of the same length, which a growing prompt does not have")
     out = []
     for tok in tokenized[:options.n_generate]:
         row = {"prompt_id": tok.id, "baseline": _greedy(model, tok, None, options.generate)}
