@@ -130,7 +130,8 @@ def test_value_ops_recompute_z_with_gqa_mapping(tiny_llama, prompts):
     info = tiny_llama.info
     assert info.n_key_value_heads < info.n_heads  # GQA
     same = write_jsonl(prompts.parent / "same.jsonl", [
-        {"id": "a", "text": "Mary and John went home", "corrupted_text": "Mary and John went home"}])
+        {"id": "a", "text": "Mary and John went home",
+         "corrupted_text": "Mary and John went home"}])
     for op in ({"op": "kv_misalign", "heads": ["1.1", "1.2", "2.3"]},
                {"op": "ablate_head", "heads": ["1.1", "2.3"], "mode": "resample"}):
         checked, batch = setup(tiny_llama, same, [op])
@@ -234,7 +235,8 @@ def test_probe_metrics_are_compared_between_conditions(tiny_llama, prompts, tmp_
     b = batch.prompt_ids.index("a")
     got = wide.xs(("a", 1), level=("prompt_id", "head"))["intervened"]
     assert len(got) >= 15
-    assert torch.allclose(torch.tensor(got.to_numpy().copy()), want[b, got.index.to_numpy().copy()].double(),
+    positions = torch.tensor(got.index.to_numpy().copy())
+    assert torch.allclose(torch.tensor(got.to_numpy().copy()), want[b, positions].double(),
                           atol=1e-5)
     assert (wide.xs(1, level="head")["baseline"] - wide.xs(1, level="head")["intervened"]
             ).abs().max() > 1e-2

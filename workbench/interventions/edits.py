@@ -73,7 +73,8 @@ def temper_scores(scores: Float[Tensor, "batch head_index query_pos key_pos"], t
 
 def noisy_z(z: Float[Tensor, "batch pos head d_head"],
             pattern: Float[Tensor, "batch head query_pos key_pos"],
-            v: Float[Tensor, "batch key_pos head d_head"], noise: Float[Tensor, "batch key_pos head d_head"],
+            v: Float[Tensor, "batch key_pos head d_head"],
+            noise: Float[Tensor, "batch key_pos head d_head"],
             sigma: float) -> Float[Tensor, "batch pos head d_head"]:
     """``z`` as if each head's values were ``v_k + sigma ||v_k|| / sqrt(d_head) * noise_k``:
     ``z + pattern @ (sigma ||v|| / sqrt(d_head) * noise)`` (``noise`` standard normal).

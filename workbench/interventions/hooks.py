@@ -57,7 +57,7 @@ def capture(model, batch: Batch, names: list[str]) -> dict[str, torch.Tensor]:
 
 
 def source_batch(batch: Batch, checked: Checked) -> Batch:
-    """``batch`` with every prompt replaced by its ``corrupted_text`` (same lengths, same layout)."""
+    """``batch`` with each prompt replaced by its ``corrupted_text`` (same lengths and layout)."""
     ids = batch.input_ids.clone()
     for b, tok in enumerate(batch.prompts):
         other = checked.sources[tok.id]

@@ -1,4 +1,4 @@
-"""The declarative intervention spec: a list of operations on attention heads (METHODS.md section 7).
+"""The declarative intervention spec: a list of operations on attention heads (METHODS.md §7).
 
 A spec is JSON or YAML (a list of operations, or ``{"operations": [...]}``); it is validated with
 pydantic, then against the model and the prompt set by :func:`check_spec`, before any forward pass.

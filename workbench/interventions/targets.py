@@ -53,7 +53,8 @@ def top_k_heads(frame: pd.DataFrame, metric: str, k: int, *, segment: str | None
 def image_centric_heads(frame: pd.DataFrame, segment: str, min_mass: float, rho: float
                         ) -> list[Head]:
     """VAR's segment-centric heads (arXiv 2503.03321): mean ``segment_mass`` >= ``min_mass`` and
-    mean ``segment_nonsink_share`` >= ``rho`` per (layer, head), from an ``attention_sink`` table."""
+    mean ``segment_nonsink_share`` >= ``rho`` per (layer, head), from an ``attention_sink``
+    table."""
     rows = frame[(frame["segment"] == segment) & frame["prompt_id"].isna()]
     wide = rows.pivot_table(index=["layer", "head"], columns="metric", values="value")
     need = ("mean_segment_mass", "mean_segment_nonsink_share")
