@@ -139,6 +139,9 @@ def _mean_z(model, checked: Checked, i: int) -> dict[str, torch.Tensor]:
 
 
 def _pattern_hooks(op, layers: dict[int, list[int]], batch: Batch) -> list[Hook]:
+    if (op.op == "redistribute_attention" and op.p == 0) or \
+            (op.op == "attention_temperature" and op.temperature == 1):
+        return []  # exact no-ops
     if op.op == "attention_temperature":
         fn = lambda scores, layer: edits.temper_scores(scores, op.temperature)  # noqa: E731
         point = "hook_attn_scores"
@@ -155,9 +158,6 @@ def _pattern_hooks(op, layers: dict[int, list[int]], batch: Batch) -> list[Hook]
         rows = _rows(batch, op.queries)
         fn = lambda a, layer: edits.mask_pattern(a, knocked, rows)  # noqa: E731
         point = "hook_pattern"
-    if (op.op == "redistribute_attention" and op.p == 0) or \
-            (op.op == "attention_temperature" and op.temperature == 1):
-        return []
     return [(ATTN.format(layer=layer, point=point), _on_heads(fn, idx, 1, layer))
             for layer, idx in layers.items()]
 
