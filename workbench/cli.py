@@ -176,6 +176,57 @@ def circuits(
     out.print(f"[green]complete[/]: {run_dir.path}")
 
 
+@app.command()
+def intervene(
+    model: str = typer.Option("smollm2-135m", "--model", "-m",
+                              help="Registry name, local folder or Hugging Face id."),
+    prompts: list[Path] = typer.Option(..., "--prompts", "-p", help="JSONL prompt set(s)."),
+    spec: Path = typer.Option(..., "--spec", "-s", help="Intervention spec (JSON or YAML)."),
+    sweep: Optional[str] = typer.Option(None, "--sweep", help="Sweep one parameter: "
+                                        "alpha=0,0.5,1,2 (also p, sigma, temperature)."),
+    probes: str = typer.Option("", "--probes", help="Probes whose metrics are compared "
+                               "between conditions (comma-separated)."),
+    param: list[str] = typer.Option([], "--param", help="Probe parameter: probe.name=value."),
+    threshold: float = typer.Option(0.5, "--threshold", help="critical_sigma: relative drop of "
+                                    "the mean logit difference (KL in nats without answers)."),
+    generate: int = typer.Option(0, "--generate", help="Greedy tokens to generate per "
+                                 "condition for the first --n-generate prompts."),
+    n_generate: int = typer.Option(3, "--n-generate"),
+    batch_size: int = typer.Option(8, "--batch-size", "-b", help="Prompts per forward pass."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: auto)."),
+    dtype: Optional[str] = typer.Option(None, help="float32, bfloat16, float16 (default: auto)."),
+    prepend_bos: Optional[bool] = typer.Option(
+        None, "--prepend-bos/--no-prepend-bos",
+        help="Put BOS before every prompt (default: what the tokenizer does)."),
+    runs_dir: Path = RUNS_DIR,
+    run_id: Optional[str] = typer.Option(None, help="Run folder name (default: derived from the "
+                                                    "spec, sweep and prompts)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run."),
+    strict_parity: bool = typer.Option(False, help="Stop if bridge and HF logits disagree."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Run a prompt set without and with an intervention spec (and a sweep); write the run."""
+    from probes import make_probes
+    from workbench.interventions import load_spec
+    from workbench.interventions.evaluate import InterveneOptions, Sweep, intervene, report
+    from workbench.models import load_model
+    from workbench.prompts import load_prompt_set
+
+    parsed = load_spec(spec)
+    swept = Sweep.parse(sweep) if sweep else None
+    names = [n.strip() for n in probes.split(",") if n.strip()]
+    options = InterveneOptions(batch_size, swept, threshold, generate, n_generate,
+                               make_probes(names, parse_params(param)) if names else [],
+                               runs_dir, run_id, overwrite, progress, sys.argv)
+    prompt_set = load_prompt_set(prompts)
+    err.print(f"loading model [bold]{model}[/] ...")
+    loaded = load_model(model, device=device, dtype=dtype, prepend_bos=prepend_bos)
+    _report_parity(loaded, strict_parity)
+    run_dir = intervene(loaded, prompt_set, parsed, options)
+    out.print(report(run_dir))
+    out.print(f"[green]complete[/]: {run_dir.path}")
+
+
 def _report_parity(loaded, strict: bool) -> None:
     p = loaded.info.parity
     line = (f"model {loaded.info.name}: {loaded.info.n_layers} layers x {loaded.info.n_heads} heads,"
