@@ -240,3 +240,21 @@ def test_probe_metrics_are_compared_between_conditions(tiny_llama, prompts, tmp_
                           atol=1e-5)
     assert (wide.xs(1, level="head")["baseline"] - wide.xs(1, level="head")["intervened"]
             ).abs().max() > 1e-2
+
+
+def test_probes_without_attention_hooks_see_pattern_edits(tiny_llama, prompts, tmp_path):
+    """A resid-only probe (``massive_activations``, which alone would run sdpa) is compared under
+    a pattern edit: the intervened residual stream differs from the baseline after layer 0 and
+    equals a hand-run forward with the same pattern edit."""
+    from probes import make_probes
+
+    spec = parse_spec([{"op": "mask_keys", "heads": ["0.0", "0.1"], "positions": [1]}])
+    run_dir = intervene(tiny_llama, load_prompt_set(prompts), spec, InterveneOptions(
+        probes=make_probes(["massive_activations"]), runs_dir=tmp_path, progress=False))
+    frame = run_dir.read_table("massive_activations").to_pandas()
+    top = frame[(frame["metric"] == "median_abs")].pivot_table(
+        index=["prompt_id", "layer"], columns="condition", values="value")
+    assert (top.xs(0, level="layer")["baseline"] - top.xs(0, level="layer")["intervened"]
+            ).abs().max() < 1e-6
+    assert (top.xs(1, level="layer")["baseline"] - top.xs(1, level="layer")["intervened"]
+            ).abs().max() > 1e-4

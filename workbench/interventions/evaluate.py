@@ -223,7 +223,8 @@ def _batch_records(model, batch, conds, answers: bool, probes, one: dict,
         rows.append(records("logit_diff", logit_diff(base, *pair).cpu().numpy(), prompt_id=ids,
                             condition="baseline"))
     if probes:
-        _probe_records(BatchHooks(model, probes), batch, "baseline", probe_rows)
+        _probe_records(BatchHooks(model, probes, attention="eager"), batch, "baseline",
+                       probe_rows)
     for label, checked in conds:
         hooks = intervention_hooks(model, checked, batch)
         z_new: dict[int, torch.Tensor] = {}
@@ -231,7 +232,10 @@ def _batch_records(model, batch, conds, answers: bool, probes, one: dict,
             new = last_logits(model, batch, hooks + _z_hooks(heads, batch, z_new))
             if probes:
                 with model.bridge.hooks(fwd_hooks=hooks):
-                    _probe_records(BatchHooks(model, probes), batch, label, probe_rows)
+                    # eager always: under sdpa the edits of hook_pattern / hook_attn_scores
+                    # would not fire, and a resid-only probe would see no intervention
+                    _probe_records(BatchHooks(model, probes, attention="eager"), batch, label,
+                                   probe_rows)
         cols = {"prompt_id": ids, "condition": label, **one}
         if pair is not None:
             rows.append(records("logit_diff", logit_diff(new, *pair).cpu().numpy(), **cols))
