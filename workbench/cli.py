@@ -26,6 +26,15 @@ out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 RUNS_DIR = typer.Option(Path("runs"), "--runs-dir", help="Folder holding run directories.")
+MODEL = typer.Option("smollm2-135m", "--model", "-m",
+                     help="Registry name, local folder or Hugging Face id.")
+DEVICE = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: auto).")
+DTYPE = typer.Option(None, help="float32, bfloat16, float16 (default: auto).")
+PREPEND_BOS = typer.Option(None, "--prepend-bos/--no-prepend-bos",
+                           help="Put BOS before every prompt (default: what the tokenizer does).")
+OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing run.")
+STRICT_PARITY = typer.Option(False, help="Stop if bridge and HF logits disagree.")
+PROGRESS = typer.Option(True, "--progress/--no-progress")
 DEVICE_MAP = typer.Option(
     None, "--device-map", help="Hugging Face device map for a model larger than one GPU: auto, "
     "balanced, sequential (accelerate places the layers; not with --device).")
@@ -49,8 +58,7 @@ def parse_params(items: list[str]) -> dict[str, dict[str, str]]:
 
 @app.command()
 def run(
-    model: str = typer.Option("smollm2-135m", "--model", "-m",
-                              help="Registry name, local folder or Hugging Face id."),
+    model: str = MODEL,
     prompts: list[Path] = typer.Option(..., "--prompts", "-p", help="JSONL prompt set(s)."),
     probes: str = typer.Option("attention_entropy", "--probes",
                                help="Comma-separated probe names (see `workbench probes`)."),
@@ -58,23 +66,21 @@ def run(
     batch_size: Optional[int] = typer.Option(
         None, "--batch-size", "-b", min=1,
         help="Prompts per forward pass (default: chosen from free memory, 8 on the CPU)."),
-    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: auto)."),
-    dtype: Optional[str] = typer.Option(None, help="float32, bfloat16, float16 (default: auto)."),
+    device: Optional[str] = DEVICE,
+    dtype: Optional[str] = DTYPE,
     device_map: Optional[str] = DEVICE_MAP,
     attention: str = typer.Option(
         "auto", "--attention",
         help="auto, eager or sdpa: auto runs the fast sdpa kernel when no probe reads an "
              "attention hook (see workbench/attention_impl.py)."),
-    prepend_bos: Optional[bool] = typer.Option(
-        None, "--prepend-bos/--no-prepend-bos",
-        help="Put BOS before every prompt (default: what the tokenizer does)."),
+    prepend_bos: Optional[bool] = PREPEND_BOS,
     runs_dir: Path = RUNS_DIR,
     run_id: Optional[str] = typer.Option(None, help="Run folder name (default: derived from the "
                                                     "configuration, so reruns find it)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run."),
-    strict_parity: bool = typer.Option(False, help="Stop if bridge and HF logits disagree."),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    overwrite: bool = OVERWRITE,
+    strict_parity: bool = STRICT_PARITY,
+    progress: bool = PROGRESS,
     attention_mask: Optional[str] = typer.Option(
         None, "--attention-mask",
         help="Apply a mask to every layer's attention scores for the whole run: causal, "
@@ -84,7 +90,6 @@ def run(
     from probes import make_probes
     from workbench.attention_impl import ATTENTION_CHOICES
     from workbench.masks import AttentionMask
-    from workbench.models import load_model
     from workbench.prompts import load_prompt_set
     from workbench.run import RunOptions, execute_run
 
@@ -94,13 +99,11 @@ def run(
         AttentionMask.parse(attention_mask)  # bad specs fail before the model loads
     if attention not in ATTENTION_CHOICES:
         raise InputError(f"--attention {attention!r}: choose one of {', '.join(ATTENTION_CHOICES)}")
-    names = [n.strip() for n in probes.split(",") if n.strip()]
+    names = _names(probes)
     probe_objs = make_probes(names, parse_params(param))
     prompt_set = load_prompt_set(prompts)
-    err.print(f"loading model [bold]{model}[/] ...")
-    loaded = load_model(model, device=device, dtype=dtype, prepend_bos=prepend_bos,
-                        device_map=device_map)
-    _report_parity(loaded, strict_parity)
+    loaded = _load(model, strict_parity, device=device, dtype=dtype, prepend_bos=prepend_bos,
+                   device_map=device_map)
     options = RunOptions(runs_dir=runs_dir, run_id=run_id, batch_size=batch_size, resume=resume,
                          overwrite=overwrite, progress=progress, command=sys.argv,
                          attention_mask=attention_mask, attention=attention)
@@ -118,8 +121,7 @@ def run(
 
 @app.command()
 def circuits(
-    model: str = typer.Option("smollm2-135m", "--model", "-m",
-                              help="Registry name, local folder or Hugging Face id."),
+    model: str = MODEL,
     task: list[str] = typer.Option(..., "--task", "-t", help="Shipped task (ioi, colored_objects, "
                                    "induction) or a JSONL prompt file; repeat for several."),
     method: list[str] = typer.Option(["attribution"], "--method",
@@ -144,22 +146,19 @@ def circuits(
     mean_prompts: Optional[int] = typer.Option(
         None, "--mean-prompts", help="Corrupted prompts the ablation means average over "
         "(default: every prompt of the task file)."),
-    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: auto)."),
-    dtype: Optional[str] = typer.Option(None, help="float32, bfloat16, float16 (default: auto)."),
-    prepend_bos: Optional[bool] = typer.Option(
-        None, "--prepend-bos/--no-prepend-bos",
-        help="Put BOS before every prompt (default: what the tokenizer does)."),
+    device: Optional[str] = DEVICE,
+    dtype: Optional[str] = DTYPE,
+    prepend_bos: Optional[bool] = PREPEND_BOS,
     runs_dir: Path = RUNS_DIR,
     run_id: Optional[str] = typer.Option(None, help="Run folder name (default: derived from the "
                                                     "configuration)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run."),
-    strict_parity: bool = typer.Option(False, help="Stop if bridge and HF logits disagree."),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    overwrite: bool = OVERWRITE,
+    strict_parity: bool = STRICT_PARITY,
+    progress: bool = PROGRESS,
 ) -> None:
     """Find each task's circuit (per-head effects, selection, faithfulness) and their overlap."""
     from circuits.run import (CircuitsOptions, check_options, execute_circuits, load_tasks,
                               report)
-    from workbench.models import load_model
 
     options = check_options(method, select, direction=direction, positions=positions,
                             batch_size=batch_size, heads_per_forward=heads_per_forward,
@@ -167,9 +166,7 @@ def circuits(
                             mean_prompts=mean_prompts,
                             runs_dir=runs_dir, run_id=run_id, overwrite=overwrite,
                             progress=progress)
-    err.print(f"loading model [bold]{model}[/] ...")
-    loaded = load_model(model, device=device, dtype=dtype, prepend_bos=prepend_bos)
-    _report_parity(loaded, strict_parity)
+    loaded = _load(model, strict_parity, device=device, dtype=dtype, prepend_bos=prepend_bos)
     tasks = load_tasks(task, loaded, n_prompts=n_prompts, positions=positions)
     run_dir = execute_circuits(loaded, tasks, options)
     out.print(report(run_dir))
@@ -178,8 +175,7 @@ def circuits(
 
 @app.command()
 def intervene(
-    model: str = typer.Option("smollm2-135m", "--model", "-m",
-                              help="Registry name, local folder or Hugging Face id."),
+    model: str = MODEL,
     prompts: list[Path] = typer.Option(..., "--prompts", "-p", help="JSONL prompt set(s)."),
     spec: Path = typer.Option(..., "--spec", "-s", help="Intervention spec (JSON or YAML)."),
     sweep: Optional[str] = typer.Option(None, "--sweep", help="Sweep one parameter: "
@@ -193,38 +189,49 @@ def intervene(
                                  "condition for the first --n-generate prompts."),
     n_generate: int = typer.Option(3, "--n-generate"),
     batch_size: int = typer.Option(8, "--batch-size", "-b", help="Prompts per forward pass."),
-    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: auto)."),
-    dtype: Optional[str] = typer.Option(None, help="float32, bfloat16, float16 (default: auto)."),
-    prepend_bos: Optional[bool] = typer.Option(
-        None, "--prepend-bos/--no-prepend-bos",
-        help="Put BOS before every prompt (default: what the tokenizer does)."),
+    device: Optional[str] = DEVICE,
+    dtype: Optional[str] = DTYPE,
+    prepend_bos: Optional[bool] = PREPEND_BOS,
     runs_dir: Path = RUNS_DIR,
     run_id: Optional[str] = typer.Option(None, help="Run folder name (default: derived from the "
                                                     "spec, sweep and prompts)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run."),
-    strict_parity: bool = typer.Option(False, help="Stop if bridge and HF logits disagree."),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    overwrite: bool = OVERWRITE,
+    strict_parity: bool = STRICT_PARITY,
+    progress: bool = PROGRESS,
 ) -> None:
     """Run a prompt set without and with an intervention spec (and a sweep); write the run."""
     from probes import make_probes
     from workbench.interventions import load_spec
     from workbench.interventions.evaluate import InterveneOptions, Sweep, intervene, report
-    from workbench.models import load_model
     from workbench.prompts import load_prompt_set
 
     parsed = load_spec(spec)
     swept = Sweep.parse(sweep) if sweep else None
-    names = [n.strip() for n in probes.split(",") if n.strip()]
+    names = _names(probes)
     options = InterveneOptions(batch_size, swept, threshold, generate, n_generate,
                                make_probes(names, parse_params(param)) if names else [],
                                runs_dir, run_id, overwrite, progress, sys.argv)
     prompt_set = load_prompt_set(prompts)
-    err.print(f"loading model [bold]{model}[/] ...")
-    loaded = load_model(model, device=device, dtype=dtype, prepend_bos=prepend_bos)
-    _report_parity(loaded, strict_parity)
+    loaded = _load(model, strict_parity, device=device, dtype=dtype, prepend_bos=prepend_bos)
     run_dir = intervene(loaded, prompt_set, parsed, options)
     out.print(report(run_dir))
     out.print(f"[green]complete[/]: {run_dir.path}")
+
+
+def _names(text: str) -> list[str]:
+    """``"a, b,"`` -> ``["a", "b"]``: the names of a comma-separated option."""
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
+def _load(spec: str, strict_parity: bool, **options):
+    """Load a model (:func:`workbench.models.load_model` with ``options``), then report its
+    parity check (a failed check stops the command with ``strict_parity``)."""
+    from workbench.models import load_model
+
+    err.print(f"loading model [bold]{spec}[/] ...")
+    loaded = load_model(spec, **options)
+    _report_parity(loaded, strict_parity)
+    return loaded
 
 
 def _report_parity(loaded, strict: bool) -> None:
@@ -285,7 +292,7 @@ def figures_cmd(
     prompt: list[str] = typer.Option([], "--prompt", help="Prompt id for attention patterns "
                                                           "(repeatable; default: the first)."),
     heads: str = typer.Option("", "--heads", help="Heads for attention patterns, e.g. 9.6,3.1."),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    progress: bool = PROGRESS,
 ) -> None:
     """Write every table's standard figures (PDF/SVG/PNG) with CSV + JSON sidecars."""
     import time
