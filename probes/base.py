@@ -5,6 +5,8 @@ A probe is a frozen dataclass (its parameters) with:
 * ``name`` and ``hook_points``: per-layer hook suffixes (``"attn.hook_pattern"`` means
   ``blocks.{layer}.attn.hook_pattern`` for every layer); the run loop registers only these;
 * ``units``: metric name -> unit, copied into the run manifest;
+* ``headline``: the summary metrics that say what the probe found (the first is the default
+  wherever one metric is shown: the app, the figures, the atlas);
 * ``start(batch, model)`` -> per-batch state; ``observe(state, layer, point, activation)`` is called
   inside the forward hook and must reduce right away (never keep a whole-run tensor);
   ``finish(state)`` -> a record table for the batch;
@@ -40,6 +42,10 @@ class Probe:
     name: ClassVar[str]
     hook_points: ClassVar[tuple[str, ...]]
     units: ClassVar[dict[str, str]]
+    # The summary metrics that say what the probe found, most telling first: the app's default
+    # metric, the figure set's metrics and the atlas's scores. Each is a (layer, head) or layer
+    # summary the probe writes (``prompt_id`` null) and a key of ``units``; () for none.
+    headline: ClassVar[tuple[str, ...]] = ()
     needs_logits: ClassVar[bool] = False
     owns_forward: ClassVar[bool] = False
 

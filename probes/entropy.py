@@ -89,6 +89,7 @@ class AttentionEntropy(Probe):
 
     name: ClassVar[str] = "attention_entropy"
     hook_points: ClassVar[tuple[str, ...]] = ("attn.hook_pattern",)
+    headline: ClassVar[tuple[str, ...]] = ("mean_entropy_norm", "mean_entropy")
     units: ClassVar[dict[str, str]] = {
         "entropy": "nats", "entropy_norm": "fraction of ln(visible keys)",
         "segment_entropy": "nats", "segment_entropy_norm": "fraction of ln(visible segment keys)",

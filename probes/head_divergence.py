@@ -97,6 +97,7 @@ class HeadDivergence(Probe):
     name: ClassVar[str] = "head_divergence"
     hook_points: ClassVar[tuple[str, ...]] = ("attn.hook_z",)
     owns_forward: ClassVar[bool] = True
+    headline: ClassVar[tuple[str, ...]] = ("mean_vhd", "mean_vhd_rel")
     units: ClassVar[dict[str, str]] = {
         "vhd": "L2 norm of the head output (hook_z: d_head space; hook_result: d_model space)",
         "vhd_rel": "fraction of norm_with", "norm_with": "L2 norm of the head output",

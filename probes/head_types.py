@@ -208,6 +208,8 @@ class HeadTypes(Probe):
 
     name: ClassVar[str] = "head_types"
     hook_points: ClassVar[tuple[str, ...]] = ("attn.hook_pattern",)
+    headline: ClassVar[tuple[str, ...]] = (
+        "mean_induction_mul", "mean_previous_token_mul", "mean_duplicate_token_mul")
     units: ClassVar[dict[str, str]] = _units(BUILTIN_DETECTORS)  # plus custom detectors'
 
     detectors: list[str] = field(default_factory=lambda: list(BUILTIN_DETECTORS))

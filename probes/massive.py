@@ -126,6 +126,7 @@ class MassiveActivations(Probe):
 
     name: ClassVar[str] = "massive_activations"
     hook_points: ClassVar[tuple[str, ...]] = ("hook_resid_pre",)
+    headline: ClassVar[tuple[str, ...]] = ("mean_max_abs", "token0_massive_frac")
     units: ClassVar[dict[str, str]] = {
         "top_abs": "|activation|", "median_abs": "|activation|", "massive": "activation",
         "first_massive_layer": "layer index", "sink_dim": "fraction of prompts",

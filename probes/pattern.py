@@ -72,6 +72,7 @@ class AttentionPattern(Probe):
 
     name: ClassVar[str] = "attention_pattern"
     hook_points: ClassVar[tuple[str, ...]] = ("attn.hook_pattern",)
+    headline: ClassVar[tuple[str, ...]] = ()  # per (query, key): drawn as patterns, not ranked
     units: ClassVar[dict[str, str]] = {"pattern": "fraction of attention"}
 
     heads: str = ""

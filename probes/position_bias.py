@@ -165,6 +165,7 @@ class PositionBias(Probe):
 
     name: ClassVar[str] = "position_bias"
     hook_points: ClassVar[tuple[str, ...]] = ("attn.hook_pattern",)
+    headline: ClassVar[tuple[str, ...]] = ("mean_first_token_mass", "mean_primacy_index")
     units: ClassVar[dict[str, str]] = {
         "last_token_profile": "fraction of attention", "column_sum": "attention (sums to n)",
         **_SUMMARY_UNITS, **{f"mean_{m}": unit for m, unit in _SUMMARY_UNITS.items()},

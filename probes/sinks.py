@@ -145,6 +145,7 @@ class AttentionSink(Probe):
 
     name: ClassVar[str] = "attention_sink"
     hook_points: ClassVar[tuple[str, ...]] = ("hook_resid_pre", "attn.hook_pattern")
+    headline: ClassVar[tuple[str, ...]] = ("mean_sink_share_first", "sink_head_rate")
     units: ClassVar[dict[str, str]] = {
         "received": "fraction of attention", "sink_head": "indicator (0/1)",
         "sink_share_first": "fraction of attention", "sink_share_var": "fraction of attention",
