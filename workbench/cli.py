@@ -15,6 +15,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from workbench.commands import atlas as atlas_commands
 from workbench.commands.common import (DEVICE, DEVICE_MAP, DTYPE, MODEL, OVERWRITE, PREPEND_BOS,
                                        PROGRESS, RUNS_DIR, STRICT_PARITY, _load, _names, err,
                                        out)
@@ -24,6 +25,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Attention Workbench: probes, circuits and interventions on attention heads.")
 runs_app = typer.Typer(add_completion=False, help="List and show runs.", invoke_without_command=True)
 app.add_typer(runs_app, name="runs")
+app.add_typer(atlas_commands.app, name="atlas")
 def parse_params(items: list[str]) -> dict[str, dict[str, str]]:
     """``["attention_entropy.segment=passage"]`` -> ``{"attention_entropy": {"segment": "passage"}}``.
 
@@ -399,6 +401,11 @@ def runs_show(ctx: typer.Context, run_id: str = typer.Argument(..., help="Run id
     run = RunDir.open(path)
     if as_json:
         out.print_json(json.dumps(run.read_manifest(), default=str))
+        return
+    if run.read_manifest().get("kind") == "atlas":
+        from atlas import open_atlas
+
+        atlas_commands.print_atlas(open_atlas(run.path))
         return
     describe_run(run, out)
 

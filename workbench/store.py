@@ -32,7 +32,7 @@ from workbench.errors import InputError, RunStateError
 
 MANIFEST = "run.json"
 PARTS = ".parts"
-META_TABLES = ("prompts", "tokens")
+META_TABLES = ("prompts", "tokens", "atlas")  # not record tables (atlas: one row per head)
 ROW_GROUP_SIZE = 128 * 1024
 
 

@@ -8,6 +8,7 @@ the files and their sidecars. :func:`run_figures` picks every table's standard f
 """
 
 from workbench.figures import probe_sets  # noqa: F401  (registers the probes' figure sets)
+from workbench.figures.atlas import atlas_grid
 from workbench.figures.export import (FORMATS, BrowserNotFound, close_browser, export_session,
                                       find_browser, open_browser, render, write_plot)
 from workbench.figures.graph import circuit_graph, weighted_graph
@@ -21,6 +22,7 @@ from workbench.figures.style import TEMPLATE, WIDTHS_IN
 
 __all__ = [
     "DRAWERS", "FIGURE_SETS", "FORMATS", "TEMPLATE", "WIDTHS_IN", "BrowserNotFound",
+    "atlas_grid",
     "FigureOptions", "Plot", "RunSource", "attention_pattern", "by_depth", "circuit_graph",
     "close_browser", "open_browser",
     "distribution", "dose_response", "export_session", "find_browser", "generic_figures",

@@ -1,0 +1,206 @@
+"""The atlas battery: the probe runs and the circuits run an atlas is built from.
+
+Four parts, each an ordinary run in the runs folder beside the atlas (``<out.name>-<part>``), so
+``workbench runs``, the app and the figures read them like any other run:
+
+* ``natural``: attention entropy, attention sinks, massive activations and position bias on
+  ``data/natural.jsonl``, all four in one shared forward per batch;
+* ``repeated``: head types (previous-token, duplicate-token, induction) on
+  ``data/repeated_tokens.jsonl``;
+* ``context``: head divergence on ``data/counterfactual_context.jsonl``, segment ``passage``
+  (its own forwards: with and without the passage);
+* ``circuits``: attribution patching (and activation patching with ``thorough``) on the IOI and
+  induction tasks, their top-k circuits, faithfulness and overlap.
+
+Resuming (``resume=True``) continues each probe run batch by batch and keeps a finished circuits run
+whose configuration matches; the model is loaded only if some part still has work to do.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from workbench.errors import InputError, RunStateError
+from workbench.store import MANIFEST, RunDir
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+PARTS = ("natural", "repeated", "context", "circuits")
+PROBE_PARTS: dict[str, tuple[str, list[str], dict[str, dict[str, str]]]] = {
+    # part: (options attribute holding the prompt file, probes, probe parameters)
+    "natural": ("natural", ["attention_entropy", "attention_sink", "massive_activations",
+                            "position_bias"], {}),
+    "repeated": ("repeated", ["head_types"], {}),
+    "context": ("context", ["head_divergence"], {"head_divergence": {"segment": "passage"}}),
+}
+
+
+@dataclass
+class AtlasOptions:
+    """What an atlas runs and where it goes.
+
+    Attributes:
+        out: the atlas folder (``atlas.parquet``, ``atlas.json``, ``run.json``, ``figures/``); its
+            parts are runs beside it, ``<out.parent>/<out.name>-<part>``.
+        natural, repeated, context: the prompt files of the probe parts.
+        tasks: circuit tasks (shipped names or task JSONL files).
+        n_prompts: prompts per circuit task (the first N of the file).
+        thorough: also activation patching (one forward per head and prompt batch; minutes), which
+            then decides the circuit roles.
+        circuit_size: heads per circuit (selection ``top_k``).
+        n_random: random circuits in the faithfulness baseline.
+        thresholds: per-role threshold overrides (:data:`atlas.roles.ROLES`).
+        skip: parts not to run (their roles stay unmeasured).
+    """
+
+    out: Path = Path("runs/atlas")
+    natural: Path = DATA / "natural.jsonl"
+    repeated: Path = DATA / "repeated_tokens.jsonl"
+    context: Path = DATA / "counterfactual_context.jsonl"
+    tasks: tuple[str, ...] = ("ioi", "induction")
+    n_prompts: int | None = 32
+    thorough: bool = False
+    circuit_size: int = 20
+    n_random: int = 3
+    thresholds: dict[str, float] = field(default_factory=dict)
+    skip: tuple[str, ...] = ()
+    batch_size: int | None = None
+    resume: bool = False
+    overwrite: bool = False
+    progress: bool = True
+    command: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        bad = sorted(set(self.skip) - set(PARTS))
+        if bad:
+            raise InputError(f"--skip {','.join(bad)}: not an atlas part; parts: {', '.join(PARTS)}")
+        if self.resume and self.overwrite:
+            raise InputError("--resume and --overwrite contradict each other; choose one")
+        for name, value in (("--circuit-size", self.circuit_size), ("--n-prompts",
+                                                                       self.n_prompts or 1)):
+            if value < 1:
+                raise InputError(f"{name} must be at least 1, got {value}")
+        if self.n_random < 0:
+            raise InputError(f"--n-random must be at least 0, got {self.n_random}")
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.out.parent
+
+    def run_id(self, part: str) -> str:
+        return f"{self.out.name}-{part}"
+
+    @property
+    def methods(self) -> list[str]:
+        return ["attribution", "activation"] if self.thorough else ["attribution"]
+
+    @property
+    def circuit_method(self) -> str:
+        """The method whose circuits decide the circuit roles (the most faithful one run)."""
+        return self.methods[-1]
+
+
+def check_inputs(options: AtlasOptions) -> dict[str, Any]:
+    """Load every prompt file of the parts to run (errors name file and line) before a model
+    loads; returns ``{part: PromptSet}`` for the probe parts.
+
+    Raises:
+        InputError: a missing or malformed prompt file, an unknown task.
+    """
+    from circuits.tasks import resolve_task
+    from workbench.prompts import load_prompt_set
+
+    sets = {part: load_prompt_set(getattr(options, attr))
+            for part, (attr, _, _) in PROBE_PARTS.items() if part not in options.skip}
+    if "circuits" not in options.skip:
+        for task in options.tasks:
+            resolve_task(task)
+    return sets
+
+
+def run_parts(load: Callable[[], Any], options: AtlasOptions, prompt_sets: dict[str, Any],
+              on_part: Callable[[str, int, int], None] = lambda *_: None) -> dict[str, dict]:
+    """Run (or resume) every part not skipped. ``load()`` is called once, when the first part
+    with work to do starts. Returns ``{part: {"run_id", "seconds", "state"}}``.
+
+    Raises:
+        RunStateError: a part's folder exists and is not resumable (see :class:`RunDir`).
+    """
+    model = None
+    done: dict[str, dict] = {}
+    todo = [p for p in PARTS if p not in options.skip]
+    for i, part in enumerate(todo, start=1):
+        on_part(part, i, len(todo))
+        start = time.perf_counter()
+        if _finished(options, part, prompt_sets.get(part)):
+            done[part] = {"run_id": options.run_id(part), "seconds": 0.0, "state": "kept"}
+            continue
+        model = model or load()
+        if part == "circuits":
+            _run_circuits(model, options)
+        else:
+            _run_probes(model, options, part, prompt_sets[part])
+        done[part] = {"run_id": options.run_id(part),
+                      "seconds": round(time.perf_counter() - start, 3), "state": "run"}
+    return done
+
+
+def _finished(options: AtlasOptions, part: str, prompt_set: Any = None) -> bool:
+    """Resuming, and the part's run is complete with the prompts, probes or circuit settings
+    asked for (the atlas checks the model: :func:`atlas.build.build_atlas`)."""
+    path = options.runs_dir / options.run_id(part) / MANIFEST
+    if not options.resume or not path.is_file():
+        return False
+    try:
+        stored = RunDir(path.parent).read_manifest()
+    except RunStateError:
+        return False
+    if stored.get("status") != "complete":
+        return False
+    if part != "circuits":
+        return (stored.get("prompts", {}).get("sha256") == prompt_set.sha256
+                and [p.get("name") for p in stored.get("probes", [])] == PROBE_PARTS[part][1])
+    key = stored.get("config_key", {})
+    return (key.get("methods") == options.methods
+            and key.get("selection") == f"top_k={options.circuit_size}"
+            and [t.get("name") for t in key.get("tasks", [])] == [_task_name(t) for t in
+                                                                   options.tasks]
+            and all(t.get("n_prompts") for t in key.get("tasks", [])))
+
+
+def _task_name(spec: str) -> str:
+    from circuits.tasks import resolve_task
+
+    return resolve_task(spec)[0]
+
+
+def _run_probes(model: Any, options: AtlasOptions, part: str, prompt_set: Any) -> RunDir:
+    from probes import make_probes
+    from workbench.run import RunOptions, execute_run
+
+    _, names, params = PROBE_PARTS[part]
+    run_options = RunOptions(runs_dir=options.runs_dir, run_id=options.run_id(part),
+                             batch_size=options.batch_size, resume=options.resume,
+                             overwrite=options.overwrite, progress=options.progress,
+                             command=options.command)
+    return execute_run(model, prompt_set, make_probes(names, params), run_options)
+
+
+def _run_circuits(model: Any, options: AtlasOptions) -> RunDir:
+    from circuits.discovery import Selection
+    from circuits.run import CircuitsOptions, execute_circuits, load_tasks
+
+    tasks = load_tasks(list(options.tasks), model, n_prompts=options.n_prompts, positions=None)
+    path = options.runs_dir / options.run_id("circuits")
+    # an unfinished or differently configured circuits run of this atlas starts again (it has
+    # no batch-level resume); a folder that is not a run is never replaced
+    replace = options.overwrite or (options.resume and (path / MANIFEST).is_file())
+    circuit_options = CircuitsOptions(
+        methods=options.methods, selection=Selection.parse(f"top_k={options.circuit_size}"),
+        n_random=options.n_random, runs_dir=options.runs_dir, run_id=options.run_id("circuits"),
+        overwrite=replace, progress=options.progress)
+    return execute_circuits(model, tasks, circuit_options)

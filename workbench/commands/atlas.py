@@ -1,0 +1,179 @@
+"""``workbench atlas``: profile every head of a model in one command; ``workbench atlas compare``.
+
+The work is in the ``atlas`` package (imported inside the commands: the core never imports it at
+module level).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from workbench.commands.common import (DEVICE, DTYPE, MODEL, PREPEND_BOS, PROGRESS, STRICT_PARITY,
+                                       _load, _names, err, out)
+from workbench.errors import InputError
+
+DATA = Path(__file__).resolve().parents[2] / "data"
+app = typer.Typer(add_completion=False, invoke_without_command=True,
+                  help="Profile every head: the probe battery and circuit tasks in one atlas.")
+
+
+def _thresholds(items: list[str]) -> dict[str, float]:
+    """``["sink=0.5"]`` -> ``{"sink": 0.5}``.
+
+    Raises:
+        InputError: an item not of the form role=number, or a non-finite number.
+    """
+    import math
+
+    found = {}
+    for item in items:
+        role, sep, value = item.partition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            number = float("nan")
+        if not sep or not role.strip() or not math.isfinite(number):
+            raise InputError(f"--threshold {item!r} is not of the form role=number "
+                             "(e.g. sink=0.5)")
+        found[role.strip()] = number
+    return found
+
+
+@app.callback()
+def atlas(
+    ctx: typer.Context,
+    model: str = MODEL,
+    out_dir: Optional[Path] = typer.Option(
+        None, "--out", help="Atlas folder (default: runs/atlas-<model>); its part runs go "
+        "beside it as <name>-natural, -repeated, -context, -circuits."),
+    thorough: bool = typer.Option(False, "--thorough", help="Also activation patching (one "
+                                  "forward per head; minutes), which then decides the circuits."),
+    natural: Path = typer.Option(DATA / "natural.jsonl", "--natural",
+                                 help="Natural text for entropy, sinks, massive activations and "
+                                 "position bias."),
+    repeated: Path = typer.Option(DATA / "repeated_tokens.jsonl", "--repeated",
+                                  help="Repeated random tokens for the head types."),
+    context: Path = typer.Option(DATA / "counterfactual_context.jsonl", "--context",
+                                 help="Prompts with a 'passage' segment for head divergence."),
+    task: list[str] = typer.Option(["ioi", "induction"], "--task", "-t",
+                                   help="Circuit tasks (shipped name or JSONL file; repeat)."),
+    n_prompts: int = typer.Option(32, "--n-prompts", help="Prompts per circuit task."),
+    circuit_size: int = typer.Option(20, "--circuit-size", help="Heads per circuit (top k)."),
+    skip: str = typer.Option("", "--skip", help="Parts not to run, comma-separated: natural, "
+                             "repeated, context, circuits."),
+    threshold: list[str] = typer.Option([], "--threshold", help="Override a role's threshold: "
+                                        "role=number (repeatable; see atlas.json for roles)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1,
+                                             help="Prompts per forward (default: from memory)."),
+    device: Optional[str] = DEVICE,
+    dtype: Optional[str] = DTYPE,
+    prepend_bos: Optional[bool] = PREPEND_BOS,
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted atlas (or "
+                                "reuse a finished one)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start the atlas and its part "
+                                   "runs again."),
+    figures: bool = typer.Option(True, "--figures/--no-figures",
+                                 help="Export the atlas figure (needs Chromium)."),
+    strict_parity: bool = STRICT_PARITY,
+    progress: bool = PROGRESS,
+) -> None:
+    """Run the probe battery and circuit tasks on a model and say what every head does."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from atlas import AtlasOptions, build_atlas
+
+    slug = model.rstrip("/").split("/")[-1]
+    options = AtlasOptions(out=out_dir or Path("runs") / f"atlas-{slug}", natural=natural,
+                           repeated=repeated, context=context, tasks=tuple(task),
+                           n_prompts=n_prompts, thorough=thorough, circuit_size=circuit_size,
+                           thresholds=_thresholds(threshold), skip=tuple(_names(skip)),
+                           batch_size=batch_size, resume=resume, overwrite=overwrite,
+                           progress=progress, command=sys.argv)
+    from atlas.roles import ROLES
+
+    stray = sorted(set(options.thresholds) - set(ROLES))
+    if stray:
+        raise InputError(f"--threshold for unknown role(s) {', '.join(stray)}; roles: "
+                         f"{', '.join(ROLES)}")
+
+    def on_part(part: str, i: int, n: int) -> None:
+        err.print(f"[bold]atlas part {i}/{n}[/]: {part}")
+
+    result = build_atlas(lambda: _load(model, strict_parity, device=device, dtype=dtype,
+                                       prepend_bos=prepend_bos),
+                         options, model_spec=model, on_part=on_part)
+    print_atlas(result)
+    if figures:
+        _export_figure(result)
+    out.print(f"[green]complete[/]: {escape(str(result.path))} (atlas.parquet: "
+              f"{len(result.heads)} heads; part runs: "
+              f"{', '.join(r['run_id'] for r in result.doc['runs'].values())})")
+
+
+def print_atlas(result, top: int = 5) -> None:
+    """The console summary (fits 80 columns): per role the labelled heads, their counts per layer
+    band and the rule; the top heads of each role; then the findings."""
+    from atlas.findings import BANDS, band_ranges, role_summary
+
+    model = result.doc["model"]
+    out.print(f"[bold]atlas of {escape(str(model['name']))}[/]: {model['n_layers']} layers x "
+              f"{model['n_heads']} heads ({escape(str(result.path))})")
+    rules = {r["name"]: r for r in result.doc["roles"]}
+    summary = role_summary(result.heads, result.n_layers)
+    table = Table("role", "heads", *[f"L{r}" for r in band_ranges(result.n_layers)], "rule",
+                  box=None, pad_edge=False)
+    for row in summary.itertuples():
+        table.add_row(row.label, f"{row.heads} ({row.share:.0%})",
+                      *[str(getattr(row, b)) for b in BANDS], _rule_text(rules[row.role]))
+    out.print(table)
+    out.print(f"[bold]top {top} heads per role[/] (score)")
+    for row in summary.itertuples():
+        out.print(f"  {row.label}: {row.top}")
+    out.print("[bold]findings[/]")
+    for line in result.doc["findings"]:
+        out.print(f"- {escape(line)}")
+
+
+def _rule_text(rule: dict) -> str:
+    cut = rule["threshold"]
+    return {"above": f"> {cut:g}", "below": f"< {cut:g}",
+            "of_ceiling": f"> {cut:g} x {rule.get('ceiling') or float('nan'):.2f}",
+            "top_k": f"top {cut:g}", "member": f"in top-{cut:g} circuit"}[rule["rule"]]
+
+
+def _export_figure(result) -> None:
+    from workbench.figures import BrowserNotFound, atlas_grid
+    from workbench.figures.export import export_figures
+
+    plot = atlas_grid(result.heads, result.doc["roles"])
+    try:
+        index = export_figures([plot], result.path / "figures", width="double",
+                               extra={"atlas": str(result.path)})
+    except BrowserNotFound as e:
+        err.print(f"note: atlas figure not exported: {escape(str(e))}")
+        return
+    out.print(f"figure: {escape(str(index.parent / plot.name))}.pdf (.svg, .png, sidecars)")
+
+
+@app.command("compare")
+def compare_cmd(first: Path = typer.Argument(..., help="An atlas folder."),
+                second: Path = typer.Argument(..., help="Another atlas folder.")) -> None:
+    """Two atlases side by side; heads aligned by relative depth when the models differ."""
+    from atlas import compare, open_atlas
+
+    a, b = open_atlas(first), open_atlas(second)
+    frame, lines = compare(a, b)
+    for line in lines:
+        err.print(f"[yellow]{escape(line)}[/]")
+    table = Table(*frame.columns)
+    for row in frame.itertuples(index=False):
+        table.add_row(*[f"{v:.2f}" if isinstance(v, float) else str(v) for v in row])
+    out.print(f"A = {escape(str(first))} ({a.doc['model']['name']}), B = {escape(str(second))} "
+              f"({b.doc['model']['name']})")
+    out.print(table)
