@@ -1,5 +1,5 @@
-# Attention Workbench: `make demo` sets up and runs the main job; `make test` sets up and tests;
-# `make figures` draws the demo runs' figures; `make app` browses them.
+# Attention Workbench: `make demo` sets up and runs the main job (the head atlas of SmolLM2-135M);
+# `make test` sets up and tests; `make figures` draws the atlas runs' figures; `make app` browses them.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -38,21 +38,19 @@ browser:
 		     "(or set WORKBENCH_BROWSER=/path/to/chromium)"; \
 	fi
 
-# The main job: attention entropy of SmolLM2-135M on the IOI and natural-text prompt sets.
-# --resume makes a second `make demo` reuse finished runs.
-demo: setup
-	$(BIN)/workbench run --model smollm2-135m --prompts data/ioi.jsonl \
-		--probes attention_entropy --runs-dir $(RUNS) --run-id smollm2-ioi --resume
-	$(BIN)/workbench run --model smollm2-135m --prompts data/natural.jsonl \
-		--probes attention_entropy --runs-dir $(RUNS) --run-id smollm2-natural --resume
+# The main job: the head atlas of SmolLM2-135M (the probe battery and the IOI and induction circuits,
+# condensed into one row per head with each role's score, rank and label), its summary and figure.
+# --resume makes a second `make demo` reuse the finished parts.
+ATLAS ?= $(RUNS)/atlas-smollm2
+demo: setup browser
+	$(BIN)/workbench atlas --model smollm2-135m --out $(ATLAS) --resume
 	$(BIN)/workbench runs --runs-dir $(RUNS)
-	$(BIN)/workbench runs --runs-dir $(RUNS) show smollm2-ioi
-	$(BIN)/workbench runs --runs-dir $(RUNS) show smollm2-natural
 
-# The demo runs' figures (PDF, SVG, PNG + CSV/JSON sidecars) in runs/<id>/figures.
-figures: demo browser
-	$(BIN)/workbench figures --run $(RUNS)/smollm2-ioi
-	$(BIN)/workbench figures --run $(RUNS)/smollm2-natural
+# Every part run's standard figures (PDF, SVG, PNG + CSV/JSON sidecars) in runs/<id>/figures; the
+# atlas figure is in $(ATLAS)/figures.
+figures: demo
+	for part in natural repeated context circuits; do \
+		$(BIN)/workbench figures --run $(ATLAS)-$$part || exit 1; done
 
 # The Streamlit app on the demo runs, at http://127.0.0.1:8501 (this machine only).
 app: demo

@@ -5,6 +5,8 @@
 Benchmarks (each module also runs alone, ``python -m bench.<name> --help``):
 
 * ``probe_pass``: the probe pass against a plain Hugging Face forward on the same batches;
+* ``atlas``: the atlas's shared-forward battery (entropy, sinks, massive activations, head types,
+  position bias) in one pass against the plain forward, time and peak memory at 1 x 512 tokens;
 * ``memory``: peak memory of the probe pass, the plain forward and ``run_with_cache`` at 512, 2048
   and 8192 tokens (``run_with_cache`` skipped, with its estimated size, when it cannot fit);
 * ``patching``: activation patching resumed and batched against the one-head-per-forward loop and
@@ -29,7 +31,7 @@ import time
 import traceback
 from pathlib import Path
 
-BENCHMARKS = ("probe_pass", "memory", "patching", "sweep", "app_load")
+BENCHMARKS = ("probe_pass", "atlas", "memory", "patching", "sweep", "app_load")
 
 
 def machine() -> dict:

@@ -154,20 +154,52 @@ def head_scores(pattern: Float[Tensor, "batch head_index query_pos key_pos"],
     ``sum(A P)`` gathers the pattern's entries and ``sum(A)`` uses row sums, so no
     ``[batch, head, query, key]`` temporary is made; ``pattern`` is not modified.
     Source: TransformerLens ``head_detector.py`` (``compute_head_attention_similarity_score``).
+
+    Several detectors on one pattern: :func:`prepare_targets` once per batch and detector,
+    :func:`kept_attention` once per layer, then :func:`scores_from` (what this function does).
     """
-    n_batch, n_heads, seq, _ = pattern.shape
-    dev = pattern.device
+    opts = dict(exclude_bos=exclude_bos, exclude_current_token=exclude_current_token)
+    return scores_from(pattern, prepare_targets(detection, lengths, **opts),
+                       kept_attention(pattern, lengths, **opts), lengths)
+
+
+@dataclass(frozen=True)
+class Targets:
+    """A detection pattern ready for scoring: its kept entries (batch, query, key index tensors)
+    and their number per prompt (``[batch, 1]`` float)."""
+
+    b: Tensor
+    q: Tensor
+    k: Tensor
+    n_target: Tensor
+
+
+def prepare_targets(detection: Bool[Tensor, "batch query_pos key_pos"],
+                    lengths: Int[Tensor, " batch"], *, exclude_bos: bool = False,
+                    exclude_current_token: bool = False) -> Targets:
+    """The pattern's entries on real (query, key) pairs, less key 0 / the diagonal when
+    excluded (computed once per batch; every layer reuses them)."""
+    dev = detection.device
+    seq = detection.shape[-1]
     pos = torch.arange(seq, device=dev)
     is_real = pos[None, :] < lengths.to(dev)[:, None]  # [batch, pos]
-    real = is_real.float()
-    det = detection.to(dev) & is_real[:, :, None] & is_real[:, None, :]
+    det = detection & is_real[:, :, None] & is_real[:, None, :]
     if exclude_bos:
         det = det & (pos != 0)[None, None, :]
     if exclude_current_token:
         det = det & (pos[:, None] != pos[None, :])[None]
     b, q, k = det.nonzero(as_tuple=True)
-    overlap = torch.zeros(n_batch, n_heads, device=dev)
-    overlap.index_add_(0, b, pattern[b, :, q, k].float())  # [entries, head] summed per prompt
+    return Targets(b, q, k, det.sum((-1, -2)).float()[:, None])
+
+
+def kept_attention(pattern: Float[Tensor, "batch head_index query_pos key_pos"],
+                   lengths: Int[Tensor, " batch"], *, exclude_bos: bool = False,
+                   exclude_current_token: bool = False) -> Float[Tensor, "batch head_index"]:
+    """``sum(A)`` over each prompt's kept (query, key) pairs (the ``mul`` denominator), fp32:
+    row sums over real queries, less key 0 and the diagonal when excluded."""
+    dev = pattern.device
+    real = (torch.arange(pattern.shape[-1], device=dev)[None, :]
+            < lengths.to(dev)[:, None]).float()
     total = torch.einsum("bhq,bq->bh", pattern.sum(-1, dtype=torch.float32), real)
     if exclude_bos:
         total -= torch.einsum("bhq,bq->bh", pattern[..., 0].float(), real)
@@ -175,7 +207,19 @@ def head_scores(pattern: Float[Tensor, "batch head_index query_pos key_pos"],
         total -= torch.einsum("bhq,bq->bh", pattern.diagonal(dim1=-2, dim2=-1).float(), real)
     if exclude_bos and exclude_current_token:
         total += pattern[:, :, 0, 0].float()  # (0, 0) was subtracted twice
-    n_target = det.sum((-1, -2)).float()[:, None]
+    return total
+
+
+def scores_from(pattern: Float[Tensor, "batch head_index query_pos key_pos"], targets: Targets,
+                total: Float[Tensor, "batch head_index"], lengths: Int[Tensor, " batch"]
+                ) -> tuple[Float[Tensor, "batch head_index"], Float[Tensor, "batch head_index"]]:
+    """``(mul, abs)`` from prepared targets and the kept attention (see :func:`head_scores`)."""
+    n_batch, n_heads = pattern.shape[:2]
+    dev = pattern.device
+    b, q, k = (t.to(dev) for t in (targets.b, targets.q, targets.k))  # layers split over devices
+    overlap = torch.zeros(n_batch, n_heads, device=dev)
+    overlap.index_add_(0, b, pattern[b, :, q, k].float())
+    n_target = targets.n_target.to(dev)
     abs_ = 1 - (total + n_target - 2 * overlap) / lengths.to(dev)[:, None].float()
     return overlap / total, abs_
 
@@ -183,7 +227,7 @@ def head_scores(pattern: Float[Tensor, "batch head_index query_pos key_pos"],
 @dataclass
 class _State:
     batch: Any
-    patterns: list[Tensor]  # one [batch, query, key] bool per detector
+    targets: list[Targets]  # one per detector
     scores: dict[int, list[tuple[Tensor, Tensor]]] = field(default_factory=dict)
 
 
@@ -241,15 +285,17 @@ class HeadTypes(Probe):
 
     def start(self, batch: Any, model: Any) -> _State:
         segments = {s: batch.segment_mask(s) for d in self._detectors for s in d.segments}
-        patterns = [detection_pattern(d, batch.input_ids, batch.lengths, segments)
-                    for d in self._detectors]
-        return _State(batch, patterns)
+        opts = dict(exclude_bos=self.exclude_bos, exclude_current_token=self.exclude_current_token)
+        targets = [prepare_targets(detection_pattern(d, batch.input_ids, batch.lengths, segments),
+                                   batch.lengths, **opts) for d in self._detectors]
+        return _State(batch, targets)
 
     def observe(self, state: _State, layer: int, point: str, activation: Tensor) -> None:
         opts = dict(exclude_bos=self.exclude_bos, exclude_current_token=self.exclude_current_token)
-        state.scores[layer] = [
-            tuple(x.cpu() for x in head_scores(activation, p, state.batch.lengths, **opts))
-            for p in state.patterns]
+        lengths = state.batch.lengths
+        total = kept_attention(activation, lengths, **opts)  # shared by every detector
+        state.scores[layer] = [tuple(x.cpu() for x in scores_from(activation, t, total, lengths))
+                               for t in state.targets]
 
     def finish(self, state: _State) -> pa.Table | None:
         ids = state.batch.prompt_ids

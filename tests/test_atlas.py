@@ -239,3 +239,17 @@ def test_atlas_command_prints_findings_and_refuses_bad_input(inputs, tmp_path, c
     assert not (tmp_path / "x").exists() and not (tmp_path / "z").exists()
     code, _, err = cli(capsys, *base, "--out", str(out))
     assert code == 2 and "already exists" in err and "--resume" in err
+
+
+def test_compare_command_warns_and_prints_bands(inputs, tiny_atlas, tmp_path, capsys):
+    from tests.test_run import cli
+
+    spec = _two_layer_llama(tmp_path / "llama-2l")
+    other = build_atlas(_loader(spec), _options(inputs, tmp_path / "runs" / "atlas-2l",
+                                                skip=("circuits", "context")), model_spec=spec)
+    code, out, err = cli(capsys, "atlas", "compare", str(tiny_atlas.path), str(other.path))
+    assert code == 0, err
+    assert "head indices are not comparable" in err and "relative depth" in err
+    assert "sink" in out and "early" in out and "0-1" in out
+    code, _, err = cli(capsys, "atlas", "compare", str(tiny_atlas.path), str(tmp_path))
+    assert code == 2 and "holds no finished atlas" in err
