@@ -34,7 +34,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 
 from workbench.errors import InputError, WorkbenchError
-from workbench.figures.plot import Plot, sidecar_csv, sidecar_json
+from workbench.figures.plot import Plot, describe, sidecar_csv, sidecar_json
 from workbench.figures.style import PX_PER_IN, Width
 from workbench.figures.vector import vector_cells
 from workbench.store import atomic_write_bytes
@@ -233,9 +233,12 @@ def write_plot(plot: Plot, out_dir: Path, *, formats: tuple[str, ...] = FORMATS,
 
 def export_figures(plots: list[Plot], out_dir: Path, *, formats: tuple[str, ...] = FORMATS,
                    width: Width = "single", dpi: int = 300, extra: dict | None = None,
+                   skipped: list[dict] | None = None,
                    on_written: Callable[[Plot, list[Path]], None] | None = None) -> Path:
     """Write every plot (see :func:`write_plot`) in one browser session, then ``index.json``
-    listing each figure's name, kind, metric and files. Returns the index's path.
+    listing each figure's name, kind, table, metric, rows (``where``), one-line description and
+    files, and under ``skipped`` the figures not drawn with the reason (``RunSource.skipped``).
+    Returns the index's path.
 
     Raises:
         BrowserNotFound: before anything is written.
@@ -246,10 +249,13 @@ def export_figures(plots: list[Plot], out_dir: Path, *, formats: tuple[str, ...]
         for plot in plots:
             paths = write_plot(plot, out_dir, formats=formats, width=width, dpi=dpi, extra=extra)
             index.append({"name": plot.name, "kind": plot.kind, "table": plot.params.get("table"),
-                          "metric": plot.params.get("metric"), "files": [p.name for p in paths]})
+                          "metric": plot.params.get("metric"),
+                          "where": plot.params.get("where") or {},
+                          "description": describe(plot), "files": [p.name for p in paths]})
             if on_written:
                 on_written(plot, paths)
-    doc = {"width": width, "dpi": dpi, "formats": list(formats), "figures": index, **(extra or {})}
+    doc = {"width": width, "dpi": dpi, "formats": list(formats), "figures": index,
+           "skipped": list(skipped or []), **(extra or {})}
     path = out_dir / "index.json"
     atomic_write_bytes(path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
     return path
