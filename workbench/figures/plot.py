@@ -50,7 +50,8 @@ def safe_name(*parts: Any) -> str:
     """
     cleaned = [_UNSAFE.sub("-", str(p).replace(".", "-")).strip("-") for p in parts
                if p not in (None, "")]
-    stem = ".".join(c for c in cleaned if c)
+    cleaned = [c for i, c in enumerate(cleaned) if c and (i == 0 or c != cleaned[i - 1])]
+    stem = ".".join(cleaned)
     if len(stem) > MAX_NAME:
         digest = hashlib.sha256(stem.encode()).hexdigest()[:8]
         stem = f"{stem[:MAX_NAME - 9].rstrip('.-')}.{digest}"
@@ -74,11 +75,15 @@ def describe(plot: "Plot") -> str:
         where = {"head": f"L{p['layer']}H{p['head']}", **where}
     if where:
         parts.append(", ".join(f"{k}={v}" for k, v in where.items()))
+    if p.get("heads_chosen_by"):
+        parts.append(f"head chosen by: {p['heads_chosen_by']}")
+    if p.get("scale") in ("log", "no-key0"):
+        parts.append("log y axis" if p["scale"] == "log" else "key position 0 left out")
     return "; ".join(parts)
 
 
 KIND_TITLES = {
-    "heatmap": "layer x head heatmap", "by_depth": "mean and spread by layer",
+    "heatmap": "layer x head heatmap", "by_depth": "by layer (mean, spread where there is one)",
     "position_profile": "profile over key positions by layer",
     "pattern": "attention pattern (query_pos x key_pos)", "dose_response": "dose-response",
     "distribution": "histogram", "overlap": "task x task overlap", "circuit": "circuit graph",

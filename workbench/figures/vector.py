@@ -18,7 +18,7 @@ from plotly.colors import sample_colorscale, unlabel_rgb
 
 from workbench.figures.style import INK
 
-SEAM_PX = 0.25  # outline in the cell's own colour: no hairline seams between touching cells
+SEAM_PX = 0.6  # outline in the cell's own colour: no hairline seams between touching cells
 _NUMBER_FORMAT = re.compile(r"^%\{z(?::([^}]*))?\}$")
 
 
@@ -40,12 +40,21 @@ def _positions(values, n: int) -> tuple[np.ndarray, list | None]:
     return np.arange(len(values), dtype=float), [str(v) for v in values]
 
 
-def _text(template: str | None, z: float) -> str:
+def _text(template: str | None, z: float, text: str | None = None) -> str:
+    if template == "%{text}":
+        return text or ""
     match = _NUMBER_FORMAT.match(template or "")
     if not match:
         return ""
     spec = match.group(1) or ".3g"
     return format(z, spec)
+
+
+def _cell(text, row: int, col: int) -> str | None:
+    try:
+        return str(text[row][col])
+    except (TypeError, IndexError, KeyError):
+        return None
 
 
 def _ink_for(colour: str) -> str:
@@ -81,7 +90,8 @@ def _cells(trace: go.Heatmap) -> tuple[list[dict], go.Scatter | None, go.Scatter
     if trace.texttemplate and len(values):
         text = go.Scatter(x=xs[cols], y=ys[rows], mode="text", hoverinfo="skip",
                           xaxis=xref, yaxis=yref, showlegend=False,
-                          text=[_text(trace.texttemplate, v) for v in values],
+                          text=[_text(trace.texttemplate, v, _cell(trace.text, r, c))
+                                for v, r, c in zip(values, rows, cols)],
                           textfont={**(trace.textfont.to_plotly_json() if trace.textfont else {}),
                                     "color": [_ink_for(c) for c in colours]})
     bar = go.Scatter(x=[None], y=[None], mode="markers", hoverinfo="skip", showlegend=False,
