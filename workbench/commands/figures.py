@@ -92,7 +92,7 @@ def compose_cmd(
 
     start = time.perf_counter()
     parsed = load_spec(spec)
-    written = compose(parsed, out_path, headline=probe_headlines())
+    written = compose(parsed, out_path, spec_path=spec, headline=probe_headlines())
     out.print(f"[green]wrote[/] {len(parsed.panels)} panels to "
               f"{', '.join(escape(str(p)) for p in written)} in "
               f"{time.perf_counter() - start:.1f} s")
