@@ -48,8 +48,10 @@ def _by_depth(data: pd.DataFrame, params: dict) -> str | None:
     if (data["n"] <= 1).all() and "head" in params.get("spread_over", ()):
         return ("one value per layer (one head per layer at most): no spread across heads to "
                 "draw; see the heatmap")
-    band = pd.concat([data["mean"], data["lo"], data["hi"]])
-    return _constant_reason(band)
+    if all(is_constant(data[c]) for c in ("mean", "lo", "hi")):
+        return (f"the same mean and spread at every layer (mean {data['mean'].iloc[0]:.6g}, "
+                "within float noise)")
+    return None
 
 
 def _overlap(data: pd.DataFrame, params: dict) -> str | None:
