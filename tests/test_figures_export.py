@@ -110,9 +110,9 @@ def test_default_output_is_the_runs_figures_folder(browser, tmp_path, capsys):
                        "--width", "double", "--no-progress")
     assert code == 0, err
     written = sorted(p.name for p in (run.path / "figures").glob("*.png"))
-    assert written == ["probe_a.depth.attn.png", "probe_a.heatmap.attn.png",
-                       "probe_a.pattern.attn.p2.L3H1.png",
-                       "probe_a.profile.attn.png"]
+    assert written == ["probe_a.pattern.attn.p2.L3H1.png", "probe_a.profile.attn.png"]
+    index = json.loads((run.path / "figures" / "index.json").read_text())
+    assert [s["name"] for s in index["skipped"]] == ["probe_a.heatmap.attn", "probe_a.depth.attn"]
     pattern = run.path / "figures" / "probe_a.pattern.attn.p2.L3H1.png"
     assert abs(png_size(pattern.read_bytes())[0] - 687 * 50 / 96) < 1
 
