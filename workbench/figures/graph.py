@@ -82,7 +82,7 @@ def circuit_graph(graph: nx.DiGraph, *, value: str = "value", weight: str = "wei
     data = data.astype({"layer": "float64", "head": "float64", "value": "float64",
                         "x1": "float64", "y1": "float64"})
     for column in ("node", "label", "source", "target"):
-        data[column] = data[column].fillna("").astype(str)
+        data[column] = data[column].astype(object).fillna("").astype(str)
     params = {"label": label, "unit": unit, "value_attr": value, "weight_attr": weight,
               "n_heads": n_heads}
     return Plot("circuit", name or safe_name(table, "circuit"), data, params)
@@ -175,7 +175,7 @@ def weighted_graph(graph: nx.DiGraph, *, weight: str = "weight", label: str = "w
     data = pd.DataFrame(nodes + edges, columns=columns).astype({"x1": "float64",
                                                                 "value": "float64"})
     for column in ("node", "label", "source", "target"):
-        data[column] = data[column].fillna("").astype(str)
+        data[column] = data[column].astype(object).fillna("").astype(str)
     params = {"label": label, "unit": unit, "weight_attr": weight, "n_edges": len(edges)}
     return Plot("digraph", name or safe_name(table, "graph", label), data, params)
 
