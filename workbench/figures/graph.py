@@ -131,9 +131,10 @@ def _add_nodes(fig: go.Figure, nodes: pd.DataFrame, marker: dict) -> None:
     """Markers at (layer, head); only nodes that are not heads (embed, logits) carry a text label
     (a head's place on the axes names it, and labels of neighbouring heads would collide)."""
     heads = nodes["layer"].notna()
-    fig.add_trace(go.Scatter(x=nodes["x"], y=nodes["y"], mode="markers+text",
+    shown = {} if heads.all() else {"texttemplate": ["" if h else "%{text}" for h in heads]}
+    fig.add_trace(go.Scatter(x=nodes["x"], y=nodes["y"],
+                             mode="markers" if heads.all() else "markers+text", **shown,
                              text=[plot_text(label) for label in nodes["label"]],
-                             texttemplate=["" if h else "%{text}" for h in heads],
                              textposition="top center", textfont={"size": pt(TICK_PT - 1)},
                              marker={"size": 9, "line": {"width": 0.5, "color": INK}, **marker},
                              hovertemplate="%{text}<extra></extra>"))
