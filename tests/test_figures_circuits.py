@@ -3,11 +3,8 @@ compose` (one lettered PDF from chosen panels; spec errors in one line)."""
 
 from __future__ import annotations
 
-import json
-import re
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from tests.figure_fixture import make_run

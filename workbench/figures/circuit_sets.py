@@ -122,7 +122,8 @@ def overlap_plot(rows: pd.DataFrame, method: str, *, table: str | None = "overla
     mirrored = long.rename(columns={"task_a": "task_b", "task_b": "task_a"})
     tasks = list(dict.fromkeys(list(long["task_a"]) + list(long["task_b"])))
     plot = overlap_matrix(pd.concat([long, mirrored], ignore_index=True), metric="jaccard",
-                          label="Jaccard index", unit="shared / union of heads", order=tasks, zmax=1.0,
+                          label="Jaccard index", unit="shared / union of heads", order=tasks,
+                          zmax=1.0,
                           table=table, name=safe_name(table, "overlap", SHORT.get(method,
                                                                                   method)))
     plot.params.update(method=method, where={"method": method})

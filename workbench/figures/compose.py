@@ -13,9 +13,10 @@ The spec (YAML, checked with pydantic; unknown keys are errors)::
         span: 2                     # columns this panel takes (default 1)
 
 Every panel is drawn exactly as its own figure would be (at single-column width, or double when
-its cell is a full double column), rendered to SVG and placed on one page scaled to its cell, keeping its
-aspect ratio; each gets a bold letter a, b, c ... at its top left. The page is one plotly figure
-exported like any other, so the PDF is vector (cells, text and lines; fonts embedded).
+its cell is a full double column), rendered to SVG and placed on one page scaled to its cell,
+keeping its aspect ratio; each gets a bold letter a, b, c ... at its top left. The page is one
+plotly figure exported like any other, so the PDF is vector (cells, text and lines; fonts
+embedded).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class Panel(BaseModel):
     run: Path | None = None
     """Run directory whose figure set holds ``figure``."""
     figure: str | None = None
-    """Figure name as in the run's ``index.json`` (e.g. ``attention_sink.heatmap.sink_head_rate``)."""
+    """Figure name as in the run's ``index.json`` (``attention_sink.heatmap.sink_head_rate``)."""
     sidecar: Path | None = None
     """A figure's ``<name>.json`` sidecar (any figure, e.g. one made by another command)."""
     span: int = Field(1, ge=1, le=4)
