@@ -3,7 +3,6 @@ compose` (one lettered PDF from chosen panels; spec errors in one line)."""
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 
