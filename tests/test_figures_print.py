@@ -236,3 +236,35 @@ def test_position_profile_without_key0_or_on_a_log_scale():
     assert position_profile(records, "sink", scale="log").figure().layout.yaxis.type == "log"
     with pytest.raises(ValueError, match="profile scale 'cubic'"):
         position_profile(records, "sink", scale="cubic")
+
+
+def test_large_grids_share_one_path_per_colour():
+    """Above MAX_CELL_SHAPES cells, each 8-bit colour is one path of its cells' rectangles: every
+    cell is still there, in its colour."""
+    from plotly.colors import unlabel_rgb
+
+    from workbench.figures.vector import MAX_CELL_SHAPES
+
+    n = 64
+    q, k = np.tril_indices(n)
+    records = pd.DataFrame({"metric": "pattern", "prompt_id": "p", "layer": 0, "head": 0,
+                            "query_pos": q, "key_pos": k, "segment": None, "condition": None,
+                            "value": np.random.default_rng(0).random(len(q))})
+    tokens = pd.DataFrame({"prompt_id": "p", "pos": np.arange(n),
+                           "token": [f"t{i}" for i in range(n)]})
+    fig = attention_pattern(records, tokens, "pattern", "p", 0, 0).figure()
+    assert len(q) > MAX_CELL_SHAPES
+    shapes = vector_cells(fig).layout.shapes
+    assert all(s.type == "path" for s in shapes) and len(shapes) < len(q)
+    cells = {}
+    for s in shapes:
+        for x0, y0, x1, y1 in re.findall(r"M([-\d.e]+),([-\d.e]+)H([-\d.e]+)V([-\d.e]+)H", s.path):
+            cells[(round((float(x0) + float(x1)) / 2), round((float(y0) + float(y1)) / 2))] = \
+                s.fillcolor
+    assert len(cells) == len(q)
+    trace = fig.data[0]
+    scale = [[float(a), c] for a, c in trace.colorscale]
+    for qp, kp, v in zip(q[::97], k[::97], records["value"].to_numpy()[::97]):
+        want = sample_colorscale(scale, [(v - trace.zmin) / (trace.zmax - trace.zmin)])[0]
+        rgb = "rgb({}, {}, {})".format(*(round(float(c)) for c in unlabel_rgb(want)[:3]))
+        assert cells[(kp, qp)] == rgb

@@ -3,8 +3,9 @@
 Plotly.js draws a ``Heatmap`` trace as one bitmap (an ``<image>`` in SVG, an image XObject in PDF),
 which blurs or pixelates when a figure is scaled in print. :func:`vector_cells` redraws each heatmap
 of a figure as layout shapes (one ``rect`` per finite cell, filled with the colour the heatmap would
-give it), plus an invisible marker trace carrying the same colour bar and a text trace for cell
-labels (``texttemplate``). The screen figure (the app) keeps its heatmap trace, which hovers and
+give it; above :data:`MAX_CELL_SHAPES` cells, one ``path`` per 8-bit colour holding the rectangles
+of its cells, which plotly.js lays out much faster), plus an invisible marker trace carrying the
+same colour bar and a text trace for cell labels (``texttemplate``). The screen figure (the app) keeps its heatmap trace, which hovers and
 selects; :func:`workbench.figures.export.render` applies this to every exported figure.
 """
 
@@ -19,6 +20,7 @@ from plotly.colors import sample_colorscale, unlabel_rgb
 from workbench.figures.style import INK
 
 SEAM_PX = 0.6  # outline in the cell's own colour: no hairline seams between touching cells
+MAX_CELL_SHAPES = 1500  # above this, cells of one 8-bit colour share one path shape (speed)
 _NUMBER_FORMAT = re.compile(r"^%\{z(?::([^}]*))?\}$")
 
 
@@ -62,6 +64,19 @@ def _ink_for(colour: str) -> str:
     return "white" if 0.299 * r + 0.587 * g + 0.114 * b < 140 else INK
 
 
+def _grouped(rows, cols, colours, x_edges, y_edges, xref: str, yref: str) -> list[dict]:
+    """One ``path`` shape per 8-bit colour, each a union of its cells' rectangles (a large grid:
+    plotly.js lays out thousands of shapes slowly; 8-bit colour is all a PNG or screen shows)."""
+    groups: dict[str, list[str]] = {}
+    for r, c, colour in zip(rows, cols, colours):
+        rgb = "rgb({}, {}, {})".format(*(round(float(v)) for v in unlabel_rgb(colour)[:3]))
+        x0, x1, y0, y1 = x_edges[c], x_edges[c + 1], y_edges[r], y_edges[r + 1]
+        groups.setdefault(rgb, []).append(f"M{x0:.6g},{y0:.6g}H{x1:.6g}V{y1:.6g}H{x0:.6g}Z")
+    return [{"type": "path", "xref": xref, "yref": yref, "layer": "below", "path": "".join(parts),
+             "fillcolor": rgb, "line": {"width": SEAM_PX, "color": rgb}}
+            for rgb, parts in sorted(groups.items())]
+
+
 def _axis_name(ref: str, axis: str) -> str:
     return f"{axis}axis{ref[1:]}"
 
@@ -81,11 +96,14 @@ def _cells(trace: go.Heatmap) -> tuple[list[dict], go.Scatter | None, go.Scatter
     scale = [[float(at), colour] for at, colour in trace.colorscale]
     colours = sample_colorscale(scale, where.tolist()) if len(values) else []
     xref, yref = trace.xaxis or "x", trace.yaxis or "y"
-    shapes = [{"type": "rect", "xref": xref, "yref": yref, "layer": "below",
-               "x0": float(x_edges[c]), "x1": float(x_edges[c + 1]),
-               "y0": float(y_edges[r]), "y1": float(y_edges[r + 1]), "fillcolor": colour,
-               "line": {"width": SEAM_PX, "color": colour}}
-              for r, c, colour in zip(rows, cols, colours)]
+    if len(values) <= MAX_CELL_SHAPES:
+        shapes = [{"type": "rect", "xref": xref, "yref": yref, "layer": "below",
+                   "x0": float(x_edges[c]), "x1": float(x_edges[c + 1]),
+                   "y0": float(y_edges[r]), "y1": float(y_edges[r + 1]), "fillcolor": colour,
+                   "line": {"width": SEAM_PX, "color": colour}}
+                  for r, c, colour in zip(rows, cols, colours)]
+    else:
+        shapes = _grouped(rows, cols, colours, x_edges, y_edges, xref, yref)
     text = None
     if trace.texttemplate and len(values):
         text = go.Scatter(x=xs[cols], y=ys[rows], mode="text", hoverinfo="skip",
