@@ -5,8 +5,9 @@ which blurs or pixelates when a figure is scaled in print. :func:`vector_cells` 
 of a figure as layout shapes (one ``rect`` per finite cell, filled with the colour the heatmap would
 give it; above :data:`MAX_CELL_SHAPES` cells, one ``path`` per 8-bit colour holding the rectangles
 of its cells, which plotly.js lays out much faster), plus an invisible marker trace carrying the
-same colour bar and a text trace for cell labels (``texttemplate``). The screen figure (the app) keeps its heatmap trace, which hovers and
-selects; :func:`workbench.figures.export.render` applies this to every exported figure.
+same colour bar and a text trace for cell labels (``texttemplate``). The screen figure (the app)
+keeps its heatmap trace, which hovers and selects; :func:`workbench.figures.export.render`
+applies this to every exported figure.
 """
 
 from __future__ import annotations
