@@ -84,6 +84,9 @@ def test_colour_scale_choice():
     assert colour_scale(np.array([0.326087, 0.326087 + 1e-16])) == {
         "colorscale": SEQUENTIAL, "zmin": pytest.approx(0.326087 / 2),
         "zmax": pytest.approx(0.326087 * 1.5)}
+    # float32 noise in per-head means of causal patterns (issue 15): one colour, not a pattern
+    noise = colour_scale(np.array([0.0408163260, 0.0408163272]))
+    assert noise["zmax"] - noise["zmin"] == pytest.approx(0.0408163266, rel=1e-6)
     assert colour_scale(np.array([0.2, 0.5]), "diverging")["zmid"] == 0.0
     assert colour_scale(np.array([2.0, 2.0])) == {"colorscale": SEQUENTIAL, "zmin": 1.0,
                                                   "zmax": 3.0}

@@ -15,6 +15,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.colors import sample_colorscale
 
+from workbench.figures.checks import NOISE_REL
+
 Width = Literal["single", "double"]
 PX_PER_IN = 96
 PX_PER_PT = PX_PER_IN / 72
@@ -134,6 +136,8 @@ def colour_scale(values: np.ndarray, scale: str = "auto", *, from_zero: bool = F
     ``scale="auto"`` picks the diverging palette, centred on zero with a symmetric range, when the
     values have both signs, else the sequential palette; ``"sequential"`` / ``"diverging"`` force
     one; ``from_zero`` starts a sequential range at 0 (fractions such as attention weights).
+    Values constant up to float noise (``checks.NOISE_REL``) get one colour (a range padded by
+    half the value), never a colour bar magnifying rounding error.
     Returns ``colorscale``, ``zmid`` (diverging only), ``zmin`` and ``zmax`` (NaN ignored).
     """
     finite = np.asarray(values, dtype=float)
@@ -147,7 +151,7 @@ def colour_scale(values: np.ndarray, scale: str = "auto", *, from_zero: bool = F
         return {"colorscale": DIVERGING, "zmid": 0.0, "zmin": -bound, "zmax": bound}
     if scale != "sequential":
         raise ValueError(f"scale {scale!r} is not one of auto, sequential, diverging")
-    if hi - lo <= 1e-9 * max(abs(lo), abs(hi), 1e-300):  # constant up to rounding: one colour
+    if hi - lo <= NOISE_REL * max(abs(lo), abs(hi), 1e-300):  # constant up to float noise
         pad = abs(lo) / 2 or 0.5
         lo, hi = lo - pad, hi + pad
     return {"colorscale": SEQUENTIAL, "zmin": lo, "zmax": hi}
