@@ -150,6 +150,9 @@ def test_attention_pattern_over_tokens(records, rows, tokens):
     # every position labelled pos:token (repeated tokens stay apart)
     assert list(fig.layout.xaxis.ticktext) == ["0:A", "1:b", "2:\u21b5", "3:\u2423", "4:c", "5:d"]
     assert list(fig.layout.yaxis.ticktext) == list(fig.layout.xaxis.ticktext)
+    # hover names both positions and tokens (repeated tokens are ambiguous without positions)
+    assert list(trace.customdata[4][1]) == ["4:c", "1:b"]
+    assert "query %{customdata[0]}, key %{customdata[1]}" in trace.hovertemplate
     assert fig.layout.yaxis.autorange == "reversed" and trace.zmin == 0
     assert fig.layout.xaxis.title.text == "key (position:token)"
     assert plot.name == "probe_a.pattern.attn.p1.L2H1"

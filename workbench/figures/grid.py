@@ -167,11 +167,16 @@ def draw_pattern(data: pd.DataFrame, params: dict, width: Width) -> go.Figure:
     rows, cols = data["query_pos"].to_numpy() - queries[0], data["key_pos"].to_numpy() - keys[0]
     z[rows, cols] = data["value"].to_numpy()
     label = plot_text(params["label"])
+    names = {side: dict(zip(data[f"{side}_pos"], data[f"{side}_token"]))
+             for side in ("query", "key")}
+    hover = [[[plot_text(f"{q}:{names['query'].get(q, '')}"),
+               plot_text(f"{k}:{names['key'].get(k, '')}")] for k in keys] for q in queries]
     fig.add_trace(go.Heatmap(
-        x=keys, y=queries, z=z,
+        x=keys, y=queries, z=z, customdata=hover,
         colorbar=colorbar(colorbar_title(params["label"], params["unit"],
                                          room_px=bar_room(fig) - x_extent)),
-        hovertemplate=f"query %{{y}}, key %{{x}}<br>{label}: %{{z:.4g}}<extra></extra>",
+        hovertemplate=(f"query %{{customdata[0]}}, key %{{customdata[1]}}<br>{label}: "
+                       "%{z:.4g}<extra></extra>"),
         **colour_scale(data["value"].to_numpy(), params["scale"], from_zero=True)))
     fig.update_xaxes(title_text="key (position:token)", tickangle=-90, showline=False, **x_axis)
     fig.update_yaxes(title_text="query (position:token)", autorange="reversed", showline=False,
