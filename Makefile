@@ -21,21 +21,26 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)
 
-# Figure export (plotly + kaleido) drives a headless Chromium. Install Debian's `chromium` when
-# $(CHROMIUM) is missing and $$WORKBENCH_BROWSER names no other browser: as root, or with
-# passwordless sudo; otherwise print what to install (export then fails with the same advice).
+# Figure export (plotly + kaleido) drives a headless Chromium, and the figure tests render the PDFs
+# with poppler's pdftoppm. Install Debian's `chromium` when $(CHROMIUM) is missing and
+# $$WORKBENCH_BROWSER names no other browser, and `poppler-utils` when pdftoppm is missing: as
+# root, or with passwordless sudo; otherwise print what to install (export then fails with the
+# same advice; the PDF tests skip, naming the package).
 browser:
-	@if [ -x "$(CHROMIUM)" ] || [ -x "$$WORKBENCH_BROWSER" ]; then :; \
+	@pkgs=""; \
+	if [ ! -x "$(CHROMIUM)" ] && [ ! -x "$$WORKBENCH_BROWSER" ]; then pkgs="chromium"; fi; \
+	if ! command -v pdftoppm >/dev/null 2>&1; then pkgs="$$pkgs poppler-utils"; fi; \
+	if [ -z "$$pkgs" ]; then :; \
 	elif ! command -v apt-get >/dev/null 2>&1; then \
-		echo "figure export needs Chromium: install it (e.g. your distribution's chromium package)" \
-		     "or set WORKBENCH_BROWSER=/path/to/chromium"; \
+		echo "figure export needs Chromium and its tests poppler's pdftoppm: install$$pkgs" \
+		     "(your distribution's packages), or set WORKBENCH_BROWSER=/path/to/chromium"; \
 	elif [ "$$(id -u)" = 0 ]; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$pkgs; \
 	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
-		sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+		sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$pkgs; \
 	else \
-		echo "figure export needs Chromium: run 'sudo apt-get install -y chromium'" \
-		     "(or set WORKBENCH_BROWSER=/path/to/chromium)"; \
+		echo "figure export needs Chromium and its tests poppler's pdftoppm: run" \
+		     "'sudo apt-get install -y$$pkgs' (or set WORKBENCH_BROWSER=/path/to/chromium)"; \
 	fi
 
 # The main job: the head atlas of SmolLM2-135M (the probe battery and the IOI and induction circuits,

@@ -145,7 +145,8 @@ class Faithfulness:
     ``model``: the full model on the clean prompts; ``circuit``: every head outside the circuit
     mean-ablated; ``empty``: every head mean-ablated. ``faithfulness = circuit / model`` (Wang et
     al.'s F(C)/F(M)); ``normalised = (circuit - empty) / (model - empty)``; ``random`` the mean
-    faithfulness of random circuits of the same size (NaN when none were drawn).
+    faithfulness of random circuits of the same size (NaN when none were drawn), ``random_draws``
+    each random circuit's faithfulness (the spread the figures draw as the random-circuit band).
     """
 
     model: float
@@ -153,6 +154,7 @@ class Faithfulness:
     empty: float
     circuit_accuracy: float
     random: float = float("nan")
+    random_draws: tuple[float, ...] = ()
 
     @property
     def faithfulness(self) -> float:
@@ -180,7 +182,8 @@ def faithfulness(model, task: Task, circuit: Iterable[Head], *, means: AblationM
                for _ in range(n_random)]
     random = float(np.mean(randoms) / full.mean()) if randoms else float("nan")
     return Faithfulness(float(full.mean()), float(kept.mean()), float(empty.mean()),
-                        float((kept > 0).mean()), random)
+                        float((kept > 0).mean()), random,
+                        tuple(float(r / full.mean()) for r in randoms))
 
 
 def circuit_graph(heads: Iterable[Head], scores: np.ndarray | None = None,

@@ -12,7 +12,8 @@ units in ``run.json``):
   (path patching) with ``layer``/``head`` = the sender and ``condition`` = ``receiver=L.H`` or
   ``receiver=logits``; ``size`` (heads in the circuit; layer and head null).
 * ``faithfulness``: ``logit_diff`` with ``condition`` ``model`` / ``circuit`` / ``empty``;
-  ``faithfulness``, ``faithfulness_normalised``, ``faithfulness_random``, ``circuit_accuracy``.
+  ``faithfulness``, ``faithfulness_normalised``, ``faithfulness_random``, ``circuit_accuracy``;
+  ``faithfulness_random_draw`` per random circuit (``condition`` ``draw=i``).
 * ``overlap``: one set of rows per pair of tasks, ``segment`` = ``"taskA|taskB"`` (order of
   ``--task``): ``jaccard``, ``overlap_coefficient``, ``shared_over_first``, ``shared_over_second``,
   ``n_shared``, ``size_first``, ``size_second``, ``expected_shared``, ``p_value``,
@@ -62,6 +63,7 @@ UNITS = {
     "size": "heads", "faithfulness": "fraction of the full model's LD (circuit / model)",
     "faithfulness_normalised": "(circuit - empty) / (model - empty)",
     "faithfulness_random": "mean faithfulness of random circuits of equal size",
+    "faithfulness_random_draw": "faithfulness of one random circuit of equal size",
     "circuit_accuracy": "fraction of prompts", "jaccard": "fraction",
     "overlap_coefficient": "fraction", "shared_over_first": "fraction",
     "shared_over_second": "fraction", "n_shared": "heads", "size_first": "heads",
@@ -256,6 +258,10 @@ def _faith_rows(faith: Faithfulness, task: str) -> pa.Table:
     parts += [records(metric, value, segment=task) for metric, value in (
         ("faithfulness", faith.faithfulness), ("faithfulness_normalised", faith.normalised),
         ("faithfulness_random", faith.random), ("circuit_accuracy", faith.circuit_accuracy))]
+    if faith.random_draws:  # one row per random circuit (condition draw=i): the baseline's spread
+        parts.append(records("faithfulness_random_draw", list(faith.random_draws), segment=task,
+                             condition=np.array([f"draw={i}" for i in
+                                                 range(len(faith.random_draws))])))
     return concat(parts)
 
 

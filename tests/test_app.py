@@ -156,14 +156,14 @@ def test_heads_page(open_app, runs):
     assert extreme.loc["p0", "text"] == SCRIPT_TEXT
     # attention pattern over tokens, and the prompt text shown literally
     figure = next(c for c in charts(at) if c["layout"]["yaxis"]["title"]["text"] ==
-                  "query token")
+                  "query (position:token)")
     pattern = figure["data"][0]
     stored = raw(runs, "probe_a").query("metric == 'attn' and layer == 2 and head == 1 and "
                                         "prompt_id == 'p0'")
     z = np.array(pattern["z"], dtype=float)
     for row in stored.itertuples():
         assert z[row.query_pos, row.key_pos] == pytest.approx(row.value, abs=1e-12)
-    assert figure["layout"]["xaxis"]["ticktext"][1] == "&lt;script&gt;"  # drawn literally
+    assert figure["layout"]["xaxis"]["ticktext"][1] == "1:&lt;script&gt;"  # drawn literally
     assert SCRIPT_TEXT in texts(at, "code")
     # every metric of this head
     summary = at.dataframe[1].value
@@ -300,7 +300,7 @@ def test_strings_from_runs_are_never_markup(open_app):
     at = open_app("views/heads.py", run="fixture")
     assert SCRIPT_TEXT in texts(at, "code")
     tokens = [t for c in charts(at) for t in c["layout"]["xaxis"].get("ticktext", [])]
-    assert "&lt;script&gt;" in tokens and SCRIPT_TOKEN not in tokens
+    assert "1:&lt;script&gt;" in tokens and SCRIPT_TOKEN not in tokens
 
 
 def test_browsing_pages_do_not_import_torch(runs):

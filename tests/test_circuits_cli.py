@@ -74,7 +74,11 @@ def test_circuits_run_writes_every_table(capsys, two_tasks, tmp_path):
                                          grid["activation_patching"]))
     faith = frames["faithfulness"]
     assert set(faith.metric) == {"logit_diff", "faithfulness", "faithfulness_normalised",
-                                 "faithfulness_random", "circuit_accuracy"}
+                                 "faithfulness_random", "circuit_accuracy",
+                                 "faithfulness_random_draw"}
+    draws = faith[faith.metric == "faithfulness_random_draw"]  # --n-random 1: one per task/method
+    mean = faith[faith.metric == "faithfulness_random"]
+    assert (draws.condition == "draw=0").all() and len(draws) == len(mean)
     assert "overlap: shared, Jaccard" in out and "alpha|beta" in out
 
 

@@ -68,6 +68,8 @@ def test_faithfulness_bounds_and_a_hand_made_ablation(tiny_llama, task_path):
     empty = faithfulness(tiny_llama, task, [], means=means, n_random=2)
     assert empty.circuit == pytest.approx(empty.empty) and empty.normalised == pytest.approx(0.0)
     assert empty.random == pytest.approx(empty.faithfulness)  # random circuits of size 0
+    assert len(empty.random_draws) == 2 and np.mean(empty.random_draws) == pytest.approx(
+        empty.random)
     circuit = [(0, 1), (2, 3), (3, 0)]
     got = circuit_logit_diff(tiny_llama, task, circuit, means)
     hf, d_head = hf_twin(tiny_llama), tiny_llama.info.d_head

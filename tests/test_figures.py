@@ -17,6 +17,7 @@ from tests.conftest import ROOT
 from tests.figure_fixture import ALPHAS, N_HEADS, N_LAYERS, PROMPTS, fixture_table, make_run
 from workbench.figures import (FIGURE_SETS, DRAWERS, FigureOptions, Plot, RunSource,
                                attention_pattern, by_depth, circuit_graph, distribution,
+                               faithfulness_bars,
                                dose_response, head_heatmap, heatmap_of_means, load_plot,
                                overlap_matrix, position_profile, register_figure_set, run_figures,
                                weighted_graph)
@@ -56,7 +57,7 @@ def test_head_heatmap_values_hover_and_diverging_scale(records, rows):
                         table="probe_a")
     fig = plot.figure("single")
     [trace] = fig.data
-    assert trace.type == "heatmap" and plot.name == "probe_a__heatmap__score"
+    assert trace.type == "heatmap" and plot.name == "probe_a.heatmap.score"
     assert fig.layout.xaxis.title.text == "layer" and fig.layout.yaxis.title.text == "head"
     assert trace.colorbar.title.text == "score<br>(logit)"
     expected = means(rows, "score", lambda r: (r["layer"], r["head"]))
@@ -83,11 +84,14 @@ def test_colour_scale_choice():
     assert colour_scale(np.array([0.326087, 0.326087 + 1e-16])) == {
         "colorscale": SEQUENTIAL, "zmin": pytest.approx(0.326087 / 2),
         "zmax": pytest.approx(0.326087 * 1.5)}
+    # float32 noise in per-head means of causal patterns (issue 15): one colour, not a pattern
+    noise = colour_scale(np.array([0.0408163260, 0.0408163272]))
+    assert noise["zmax"] - noise["zmin"] == pytest.approx(0.0408163266, rel=1e-6)
     assert colour_scale(np.array([0.2, 0.5]), "diverging")["zmid"] == 0.0
     assert colour_scale(np.array([2.0, 2.0])) == {"colorscale": SEQUENTIAL, "zmin": 1.0,
                                                   "zmax": 3.0}
     assert axis_title("entropy", "nats") == "entropy (nats)" and axis_title("layer") == "layer"
-    assert axis_title("normalised entropy", "fraction of ln(visible keys)", room_px=120) == \
+    assert axis_title("normalised entropy", "fraction of ln(visible keys)", room_px=200) == \
         "normalised entropy<br>(fraction of ln(visible keys))"
 
 
@@ -143,10 +147,15 @@ def test_attention_pattern_over_tokens(records, rows, tokens):
             expected[r["query_pos"], r["key_pos"]] = r["value"]
     np.testing.assert_array_equal(np.array(trace.z, dtype=float), expected)
     assert np.allclose(np.nansum(expected, axis=1), 1.0)
-    assert list(fig.layout.xaxis.ticktext) == ["A", "b", "\u21b5", "\u2423", "c", "d"]
+    # every position labelled pos:token (repeated tokens stay apart)
+    assert list(fig.layout.xaxis.ticktext) == ["0:A", "1:b", "2:\u21b5", "3:\u2423", "4:c", "5:d"]
+    assert list(fig.layout.yaxis.ticktext) == list(fig.layout.xaxis.ticktext)
+    # hover names both positions and tokens (repeated tokens are ambiguous without positions)
+    assert list(trace.customdata[4][1]) == ["4:c", "1:b"]
+    assert "query %{customdata[0]}, key %{customdata[1]}" in trace.hovertemplate
     assert fig.layout.yaxis.autorange == "reversed" and trace.zmin == 0
-    assert fig.layout.xaxis.title.text == "key token"
-    assert plot.name == "probe_a__pattern__attn__p1__L2H1"
+    assert fig.layout.xaxis.title.text == "key (position:token)"
+    assert plot.name == "probe_a.pattern.attn.p1.L2H1"
     assert token_label(" cat") == "cat"
     with pytest.raises(ValueError, match="no records of metric 'attn'"):
         attention_pattern(records, tokens, "attn", "nope", 0, 0)
@@ -246,7 +255,8 @@ def test_strings_from_runs_are_drawn_literally(records):
     assert trace.colorbar.title.text == ('&lt;a href="http://x"&gt;y&lt;/a&gt;&amp;&lt;br&gt;'
                                          "<br>(&lt;b&gt;u&lt;/b&gt;)")
     fig = by_depth(records, "score", label=label).figure()
-    assert fig.layout.yaxis.title.text.startswith("&lt;a href")
+    assert fig.layout.yaxis.title.text.startswith("&lt;a")
+    assert "<a" not in fig.layout.yaxis.title.text.replace("<br>", "")
     fig = overlap_matrix(pd.DataFrame({"task_a": ["<i>t</i>"], "task_b": ["<i>t</i>"],
                                        "value": [1.0]})).figure()
     assert list(fig.data[0].x) == ["&lt;i&gt;t&lt;/i&gt;"]
@@ -296,7 +306,23 @@ def fixture_plots(tmp_path) -> list[Plot]:
     plots.append(overlap_matrix(pd.DataFrame({"task_a": ["a", "a", "b"], "task_b": ["a", "b", "b"],
                                               "value": [1.0, 0.1 / 3, 1.0]})))
     plots.append(weighted_graph(token_graph()))
+    plots.append(faithfulness_bars(faithfulness_rows()))
     return plots
+
+
+def faithfulness_rows() -> pd.DataFrame:
+    """A faithfulness table of two tasks, one method, 3 random circuits each."""
+    rows = []
+    for task, faith, draws in (("ioi", 0.8, [0.1, 0.3, 0.2]), ("induction", 0.5, [0.0, 0.05,
+                                                                                  -0.05])):
+        rows.append({"probe": "path_patching", "metric": "faithfulness", "segment": task,
+                     "condition": None, "value": faith})
+        rows.append({"probe": "path_patching", "metric": "faithfulness_random", "segment": task,
+                     "condition": None, "value": float(np.mean(draws))})
+        rows += [{"probe": "path_patching", "metric": "faithfulness_random_draw",
+                  "segment": task, "condition": f"draw={i}", "value": v}
+                 for i, v in enumerate(draws)]
+    return pd.DataFrame(rows)
 
 
 def test_sidecars_hold_exactly_what_is_drawn(tmp_path):
@@ -319,17 +345,22 @@ def test_generic_figure_set_follows_the_data_shapes(tmp_path):
     source = RunSource(make_run(tmp_path / "runs"))
     names = [p.name for p in run_figures(source)]
     assert names == [
-        "probe_a__heatmap__attn", "probe_a__by_depth__attn", "probe_a__position_profile__attn",
-        "probe_a__pattern__attn__p0__L0H0", "probe_a__pattern__attn__p0__L0H1",
-        "probe_a__pattern__attn__p0__L0H2", "probe_a__pattern__attn__p0__L1H0",
-        "probe_a__heatmap__effect__condition=clean", "probe_a__by_depth__effect__condition=clean",
-        "probe_a__dose_response__effect", "probe_a__by_depth__layer_norm",
-        "probe_a__heatmap__score", "probe_a__by_depth__score",
-        "probe_a__heatmap__seg_mass__segment=IO", "probe_a__by_depth__seg_mass__segment=IO",
-        "probe_a__heatmap__seg_mass__segment=S1", "probe_a__by_depth__seg_mass__segment=S1",
-        "probe_a__heatmap__sink", "probe_a__by_depth__sink", "probe_a__position_profile__sink"]
+        "probe_a.profile.attn", "probe_a.pattern.attn.p0.L0H0", "probe_a.pattern.attn.p0.L0H1",
+        "probe_a.pattern.attn.p0.L0H2", "probe_a.pattern.attn.p0.L1H0",
+        "probe_a.heatmap.effect.clean", "probe_a.depth.effect.clean",
+        "probe_a.dose.effect", "probe_a.depth.layer_norm",
+        "probe_a.heatmap.score", "probe_a.depth.score",
+        "probe_a.heatmap.seg_mass.IO", "probe_a.depth.seg_mass.IO",
+        "probe_a.heatmap.seg_mass.S1", "probe_a.depth.seg_mass.S1",
+        "probe_a.profile.sink"]
+    # causal patterns (rows sum to 1) have the same per-head mean 1 / (mean row length) for every
+    # head: those heatmaps and by-depth lines would draw float noise, so they are skipped
+    assert {(s["name"], s["reason"].split(" (")[0]) for s in source.skipped} == {
+        ("probe_a.heatmap.attn", "constant values"), ("probe_a.heatmap.sink", "constant values"),
+        ("probe_a.depth.attn", "the same mean and spread at every layer"),
+        ("probe_a.depth.sink", "the same mean and spread at every layer")}
     chosen = run_figures(RunSource(source.run), FigureOptions(prompts=("p2",), heads=((3, 1),)))
-    assert [p.name for p in chosen if p.kind == "pattern"] == ["probe_a__pattern__attn__p2__L3H1"]
+    assert [p.name for p in chosen if p.kind == "pattern"] == ["probe_a.pattern.attn.p2.L3H1"]
     assert not source.notes
 
 
@@ -343,10 +374,10 @@ def test_each_variant_gets_the_figures_its_own_rows_allow(tmp_path):
     run.write_table("probe_b", conform(mix, run_id="fixture", probe="probe_b"))
     source = RunSource(run)
     plots = run_figures(source, FigureOptions(tables=("probe_b",), prompts=("p0",)))
-    assert [p.name for p in plots] == ["probe_b__heatmap__mix__segment=A",
-                                       "probe_b__by_depth__mix__segment=A",
-                                       "probe_b__by_depth__mix__segment=B"]
-    assert plots[2].data["mean"].tolist() == [3.0, 4.0]
+    assert [p.name for p in plots] == ["probe_b.heatmap.mix.A", "probe_b.depth.mix.B"]
+    assert plots[1].data["mean"].tolist() == [3.0, 4.0]
+    assert [(s["name"], s["reason"]) for s in source.skipped] == [
+        ("probe_b.depth.mix.A", "one layer only: nothing to compare across depth")]
     assert plots[0].params["table"] == "probe_b"
     # patterns were asked for (--prompt) and the table has none: say so
     assert source.notes == ["probe_b: no attention-pattern records (no metric has query_pos and "
@@ -362,7 +393,7 @@ def test_registered_set_replaces_generic_figures_for_its_metrics(tmp_path):
     register_figure_set("probe_a", covers=("score", "attn", "sink", "effect", "seg_mass"),
                         patterns=True)(only_score)
     try:
-        assert [p.name for p in run_figures(source)] == ["custom", "probe_a__by_depth__layer_norm"]
+        assert [p.name for p in run_figures(source)] == ["custom", "probe_a.depth.layer_norm"]
         assert source.notes == ["probe_a: no attention-pattern records (no metric has query_pos "
                                 "and key_pos for a head), so no pattern figures"]
         with pytest.raises(ValueError, match="already has a figure set"):
@@ -386,16 +417,16 @@ def test_entropy_set_matches_the_probes_own_means(tmp_path, small_prompts):
     metrics = ("entropy_norm", "entropy", "segment_entropy_norm", "segment_entropy",
                "segment_mass")
     assert list(plots) == [
-        f"attention_entropy__{kind}__{metric}{'__heads' if kind == 'distribution' else ''}"
-        for metric in metrics for kind in ("heatmap", "by_depth", "distribution")]
+        f"attention_entropy.{kind}.{metric}{'.heads' if kind == 'hist' else ''}"
+        for metric in metrics for kind in ("heatmap", "depth", "hist")]
     for metric in metrics:
         stored = run.read_table("attention_entropy", filters=[("metric", "=", f"mean_{metric}")])
         stored = stored.to_pandas().set_index(["layer", "head"])["value"].sort_index()
-        heat = plots[f"attention_entropy__heatmap__{metric}"]
+        heat = plots[f"attention_entropy.heatmap.{metric}"]
         got = heat.data.set_index(["layer", "head"])["value"].sort_index()
         assert len(got) == 16 and np.allclose(got, stored, atol=1e-12), metric
         assert (heat.data["n_prompts"] == 3).all()
-    fig = plots["attention_entropy__heatmap__entropy_norm"].figure()
+    fig = plots["attention_entropy.heatmap.entropy_norm"].figure()
     assert fig.data[0].colorbar.title.text == \
         "normalised entropy<br>(fraction of ln(visible keys))"
     assert source.notes == ["attention_entropy: no attention-pattern records (no metric has "

@@ -87,10 +87,10 @@ def test_figures_command_writes_every_figure_with_sidecars(browser, tmp_path, ca
     assert code == 0, err
     index = json.loads((out / "index.json").read_text())
     names = [f["name"] for f in index["figures"]]
-    assert names == ["probe_a__heatmap__effect__condition=clean",
-                     "probe_a__by_depth__effect__condition=clean",
-                     "probe_a__dose_response__effect", "probe_a__heatmap__score",
-                     "probe_a__by_depth__score"]
+    assert names == ["probe_a.heatmap.effect.clean",
+                     "probe_a.depth.effect.clean",
+                     "probe_a.dose.effect", "probe_a.heatmap.score",
+                     "probe_a.depth.score"]
     assert index["run"]["run_id"] == "fixture" and index["width"] == "single"
     for name in names:
         for suffix in (".svg", ".csv", ".json"):
@@ -110,10 +110,10 @@ def test_default_output_is_the_runs_figures_folder(browser, tmp_path, capsys):
                        "--width", "double", "--no-progress")
     assert code == 0, err
     written = sorted(p.name for p in (run.path / "figures").glob("*.png"))
-    assert written == ["probe_a__by_depth__attn.png", "probe_a__heatmap__attn.png",
-                       "probe_a__pattern__attn__p2__L3H1.png",
-                       "probe_a__position_profile__attn.png"]
-    pattern = run.path / "figures" / "probe_a__pattern__attn__p2__L3H1.png"
+    assert written == ["probe_a.pattern.attn.p2.L3H1.png", "probe_a.profile.attn.png"]
+    index = json.loads((run.path / "figures" / "index.json").read_text())
+    assert [s["name"] for s in index["skipped"]] == ["probe_a.heatmap.attn", "probe_a.depth.attn"]
+    pattern = run.path / "figures" / "probe_a.pattern.attn.p2.L3H1.png"
     assert abs(png_size(pattern.read_bytes())[0] - 687 * 50 / 96) < 1
 
 

@@ -19,6 +19,7 @@ from workbench.commands import atlas as atlas_commands
 from workbench.commands.common import (DEVICE, DEVICE_MAP, DTYPE, MODEL, OVERWRITE, PREPEND_BOS,
                                        PROGRESS, RUNS_DIR, STRICT_PARITY, _load, _names, err,
                                        out)
+from workbench.commands.figures import figures_app
 from workbench.errors import InputError, WorkbenchError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -26,6 +27,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 runs_app = typer.Typer(add_completion=False, help="List and show runs.", invoke_without_command=True)
 app.add_typer(runs_app, name="runs")
 app.add_typer(atlas_commands.app, name="atlas")
+app.add_typer(figures_app, name="figures")
 def parse_params(items: list[str]) -> dict[str, dict[str, str]]:
     """``["attention_entropy.segment=passage"]`` -> ``{"attention_entropy": {"segment": "passage"}}``.
 
@@ -233,42 +235,6 @@ def list_probes() -> None:
             for f in dataclasses.fields(cls))
         table.add_row(name, ", ".join(cls.hook_points), params or "-", ", ".join(cls.units))
     out.print(table)
-
-
-@app.command("figures")
-def figures_cmd(
-    run: Path = typer.Option(..., "--run", help="Run directory, e.g. runs/<run_id>."),
-    out_dir: Optional[Path] = typer.Option(None, "--out", help="Output folder "
-                                           "(default: <run>/figures)."),
-    formats: str = typer.Option("pdf,svg,png", "--format", help="Comma-separated: pdf, svg, png."),
-    width: str = typer.Option("single", "--width", help="single (3.5 in) or double (7.16 in) "
-                                                        "column."),
-    dpi: int = typer.Option(300, "--dpi", help="PNG resolution at print size."),
-    tables: str = typer.Option("", "--tables", help="Only these tables (comma-separated)."),
-    prompt: list[str] = typer.Option([], "--prompt", help="Prompt id for attention patterns "
-                                                          "(repeatable; default: the first)."),
-    heads: str = typer.Option("", "--heads", help="Heads for attention patterns, e.g. 9.6,3.1."),
-    progress: bool = PROGRESS,
-) -> None:
-    """Write every table's standard figures (PDF/SVG/PNG) with CSV + JSON sidecars."""
-    import time
-
-    from rich.progress import Progress
-
-    from workbench.figures.command import plan_figures
-    from workbench.figures.export import export_figures
-
-    start = time.perf_counter()
-    job = plan_figures(run, out_dir, formats, width, dpi, tables, prompt, heads)
-    with Progress(console=err, transient=True, disable=not progress) as bar:
-        task = bar.add_task("figures", total=len(job.plots))
-        index = export_figures(job.plots, job.out_dir, formats=job.formats, width=width, dpi=dpi,
-                               extra=job.extra, on_written=lambda *_: bar.advance(task))
-    for note in job.notes:
-        err.print(f"note: {escape(note)}")
-    out.print(f"[green]wrote[/] {len(job.plots)} figures ({len(job.plots) * (len(job.formats) + 2)}"
-              f" files) to {escape(str(job.out_dir))} in {time.perf_counter() - start:.1f} s; "
-              f"list: {escape(str(index))}")
 
 
 @app.command()

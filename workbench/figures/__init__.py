@@ -7,8 +7,9 @@ the files and their sidecars. :func:`run_figures` picks every table's standard f
 :data:`FIGURE_SETS` (see ``registry.py``), falling back to generic figures by data shape.
 """
 
-from workbench.figures import probe_sets  # noqa: F401  (registers the probes' figure sets)
+from workbench.figures import circuit_sets, probe_sets  # noqa: F401  (register figure sets)
 from workbench.figures.atlas import atlas_grid
+from workbench.figures.bars import faithfulness_bars
 from workbench.figures.export import (FORMATS, BrowserNotFound, close_browser, export_session,
                                       find_browser, open_browser, render, write_plot)
 from workbench.figures.graph import circuit_graph, weighted_graph
@@ -25,7 +26,8 @@ __all__ = [
     "atlas_grid",
     "FigureOptions", "Plot", "RunSource", "attention_pattern", "by_depth", "circuit_graph",
     "close_browser", "open_browser",
-    "distribution", "dose_response", "export_session", "find_browser", "generic_figures",
+    "distribution", "dose_response", "export_session", "faithfulness_bars", "find_browser",
+    "generic_figures",
     "head_heatmap", "heatmap_of_means", "load_plot", "overlap_matrix", "position_profile",
     "register_figure_set",
     "render", "run_figures", "table_figures", "weighted_graph", "write_plot",

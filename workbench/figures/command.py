@@ -8,6 +8,7 @@ from pathlib import Path
 
 from workbench.errors import InputError
 from workbench.figures.export import FORMATS, find_browser
+from workbench.figures.lines import PROFILE_SCALES
 from workbench.figures.plot import Plot
 from workbench.figures.registry import FigureOptions, RunSource, run_figures
 from workbench.figures.style import WIDTHS_IN
@@ -24,15 +25,19 @@ class FigureJob:
     formats: tuple[str, ...]
     extra: dict  # run provenance for the sidecars
     notes: list[str]  # for the user (e.g. no attention patterns to draw)
+    skipped: list[dict]  # figures not drawn (degenerate data), with the reason
 
 
 def plan_figures(run_path: Path, out_dir: Path | None, formats: str, width: str, dpi: int,
-                 tables: str = "", prompts: list[str] | None = None, heads: str = ""
-                 ) -> FigureJob:
-    """Validate the command's options and shape the run's figures.
+                 tables: str = "", prompts: list[str] | None = None, heads: str = "", *,
+                 headline: dict[str, tuple[str, ...]] | None = None, all_metrics: bool = False,
+                 profile: str = "linear") -> FigureJob:
+    """Validate the command's options and shape the run's figures (``headline``: table -> the
+    probe's headline metrics; see :class:`FigureOptions`).
 
     Raises:
-        InputError: an unknown format, width, table, prompt id or head, or a bad dpi.
+        InputError: an unknown format, width, table, prompt id, head or profile scale, or a bad
+            dpi.
         RunStateError: ``run_path`` is not a run directory. BrowserNotFound: no Chromium.
     """
     fmt = tuple(dict.fromkeys(f.strip() for f in formats.split(",") if f.strip()))
@@ -44,10 +49,13 @@ def plan_figures(run_path: Path, out_dir: Path | None, formats: str, width: str,
         raise InputError(f"--width {width!r}: expected one of {', '.join(WIDTHS_IN)}")
     if not 10 <= dpi <= 2400:
         raise InputError(f"--dpi {dpi}: expected 10 to 2400")
+    if profile not in PROFILE_SCALES:
+        raise InputError(f"--profile {profile!r}: expected one of {', '.join(PROFILE_SCALES)}")
     run = RunDir.open(run_path)
     source = RunSource(run)
     options = FigureOptions(prompts=tuple(prompts or ()), heads=tuple(parse_heads(heads)),
-                            tables=_check_tables(source, tables))
+                            tables=_check_tables(source, tables), headline=dict(headline or {}),
+                            all_metrics=all_metrics, profile=profile)
     _check_patterns(source, options)
     find_browser()
     plots = run_figures(source, options)
@@ -56,7 +64,7 @@ def plan_figures(run_path: Path, out_dir: Path | None, formats: str, width: str,
                      "prompts_sha256": m.get("prompts", {}).get("sha256"),
                      "git_commit": m.get("git", {}).get("commit")}}
     return FigureJob(plots, Path(out_dir) if out_dir else run.path / "figures", fmt, extra,
-                     source.notes)
+                     source.notes, source.skipped)
 
 
 def _check_tables(source: RunSource, tables: str) -> tuple[str, ...]:

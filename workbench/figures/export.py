@@ -10,6 +10,13 @@ and colourbars after random per-render ids and Chromium stamps PDFs with the cur
 :func:`render` gives every trace a ``uid`` derived from the figure, replaces the layout's id the
 same way, and sets the PDF dates to 2000-01-01 (same length, so the PDF's byte offsets stay valid).
 PNGs carry no timestamp.
+
+PDF pages: kaleido 1.5 prints the figure's page with Chromium's ``Page.printToPDF`` and 0.1 in
+margins on every side, which shrinks the figure by 0.2 in / width (5.7% at 3.5 in), shifts it
+and clips its bottom 0.1 in inside a page of the right size (descenders of the x-axis title were
+cut). :func:`_patch_kaleido_pdf` makes it print with zero margins, so the PDF page holds the figure
+at exactly its nominal size, as the PNG and SVG do (tests/test_figures_pdf.py checks it with
+poppler).
 """
 
 from __future__ import annotations
@@ -27,8 +34,9 @@ from pathlib import Path
 import plotly.graph_objects as go
 
 from workbench.errors import InputError, WorkbenchError
-from workbench.figures.plot import Plot, sidecar_csv, sidecar_json
+from workbench.figures.plot import Plot, describe, sidecar_csv, sidecar_json
 from workbench.figures.style import PX_PER_IN, Width
+from workbench.figures.vector import vector_cells
 from workbench.store import atomic_write_bytes
 
 FORMATS = ("pdf", "svg", "png")
@@ -44,6 +52,37 @@ _server = {"running": False}
 
 class BrowserNotFound(WorkbenchError):
     """No Chromium for kaleido to export figures with; the message says what to install."""
+
+
+def _print_pdf_without_margins(tab):
+    """kaleido's ``print_pdf`` with zero page margins (see the module docstring)."""
+    from kaleido._kaleido_tab import _devtools_utils as dtools
+
+    params = {"printBackground": True, "marginTop": 0, "marginBottom": 0, "marginLeft": 0,
+              "marginRight": 0, "preferCSSPageSize": True, "pageRanges": "1"}
+
+    async def send():
+        response = await tab.send_command("Page.printToPDF", params=params)
+        dtools._raise_error(response)
+        return response.get("result", {}).get("data")
+    return send()
+
+
+def _patch_kaleido_pdf() -> None:
+    """Replace kaleido's PDF printing by :func:`_print_pdf_without_margins` (idempotent).
+
+    Raises:
+        WorkbenchError: this kaleido has no ``print_pdf`` to replace (a version other than 1.x;
+            its PDFs would be shrunk and clipped).
+    """
+    from kaleido._kaleido_tab import _devtools_utils as dtools
+
+    if getattr(dtools.print_pdf, "__name__", "") == "_print_pdf_without_margins":
+        return
+    if not hasattr(dtools, "print_pdf") or not hasattr(dtools, "_raise_error"):
+        raise WorkbenchError("this kaleido has no _devtools_utils.print_pdf; the workbench needs "
+                             "kaleido 1.x (see constraints.txt) to print PDFs without margins")
+    dtools.print_pdf = _print_pdf_without_margins
 
 
 def find_browser() -> Path:
@@ -126,7 +165,8 @@ def render(figure: go.Figure | Plot, fmt: str, *, width: Width = "single", dpi: 
 
     Args:
         figure: a plotly figure (drawn at its layout size, 700 x 500 when unset) or a
-            :class:`Plot` (drawn at ``width``).
+            :class:`Plot` (drawn at ``width``); heatmaps are drawn as vector cells (see
+            :func:`workbench.figures.vector.vector_cells`).
         dpi: PNG resolution at the figure's nominal print size (PDF and SVG are vector).
 
     Raises:
@@ -136,7 +176,8 @@ def render(figure: go.Figure | Plot, fmt: str, *, width: Width = "single", dpi: 
 
     if fmt not in FORMATS:
         raise InputError(f"figure format {fmt!r} is not one of {', '.join(FORMATS)}")
-    fig = figure.figure(width) if isinstance(figure, Plot) else figure
+    _patch_kaleido_pdf()
+    fig = vector_cells(figure.figure(width) if isinstance(figure, Plot) else figure)
     spec = fig.to_dict()
     uid = _figure_uid(spec)
     for i, trace in enumerate(spec["data"]):  # plotly.js would draw a random uid per trace
@@ -192,9 +233,12 @@ def write_plot(plot: Plot, out_dir: Path, *, formats: tuple[str, ...] = FORMATS,
 
 def export_figures(plots: list[Plot], out_dir: Path, *, formats: tuple[str, ...] = FORMATS,
                    width: Width = "single", dpi: int = 300, extra: dict | None = None,
+                   skipped: list[dict] | None = None,
                    on_written: Callable[[Plot, list[Path]], None] | None = None) -> Path:
     """Write every plot (see :func:`write_plot`) in one browser session, then ``index.json``
-    listing each figure's name, kind, metric and files. Returns the index's path.
+    listing each figure's name, kind, table, metric, rows (``where``), one-line description and
+    files, and under ``skipped`` the figures not drawn with the reason (``RunSource.skipped``).
+    Returns the index's path.
 
     Raises:
         BrowserNotFound: before anything is written.
@@ -205,10 +249,13 @@ def export_figures(plots: list[Plot], out_dir: Path, *, formats: tuple[str, ...]
         for plot in plots:
             paths = write_plot(plot, out_dir, formats=formats, width=width, dpi=dpi, extra=extra)
             index.append({"name": plot.name, "kind": plot.kind, "table": plot.params.get("table"),
-                          "metric": plot.params.get("metric"), "files": [p.name for p in paths]})
+                          "metric": plot.params.get("metric"),
+                          "where": plot.params.get("where") or {},
+                          "description": describe(plot), "files": [p.name for p in paths]})
             if on_written:
                 on_written(plot, paths)
-    doc = {"width": width, "dpi": dpi, "formats": list(formats), "figures": index, **(extra or {})}
+    doc = {"width": width, "dpi": dpi, "formats": list(formats), "figures": index,
+           "skipped": list(skipped or []), **(extra or {})}
     path = out_dir / "index.json"
     atomic_write_bytes(path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
     return path

@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 from plotly.colors import sample_colorscale
 
 from workbench.figures.plot import Plot, drawer, safe_name
-from workbench.figures.style import (INK, TICK_PT, Width, base_figure, categorical,
+from workbench.figures.style import (INK, TICK_PT, Width, bar_room, base_figure, categorical,
                                      colorbar, colorbar_title, colour_scale, plot_text, pt)
 
 _HEAD_NAME = re.compile(r"^\s*L?(\d+)\s*[.H:]\s*(\d+)\s*$", re.IGNORECASE)
@@ -82,7 +82,7 @@ def circuit_graph(graph: nx.DiGraph, *, value: str = "value", weight: str = "wei
     data = data.astype({"layer": "float64", "head": "float64", "value": "float64",
                         "x1": "float64", "y1": "float64"})
     for column in ("node", "label", "source", "target"):
-        data[column] = data[column].fillna("").astype(str)
+        data[column] = data[column].astype(object).fillna("").astype(str)
     params = {"label": label, "unit": unit, "value_attr": value, "weight_attr": weight,
               "n_heads": n_heads}
     return Plot("circuit", name or safe_name(table, "circuit"), data, params)
@@ -105,7 +105,8 @@ def draw_circuit(data: pd.DataFrame, params: dict, width: Width) -> go.Figure:
         _add_nodes(fig, nodes[valued], {
             "color": nodes.loc[valued, "value"].to_numpy(), "colorscale": colours["colorscale"],
             "cmin": colours["zmin"], "cmax": colours["zmax"], "showscale": True,
-            "colorbar": colorbar(colorbar_title(params["label"], params["unit"]))})
+            "colorbar": colorbar(colorbar_title(params["label"], params["unit"],
+                                                room_px=bar_room(fig)))})
     if (~valued).any():
         rest = nodes[~valued]
         _add_nodes(fig, rest, {"color": [categorical(0) if h else OTHER_NODE
@@ -115,11 +116,24 @@ def draw_circuit(data: pd.DataFrame, params: dict, width: Width) -> go.Figure:
     step = max(1, -(-len(layers) // 10))
     fig.update_xaxes(title_text="layer", tickmode="array", tickvals=list(layers)[::step])
     fig.update_yaxes(title_text="head")
+    if params.get("n_heads"):
+        fig.update_yaxes(range=[-0.7, params["n_heads"] - 0.3], dtick=1 if params["n_heads"] <= 12
+                         else None)
+    if params.get("edge_note"):
+        fig.update_layout(margin={"t": 8 + pt(TICK_PT) * 1.6})
+        fig.add_annotation(text=plot_text(params["edge_note"]), xref="paper", yref="paper",
+                           x=0, y=1, xanchor="left", yanchor="bottom", showarrow=False,
+                           font={"size": pt(TICK_PT - 1)})
     return fig
 
 
 def _add_nodes(fig: go.Figure, nodes: pd.DataFrame, marker: dict) -> None:
-    fig.add_trace(go.Scatter(x=nodes["x"], y=nodes["y"], mode="markers+text",
+    """Markers at (layer, head); only nodes that are not heads (embed, logits) carry a text label
+    (a head's place on the axes names it, and labels of neighbouring heads would collide)."""
+    heads = nodes["layer"].notna()
+    shown = {} if heads.all() else {"texttemplate": ["" if h else "%{text}" for h in heads]}
+    fig.add_trace(go.Scatter(x=nodes["x"], y=nodes["y"],
+                             mode="markers" if heads.all() else "markers+text", **shown,
                              text=[plot_text(label) for label in nodes["label"]],
                              textposition="top center", textfont={"size": pt(TICK_PT - 1)},
                              marker={"size": 9, "line": {"width": 0.5, "color": INK}, **marker},
@@ -162,7 +176,7 @@ def weighted_graph(graph: nx.DiGraph, *, weight: str = "weight", label: str = "w
     data = pd.DataFrame(nodes + edges, columns=columns).astype({"x1": "float64",
                                                                 "value": "float64"})
     for column in ("node", "label", "source", "target"):
-        data[column] = data[column].fillna("").astype(str)
+        data[column] = data[column].astype(object).fillna("").astype(str)
     params = {"label": label, "unit": unit, "weight_attr": weight, "n_edges": len(edges)}
     return Plot("digraph", name or safe_name(table, "graph", label), data, params)
 
@@ -200,7 +214,8 @@ def draw_weighted_graph(data: pd.DataFrame, params: dict, width: Width) -> go.Fi
         mode="markers", hovertext=hover, hoverinfo="text",
         marker={"size": 3, "opacity": 0.8, "color": edges["value"].to_numpy(),
                 "colorscale": scale["colorscale"], "cmin": lo, "cmax": hi, "showscale": True,
-                "colorbar": colorbar(colorbar_title(params["label"], params["unit"]))}))
+                "colorbar": colorbar(colorbar_title(params["label"], params["unit"],
+                                                room_px=bar_room(fig)))}))
     fig.add_trace(go.Scatter(x=nodes["x"], y=np.zeros(len(nodes)), mode="markers",
                              marker={"size": 4, "color": INK}, hoverinfo="skip"))
     step = -(-len(nodes) // 40)

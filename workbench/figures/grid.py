@@ -8,10 +8,10 @@ import plotly.graph_objects as go
 
 from workbench.figures.plot import Plot, drawer, safe_name
 from workbench.figures.shapes import group_mean, qualifier, select, token_label
-from workbench.figures.style import (TICK_PT, Width, base_figure, colorbar, colorbar_title,
-                                     colour_scale, layer_ticks, plot_text, pt, width_px)
+from workbench.figures.style import (CHAR_EM, TICK_PT, Width, bar_room, base_figure, colorbar,
+                                     colorbar_title, colour_scale, layer_ticks, plot_text, pt,
+                                     width_px)
 
-MAX_TICK_LABELS = 40  # token labels per axis before thinning
 
 
 def head_heatmap(records, metric: str, *, where: dict | None = None, label: str | None = None,
@@ -82,7 +82,8 @@ def draw_heatmap(data: pd.DataFrame, params: dict, width: Width) -> go.Figure:
         x=list(range(n_layers)), y=list(range(n_heads)),
         z=_grid(data, "value", (n_heads, n_layers)),
         customdata=_grid(data, "n_prompts", (n_heads, n_layers)),
-        colorbar=colorbar(colorbar_title(params["label"], params["unit"])),
+        colorbar=colorbar(colorbar_title(params["label"], params["unit"],
+                                         room_px=bar_room(fig))),
         hovertemplate=(f"layer %{{x}}, head %{{y}}<br>{label}: %{{z:.4g}}"
                        f"{' ' + unit if unit else ''}<br>prompts: %{{customdata}}<extra></extra>"),
         **colour_scale(data["value"].to_numpy(), params["scale"])))
@@ -124,59 +125,96 @@ def attention_pattern(records, tokens: pd.DataFrame, metric: str, prompt_id: str
     return Plot("pattern", stem, data, params)
 
 
-def _token_axis(data: pd.DataFrame, side: str) -> tuple[list[int], dict]:
+MAX_TOKEN_CHARS = 10  # a token label longer than this is cut (the sidecar has it whole)
+LABEL_PT = TICK_PT - 1
+LINE_EM = 1.25  # tick-label pitch a label needs, in em
+
+
+def position_label(pos: int, token: str) -> str:
+    """``pos:token`` as drawn on a pattern axis (positions disambiguate repeated tokens); tokens
+    longer than :data:`MAX_TOKEN_CHARS` end in an ellipsis."""
+    text = str(token)
+    if len(text) > MAX_TOKEN_CHARS:
+        text = text[:MAX_TOKEN_CHARS - 1] + "\u2026"
+    return f"{pos}:{text}"
+
+
+def _token_axis(data: pd.DataFrame, side: str, room_px: float) -> tuple[list[int], dict, float]:
+    """Positions of one pattern axis, its tick settings (a ``pos:token`` label on every position
+    when they fit in ``room_px``, else on every k-th) and the labels' longest extent in px."""
     labels = data.drop_duplicates(f"{side}_pos").set_index(f"{side}_pos")[f"{side}_token"]
     positions = list(range(int(labels.index.min()), int(labels.index.max()) + 1))
-    step = -(-len(positions) // MAX_TICK_LABELS)
+    pitch = pt(LABEL_PT) * LINE_EM
+    step = max(1, -(-int(len(positions) * pitch) // max(int(room_px), 1)))
     ticks = [p for p in positions[::step] if p in labels.index]
+    text = [position_label(p, labels[p]) for p in ticks]
+    longest = max((len(t) for t in text), default=1) * pt(LABEL_PT) * CHAR_EM
     return positions, {"tickmode": "array", "tickvals": ticks,
-                       "ticktext": [plot_text(labels[p]) for p in ticks],
-                       "tickfont": {"size": pt(TICK_PT - 1)}}
+                       "ticktext": [plot_text(t) for t in text],
+                       "tickfont": {"size": pt(LABEL_PT)}}, longest
 
 
 @drawer("pattern")
 def draw_pattern(data: pd.DataFrame, params: dict, width: Width) -> go.Figure:
-    queries, y_axis = _token_axis(data, "query")
-    keys, x_axis = _token_axis(data, "key")
+    fig = base_figure(width, aspect=0.92)
+    w, h = fig.layout.width, fig.layout.height
+    guess = 60.0  # label extent before the labels are known
+    queries, y_axis, y_extent = _token_axis(data, "query", h - guess - 40)
+    keys, x_axis, x_extent = _token_axis(data, "key", w - y_extent - 110)
+    if y_extent > guess or x_extent > guess:  # recompute the room with the real extents
+        queries, y_axis, _ = _token_axis(data, "query", h - x_extent - 40)
     z = np.full((len(queries), len(keys)), np.nan)
     rows, cols = data["query_pos"].to_numpy() - queries[0], data["key_pos"].to_numpy() - keys[0]
     z[rows, cols] = data["value"].to_numpy()
-    fig = base_figure(width, aspect=0.92)
     label = plot_text(params["label"])
+    names = {side: dict(zip(data[f"{side}_pos"], data[f"{side}_token"]))
+             for side in ("query", "key")}
+    hover = [[[plot_text(f"{q}:{names['query'].get(q, '')}"),
+               plot_text(f"{k}:{names['key'].get(k, '')}")] for k in keys] for q in queries]
     fig.add_trace(go.Heatmap(
-        x=keys, y=queries, z=z, colorbar=colorbar(colorbar_title(params["label"],
-                                                                 params["unit"])),
-        hovertemplate=f"query %{{y}}, key %{{x}}<br>{label}: %{{z:.4g}}<extra></extra>",
+        x=keys, y=queries, z=z, customdata=hover,
+        colorbar=colorbar(colorbar_title(params["label"], params["unit"],
+                                         room_px=bar_room(fig) - x_extent)),
+        hovertemplate=(f"query %{{customdata[0]}}, key %{{customdata[1]}}<br>{label}: "
+                       "%{z:.4g}<extra></extra>"),
         **colour_scale(data["value"].to_numpy(), params["scale"], from_zero=True)))
-    fig.update_xaxes(title_text="key token", tickangle=-90, showline=False, **x_axis)
-    fig.update_yaxes(title_text="query token", autorange="reversed", showline=False, **y_axis)
+    fig.update_xaxes(title_text="key (position:token)", tickangle=-90, showline=False, **x_axis)
+    fig.update_yaxes(title_text="query (position:token)", autorange="reversed", showline=False,
+                     **y_axis)
     return fig
 
 
 def overlap_matrix(overlap: pd.DataFrame, *, metric: str = "overlap", label: str | None = None,
                    unit: str | None = None, baseline: float | None = None,
-                   order: list[str] | None = None, table: str | None = None,
-                   name: str | None = None) -> Plot:
+                   order: list[str] | None = None, zmax: float | None = None,
+                   table: str | None = None, name: str | None = None) -> Plot:
     """Overlap between tasks (e.g. the Jaccard index of their circuits' head sets) as a matrix.
 
     Args:
-        overlap: long frame with columns ``task_a``, ``task_b``, ``value``, or a square frame
-            whose index and columns are task names.
-        baseline: the overlap expected by chance (shown under the matrix).
+        overlap: long frame with columns ``task_a``, ``task_b``, ``value`` (and optionally
+            ``baseline``: each pair's overlap expected by chance, printed in each cell in
+            brackets), or a square frame whose index and columns are task names. Pairs absent
+            from the frame (e.g. a task with itself) are left empty.
+        baseline: one overlap expected by chance for every pair (shown under the matrix).
         order: task order on both axes (default: sorted).
+        zmax: the top of the colour range, from 0 (e.g. 1 for a Jaccard index; default: the
+            data's maximum).
 
-    Data columns: task_a, task_b, value.
+    Data columns: task_a, task_b, value (and baseline when given per pair).
     """
     if not {"task_a", "task_b", "value"} <= set(overlap.columns):
         overlap = overlap.rename_axis(index="task_a", columns="task_b").stack().rename("value")
         overlap = overlap.reset_index()
     tasks = order or sorted(set(overlap["task_a"]) | set(overlap["task_b"]))
     rank = {t: i for i, t in enumerate(tasks)}
-    data = overlap[["task_a", "task_b", "value"]].astype({"task_a": str, "task_b": str,
-                                                          "value": "float64"})
+    columns = ["task_a", "task_b", "value"] + (["baseline"] if "baseline" in overlap.columns
+                                               else [])
+    data = overlap[columns].astype({"task_a": str, "task_b": str, "value": "float64",
+                                    **({"baseline": "float64"} if "baseline" in columns
+                                       else {})})
     data = data.sort_values(["task_a", "task_b"], key=lambda s: s.map(rank)).reset_index(drop=True)
     params = {"metric": metric, "label": label or metric, "unit": unit, "baseline": baseline,
-              "tasks": list(tasks)}
+              "tasks": list(tasks), "zmax": zmax}
     return Plot("overlap", name or safe_name(table, "overlap", metric), data, params)
 
 
@@ -188,13 +226,23 @@ def draw_overlap(data: pd.DataFrame, params: dict, width: Width) -> go.Figure:
     scale = colour_scale(np.append(z.to_numpy().ravel(), 0.0), "sequential")
     fig = base_figure(width, aspect=0.85)
     names = [plot_text(t) for t in tasks]
+    text = {"texttemplate": "%{z:.2f}"}
+    title = (f"random baseline: {params['baseline']:.2f}" if params.get("baseline") is not None
+             else "")
+    if "baseline" in data.columns:
+        base = data.pivot(index="task_a", columns="task_b", values="baseline").reindex(
+            index=tasks, columns=tasks).to_numpy()
+        cells = [[f"{v:.2f}<br>({b:.2f})" if np.isfinite(v) else "" for v, b in zip(zr, br)]
+                 for zr, br in zip(z.to_numpy(), base)]
+        text = {"text": cells, "texttemplate": "%{text}"}
+        title = "in brackets: random head sets of the same sizes"
+    if params.get("zmax") is not None:  # a bounded quantity (Jaccard in [0, 1]): its full range
+        scale.update(zmin=0.0, zmax=float(params["zmax"]))
     fig.add_trace(go.Heatmap(
-        x=names, y=names, z=z.to_numpy(), texttemplate="%{z:.2f}",
-        textfont={"size": pt(TICK_PT)}, colorbar=colorbar(colorbar_title(params["label"],
-                                                                         params["unit"])),
+        x=names, y=names, z=z.to_numpy(), **text, textfont={"size": pt(TICK_PT)},
+        colorbar=colorbar(colorbar_title(params["label"], params["unit"],
+                                         room_px=bar_room(fig))),
         hovertemplate="%{y} vs %{x}: %{z:.3f}<extra></extra>", **scale))
     fig.update_yaxes(autorange="reversed", showline=False)
-    baseline = params.get("baseline")
-    fig.update_xaxes(showline=False, tickangle=-45 if len(tasks) > 4 else 0,
-                     title_text=f"random baseline: {baseline:.2f}" if baseline is not None else "")
+    fig.update_xaxes(showline=False, tickangle=-45 if len(tasks) > 4 else 0, title_text=title)
     return fig

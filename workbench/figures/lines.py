@@ -24,7 +24,9 @@ def by_depth(records, metric: str, *, where: dict | None = None, interval: str =
 
     Each (layer, head, prompt) is first reduced to its mean over positions (a unit of spread;
     layer-level metrics have no head, aggregates no prompt); per layer the figure shows the mean
-    of those units and the ``interval`` (see ``shapes.INTERVALS``) of their distribution.
+    of those units and the ``interval`` (see ``shapes.INTERVALS``) of their distribution. A
+    layer-level summary (one value per layer: ``spread_over`` is empty) is drawn as a line
+    without a band.
 
     Data columns: layer, mean, lo, hi, n (units of spread per layer).
 
@@ -37,8 +39,8 @@ def by_depth(records, metric: str, *, where: dict | None = None, interval: str =
     spans = [c for c in ("head", "prompt_id") if c in df.columns and df[c].notna().any()]
     params = {"metric": metric, "label": label or metric, "unit": unit, "where": where or {},
               "interval": interval, "interval_means": INTERVALS[interval],
-              "spread_over": spans or ["nothing (one value per layer)"]}
-    return Plot("by_depth", name or safe_name(table, "by_depth", metric, qualifier(where)), data,
+              "spread_over": spans}
+    return Plot("by_depth", name or safe_name(table, "depth", metric, qualifier(where)), data,
                 params)
 
 
@@ -50,13 +52,15 @@ def _band(x, lo, hi, colour: str, name: str) -> go.Scatter:
 
 @drawer("by_depth")
 def draw_by_depth(data: pd.DataFrame, params: dict, width: Width) -> go.Figure:
-    fig = base_figure(width, aspect=0.62 if width == "single" else 0.36, showlegend=True)
+    spread = bool(params["spread_over"]) and not (data["n"] <= 1).all()
+    fig = base_figure(width, aspect=0.62 if width == "single" else 0.36, showlegend=spread)
     x = data["layer"].to_numpy()
     colour = categorical(0)
     spans = " x ".join("heads" if s == "head" else "prompts" if s == "prompt_id" else s
                        for s in params["spread_over"])
-    fig.add_trace(_band(x, data["lo"].to_numpy(), data["hi"].to_numpy(), colour,
-                        f"{INTERVAL_LABELS[params['interval']]} over {spans}"))
+    if spread:
+        fig.add_trace(_band(x, data["lo"].to_numpy(), data["hi"].to_numpy(), colour,
+                            f"{INTERVAL_LABELS[params['interval']]} over {spans}"))
     fig.add_trace(go.Scatter(x=x, y=data["mean"], mode="lines+markers", name="mean",
                              line={"color": colour, "width": 1.25}, marker={"size": 3},
                              hovertemplate="layer %{x}: %{y:.4g}<extra></extra>"))
@@ -65,24 +69,40 @@ def draw_by_depth(data: pd.DataFrame, params: dict, width: Width) -> go.Figure:
     return fig
 
 
+PROFILE_SCALES = ("linear", "log", "no-key0")
+
+
 def position_profile(records, metric: str, *, where: dict | None = None,
                      label: str | None = None, unit: str | None = None, n_layers: int | None = None,
-                     table: str | None = None, name: str | None = None) -> Plot:
+                     scale: str = "linear", table: str | None = None, name: str | None = None
+                     ) -> Plot:
     """``metric`` against key position, one curve per layer (colour = depth): per (layer,
     key_pos), the mean over heads, prompts and queries.
+
+    Args:
+        scale: ``linear``; ``log`` (log y axis, so the first token, which takes most of the
+            attention, does not flatten the rest); ``no-key0`` (key position 0 left out of the
+            data and the figure, a linear axis over the rest).
 
     Data columns: layer, key_pos, value, n_rows, n_prompts.
 
     Raises:
-        ValueError: no row of ``metric`` has a layer and a key_pos.
+        ValueError: no row of ``metric`` has a layer and a key_pos, or an unknown ``scale``.
     """
+    if scale not in PROFILE_SCALES:
+        raise ValueError(f"profile scale {scale!r} is not one of {', '.join(PROFILE_SCALES)}")
     df = select(records, metric, where, need=("layer", "key_pos"))
+    if scale == "no-key0":
+        df = df[df["key_pos"] != 0]
+        if df.empty:
+            raise ValueError(f"metric {metric!r} has no key position other than 0")
     data = group_mean(df, ["layer", "key_pos"]).astype({"layer": "int64", "key_pos": "int64"})
     params = {"metric": metric, "label": label or metric, "unit": unit, "where": where or {},
-              "n_layers": int(n_layers or data["layer"].max() + 1),
+              "n_layers": int(n_layers or data["layer"].max() + 1), "scale": scale,
               "aggregate": "mean over heads, prompts and queries"}
-    return Plot("position_profile", name or safe_name(table, "position_profile", metric,
-                                                      qualifier(where)), data, params)
+    suffix = "" if scale == "linear" else scale
+    return Plot("position_profile", name or safe_name(table, "profile", metric, qualifier(where),
+                                                      suffix), data, params)
 
 
 @drawer("position_profile")
@@ -102,8 +122,11 @@ def draw_position_profile(data: pd.DataFrame, params: dict, width: Width) -> go.
                                                    "cmax": n_layers - 1, "color": [0],
                                                    "showscale": True,
                                                    "colorbar": colorbar("layer")}))
-    fig.update_xaxes(title_text=axis_title("key position", "token"))
-    fig.update_yaxes(title_text=_y_title(fig, params))
+    scale = params.get("scale", "linear")
+    fig.update_xaxes(title_text=axis_title("key position", "token, 0 left out" if
+                                           scale == "no-key0" else "token"))
+    fig.update_yaxes(title_text=_y_title(fig, params), type="log" if scale == "log" else "linear",
+                     exponentformat="power" if scale == "log" else "B")
     return fig
 
 
@@ -136,7 +159,7 @@ def dose_response(records, metric: str, *, where: dict | None = None, interval: 
     params = {"metric": metric, "label": label or metric, "unit": unit, "where": where or {},
               "param": names[0], "param_unit": param_unit, "interval": interval,
               "interval_means": INTERVALS[interval], "log_x": log_x}
-    return Plot("dose_response", name or safe_name(table, "dose_response", metric,
+    return Plot("dose_response", name or safe_name(table, "dose", metric,
                                                    qualifier(where)), data, params)
 
 
@@ -189,7 +212,7 @@ def distribution(records, metric: str, *, over: str = "heads", where: dict | Non
               "over": over, "n_values": int(len(values)), "bins": bins,
               "value_means": ("mean over prompts and positions per (layer, head)" if over == "heads"
                               else "mean over heads and positions per prompt")}
-    return Plot("distribution", name or safe_name(table, "distribution", metric, over,
+    return Plot("distribution", name or safe_name(table, "hist", metric, over,
                                                   qualifier(where)),
                 histogram(values, bins), params)
 

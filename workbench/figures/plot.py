@@ -8,6 +8,7 @@ figure: :func:`load_plot` reads them back and ``plot.figure()`` gives the same f
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Callable
@@ -23,7 +24,8 @@ from workbench.figures.style import Width
 Drawer = Callable[[pd.DataFrame, dict, Width], go.Figure]
 DRAWERS: dict[str, Drawer] = {}
 SIDECAR_VERSION = 1
-_UNSAFE = re.compile(r"[^A-Za-z0-9_.=+-]+")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+MAX_NAME = 72  # characters in a file stem; longer ones are cut and end in a hash of the whole
 
 
 def drawer(kind: str) -> Callable[[Drawer], Drawer]:
@@ -37,13 +39,56 @@ def drawer(kind: str) -> Callable[[Drawer], Drawer]:
 
 
 def safe_name(*parts: Any) -> str:
-    """A stable file stem: the non-empty parts joined by ``__``, odd characters replaced by ``-``.
+    """A short, stable, shell-safe file stem: the non-empty parts joined by ``.``, every
+    character other than letters, digits, ``_`` and ``-`` replaced by ``-`` (no ``=``, spaces,
+    quotes or slashes), at most :data:`MAX_NAME` characters (a longer stem is cut and ends in 8 hex
+    digits of a hash of the full one, so it stays unique and stable). The full description of a
+    figure is in its sidecar and ``index.json`` (see :func:`describe`).
 
-    ``safe_name("attention_entropy", "heatmap", "entropy_norm", "segment=IO")`` ->
-    ``"attention_entropy__heatmap__entropy_norm__segment=IO"``.
+    ``safe_name("attention_sink", "heatmap", "sink_head_rate", "IO")`` ->
+    ``"attention_sink.heatmap.sink_head_rate.IO"``.
     """
-    cleaned = [_UNSAFE.sub("-", str(p)).strip("-") for p in parts if p not in (None, "")]
-    return "__".join(c for c in cleaned if c)
+    cleaned = [_UNSAFE.sub("-", str(p).replace(".", "-")).strip("-") for p in parts
+               if p not in (None, "")]
+    cleaned = [c for i, c in enumerate(cleaned) if c and (i == 0 or c != cleaned[i - 1])]
+    stem = ".".join(cleaned)
+    if len(stem) > MAX_NAME:
+        digest = hashlib.sha256(stem.encode()).hexdigest()[:8]
+        stem = f"{stem[:MAX_NAME - 9].rstrip('.-')}.{digest}"
+    return stem
+
+
+def describe(plot: "Plot") -> str:
+    """One line saying what a figure shows, for ``index.json`` and the sidecar: kind, metric and
+    unit, table, the rows it is restricted to and the head / prompt it is about."""
+    p = plot.params
+    what = KIND_TITLES.get(plot.kind, plot.kind)
+    metric = p.get("label") or p.get("metric")
+    unit = f" ({p['unit']})" if p.get("unit") else ""
+    parts = [f"{what} of {metric}{unit}" if metric else what]
+    if p.get("table"):
+        parts.append(f"table {p['table']}")
+    where = {k: v for k, v in (p.get("where") or {}).items()}
+    if p.get("prompt_id") is not None:
+        where = {"prompt_id": p["prompt_id"], **where}
+    if p.get("layer") is not None and p.get("head") is not None:
+        where = {"head": f"L{p['layer']}H{p['head']}", **where}
+    if where:
+        parts.append(", ".join(f"{k}={v}" for k, v in where.items()))
+    if p.get("heads_chosen_by"):
+        parts.append(f"head chosen by: {p['heads_chosen_by']}")
+    if p.get("scale") in ("log", "no-key0"):
+        parts.append("log y axis" if p["scale"] == "log" else "key position 0 left out")
+    return "; ".join(parts)
+
+
+KIND_TITLES = {
+    "heatmap": "layer x head heatmap", "by_depth": "by layer (mean, spread where there is one)",
+    "position_profile": "profile over key positions by layer",
+    "pattern": "attention pattern (query_pos x key_pos)", "dose_response": "dose-response",
+    "distribution": "histogram", "overlap": "task x task overlap", "circuit": "circuit graph",
+    "digraph": "weighted graph", "faithfulness": "circuit faithfulness",
+}
 
 
 @dataclass
@@ -82,6 +127,7 @@ def sidecar_csv(plot: Plot) -> bytes:
 def sidecar_json(plot: Plot, **extra: Any) -> bytes:
     """The parameter sidecar: kind, name, params, column types, plus ``extra`` (run, width ...)."""
     doc = {"sidecar_version": SIDECAR_VERSION, "kind": plot.kind, "name": plot.name,
+           "description": describe(plot),
            "data": f"{plot.name}.csv", "columns": _column_types(plot.data),
            "params": plot.params, **extra}
     return (json.dumps(doc, indent=2, sort_keys=True, allow_nan=False) + "\n").encode()

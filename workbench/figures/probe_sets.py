@@ -7,9 +7,9 @@ does not list in ``covers`` still get the generic figures of their shape.
 from __future__ import annotations
 
 from workbench.figures.grid import head_heatmap
-from workbench.figures.lines import by_depth, distribution
+from workbench.figures.lines import by_depth, distribution, position_profile
 from workbench.figures.plot import Plot
-from workbench.figures.registry import (FigureOptions, RunSource, pattern_figures,
+from workbench.figures.registry import (FigureOptions, RunSource, metric_shape, pattern_figures,
                                         register_figure_set)
 
 # per-(prompt, query) metric -> label; each also has a mean_<metric> summary per (layer, head)
@@ -49,3 +49,19 @@ def attention_pattern_figures(source: RunSource, table: str, options: FigureOpti
     the first prompt and the first 4 heads stored). No heatmap: the mean of a causal pattern's
     entries is 1 / (mean row length) for every head, so it says nothing about the head."""
     return pattern_figures(source, table, "pattern", options)
+
+
+@register_figure_set("position_bias", covers=("last_token_profile",))
+def position_bias_figures(source: RunSource, table: str, options: FigureOptions) -> list[Plot]:
+    """Position bias of composed attention (Wu et al. 2025, arXiv 2502.01951): the last token's
+    profile over key positions by depth, one figure per convention (``condition`` product /
+    rollout), on the ``--profile`` scale (``log`` or ``no-key0`` keep the first token from
+    flattening the rest). The headline metrics (first-token mass, primacy index by depth) are
+    drawn by the headline figures."""
+    if "last_token_profile" not in source.metrics(table):
+        return []
+    df = source.records(table, "last_token_profile")
+    common = source.labels(table, "last_token_profile", "attention from the last token")
+    return [position_profile(df, "last_token_profile", where=where, n_layers=source.n_layers,
+                             scale=options.profile, **common)
+            for where in metric_shape(df).variants[:options.max_variants]]

@@ -1,17 +1,27 @@
-"""Which figures a run gets: a registry from table (probe) name to its standard figure set, and a
-generic set drawn from the shape of any record table.
+"""Which figures a run gets: a registry from table (probe) name to its standard figure set, the
+headline figures of a probe's table, and a generic set drawn from the shape of any record table.
 
-A registered set draws the metrics it ``covers``; every other metric of the table gets the generic
-figures that its shape allows:
+A table's figures, in order of precedence:
 
-* (layer, head) values -> a layer x head heatmap;
-* layer values -> metric by depth (mean and spread across heads and prompts);
-* layer and key_pos -> a position profile by depth;
-* query_pos and key_pos -> attention patterns over the tokens of the chosen prompts and heads;
-* conditions ``name=number`` -> a dose-response curve.
+* a registered set (``probe_sets.py``, ``circuit_sets.py``) draws the metrics it ``covers``;
+* a probe's ``headline`` metrics (``Probe.headline``, given by the command in
+  ``FigureOptions.headline`` or stored in ``run.json``) get the figures their shape allows:
+  a layer x head heatmap, the metric by depth with its spread across heads, and the histogram over
+  heads; a layer-level metric its line by depth. A table with a headline draws nothing else
+  unless ``FigureOptions.all_metrics``;
+* every other metric (tables without a headline) gets the generic figures of its shape:
+
+  * (layer, head) values -> a layer x head heatmap;
+  * layer values -> metric by depth (mean and spread across heads and prompts);
+  * layer and key_pos -> a position profile by depth;
+  * query_pos and key_pos -> attention patterns over the tokens of the chosen prompts and heads
+    (default heads: the top of the run's first per-head headline metric);
+  * conditions ``name=number`` -> a dose-response curve.
 
 A metric whose rows differ in ``segment`` or ``condition`` gets one figure per combination
-(``FigureOptions.max_variants`` at most). To give a probe its own set, add to ``probe_sets.py``::
+(``FigureOptions.max_variants`` at most). A figure whose data are constant or degenerate
+(``checks.degenerate``) is not drawn: it is listed in ``RunSource.skipped`` with the reason (the
+command writes them to ``index.json``). To give a probe its own set, add to ``probe_sets.py``::
 
     @register_figure_set("my_probe", covers=("my_metric",))
     def my_probe_figures(source: RunSource, table: str, options: FigureOptions) -> list[Plot]:
@@ -22,15 +32,16 @@ A metric whose rows differ in ``segment`` or ``condition`` gets one figure per c
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import pandas as pd
 import pyarrow.compute as pc
 
+from workbench.figures.checks import degenerate
 from workbench.figures.grid import attention_pattern, head_heatmap
-from workbench.figures.lines import by_depth, dose_response, position_profile
-from workbench.figures.plot import Plot
+from workbench.figures.lines import by_depth, distribution, dose_response, position_profile
+from workbench.figures.plot import Plot, describe
 from workbench.figures.shapes import parse_sweep, select
 from workbench.heads import Head
 from workbench.store import META_TABLES, RunDir
@@ -46,15 +57,23 @@ class FigureOptions:
 
     Attributes:
         prompts: prompt ids whose attention patterns are drawn (default: the first prompt).
-        heads: heads whose attention patterns are drawn (default: the first 4 with patterns).
+        heads: heads whose attention patterns are drawn (default: the 4 heads the run's first
+            per-head headline metric ranks top, else the first 4 with patterns).
         tables: only these tables (default: every record table of the run).
         max_variants: (segment, condition) combinations drawn per metric and figure kind.
+        headline: table -> the probe's headline metrics (``Probe.headline``, first = default);
+            tables not listed use ``headline`` from ``run.json``'s probe entries, if any.
+        all_metrics: also draw the generic figures of the metrics outside a table's headline.
+        profile: position-profile y scale: ``linear``, ``log`` or ``no-key0`` (key 0 left out).
     """
 
     prompts: tuple[str, ...] = ()
     heads: tuple[Head, ...] = ()
     tables: tuple[str, ...] = ()
     max_variants: int = 8
+    headline: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    all_metrics: bool = False
+    profile: str = "linear"
 
 
 class RunSource:
@@ -69,6 +88,7 @@ class RunSource:
         self.n_layers: int | None = model.get("n_layers")
         self.n_heads: int | None = model.get("n_heads")
         self.notes: list[str] = []
+        self.skipped: list[dict] = []  # figures not drawn: name, kind, table, metric, reason
         self.records = lru_cache(maxsize=4)(self._records)
 
     def record_tables(self) -> list[str]:
@@ -100,6 +120,38 @@ class RunSource:
 
     def note(self, text: str) -> None:
         self.notes.append(text)
+
+    def skip(self, plot: Plot, reason: str) -> None:
+        """Record that ``plot`` is not drawn, and why."""
+        self.skipped.append({"name": plot.name, "kind": plot.kind,
+                             "table": plot.params.get("table"),
+                             "metric": plot.params.get("metric"),
+                             "description": describe(plot), "reason": reason})
+
+    def headline(self, table: str, options: "FigureOptions") -> tuple[str, ...]:
+        """The headline metrics of ``table`` that the run has (see FigureOptions.headline)."""
+        declared = options.headline.get(table)
+        if declared is None:
+            for probe in self.manifest.get("probes", []):
+                if isinstance(probe, dict) and probe.get("name") == table:
+                    declared = tuple(probe.get("headline") or ())
+        have = set(self.metrics(table)) if declared else set()
+        return tuple(m for m in declared or () if m in have)
+
+    def ranked_heads(self, options: "FigureOptions") -> tuple[list[Head], str | None]:
+        """Heads by the run's first per-head headline metric, highest mean first, and
+        ``"table.metric"`` (``([], None)`` when no table has a per-head headline metric)."""
+        for table in self.record_tables():
+            for metric in self.headline(table, options)[:1]:
+                df = self.records(table, metric)
+                df = df[df["layer"].notna() & df["head"].notna()]
+                if df.empty:
+                    continue
+                means = df.groupby(["layer", "head"])["value"].mean().sort_values(
+                    ascending=False, kind="stable")
+                return [(int(layer), int(head)) for layer, head in means.index], \
+                    f"{table}.{metric}"
+        return [], None
 
 
 FigureBuilder = Callable[[RunSource, str, FigureOptions], list[Plot]]
@@ -188,7 +240,7 @@ def generic_figures(source: RunSource, table: str, metric: str, options: FigureO
             plots.append(by_depth(df, metric, where=where, **common))
         if has["layer"] and has["key"]:
             plots.append(position_profile(df, metric, where=where, n_layers=source.n_layers,
-                                          **common))
+                                          scale=options.profile, **common))
         if has["query"] and has["key"]:
             plots.extend(pattern_figures(source, table, metric, options, where))
     if len(shape.variants) > options.max_variants:
@@ -212,29 +264,70 @@ def pattern_figures(source: RunSource, table: str, metric: str, options: FigureO
     if tokens is None:
         return []
     prompts = list(options.prompts) or sorted(rows["prompt_id"].dropna().unique())[:1]
+    ranked, ranked_by = ([], None) if options.heads else source.ranked_heads(options)
     plots = []
     for prompt_id in prompts:
         present = rows[rows["prompt_id"] == prompt_id][["layer", "head"]].drop_duplicates()
         have = sorted((int(r.layer), int(r.head)) for r in present.itertuples())
-        heads = ([h for h in options.heads if h in have] if options.heads
-                 else have[:MAX_PATTERN_HEADS])
-        plots.extend(attention_pattern(df, tokens, metric, prompt_id, layer, head, where=where,
-                                       **source.labels(table, metric)) for layer, head in heads)
+        if options.heads:
+            heads, chosen = [h for h in options.heads if h in have], "--heads"
+        elif ranked and set(ranked) & set(have):
+            heads = [h for h in ranked if h in set(have)][:MAX_PATTERN_HEADS]
+            chosen = f"top {len(heads)} by {ranked_by}"
+        else:
+            heads, chosen = have[:MAX_PATTERN_HEADS], "first heads stored (no headline ranking)"
+        for layer, head in heads:
+            plot = attention_pattern(df, tokens, metric, prompt_id, layer, head, where=where,
+                                     **source.labels(table, metric))
+            plot.params["heads_chosen_by"] = chosen
+            plots.append(plot)
+    return plots
+
+
+def headline_figures(source: RunSource, table: str, metrics: tuple[str, ...],
+                     options: FigureOptions) -> list[Plot]:
+    """The figures of a probe's headline ``metrics`` (see the module docstring)."""
+    plots = []
+    for metric in metrics:
+        df = source.records(table, metric)
+        common = source.labels(table, metric)
+        shape = metric_shape(df)
+        for where in shape.variants[:options.max_variants]:
+            has = _coordinates(select(df, metric, where))
+            if has["head"]:
+                plots += [head_heatmap(df, metric, where=where, **source.grid(), **common),
+                          by_depth(df, metric, where=where, **common),
+                          distribution(df, metric, where=where, over="heads", **common)]
+            elif has["layer"]:
+                plots.append(by_depth(df, metric, where=where, **common))
     return plots
 
 
 def table_figures(source: RunSource, table: str, options: FigureOptions) -> list[Plot]:
-    """A table's registered figure set plus the generic figures of every metric it does not
-    cover; a note when no pattern could be drawn although the set includes patterns or the
-    options ask for some."""
+    """A table's registered figure set, its headline figures and (tables without a headline, or
+    with ``options.all_metrics``) the generic figures of every other metric, minus the
+    degenerate ones (recorded in ``source.skipped``); a note when no pattern could be drawn
+    although the set includes patterns or the options ask for some."""
     figure_set = FIGURE_SETS.get(table)
     plots = figure_set.build(source, table, options) if figure_set else []
-    covered = figure_set.covers if figure_set else ()
-    for metric in source.metrics(table):
-        if metric not in covered:
-            plots.extend(generic_figures(source, table, metric, options))
+    covered = set(figure_set.covers if figure_set else ())
+    headline = tuple(m for m in source.headline(table, options) if m not in covered)
+    plots += headline_figures(source, table, headline, options)
+    covered |= set(headline)
+    if not source.headline(table, options) or options.all_metrics:
+        for metric in source.metrics(table):
+            if metric not in covered:
+                plots.extend(generic_figures(source, table, metric, options))
     for plot in plots:
         plot.params.setdefault("table", table)
+    kept = []
+    for plot in plots:
+        reason = degenerate(plot)
+        if reason:
+            source.skip(plot, reason)
+        else:
+            kept.append(plot)
+    plots = kept
     wanted = (figure_set and figure_set.patterns) or options.prompts or options.heads
     if wanted and not any(p.kind == "pattern" for p in plots):
         source.note(f"{table}: no attention-pattern records (no metric has query_pos and key_pos "

@@ -59,8 +59,12 @@ def select(records: pd.DataFrame | pa.Table, metric: str, where: dict | None = N
 
 
 def qualifier(where: dict | None) -> str:
-    """``{"segment": "IO"}`` -> ``"segment=IO"`` (for file names); ``""`` when empty."""
-    return "__".join(f"{k}={v}" for k, v in sorted((where or {}).items()))
+    """The values of ``where`` for a file name, in key order: ``{"segment": "IO"}`` -> ``"IO"``,
+    ``{"condition": "alpha=2", "segment": "IO"}`` -> ``"alpha-2.IO"``; ``""`` when empty. The keys
+    are in the sidecar (``params.where``)."""
+    values = [re.sub(r"[^A-Za-z0-9_-]+", "-", "none" if v is None else str(v)).strip("-")
+              for _, v in sorted((where or {}).items())]
+    return ".".join(values)
 
 
 def group_mean(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:

@@ -15,6 +15,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.colors import sample_colorscale
 
+from workbench.figures.checks import NOISE_REL
+
 Width = Literal["single", "double"]
 PX_PER_IN = 96
 PX_PER_PT = PX_PER_IN / 72
@@ -63,19 +65,69 @@ def plot_text(text: object) -> str:
     return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+MAX_TITLE_LINES = 3
+
+
+def short_unit(unit: str | None) -> str | None:
+    """A unit as a title shows it: the part before the first ``"; "`` (what follows is a sign
+    convention or a note, kept in the sidecar's params): ``"fraction of the LD gap; positive =
+    the head carries the task"`` -> ``"fraction of the LD gap"``."""
+    return unit.split("; ")[0].strip() if unit else unit
+
+
+def wrap(text: str, room_px: float | None, *, max_lines: int = MAX_TITLE_LINES) -> list[str]:
+    """``text`` broken at spaces into lines that fit ``room_px`` pixels at the title font (one
+    line when ``room_px`` is None); a word longer than a line stays whole; beyond ``max_lines``
+    the last line ends in an ellipsis."""
+    if not room_px:
+        return [text]
+    width = max(8, int(room_px / (pt(FONT_PT) * CHAR_EM)))
+    lines: list[str] = []
+    for word in text.split(" "):
+        if lines and len(lines[-1]) + 1 + len(word) <= width:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    if len(lines) > max_lines:
+        lines = lines[:max_lines]
+        lines[-1] = lines[-1][:max(1, width - 1)].rstrip() + "\u2026"
+    return lines
+
+
+def _fits(text: str, room_px: float | None) -> bool:
+    return not room_px or len(text) * pt(FONT_PT) * CHAR_EM <= room_px
+
+
+def _wrapped(label: str, unit: str | None, room_px: float | None,
+             max_lines: int = MAX_TITLE_LINES) -> str:
+    unit = short_unit(unit)
+    lines = wrap(label, room_px, max_lines=2 if unit else max_lines)
+    if unit:
+        lines += wrap(f"({unit})", room_px, max_lines=max(1, max_lines - len(lines)))
+    return "<br>".join(plot_text(line) for line in lines)
+
+
 def axis_title(label: str, unit: str | None = None, *, room_px: float | None = None) -> str:
     """``"entropy (nats)"``; just the label when there is no unit. When the title would not fit
-    in ``room_px`` pixels (the axis length), the unit goes on a second line. Label and unit are
-    drawn literally (see :func:`plot_text`)."""
-    text = f"{label} ({unit})" if unit else label
-    if unit and room_px and len(text) * pt(FONT_PT) * CHAR_EM > room_px:
+    in ``room_px`` pixels (the axis length), the unit goes on a second line, shortened to its
+    first clause (:func:`short_unit`), and long lines are wrapped (at most 3 lines, see
+    :func:`wrap`). Label and unit are drawn literally (see :func:`plot_text`)."""
+    full = f"{label} ({unit})" if unit else label
+    return plot_text(full) if _fits(full, room_px) else _wrapped(label, unit, room_px)
+
+
+def colorbar_title(label: str, unit: str | None = None, *, room_px: float | None = None) -> str:
+    """A colourbar title: the unit on a second line (the bar is narrow); with ``room_px`` (the
+    bar's length) the unit is shortened and every line wrapped to fit, at most 4 lines, so a long
+    unit is never clipped (see :func:`axis_title`)."""
+    if unit and _fits(label, room_px) and _fits(f"({unit})", room_px):
         return f"{plot_text(label)}<br>({plot_text(unit)})"
-    return plot_text(text)
+    return _wrapped(label, unit, room_px, max_lines=MAX_TITLE_LINES + 1)
 
 
-def colorbar_title(label: str, unit: str | None = None) -> str:
-    """A colourbar title: the unit goes on a second line, the bar is narrow."""
-    return f"{plot_text(label)}<br>({plot_text(unit)})" if unit else plot_text(label)
+def bar_room(fig: go.Figure) -> float:
+    """Pixels along a colour bar (the plot area's height): the room its title may take."""
+    return max(40.0, (fig.layout.height or 500) - 50)
 
 
 def colour_scale(values: np.ndarray, scale: str = "auto", *, from_zero: bool = False) -> dict:
@@ -84,6 +136,8 @@ def colour_scale(values: np.ndarray, scale: str = "auto", *, from_zero: bool = F
     ``scale="auto"`` picks the diverging palette, centred on zero with a symmetric range, when the
     values have both signs, else the sequential palette; ``"sequential"`` / ``"diverging"`` force
     one; ``from_zero`` starts a sequential range at 0 (fractions such as attention weights).
+    Values constant up to float noise (``checks.NOISE_REL``) get one colour (a range padded by
+    half the value), never a colour bar magnifying rounding error.
     Returns ``colorscale``, ``zmid`` (diverging only), ``zmin`` and ``zmax`` (NaN ignored).
     """
     finite = np.asarray(values, dtype=float)
@@ -97,7 +151,7 @@ def colour_scale(values: np.ndarray, scale: str = "auto", *, from_zero: bool = F
         return {"colorscale": DIVERGING, "zmid": 0.0, "zmin": -bound, "zmax": bound}
     if scale != "sequential":
         raise ValueError(f"scale {scale!r} is not one of auto, sequential, diverging")
-    if hi - lo <= 1e-9 * max(abs(lo), abs(hi), 1e-300):  # constant up to rounding: one colour
+    if hi - lo <= NOISE_REL * max(abs(lo), abs(hi), 1e-300):  # constant up to float noise
         pad = abs(lo) / 2 or 0.5
         lo, hi = lo - pad, hi + pad
     return {"colorscale": SEQUENTIAL, "zmin": lo, "zmax": hi}
