@@ -253,3 +253,29 @@ def test_compare_command_warns_and_prints_bands(inputs, tiny_atlas, tmp_path, ca
     assert "sink" in out and "early" in out and "0-1" in out
     code, _, err = cli(capsys, "atlas", "compare", str(tiny_atlas.path), str(tmp_path))
     assert code == 2 and "holds no finished atlas" in err
+
+
+def test_figures_command_draws_the_atlas_with_vector_cells(tiny_atlas, tmp_path, capsys):
+    from tests.test_run import cli
+    from workbench.figures import BrowserNotFound, find_browser
+    from workbench.figures.plot import load_plot
+
+    try:
+        find_browser()
+    except BrowserNotFound as err:
+        pytest.skip(f"no Chromium for kaleido ({err})")
+    code, out, err = cli(capsys, "figures", "--run", str(tiny_atlas.path), "--out",
+                         str(tmp_path / "fig"), "--format", "svg", "--no-progress")
+    assert code == 0, err
+    index = json.loads((tmp_path / "fig" / "index.json").read_text())
+    assert [f["name"] for f in index["figures"]] == ["atlas"]
+    svg = (tmp_path / "fig" / "atlas.svg").read_text()
+    assert "<image" not in svg  # cells are vector squares, not a bitmap
+    plot = load_plot(tmp_path / "fig" / "atlas.json")
+    measured = [r for r in ROLES if tiny_atlas.heads[f"{r}_score"].notna().any()]
+    assert plot.params["roles"] == measured and len(plot.data) == 16 * len(measured)
+    sink = plot.data[plot.data["role"] == "sink"].set_index(["layer", "head"])
+    want = tiny_atlas.heads.set_index(["layer", "head"])
+    np.testing.assert_array_equal(sink["score"].to_numpy(),
+                                  want.loc[sink.index, "sink_score"].to_numpy())
+    assert sink["held"].tolist() == want.loc[sink.index, "sink"].tolist()

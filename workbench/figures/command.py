@@ -58,7 +58,12 @@ def plan_figures(run_path: Path, out_dir: Path | None, formats: str, width: str,
                             all_metrics=all_metrics, profile=profile)
     _check_patterns(source, options)
     find_browser()
-    plots = run_figures(source, options)
+    if source.manifest.get("kind") == "atlas":  # the atlas figure (its part runs have the rest)
+        from workbench.figures.atlas import atlas_plot
+
+        plots = [atlas_plot(run.path)]
+    else:
+        plots = run_figures(source, options)
     m = source.manifest
     extra = {"run": {"run_id": run.run_id, "model": m.get("model", {}).get("name"),
                      "prompts_sha256": m.get("prompts", {}).get("sha256"),
