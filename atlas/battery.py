@@ -151,7 +151,8 @@ def run_parts(load: Callable[[], Any], options: AtlasOptions, prompt_sets: dict[
 
 def _finished(options: AtlasOptions, part: str, prompt_set: Any = None) -> bool:
     """Resuming, and the part's run is complete with the prompts, probes or circuit settings
-    asked for (the atlas checks the model: :func:`atlas.build.build_atlas`)."""
+    asked for (the atlas's own configuration, model and tasks included, is checked first by
+    :func:`atlas.build.build_atlas`)."""
     path = options.runs_dir / options.run_id(part) / MANIFEST
     if not options.resume or not path.is_file():
         return False
@@ -165,17 +166,8 @@ def _finished(options: AtlasOptions, part: str, prompt_set: Any = None) -> bool:
         return (stored.get("prompts", {}).get("sha256") == prompt_set.sha256
                 and [p.get("name") for p in stored.get("probes", [])] == PROBE_PARTS[part][1])
     key = stored.get("config_key", {})
-    return (key.get("methods") == options.methods
-            and key.get("selection") == f"top_k={options.circuit_size}"
-            and [t.get("name") for t in key.get("tasks", [])] == [_task_name(t) for t in
-                                                                   options.tasks]
-            and all(t.get("n_prompts") for t in key.get("tasks", [])))
-
-
-def _task_name(spec: str) -> str:
-    from circuits.tasks import resolve_task
-
-    return resolve_task(spec)[0]
+    return (key.get("methods") == options.methods and key.get("n_random") == options.n_random
+            and key.get("selection") == f"top_k={options.circuit_size}")
 
 
 def _run_probes(model: Any, options: AtlasOptions, part: str, prompt_set: Any) -> RunDir:

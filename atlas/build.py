@@ -131,6 +131,11 @@ def _open_or_create(options: AtlasOptions, model_spec: str, prompt_sets: dict) -
             raise RunStateError(f"cannot resume atlas {str(path)!r}: it was made for model "
                                 f"{stored.get('model_spec')!r}, not {model_spec!r}; use "
                                 "--overwrite or another --out")
+        old, new = stored.get("config_key", {}), manifest["config_key"]
+        differ = [k for k in new if k != "thresholds" and old.get(k) != new[k]]
+        if options.resume and differ:  # thresholds only relabel: they may change on resume
+            raise RunStateError(f"cannot resume atlas {str(path)!r}: its configuration differs "
+                                f"in {', '.join(differ)}; use --overwrite or another --out")
         if options.resume:
             manifest["created"] = stored.get("created", manifest["created"])
     run, _ = RunDir.create(options.runs_dir, path.name, manifest, resume=options.resume,
@@ -141,7 +146,10 @@ def _open_or_create(options: AtlasOptions, model_spec: str, prompt_sets: dict) -
 
 
 def _config(options: AtlasOptions, model_spec: str) -> dict:
-    return {"model_spec": model_spec, "tasks": list(options.tasks), "n_prompts": options.n_prompts,
+    """What decides the atlas's part runs (thresholds only decide its labels)."""
+    return {"model_spec": model_spec, "tasks": [str(t) for t in options.tasks],
+            "prompt_files": [str(options.natural), str(options.repeated), str(options.context)],
+            "n_prompts": options.n_prompts,
             "thorough": options.thorough, "circuit_size": options.circuit_size,
             "n_random": options.n_random, "skip": list(options.skip),
             "thresholds": dict(options.thresholds)}

@@ -279,3 +279,18 @@ def test_figures_command_draws_the_atlas_with_vector_cells(tiny_atlas, tmp_path,
     np.testing.assert_array_equal(sink["score"].to_numpy(),
                                   want.loc[sink.index, "sink_score"].to_numpy())
     assert sink["held"].tolist() == want.loc[sink.index, "sink"].tolist()
+
+
+def test_resume_refuses_another_configuration_but_relabels(inputs, tiny_atlas, tmp_path):
+    out = tiny_atlas.path
+    with pytest.raises(Exception, match="differs in n_prompts"):
+        build_atlas(lambda: pytest.fail("loaded"), _options(inputs, out, resume=True) and
+                    AtlasOptions(**{**vars(_options(inputs, out, resume=True)), "n_prompts": 3}),
+                    model_spec="tiny-llama")
+    relabelled = build_atlas(lambda: pytest.fail("the model was loaded"),
+                             _options(inputs, out, resume=True, thresholds={"sink": 0.0}),
+                             model_spec="tiny-llama")
+    heads = relabelled.heads
+    assert heads["sink"].tolist() == (heads["sink_score"] > 0).tolist()
+    np.testing.assert_array_equal(heads["sink_score"], tiny_atlas.heads["sink_score"])
+    assert next(r for r in relabelled.doc["roles"] if r["name"] == "sink")["threshold"] == 0.0
