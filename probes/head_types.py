@@ -218,6 +218,7 @@ class HeadTypes(Probe):
     exclude_current_token: bool = False  # leave the diagonal out of both sums
 
     def __post_init__(self):
+        super().__post_init__()
         found = [parse_detector(item, "head_types.detectors") for item in self.detectors]
         if self.detectors_file:
             found += read_detectors_file(self.detectors_file)

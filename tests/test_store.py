@@ -49,13 +49,17 @@ def test_atomic_dir_leaves_nothing_on_failure(tmp_path):
 
 def test_run_dir_create_resume_and_parts(tmp_path):
     same = lambda stored: None  # noqa: E731
-    run, state = RunDir.create(tmp_path, "r1", {"status": "running", "created": "t"},
+    run, state = RunDir.create(tmp_path, "r1", {"run_id": "r1", "status": "running",
+                                                "created": "t"},
                                resume=False, overwrite=False, same_config=same)
     assert state == "new" == run.state and run.read_manifest()["status"] == "running"
     run.write_batch(0, {"t": conform(records("m", [1.0]), run_id="r1", probe="t")})
     run.write_batch(2, {"t": conform(records("m", [3.0]), run_id="r1", probe="t")})
     assert run.done_batches() == [0, 2] and run.part_table_names() == ["t"]
     assert [x.column("value").to_pylist() for x in run.read_parts("t")] == [[1.0], [3.0]]
+    with pytest.raises(RunStateError, match="being written by another process"):
+        RunDir.create(tmp_path, "r1", {}, resume=True, overwrite=False, same_config=same)
+    run.release()  # the writer is done (or gone)
     with pytest.raises(RunStateError, match="already exists"):
         RunDir.create(tmp_path, "r1", {}, resume=False, overwrite=False, same_config=same)
     with pytest.raises(RunStateError, match="cannot resume run 'r1': it differs"):
@@ -76,10 +80,13 @@ def test_run_dir_create_resume_and_parts(tmp_path):
         fresh.read_table("nope")
 
 
-def test_list_runs_skips_junk(tmp_path):
-    atomic_write_json(tmp_path / "a" / "run.json", {"created": "2026-01-01"})
-    atomic_write_json(tmp_path / "b" / "run.json", {"created": "2026-02-01"})
+def test_list_runs_skips_junk_and_lists_unreadable(tmp_path):
+    atomic_write_json(tmp_path / "a" / "run.json", {"status": "complete", "created": "2026-01-01"})
+    atomic_write_json(tmp_path / "b" / "run.json", {"status": "complete", "created": "2026-02-01"})
     (tmp_path / "junk").mkdir()
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "run.json").write_text("{not json")
-    assert [r.run_id for r, _ in list_runs(tmp_path)] == ["b", "a"]
+    found = {r.run_id: m for r, m in list_runs(tmp_path)}
+    assert [r.run_id for r, _ in list_runs(tmp_path)][:2] == ["b", "a"]
+    assert found["broken"]["status"] == "unreadable" and "not valid JSON" in found["broken"]["error"]
+    assert "junk" not in found

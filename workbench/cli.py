@@ -18,6 +18,7 @@ from rich.table import Table
 from workbench.commands.common import (DEVICE, DEVICE_MAP, DTYPE, MODEL, OVERWRITE, PREPEND_BOS,
                                        PROGRESS, RUNS_DIR, STRICT_PARITY, _load, _names, err,
                                        out)
+from workbench.commands.guard import check_run_target
 from workbench.errors import InputError, WorkbenchError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -79,6 +80,7 @@ def run(
 
     if resume and overwrite:
         raise InputError("--resume and --overwrite contradict each other; choose one")
+    check_run_target(runs_dir, run_id)
     if attention_mask is not None:
         AttentionMask.parse(attention_mask)  # bad specs fail before the model loads
     if attention not in ATTENTION_CHOICES:
@@ -144,6 +146,7 @@ def circuits(
     from circuits.run import (CircuitsOptions, check_options, execute_circuits, load_tasks,
                               report)
 
+    check_run_target(runs_dir, run_id)
     options = check_options(method, select, direction=direction, positions=positions,
                             batch_size=batch_size, heads_per_forward=heads_per_forward,
                             stages=stages, receiver_input=receiver_input, n_random=n_random,
@@ -189,6 +192,7 @@ def intervene(
     from workbench.interventions.evaluate import InterveneOptions, Sweep, intervene, report
     from workbench.prompts import load_prompt_set
 
+    check_run_target(runs_dir, run_id)
     parsed = load_spec(spec)
     swept = Sweep.parse(sweep) if sweep else None
     names = _names(probes)
@@ -423,6 +427,7 @@ def sweep(
     from sweeps import SweepOptions, load_spec, run_sweep
 
     spec = load_spec(sweep_file)
+    check_run_target(Path(spec.runs_dir or runs_dir))
     if engine == "local" and (address or workers):
         raise InputError("--address and --workers need --engine ray")
     manifest = run_sweep(spec, SweepOptions(runs_dir=runs_dir, engine=engine, address=address,
@@ -442,31 +447,11 @@ def sweep(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry: run the app, turning WorkbenchErrors into one line and an exit code."""
-    try:
-        code = app(args=argv, standalone_mode=False)
-        if code == 130:  # typer turns KeyboardInterrupt into Exit(130) and returns it
-            raise KeyboardInterrupt
-        if isinstance(code, int) and code:
-            sys.exit(code)
-    except WorkbenchError as e:
-        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-        sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        err.print("[yellow]interrupted[/]: rerun the same command with --resume to continue",
-                  soft_wrap=True)
-        sys.exit(130)
-    except Exception as e:  # click usage errors and anything unexpected
-        import click
+    """Console-script entry: run the app; every error is one line and an exit code (2 bad input,
+    1 other failure, 130 interrupted; see :mod:`workbench.commands.guard`)."""
+    from workbench.commands.guard import run_guarded
 
-        if isinstance(e, click.exceptions.Exit):
-            sys.exit(e.exit_code)
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(1)
-        raise
+    run_guarded(app, argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

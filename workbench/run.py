@@ -154,10 +154,11 @@ def execute_run(model: LoadedModel, prompt_set: PromptSet, probes: Sequence[Any]
                                overwrite=options.overwrite, same_config=_same_config(key))
     if state == "complete":  # resuming a finished run: its tables stand as they are
         return run
-    run.write_table("prompts", pa.table(prompt_rows(tokenized), schema=PROMPTS_SCHEMA))
-    run.write_table("tokens", pa.table(token_rows(tokenized, model.tokenizer), schema=TOKENS_SCHEMA))
     timings = {"load_model_s": load_seconds, "tokenize_s": round(t_tok, 3)}
     try:
+        run.write_table("prompts", pa.table(prompt_rows(tokenized), schema=PROMPTS_SCHEMA))
+        run.write_table("tokens", pa.table(token_rows(tokenized, model.tokenizer),
+                                           schema=TOKENS_SCHEMA))
         t1 = time.perf_counter()
         todo = [b for b in batches if not run.batch_done(b.index)]
         n_done = _run_batches(hooks, todo, run, len(batches), options.progress)
@@ -175,6 +176,8 @@ def execute_run(model: LoadedModel, prompt_set: PromptSet, probes: Sequence[Any]
     except BaseException as err:
         run.update_manifest(status="failed", error=f"{type(err).__name__}: {err}", timings=timings)
         raise
+    finally:
+        run.release()  # the final status released it; this covers a failed manifest write
     return run
 
 

@@ -13,17 +13,19 @@ def describe_run(run: RunDir, console: Console, top: int = 3) -> None:
     """Print the manifest essentials, each table's metrics, and for every (layer, head) summary
     metric the ``top`` highest and lowest heads."""
     m = run.read_manifest()
-    model, prompts = m.get("model", {}), m.get("prompts", {})
-    parity = model.get("parity", {})
-    console.print(f"[bold]{m.get('run_id')}[/]  status: [bold]{m.get('status')}[/]  "
+    model, prompts = m.get("model") or {}, m.get("prompts") or {}
+    parity = model.get("parity") or {}
+    diff = parity.get("max_abs_diff")
+    console.print(f"[bold]{m.get('run_id')}[/]  status: [bold]{run.live_status(m)}[/]  "
                   f"created {m.get('created')}  finished {m.get('finished')}")
     console.print(f"model: {model.get('name')} ({model.get('source')}, {model.get('architecture')},"
                   f" {model.get('n_layers')} layers x {model.get('n_heads')} heads, "
                   f"{model.get('dtype')} on {model.get('device')}); parity max |diff| "
-                  f"{parity.get('max_abs_diff', float('nan')):.2e} "
+                  f"{diff if diff is None else format(diff, '.2e')} "
                   f"({'ok' if parity.get('ok') else 'FAILED'})")
-    files = ", ".join(f"{f['path']} (sha256 {f['sha256'][:12]}, {f['n_prompts']} prompts)"
-                      for f in prompts.get("files", []))
+    files = ", ".join(f"{f.get('path')} (sha256 {str(f.get('sha256'))[:12]}, "
+                      f"{f.get('n_prompts')} prompts)" for f in prompts.get("files") or []
+                      if isinstance(f, dict))
     console.print(f"prompts: {files}; {prompts.get('n_tokens')} tokens; "
                   f"BOS prepended: {prompts.get('prepend_bos')}")
     for p in m.get("probes", []):
@@ -33,6 +35,8 @@ def describe_run(run: RunDir, console: Console, top: int = 3) -> None:
     console.print(f"timings (s): {m.get('timings')}")
     if m.get("error"):
         console.print(f"[red]error[/]: {m['error']}")
+    for warning in m.get("warnings", []):
+        console.print(f"[yellow]warning[/]: {warning}")
     units = m.get("units", {})
     for name, meta in m.get("tables", {}).items():
         if name in META_TABLES:
