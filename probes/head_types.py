@@ -146,7 +146,8 @@ def head_scores(pattern: Float[Tensor, "batch head_index query_pos key_pos"],
                 detection: Bool[Tensor, "batch query_pos key_pos"], lengths: Int[Tensor, " batch"],
                 *, exclude_bos: bool = False, exclude_current_token: bool = False
                 ) -> tuple[Float[Tensor, "batch head_index"], Float[Tensor, "batch head_index"]]:
-    """``(mul, abs)`` scores of every head against a 0/1 detection pattern, per prompt, in fp32.
+    """``(mul, abs)`` scores of every head against a 0/1 detection pattern, per prompt, in
+    float64 (float32 on MPS).
 
     Over the prompt's real (query, key) pairs, minus key 0 (``exclude_bos``) and the diagonal
     (``exclude_current_token``): ``mul = sum(A P) / sum(A)`` (NaN where ``sum(A) = 0``) and
@@ -165,18 +166,22 @@ def head_scores(pattern: Float[Tensor, "batch head_index query_pos key_pos"],
         det = det & (pos != 0)[None, None, :]
     if exclude_current_token:
         det = det & (pos[:, None] != pos[None, :])[None]
+    # float64 sums: the kept mass is row sum - column 0 - diagonal, which cancels when almost all
+    # of a row is on token 0 (sink heads: 0.99997 of it); fp32 was off by 1e-3 there
+    acc = torch.float32 if dev.type == "mps" else torch.float64  # MPS has no float64
+    real = real.to(acc)
     b, q, k = det.nonzero(as_tuple=True)
-    overlap = torch.zeros(n_batch, n_heads, device=dev)
-    overlap.index_add_(0, b, pattern[b, :, q, k].float())  # [entries, head] summed per prompt
-    total = torch.einsum("bhq,bq->bh", pattern.sum(-1, dtype=torch.float32), real)
+    overlap = torch.zeros(n_batch, n_heads, device=dev, dtype=acc)
+    overlap.index_add_(0, b, pattern[b, :, q, k].to(acc))  # [entries, head] summed per prompt
+    total = torch.einsum("bhq,bq->bh", pattern.sum(-1, dtype=acc), real)
     if exclude_bos:
-        total -= torch.einsum("bhq,bq->bh", pattern[..., 0].float(), real)
+        total -= torch.einsum("bhq,bq->bh", pattern[..., 0].to(acc), real)
     if exclude_current_token:
-        total -= torch.einsum("bhq,bq->bh", pattern.diagonal(dim1=-2, dim2=-1).float(), real)
+        total -= torch.einsum("bhq,bq->bh", pattern.diagonal(dim1=-2, dim2=-1).to(acc), real)
     if exclude_bos and exclude_current_token:
-        total += pattern[:, :, 0, 0].float()  # (0, 0) was subtracted twice
-    n_target = det.sum((-1, -2)).float()[:, None]
-    abs_ = 1 - (total + n_target - 2 * overlap) / lengths.to(dev)[:, None].float()
+        total += pattern[:, :, 0, 0].to(acc)  # (0, 0) was subtracted twice
+    n_target = det.sum((-1, -2)).to(acc)[:, None]
+    abs_ = 1 - (total + n_target - 2 * overlap) / lengths.to(dev)[:, None].to(acc)
     return overlap / total, abs_
 
 
