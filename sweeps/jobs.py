@@ -40,6 +40,11 @@ class Job(BaseModel):
     def prepare(self, model, prompt_set: PromptSet) -> Any:
         raise NotImplementedError
 
+    def validate(self, model, prompt_set: PromptSet) -> None:
+        """Raise :class:`InputError` if this job cannot run on ``prompt_set`` with ``model``
+        (checked for every model and prompt set before any shard starts). Default: prepare."""
+        self.prepare(model, prompt_set)
+
     def run(self, prepared: Any, model, ids: list[str]) -> dict[str, pa.Table]:
         raise NotImplementedError
 
@@ -80,6 +85,18 @@ class ProbesJob(Job):
         if self.attention not in ATTENTION_CHOICES:
             raise InputError(f"attention {self.attention!r}: choose one of "
                              f"{', '.join(ATTENTION_CHOICES)}")
+
+    def validate(self, model, prompt_set: PromptSet) -> None:
+        from workbench.run import check_hook_points
+        from workbench.tokens import tokenize_prompt_set
+
+        info = model.info
+        tokenized = tokenize_prompt_set(prompt_set, model.tokenizer, prepend_bos=info.prepend_bos,
+                                        n_ctx=info.n_ctx, model_name=info.name,
+                                        images=model.images)
+        for probe in self._make():
+            check_hook_points(model, probe)
+            probe.check(tokenized, model)
 
     def prepare(self, model, prompt_set: PromptSet) -> Any:
         from workbench.run import BatchHooks, RunOptions, batch_plan, prepare_probes
