@@ -225,8 +225,13 @@ class PositionBias(Probe):
                     prompt_id=string_column(batch.prompt_ids, idx[2]),
                     head=None if head is None else head[idx[0]],
                     query_pos=(lengths - 1).numpy()[idx[2]])
-        out = [records(m, v.numpy(), **cols, segment=self.segment if m == "segment_mass" else None)
-               for m, v in summary.items()]
+        out = [records(m, v.numpy(), **cols) for m, v in summary.items() if m != "segment_mass"]
+        if self.segment is not None:  # no segment_mass row where the segment has no tokens
+            has = (seg.sum(-1) > 0).numpy()[idx[2]]  # (as attention_entropy, attention_sink)
+            kept = {k: (v.filter(pa.array(has)) if isinstance(v, pa.Array) else
+                        v if v is None else np.asarray(v)[has]) for k, v in cols.items()}
+            out.append(records("segment_mass", summary["segment_mass"].numpy()[has], **kept,
+                               segment=self.segment))
         if self.profiles:
             out.extend(self._profile_records(state, last_rows, col_sums, head))
         return concat(out)

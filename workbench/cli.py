@@ -96,6 +96,8 @@ def run(
     run_dir = execute_run(loaded, prompt_set, probe_objs, options,
                           load_seconds=loaded.info.load_seconds)
     manifest = run_dir.read_manifest()
+    for warning in manifest.get("warnings", []):
+        err.print(f"[yellow]warning[/]: {escape(warning)}", soft_wrap=True)
     rows = sum(t["rows"] for t in manifest["tables"].values())
     if run_dir.state == "complete":
         out.print(f"[green]complete[/]: {run_dir.path} was already complete (finished "
@@ -373,12 +375,15 @@ def _list_runs(runs_dir: Path) -> None:
         out.print(f"no runs under {runs_dir}")
         return
     table = Table("run id", "status", "model", "prompts", "probes", "records", "created")
-    for run, m in found:
-        rows = sum(t.get("rows", 0) for t in m.get("tables", {}).values())
-        table.add_row(run.run_id, m.get("status", "?"), m.get("model", {}).get("name", "?"),
-                      m.get("prompts", {}).get("name", "?"),
-                      ",".join(p["name"] for p in m.get("probes", [])), f"{rows:,}",
-                      m.get("created", ""))
+    for run, m in found:  # list_runs: validated manifests, or status "unreadable" + error
+        rows = sum(t.get("rows", 0) for t in (m.get("tables") or {}).values())
+        table.add_row(escape(run.run_id), m.get("status", "?"),
+                      escape(str((m.get("model") or {}).get("name", "?"))),
+                      escape(str((m.get("prompts") or {}).get("name", "?"))),
+                      escape(",".join(p["name"] for p in m.get("probes") or [])), f"{rows:,}",
+                      escape(str(m.get("created") or "")))
+        if m.get("status") == "unreadable":
+            err.print(f"[yellow]unreadable[/]: {escape(str(m.get('error')))}", soft_wrap=True)
     out.print(table)
 
 

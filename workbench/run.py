@@ -30,6 +30,7 @@ import torch
 
 from workbench.attention_impl import AUTO, EAGER, SDPA, AttentionChoice, choose_attention
 from workbench.attention_impl import sdpa_attention
+from workbench.coverage import input_warnings, no_records_warning
 from workbench.errors import InputError, WorkbenchError
 from workbench.masks import AttentionMask, mask_hooks, verify_mask
 from workbench.memory import BatchPlan, plan_batch
@@ -150,6 +151,7 @@ def execute_run(model: LoadedModel, prompt_set: PromptSet, probes: Sequence[Any]
     manifest["batching"]["plan"] = plan.to_dict()
     manifest["attention"] = hooks.attention.to_dict()
     manifest["attention_mask"] = None if mask is None else {"spec": str(mask), "check": mask_check}
+    manifest["warnings"] = warnings = input_warnings(tokenized, probes)
     run, state = RunDir.create(options.runs_dir, run_id, manifest, resume=options.resume,
                                overwrite=options.overwrite, same_config=_same_config(key))
     if state == "complete":  # resuming a finished run: its tables stand as they are
@@ -168,6 +170,7 @@ def execute_run(model: LoadedModel, prompt_set: PromptSet, probes: Sequence[Any]
         timings["finalize_s"] = round(time.perf_counter() - t2, 3)
         timings["total_s"] = round(time.perf_counter() - t0 + (load_seconds or 0), 3)
         run.update_manifest(status="complete", finished=_now(), tables=tables, timings=timings,
+                            warnings=warnings + no_records_warning(tables),
                             batches={"total": len(batches), "run_now": n_done,
                                      "skipped_as_done": len(batches) - len(todo)})
     except KeyboardInterrupt:

@@ -50,12 +50,28 @@ def _print_error(message: str) -> None:
     err.print(f"[bold red]error:[/] {escape(_one_line(message))}", highlight=False, soft_wrap=True)
 
 
-def usage_message(exc: Exception) -> str:
-    """A click usage error as one line: the command it concerns and what was wrong."""
+def _given(argv: list[str] | None, param) -> str | None:
+    """The value given on the command line for option ``param`` (``--opt v`` or ``--opt=v``)."""
+    opts = set(getattr(param, "opts", ()) or ()) | set(getattr(param, "secondary_opts", ()) or ())
+    args = list(sys.argv[1:] if argv is None else argv)
+    for i, arg in enumerate(args):
+        name, eq, value = arg.partition("=")
+        if eq and name in opts:
+            return value
+        if arg in opts and i + 1 < len(args):
+            return args[i + 1]
+    return None
+
+
+def usage_message(exc: Exception, argv: list[str] | None = None) -> str:
+    """A click usage error as one line: the command it concerns, what was wrong and, for a bad
+    option value, the value given."""
     message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
     ctx = getattr(exc, "ctx", None)
     where = f"{ctx.command_path}: " if ctx is not None and getattr(ctx, "command_path", "") else ""
-    return f"{where}{message} (see --help)"
+    value = _given(argv, getattr(exc, "param", None))
+    got = f" (got {value!r})" if value is not None and repr(value) not in message else ""
+    return f"{where}{message}{got} (see --help)"
 
 
 @contextlib.contextmanager
@@ -80,7 +96,7 @@ def run_guarded(app: Callable, argv: list[str] | None) -> None:
     families = _click_families()
     try:
         with sigterm_as_interrupt():
-            code = app(args=argv, standalone_mode=False)
+            code = app(args=argv, prog_name="workbench", standalone_mode=False)
         if code == INTERRUPTED:  # typer turns KeyboardInterrupt into Exit(130) and returns it
             raise KeyboardInterrupt
         if isinstance(code, int) and code:
@@ -107,7 +123,7 @@ def run_guarded(app: Callable, argv: list[str] | None) -> None:
                 if type(e).__name__ == "NoArgsIsHelpError":  # bare command: show its help
                     e.show()
                     sys.exit(2)
-                _print_error(usage_message(e))
+                _print_error(usage_message(e, argv))
                 sys.exit(2)
             if isinstance(e, click_exc):
                 _print_error(e.format_message())
