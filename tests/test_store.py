@@ -90,3 +90,30 @@ def test_list_runs_skips_junk_and_lists_unreadable(tmp_path):
     assert [r.run_id for r, _ in list_runs(tmp_path)][:2] == ["b", "a"]
     assert found["broken"]["status"] == "unreadable" and "not valid JSON" in found["broken"]["error"]
     assert "junk" not in found
+
+
+def test_manifest_is_strict_json(tmp_path):
+    """NaN and infinities never reach run.json as bare tokens (invalid JSON): they become null."""
+    import json
+
+    atomic_write_json(tmp_path / "run.json", {"status": "complete", "a": float("nan"),
+                                              "b": [1.5, float("-inf")], "c": {"d": float("inf")}})
+    text = (tmp_path / "run.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"status": "complete", "a": None, "b": [1.5, None], "c": {"d": None}}
+
+
+def test_overwrite_refuses_what_is_not_a_run(tmp_path):
+    same = lambda stored: None  # noqa: E731
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("x")
+    (tmp_path / "link").symlink_to(tmp_path / "notes", target_is_directory=True)
+    (tmp_path / "fake").mkdir()
+    (tmp_path / "fake" / "run.json").write_text('{"status": "complete"}')
+    for name, message in (("notes", "no run.json"), ("link", "symbolic link"),
+                          ("fake", "not written by the workbench")):
+        with pytest.raises(RunStateError, match=message):
+            RunDir.create(tmp_path, name, {"status": "running"}, resume=False, overwrite=True,
+                          same_config=same)
+    assert (tmp_path / "notes" / "a.txt").read_text() == "x"
+    assert (tmp_path / "fake" / "run.json").exists()
