@@ -3,9 +3,10 @@
 A probe that measures something *on* a named segment (``attention_entropy``, ``attention_sink``,
 ``position_bias``, a ``head_types`` ``segment:`` rule) writes no segment rows for a prompt whose
 segment has no tokens (an empty span, or one no token overlaps); a prompt of one token has a single
-visible key, so ``attention_entropy`` writes nothing for it. Those prompts are named in the run
-manifest's ``warnings`` and printed by the CLI and ``runs show``. Probes that *remove* a segment
-(``head_divergence``) refuse an empty one instead (:func:`workbench.removal.check_removable`).
+visible key, so ``attention_entropy`` writes nothing for it. ``head_divergence`` *removes* its
+segment: removing an empty one changes nothing, so its rows are exactly 0 by construction (a
+documented, tested case). Those prompts are named in the run manifest's ``warnings`` and printed
+by the CLI and ``runs show``.
 """
 
 from __future__ import annotations
@@ -22,9 +23,7 @@ def _ids(ids: list[str]) -> str:
 
 
 def _segments(probe: Any) -> list[str]:
-    """The named segments a probe measures on (not ones it removes)."""
-    if getattr(probe, "owns_forward", False):
-        return []
+    """The named segments a probe measures on or removes."""
     names = [probe.segment] if isinstance(getattr(probe, "segment", None), str) else []
     for detector in getattr(probe, "_detectors", ()):
         names += detector.segments
@@ -39,8 +38,10 @@ def input_warnings(tokenized: Sequence[Any], probes: Sequence[Any]) -> list[str]
         for name in _segments(probe):
             empty = [t.id for t in tokenized if name in t.segments and t.segments[name].size == 0]
             if empty:
+                what = ("removing nothing: their divergences are 0 by construction"
+                        if getattr(probe, "owns_forward", False) else "no segment rows for them")
                 out.append(f"{probe.name}: segment {name!r} has no tokens in {len(empty)} "
-                           f"prompt(s) ({_ids(empty)}); no segment rows for them")
+                           f"prompt(s) ({_ids(empty)}); {what}")
         if single and probe.name == "attention_entropy":
             out.append(f"{probe.name}: {len(single)} prompt(s) have a single token "
                        f"({_ids(single)}); one visible key has no entropy, so no rows for them")

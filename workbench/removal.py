@@ -52,15 +52,12 @@ def dropped_positions(positions: np.ndarray, segment: np.ndarray) -> np.ndarray:
 
 def check_removable(tok: TokenizedPrompt, segment: str, removal: str, positions: str) -> None:
     """Raise :class:`InputError` (naming the prompt and segment) if ``segment`` cannot be removed
-    from this prompt: it is missing or empty, covers the whole prompt or every query position,
-    cuts an image, or is an image under ``mean_embed``."""
+    from this prompt: it is missing, covers the whole prompt or every query position, cuts an
+    image, or is an image under ``mean_embed``."""
     if segment not in tok.segments:
         raise InputError(f"{tok.prompt.source}: prompt {tok.id!r} has no segment {segment!r}")
     where = f"{tok.prompt.source}: prompt {tok.id!r}, segment {segment!r}"
     seg = tok.segments[segment]
-    if seg.size == 0:
-        raise InputError(f"{where}: the segment has no tokens (an empty span); there is nothing "
-                         "to remove, so every divergence would be 0")
     if seg.size == tok.n_tokens:
         raise InputError(f"{where}: the segment covers the whole prompt ({tok.n_tokens} tokens); "
                          "nothing would remain without it")
