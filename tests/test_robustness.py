@@ -269,3 +269,31 @@ def test_killed_run_is_listed_interrupted(tmp_path, capsys):
     assert "interrupt" in capsys.readouterr().out  # the column may be cut to "interrupte…"
     assert cli("runs", "--runs-dir", str(runs), "show", "r") == 0
     assert "status: interrupted" in capsys.readouterr().out
+
+
+def test_malformed_manifests_are_unreadable_not_crashes(tmp_path, capsys):
+    """`workbench runs` lists malformed run.json files as unreadable and keeps the rest; `runs
+    show` and `run --resume` on one give one line and exit 2."""
+    from workbench.store import atomic_write_json
+
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"id": "a", "text": "Hello there, attention"}])
+    runs = tmp_path / "runs"
+    assert cli(*run_args(prompts, runs, "--run-id", "good")) == 0
+    good = json.loads((runs / "good" / "run.json").read_text())
+    for name, change in (("created5", {"created": 5}), ("model", {"model": "x"}),
+                         ("tables", {"tables": None})):
+        atomic_write_json(runs / name / "run.json", {**good, "run_id": name, **change})
+    (runs / "notjson").mkdir()
+    (runs / "notjson" / "run.json").write_text("{")
+    capsys.readouterr()
+    assert cli("runs", "--runs-dir", str(runs)) == 0
+    out, err = capsys.readouterr()
+    assert "good" in out and "Traceback" not in out + err
+    assert sum("unreadable" in line for line in err.splitlines()) == 4
+    for name in ("created5", "model", "tables", "notjson"):
+        assert cli("runs", "--runs-dir", str(runs), "show", name) == 2
+        lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: ") and name in lines[0]
+    assert cli(*run_args(prompts, runs, "--run-id", "notjson", "--resume")) == 2
+    err = capsys.readouterr().err
+    assert "not valid JSON" in err and "Traceback" not in err

@@ -31,7 +31,8 @@ import torch
 from workbench.attention_impl import AUTO, EAGER, SDPA, AttentionChoice, choose_attention
 from workbench.attention_impl import sdpa_attention
 from workbench.coverage import input_warnings, no_records_warning
-from workbench.errors import InputError, WorkbenchError
+from workbench.errors import InputError, RunStateError, WorkbenchError
+from workbench.manifest import read_manifest_file
 from workbench.masks import AttentionMask, mask_hooks, verify_mask
 from workbench.memory import BatchPlan, plan_batch
 from workbench.models import LoadedModel
@@ -112,7 +113,8 @@ def default_run_id(key: dict, model: LoadedModel, prompt_set: PromptSet) -> str:
 
 def _same_config(key: dict) -> Callable[[dict], str | None]:
     def check(stored: dict) -> str | None:
-        old = stored.get("config_key", {})
+        old = stored.get("config_key")
+        old = old if isinstance(old, dict) else {}
         diffs = [k for k in {**key, **old} if old.get(k) != key.get(k)]
         return f"its configuration differs in {', '.join(diffs)}" if diffs else None
     return check
@@ -210,7 +212,11 @@ def batch_plan(model: LoadedModel, tokenized: list[TokenizedPrompt], hooks: "Bat
         return BatchPlan(options.batch_size, "given", device_type)
     stored = Path(options.runs_dir) / (options.run_id or "") / MANIFEST
     if options.resume and options.run_id and stored.is_file():
-        size = json.loads(stored.read_text()).get("config_key", {}).get("batch_size")
+        try:  # an unreadable manifest is reported by RunDir.create, in one line
+            key = read_manifest_file(stored).get("config_key")
+        except (OSError, RunStateError):
+            key = None
+        size = key.get("batch_size") if isinstance(key, dict) else None
         if isinstance(size, int) and size >= 1:
             return BatchPlan(size, "resumed", device_type)
     return plan_batch(model, max(t.n_tokens for t in tokenized),

@@ -236,7 +236,7 @@ class RunDir:
             if stored.get("status") == "complete":
                 return "complete"
             manifest = {**manifest, "created": stored.get("created", manifest.get("created")),
-                        "resumed": stored.get("resumed", 0) + 1}
+                        "resumed": _count(stored.get("resumed")) + 1}
             self.write_manifest(manifest)
             self._drop_temporaries()
             return "resumed"
@@ -347,6 +347,10 @@ class RunDir:
 
 
 UNREADABLE = "unreadable"
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def list_runs(runs_dir: Path) -> list[tuple[RunDir, dict]]:
