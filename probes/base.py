@@ -52,7 +52,7 @@ def _adapters(cls: type) -> dict[str, TypeAdapter]:
 
 
 def _finite_floats(hint: Any) -> Any:
-    """``hint`` with plain ``float`` made finite (a float field without a rule still refuses NaN)."""
+    """``hint`` with plain ``float`` made finite (a float field without a rule refuses NaN too)."""
     if hint is float:
         return typing.Annotated[float, Field(allow_inf_nan=False)]
     return hint

@@ -210,7 +210,8 @@ def test_real_model_induction_heads(smollm2, smollm2_hf, tmp_path):
 
 def _direct_scores(a: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """TransformerLens's definition in float64 with exclude_bos and exclude_current_token: key 0
-    and the diagonal zeroed in both A and P, then sums over the kept entries. ``a``: [head, q, k]."""
+    and the diagonal zeroed in both A and P, then sums over the kept entries; ``a`` is
+    [head, q, k]."""
     keep = np.ones(p.shape)
     keep[:, 0] = 0
     np.fill_diagonal(keep, 0)

@@ -204,7 +204,8 @@ def slow_run(prompts: Path, runs: Path, *extra: str, delay: float = 0.5) -> subp
 
 def many(tmp_path: Path, n: int = 12) -> Path:
     return write_jsonl(tmp_path / "many.jsonl", [
-        {"id": f"p{i:02d}", "text": f"Prompt number {i} talks about " + "attention heads " * (i % 5)}
+        {"id": f"p{i:02d}",
+         "text": f"Prompt number {i} talks about " + "attention heads " * (i % 5)}
         for i in range(n)])
 
 

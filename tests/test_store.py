@@ -88,7 +88,8 @@ def test_list_runs_skips_junk_and_lists_unreadable(tmp_path):
     (tmp_path / "broken" / "run.json").write_text("{not json")
     found = {r.run_id: m for r, m in list_runs(tmp_path)}
     assert [r.run_id for r, _ in list_runs(tmp_path)][:2] == ["b", "a"]
-    assert found["broken"]["status"] == "unreadable" and "not valid JSON" in found["broken"]["error"]
+    assert found["broken"]["status"] == "unreadable"
+    assert "not valid JSON" in found["broken"]["error"]
     assert "junk" not in found
 
 
