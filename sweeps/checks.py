@@ -26,9 +26,11 @@ def _complete(path: Path) -> bool:
 
 
 def check_inputs(spec: SweepSpec, root: Path, *, overwrite: bool = False,
-                 on_cpu: bool = False, worker: ShardWorker | None = None) -> ShardWorker:
+                 on_cpu: bool = False, worker: ShardWorker | None = None
+                 ) -> tuple[ShardWorker, dict[str, list[str]]]:
     """Check every (model, prompt set, job) that still has work; return the worker holding the
-    last model loaded (the local engine reuses it).
+    last model loaded (the local engine reuses it) and each run's warnings (``{run_id: [...]}``,
+    prompts a job writes no rows for; see :mod:`workbench.coverage`).
 
     Raises:
         InputError: a prompt longer than a model's context, a prompt lacking a segment a job
@@ -37,6 +39,7 @@ def check_inputs(spec: SweepSpec, root: Path, *, overwrite: bool = False,
         ModelNotAvailable: a model that cannot be loaded.
     """
     worker = worker or ShardWorker()
+    warnings: dict[str, list[str]] = {}
     sets = [load_prompt_set(files) for files in spec.prompt_sets]
     for entry in spec.models:
         todo = [ps for ps in sets
@@ -46,11 +49,12 @@ def check_inputs(spec: SweepSpec, root: Path, *, overwrite: bool = False,
         worker._load(entry.model_copy(update={"device": "cpu", "device_map": None})
                      if on_cpu else entry)
         for prompt_set in todo:
+            said = warnings.setdefault(f"{entry.slug}--{prompt_set.name}", [])
             for i, job in enumerate(spec.jobs):
                 try:
-                    job.validate(worker.model, prompt_set)
+                    said += job.validate(worker.model, prompt_set)
                 except InputError as err:
                     raise InputError(f"sweep {spec.name!r}: model {entry.spec}, prompt set "
                                      f"{prompt_set.name}, jobs[{i}] ({job.kind}): {err}"
                                      ) from None
-    return worker
+    return worker, warnings

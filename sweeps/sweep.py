@@ -87,9 +87,11 @@ def _same_config(key: dict):
     return check
 
 
-def plan_shards(spec: SweepSpec, root: Path, overwrite: bool = False
+def plan_shards(spec: SweepSpec, root: Path, overwrite: bool = False,
+                warnings: dict[str, list[str]] | None = None
                 ) -> tuple[list[RunDir], list[Shard]]:
-    """Create (or reopen) every (model, prompt set) run under ``root`` and list all shards.
+    """Create (or reopen) every (model, prompt set) run under ``root`` and list all shards;
+    ``warnings[run_id]`` goes into that run's manifest.
 
     Raises:
         InputError: a bad prompt file (before any model is loaded or file written), or two
@@ -106,7 +108,8 @@ def plan_shards(spec: SweepSpec, root: Path, overwrite: bool = False
                          "(the same model and prompt set names); list each once")
     runs, shards = [], []
     for entry, files, prompt_set, run_id in plan:
-        manifest = _run_manifest(run_id, entry, prompt_set, spec)
+        manifest = {**_run_manifest(run_id, entry, prompt_set, spec),
+                    "warnings": (warnings or {}).get(run_id, [])}
         run, _ = RunDir.create(root, run_id, manifest, resume=True, overwrite=overwrite,
                                same_config=_same_config(manifest["config_key"]))
         runs.append(run)
@@ -218,10 +221,10 @@ def run_sweep(spec: SweepSpec, options: SweepOptions) -> dict:
     if options.engine not in ENGINES:
         raise InputError(f"--engine {options.engine!r}: choose one of {', '.join(ENGINES)}")
     root = Path(spec.runs_dir or options.runs_dir) / spec.name
-    worker = check_inputs(spec, root, overwrite=options.overwrite,
-                          on_cpu=options.engine == "ray")
+    worker, warnings = check_inputs(spec, root, overwrite=options.overwrite,
+                                    on_cpu=options.engine == "ray")
     previous = {} if options.overwrite else _previous_rows(root / SWEEP_MANIFEST)
-    runs, shards = plan_shards(spec, root, options.overwrite)
+    runs, shards = plan_shards(spec, root, options.overwrite, warnings)
     rows, todo = _initial_rows(runs, shards, previous)
     ledger = _Ledger(root / SWEEP_MANIFEST, {
         "name": spec.name, "kind": "sweep", "status": "running", "created": _now(),
@@ -229,6 +232,7 @@ def run_sweep(spec: SweepSpec, options: SweepOptions) -> dict:
         "workers": options.workers, "command": options.command or sys.argv,
         "spec": spec.model_dump(mode="json"), "runs": [r.run_id for r in runs],
         "n_shards": len(shards), "n_skipped": len(shards) - len(todo), "shards": rows,
+        "warnings": {run: said for run, said in warnings.items() if said},
         "versions": library_versions(), "timings": {}})
     t0 = time.perf_counter()
     try:

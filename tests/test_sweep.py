@@ -255,3 +255,14 @@ def test_bad_prompt_is_refused_before_any_shard(five, tmp_path, bad, message):
     assert message in str(info.value) and "sweep 'sw': model tiny-llama" in str(info.value)
     assert info.value.exit_code == 2
     assert not (tmp_path / "runs").exists()
+
+
+def test_sweep_runs_record_empty_segment_warnings(five, tmp_path):
+    rows = [json.loads(line) for line in five.read_text().splitlines()]
+    rows[1]["segments"] = {"names": [3, 3]}  # prompt b: an empty segment
+    prompts = write_jsonl(tmp_path / "five.jsonl", rows)
+    manifest = run_sweep(spec_for(prompts), SweepOptions(runs_dir=tmp_path / "runs"))
+    [line] = manifest["warnings"][RUN]
+    assert line.startswith("attention_entropy: segment 'names' has no tokens in 1 prompt(s) ('b')")
+    stored = json.loads((tmp_path / "runs" / "sw" / RUN / "run.json").read_text())
+    assert stored["warnings"] == [line] and stored["status"] == "complete"

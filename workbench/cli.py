@@ -440,6 +440,9 @@ def sweep(
                                             overwrite=overwrite, command=sys.argv))
     failed = [r for r in manifest["shards"] if r["status"] != "done"]
     where = Path(spec.runs_dir or runs_dir) / spec.name
+    for run_name, said in manifest.get("warnings", {}).items():
+        for warning in said:
+            err.print(f"[yellow]warning[/]: {escape(run_name)}: {escape(warning)}", soft_wrap=True)
     for row in failed:
         err.print(f"[bold red]shard failed[/]: {row['run']} chunk {row['chunk']} "
                   f"({row['first_id']}..{row['last_id']}): {escape(str(row['error']))}",
