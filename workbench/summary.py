@@ -29,7 +29,7 @@ def describe_run(run: RunDir, console: Console, top: int = 3) -> None:
     console.print(f"prompts: {files}; {prompts.get('n_tokens')} tokens; "
                   f"BOS prepended: {prompts.get('prepend_bos')}")
     for p in m.get("probes", []):
-        console.print(f"probe {p['name']}: {p['params']}")
+        console.print(f"probe {p['name']}: {p.get('params')}")
     if m.get("attention_mask"):
         console.print(f"attention mask: {m['attention_mask']['spec']} (applied to every forward)")
     console.print(f"timings (s): {m.get('timings')}")
@@ -42,15 +42,15 @@ def describe_run(run: RunDir, console: Console, top: int = 3) -> None:
         if name in META_TABLES:
             continue
         table = run.read_table(name, columns=["metric", "layer", "head", "prompt_id", "value"])
-        console.print(f"\n[bold]{name}[/]: {meta['rows']:,} records")
+        console.print(f"\n[bold]{name}[/]: {meta.get('rows', 0):,} records")
         summary = Table("metric", "unit", "rows", "mean", "min", "max")
-        for metric in meta["metrics"]:
+        for metric in meta.get("metrics", []):
             vals = table.filter(pc.equal(table["metric"], metric))["value"]
             summary.add_row(metric, units.get(metric, ""), f"{len(vals):,}",
                             f"{pc.mean(vals).as_py():.4g}", f"{pc.min(vals).as_py():.4g}",
                             f"{pc.max(vals).as_py():.4g}")
         console.print(summary)
-        for metric in meta["metrics"]:
+        for metric in meta.get("metrics", []):
             rows = table.filter(pc.and_(pc.equal(table["metric"], metric),
                                         pc.is_null(table["prompt_id"])))
             rows = rows.filter(pc.is_valid(rows["head"]))
