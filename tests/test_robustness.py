@@ -142,6 +142,10 @@ def bad_cases(files: dict[str, Path], base: Path) -> list[tuple[list[str], str, 
     intervene(files["spec_temperature"], expect="temperature")
     intervene(files["spec_scale"], "--sweep", "alpha=0,nan,inf", expect="alpha=0,nan,inf")
     intervene(files["spec_scale"], "--threshold", "nan", expect="--threshold")
+    run("--attention-mask", "decay:nan", expect="decay")
+    cases.append((["circuits", "-m", "tiny-llama", "-t", "ioi", "--select", "threshold=nan",
+                   "--runs-dir", str(base / "runs_circuits")], "threshold=nan",
+                  base / "runs_circuits"))
     runs = base / "runs_huge"
     cases.append((run_args(files["huge"], runs), "prompt 'huge' has 10,000,000 characters", runs))
     cases.append((["sweep", str(files["badsweep"]), "--runs-dir", str(base / "runs_sweep")],
