@@ -118,3 +118,15 @@ def test_overwrite_refuses_what_is_not_a_run(tmp_path):
                           same_config=same)
     assert (tmp_path / "notes" / "a.txt").read_text() == "x"
     assert (tmp_path / "fake" / "run.json").exists()
+
+
+def test_a_dead_writers_run_reads_interrupted(tmp_path):
+    same = lambda stored: None  # noqa: E731
+    run, _ = RunDir.create(tmp_path, "r", {"run_id": "r", "status": "running"}, resume=False,
+                           overwrite=False, same_config=same)
+    assert run.live_status() == "running"
+    run.release()  # as when the process dies
+    assert run.live_status() == "interrupted" and list_runs(tmp_path)[0][1]["status"] == \
+        "interrupted"
+    with pytest.raises(RunStateError, match=r"already exists \(status: interrupted\)"):
+        RunDir.create(tmp_path, "r", {}, resume=False, overwrite=False, same_config=same)

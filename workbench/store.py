@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from workbench.errors import InputError, RunStateError
 from workbench.manifest import check_run_id, json_text, read_manifest_file
-from workbench.runlock import RunLock, live_status, writer
+from workbench.runlock import INTERRUPTED, RUNNING, RunLock, live_status, writer
 
 MANIFEST = "run.json"
 PARTS = ".parts"
@@ -216,15 +216,13 @@ class RunDir:
         if overwrite and (path.exists() or path.is_symlink()):
             self._check_deletable()
             shutil.rmtree(path)
-        if path.is_symlink():
-            raise RunStateError(f"{path} is a symbolic link; a run folder must be a real folder "
-                                "(choose another --run-id or remove the link)")
         if path.exists():
             if not path.is_dir() or not self.manifest_path.exists():
                 raise RunStateError(f"{path} exists but is not a run directory; choose another "
                                     "--run-id or remove it")
             stored = self.read_manifest()
-            status = self.live_status(stored)
+            status = stored.get("status")  # we hold the lock: a "running" writer is gone
+            status = INTERRUPTED if status == RUNNING else status
             if not resume:
                 raise RunStateError(
                     f"run {run_id!r} already exists (status: {status}); rerun with "
