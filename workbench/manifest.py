@@ -165,7 +165,9 @@ def check_runs_dir(runs_dir: Path, option: str = "--runs-dir") -> None:
     runs_dir = Path(runs_dir)
     resolved = Path(os.path.realpath(runs_dir))
     for system in SYSTEM_DIRS:
-        if resolved == Path(system) or Path(system) in resolved.parents:
+        shm = Path("/dev/shm")  # a memory-backed folder, fine for runs
+        if resolved != shm and shm not in resolved.parents and (
+                resolved == Path(system) or Path(system) in resolved.parents):
             raise InputError(f"{option} {runs_dir}: resolves to {resolved}, inside {system}, "
                              "which cannot hold runs; choose a folder such as runs/")
     if resolved.exists() and not resolved.is_dir():
