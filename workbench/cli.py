@@ -19,7 +19,7 @@ from workbench.commands.common import (DEVICE, DEVICE_MAP, DTYPE, MODEL, OVERWRI
                                        PROGRESS, RUNS_DIR, STRICT_PARITY, _load, _names, err,
                                        out)
 from workbench.commands.guard import check_run_target
-from workbench.errors import InputError, WorkbenchError
+from workbench.errors import InputError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Attention Workbench: probes, circuits and interventions on attention heads.")
