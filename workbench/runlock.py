@@ -87,8 +87,12 @@ class RunLock:
             self._fd = None
 
     def __del__(self):  # pragma: no cover - the kernel drops it at exit anyway
-        with contextlib.suppress(Exception):
-            self.release()
+        try:  # no contextlib here: module globals may be gone at interpreter exit
+            if self._fd is not None:
+                os.close(self._fd)  # closing the descriptor drops the flock
+                self._fd = None
+        except Exception:  # noqa: BLE001
+            pass
 
 
 def _holder(path: Path) -> str:
