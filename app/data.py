@@ -11,7 +11,6 @@ with ``st.cache_resource`` (immutable, shared without copying), small derived fr
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,8 @@ import streamlit as st
 
 from workbench.errors import InputError, RunStateError
 from workbench.figures.shapes import parse_sweep
+from workbench.manifest import read_manifest_file
+from workbench.runlock import RUNNING, live_status
 from workbench.store import MANIFEST, META_TABLES
 
 RUNS_ENV = "WORKBENCH_RUNS_DIR"
@@ -136,15 +137,20 @@ class RunsRoot:
 
     def tables(self, run_id: str) -> list[str]:
         """Names of the run's parquet tables that resolve inside the runs folder, sorted."""
-        folder = self.run_dir(run_id)
-        names = []
-        for path in sorted(folder.glob("*.parquet")):
+        refused = self.refused_tables(run_id)
+        return [p.stem for p in sorted(self.run_dir(run_id).glob("*.parquet"))
+                if p.stem not in refused]
+
+    def refused_tables(self, run_id: str) -> dict[str, str]:
+        """``{table: reason}`` for the run's parquet files that resolve outside the runs folder
+        (a symlink out of it): listed as refused, never read."""
+        out = {}
+        for path in sorted(self.run_dir(run_id).glob("*.parquet")):
             try:
-                self.inside(path, str(path))
-            except OutsideRunsFolder:
-                continue
-            names.append(path.stem)
-        return names
+                self.inside(path, f"table {path.stem!r} of run {run_id!r}")
+            except OutsideRunsFolder as err:
+                out[path.stem] = str(err)
+        return out
 
     def record_tables(self, run_id: str) -> list[str]:
         return [t for t in self.tables(run_id) if t not in META_TABLES]
@@ -164,7 +170,7 @@ class RunsRoot:
                 stamps.append((child.name, str(manifest), stat.st_mtime_ns, None))
             except OutsideRunsFolder as err:
                 stamps.append((child.name, "", 0, str(err)))
-        return _manifests(tuple(stamps))
+        return [_live(self.root / e.run_id, e) for e in _manifests(tuple(stamps))]
 
     def manifest(self, run_id: str) -> dict:
         for entry in self.runs():
@@ -181,15 +187,22 @@ def _manifests(stamps: tuple) -> list[RunEntry]:
         if problem:
             out.append(RunEntry(run_id, None, problem))
             continue
-        try:
-            manifest = json.loads(Path(path).read_text())
-            if not isinstance(manifest, dict):
-                raise ValueError("not a JSON object")
-            out.append(RunEntry(run_id, manifest))
-        except (OSError, ValueError) as err:
+        try:  # a regular file only (a named pipe would block), validated
+            out.append(RunEntry(run_id, read_manifest_file(Path(path))))
+        except (OSError, ValueError, RunStateError) as err:
             out.append(RunEntry(run_id, None, f"{MANIFEST} is not readable: {err}"))
-    out.sort(key=lambda e: (e.manifest or {}).get("created") or "", reverse=True)
+    out.sort(key=lambda e: str((e.manifest or {}).get("created") or ""), reverse=True)
     return out
+
+
+def _live(path: Path, entry: RunEntry) -> RunEntry:
+    """``entry`` with a ``running`` status turned ``interrupted`` when its writer is gone
+    (checked on every call: the lock changes without the manifest changing)."""
+    m = entry.manifest
+    if m is None or m.get("status") != RUNNING:
+        return entry
+    status = live_status(path, m)
+    return entry if status == RUNNING else RunEntry(entry.run_id, {**m, "status": status})
 
 
 def _filter(where: Where) -> Any:

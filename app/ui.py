@@ -76,6 +76,8 @@ def infos(root: RunsRoot, run_id: str) -> dict[str, TableInfo]:
     probes = [p.get("name") for p in root.manifest(run_id).get("probes") or []
               if isinstance(p, dict)]
     out = {}
+    for table, why in root.refused_tables(run_id).items():
+        st.warning(literal(f"table {table}: refused ({why})"))
     for table in sorted(root.record_tables(run_id),
                         key=lambda t: (probes.index(t) if t in probes else len(probes), t)):
         info = table_info(root.table(run_id, table))

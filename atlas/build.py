@@ -29,6 +29,7 @@ from atlas.roles import ROLES, assign_roles, role_table
 from atlas.scores import evidence, pattern_ceilings, role_scores
 from workbench.errors import InputError, RunStateError
 from workbench.run import git_state, library_versions
+from workbench.runlock import RunLock, writer
 from workbench.store import MANIFEST, RunDir, atomic_write_json, write_parquet
 
 ATLAS_VERSION = 1
@@ -125,8 +126,8 @@ def _open_or_create(options: AtlasOptions, model_spec: str, prompt_sets: dict) -
                                 "another --out")
         if not options.resume and not options.overwrite:
             raise RunStateError(f"atlas {str(path)!r} already exists (status: "
-                                f"{stored.get('status')}); rerun with --resume to continue or "
-                                "reuse it, or --overwrite to start again")
+                                f"{RunDir(path).live_status(stored)}); rerun with --resume to "
+                                "continue or reuse it, or --overwrite to start again")
         if options.resume and stored.get("model_spec") != model_spec:
             raise RunStateError(f"cannot resume atlas {str(path)!r}: it was made for model "
                                 f"{stored.get('model_spec')!r}, not {model_spec!r}; use "
@@ -141,7 +142,9 @@ def _open_or_create(options: AtlasOptions, model_spec: str, prompt_sets: dict) -
     run, _ = RunDir.create(options.runs_dir, path.name, manifest, resume=options.resume,
                            overwrite=options.overwrite, same_config=lambda stored: None)
     if run.state == "complete":  # resume of a finished atlas: check again, rebuild from runs
-        run.write_manifest({**run.read_manifest(), "status": "running"})
+        run.lock = RunLock(run.path).acquire()  # create() hands a finished run back unlocked
+        run.write_manifest({**run.read_manifest(), "status": "running", "writer": writer(),
+                            "config_key": manifest["config_key"]})
     return run
 
 

@@ -40,8 +40,10 @@ class Selection:
     def __post_init__(self):
         if self.method not in SELECTIONS:
             raise InputError(f"selection {self.method!r} is not one of {', '.join(SELECTIONS)}")
-        if self.value < 0 or (self.method == "top_percent" and self.value > 100):
-            raise InputError(f"selection {self.method}={self.value} is out of range")
+        if not np.isfinite(self.value) or self.value < 0 or (
+                self.method == "top_percent" and self.value > 100):
+            raise InputError(f"selection {self.method}={self.value} is out of range (a finite "
+                             "number >= 0; top_percent at most 100)")
 
     @classmethod
     def parse(cls, text: str) -> "Selection":

@@ -27,13 +27,35 @@ Probes sharing the forward never modify activations: hooks return nothing.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from typing import Any, ClassVar
 
 import pyarrow as pa
-from pydantic import TypeAdapter, ValidationError
+from pydantic import Field, TypeAdapter, ValidationError
 
 from workbench.errors import InputError
+
+
+def rule(**bounds: Any) -> Any:
+    """A parameter's rule, used as ``eps: Annotated[float, rule(gt=0, lt=1)] = 0.3``: finite
+    (NaN and +-inf refused) and within the pydantic bounds given (``ge``, ``gt``, ``le``, ``lt``).
+    Every probe checks every field against its annotation when constructed
+    (:meth:`Probe.__post_init__`)."""
+    return Field(allow_inf_nan=False, **bounds)
+
+
+@functools.lru_cache(maxsize=None)
+def _adapters(cls: type) -> dict[str, TypeAdapter]:
+    hints = typing.get_type_hints(cls, include_extras=True)
+    return {f.name: TypeAdapter(_finite_floats(hints[f.name])) for f in dataclasses.fields(cls)}
+
+
+def _finite_floats(hint: Any) -> Any:
+    """``hint`` with plain ``float`` made finite (a float field without a rule refuses NaN too)."""
+    if hint is float:
+        return typing.Annotated[float, Field(allow_inf_nan=False)]
+    return hint
 
 
 class Probe:
@@ -48,6 +70,22 @@ class Probe:
     headline: ClassVar[tuple[str, ...]] = ()
     needs_logits: ClassVar[bool] = False
     owns_forward: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        """Check every parameter against its field's type and rule.
+
+        Raises:
+            InputError: a value of the wrong type, not finite, or out of its field's range
+                (naming the probe, the parameter and the rule).
+        """
+        for name, adapter in _adapters(type(self)).items():
+            value = getattr(self, name)
+            try:
+                adapter.validate_python(value)
+            except ValidationError as err:
+                msg = err.errors()[0]["msg"]
+                raise InputError(f"probe {self.name!r}: parameter {name}={value!r}: {msg}"
+                                 ) from None
 
     def params(self) -> dict:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
@@ -85,13 +123,13 @@ def build_probe(cls: type[Probe], raw: dict[str, str | Any]) -> Probe:
         InputError: an unknown parameter, or a value of the wrong type.
     """
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     kwargs = {}
     for key, value in raw.items():
         if key not in fields:
             raise InputError(f"probe {cls.name!r} has no parameter {key!r}; it has: "
                              f"{', '.join(fields) or 'none'}")
-        adapter = TypeAdapter(hints[key])
+        adapter = TypeAdapter(_finite_floats(hints[key]))
         try:
             if isinstance(value, str):
                 kwargs[key] = adapter.validate_json(value) if _json_like(value, hints[key]) \
@@ -109,6 +147,8 @@ def build_probe(cls: type[Probe], raw: dict[str, str | Any]) -> Probe:
 
 def _json_like(value: str, hint: Any) -> bool:
     """Whether a command-line string should be parsed as JSON for a field of type ``hint``."""
+    if typing.get_origin(hint) is typing.Annotated:
+        hint = typing.get_args(hint)[0]
     if hint is str or value.strip() == "":
         return False
     args = typing.get_args(hint)

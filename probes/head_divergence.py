@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -36,7 +36,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from probes.base import Probe
+from probes.base import Probe, rule
 from workbench.errors import InputError
 from workbench.records import concat, records, string_column
 from workbench.removal import (POSITIONS, REMOVALS, WithoutSegment, check_removable,
@@ -113,19 +113,18 @@ class HeadDivergence(Probe):
     output: Literal["hook_z", "hook_result"] = "hook_z"  # before / after W_O
     positions: Literal["last", "after", "all"] = "last"  # query positions compared
     filler: str = "."  # removal=filler: text whose tokens, repeated, replace the segment's
-    top_k: int = 8  # heads averaged by t_vhd
+    top_k: Annotated[int, rule(ge=1)] = 8  # heads averaged by t_vhd
     # Derived from the model and prompts by prepare() (not parameters; not in the manifest):
     _filler_ids: ClassVar[tuple[int, ...]] = ()  # removal=filler: the filler's token ids
     _mean_embed: ClassVar[Tensor | None] = None  # removal=mean_embed: [d_model] fp32
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for value, allowed, what in ((self.removal, REMOVALS, "removal"),
                                      (self.output, OUTPUTS, "output"),
                                      (self.positions, POSITIONS, "positions")):
             if value not in allowed:
                 raise ValueError(f"{what}={value!r} is not one of {', '.join(allowed)}")
-        if self.top_k < 1:
-            raise ValueError(f"top_k must be at least 1, got {self.top_k}")
 
     @property
     def condition(self) -> str:

@@ -146,7 +146,8 @@ def head_scores(pattern: Float[Tensor, "batch head_index query_pos key_pos"],
                 detection: Bool[Tensor, "batch query_pos key_pos"], lengths: Int[Tensor, " batch"],
                 *, exclude_bos: bool = False, exclude_current_token: bool = False
                 ) -> tuple[Float[Tensor, "batch head_index"], Float[Tensor, "batch head_index"]]:
-    """``(mul, abs)`` scores of every head against a 0/1 detection pattern, per prompt, in fp32.
+    """``(mul, abs)`` scores of every head against a 0/1 detection pattern, per prompt, in
+    float64 (float32 on MPS).
 
     Over the prompt's real (query, key) pairs, minus key 0 (``exclude_bos``) and the diagonal
     (``exclude_current_token``): ``mul = sum(A P) / sum(A)`` (NaN where ``sum(A) = 0``) and
@@ -166,7 +167,7 @@ def head_scores(pattern: Float[Tensor, "batch head_index query_pos key_pos"],
 @dataclass(frozen=True)
 class Targets:
     """A detection pattern ready for scoring: its kept entries (batch, query, key index tensors)
-    and their number per prompt (``[batch, 1]`` float)."""
+    and their number per prompt (``[batch, 1]`` integer)."""
 
     b: Tensor
     q: Tensor
@@ -189,39 +190,48 @@ def prepare_targets(detection: Bool[Tensor, "batch query_pos key_pos"],
     if exclude_current_token:
         det = det & (pos[:, None] != pos[None, :])[None]
     b, q, k = det.nonzero(as_tuple=True)
-    return Targets(b, q, k, det.sum((-1, -2)).float()[:, None])
+    return Targets(b, q, k, det.sum((-1, -2))[:, None])
+
+
+def _accumulator(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
 
 
 def kept_attention(pattern: Float[Tensor, "batch head_index query_pos key_pos"],
                    lengths: Int[Tensor, " batch"], *, exclude_bos: bool = False,
                    exclude_current_token: bool = False) -> Float[Tensor, "batch head_index"]:
-    """``sum(A)`` over each prompt's kept (query, key) pairs (the ``mul`` denominator), fp32:
-    row sums over real queries, less key 0 and the diagonal when excluded."""
+    """``sum(A)`` over each prompt's kept (query, key) pairs (the ``mul`` denominator): row sums
+    over real queries, less key 0 and the diagonal when excluded. Summed in float64: the kept
+    mass is row sum - column 0 - diagonal, which cancels when almost all of a row is on token 0
+    (sink heads: 0.99997 of it); fp32 was off by 1e-3 there."""
     dev = pattern.device
+    acc = _accumulator(dev)
     real = (torch.arange(pattern.shape[-1], device=dev)[None, :]
-            < lengths.to(dev)[:, None]).float()
-    total = torch.einsum("bhq,bq->bh", pattern.sum(-1, dtype=torch.float32), real)
+            < lengths.to(dev)[:, None]).to(acc)
+    total = torch.einsum("bhq,bq->bh", pattern.sum(-1, dtype=acc), real)
     if exclude_bos:
-        total -= torch.einsum("bhq,bq->bh", pattern[..., 0].float(), real)
+        total -= torch.einsum("bhq,bq->bh", pattern[..., 0].to(acc), real)
     if exclude_current_token:
-        total -= torch.einsum("bhq,bq->bh", pattern.diagonal(dim1=-2, dim2=-1).float(), real)
+        total -= torch.einsum("bhq,bq->bh", pattern.diagonal(dim1=-2, dim2=-1).to(acc), real)
     if exclude_bos and exclude_current_token:
-        total += pattern[:, :, 0, 0].float()  # (0, 0) was subtracted twice
+        total += pattern[:, :, 0, 0].to(acc)  # (0, 0) was subtracted twice
     return total
 
 
 def scores_from(pattern: Float[Tensor, "batch head_index query_pos key_pos"], targets: Targets,
                 total: Float[Tensor, "batch head_index"], lengths: Int[Tensor, " batch"]
                 ) -> tuple[Float[Tensor, "batch head_index"], Float[Tensor, "batch head_index"]]:
-    """``(mul, abs)`` from prepared targets and the kept attention (see :func:`head_scores`)."""
+    """``(mul, abs)`` from prepared targets and the kept attention (see :func:`head_scores`),
+    accumulated like :func:`kept_attention`."""
     n_batch, n_heads = pattern.shape[:2]
     dev = pattern.device
+    acc = _accumulator(dev)
     b, q, k = (t.to(dev) for t in (targets.b, targets.q, targets.k))  # layers split over devices
-    overlap = torch.zeros(n_batch, n_heads, device=dev)
-    overlap.index_add_(0, b, pattern[b, :, q, k].float())
-    n_target = targets.n_target.to(dev)
-    abs_ = 1 - (total + n_target - 2 * overlap) / lengths.to(dev)[:, None].float()
-    return overlap / total, abs_
+    overlap = torch.zeros(n_batch, n_heads, device=dev, dtype=acc)
+    overlap.index_add_(0, b, pattern[b, :, q, k].to(acc))
+    n_target = targets.n_target.to(device=dev, dtype=acc)
+    abs_ = 1 - (total.to(acc) + n_target - 2 * overlap) / lengths.to(dev)[:, None].to(acc)
+    return overlap / total.to(acc), abs_
 
 
 @dataclass
@@ -262,6 +272,7 @@ class HeadTypes(Probe):
     exclude_current_token: bool = False  # leave the diagonal out of both sums
 
     def __post_init__(self):
+        super().__post_init__()
         found = [parse_detector(item, "head_types.detectors") for item in self.detectors]
         if self.detectors_file:
             found += read_detectors_file(self.detectors_file)

@@ -16,7 +16,7 @@ later receive attention (the sinks), so the records join the attention-sink prob
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -26,7 +26,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from probes.base import Probe
+from probes.base import Probe, rule
 from workbench.errors import InputError
 from workbench.records import concat, records, string_column
 
@@ -135,18 +135,11 @@ class MassiveActivations(Probe):
         "mean_median_abs": "|activation|",
     }
 
-    top_k: int = 5  # largest |x| entries recorded per (prompt, layer)
-    abs_threshold: float = 100.0  # |x| must exceed this (Sun et al.)
-    median_ratio: float = 1000.0  # ... and be at least this many times the median |x|
-    min_prompt_frac: float = 0.5  # a sink dimension is massive in at least this share of prompts
-
-    def __post_init__(self):
-        if self.top_k < 1 or self.abs_threshold < 0 or self.median_ratio <= 0:
-            raise InputError("massive_activations: top_k must be >= 1, abs_threshold >= 0 and "
-                             "median_ratio > 0")
-        if not 0 < self.min_prompt_frac <= 1:
-            raise InputError(f"massive_activations: min_prompt_frac must be in (0, 1], got "
-                             f"{self.min_prompt_frac}")
+    top_k: Annotated[int, rule(ge=1)] = 5  # largest |x| entries recorded per (prompt, layer)
+    abs_threshold: Annotated[float, rule(ge=0)] = 100.0  # |x| must exceed this (Sun et al.)
+    median_ratio: Annotated[float, rule(gt=0)] = 1000.0  # ... and be this many times the median
+    # a sink dimension is massive in at least this share of prompts
+    min_prompt_frac: Annotated[float, rule(gt=0, le=1)] = 0.5
 
     def start(self, batch: Any, model: Any) -> _State:
         return _State(batch)

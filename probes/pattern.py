@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -18,7 +18,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from probes.base import Probe
+from probes.base import Probe, rule
 from workbench.attention import key_mask
 from workbench.errors import InputError
 from workbench.heads import by_layer, check_heads, parse_heads
@@ -76,9 +76,9 @@ class AttentionPattern(Probe):
     units: ClassVar[dict[str, str]] = {"pattern": "fraction of attention"}
 
     heads: str = ""
-    n_prompts: int = 2
+    n_prompts: Annotated[int, rule(ge=1)] = 2
     prompt_ids: str = ""
-    max_tokens: int = 128
+    max_tokens: Annotated[int, rule(ge=1)] = 128
 
     def _ids(self) -> list[str]:
         return [p.strip() for p in self.prompt_ids.split(",") if p.strip()]

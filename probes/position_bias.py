@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -26,7 +26,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from probes.base import Probe
+from probes.base import Probe, rule
 from workbench.errors import InputError
 from workbench.heads import check_heads, parse_heads
 from workbench.masks import AttentionMask, mask_hooks
@@ -172,16 +172,10 @@ class PositionBias(Probe):
     }
 
     heads: str = "mean"  # "mean", a head index for every layer ("3"), or "0.3,1.5,..." per layer
-    rollout_weight: float = 0.5  # w in R = rownorm(w A + (1 - w) I)
-    k: int = 3  # first / last k tokens in the summary numbers
+    rollout_weight: Annotated[float, rule(gt=0, le=1)] = 0.5  # w in R = rownorm(w A + (1 - w) I)
+    k: Annotated[int, rule(ge=1)] = 3  # first / last k tokens in the summary numbers
     segment: str | None = None  # also the last token's cumulative mass on this segment
     profiles: bool = True  # store last_token_profile and column_sum (one row per key position)
-
-    def __post_init__(self) -> None:
-        if not 0 < self.rollout_weight <= 1:
-            raise ValueError(f"rollout_weight must be in (0, 1], got {self.rollout_weight}")
-        if self.k < 1:
-            raise ValueError(f"k must be at least 1, got {self.k}")
 
     def check(self, tokenized: list, model: Any) -> None:
         head_path(self.heads, model.info.n_layers, model.info.n_heads)
@@ -231,8 +225,13 @@ class PositionBias(Probe):
                     prompt_id=string_column(batch.prompt_ids, idx[2]),
                     head=None if head is None else head[idx[0]],
                     query_pos=(lengths - 1).numpy()[idx[2]])
-        out = [records(m, v.numpy(), **cols, segment=self.segment if m == "segment_mass" else None)
-               for m, v in summary.items()]
+        out = [records(m, v.numpy(), **cols) for m, v in summary.items() if m != "segment_mass"]
+        if self.segment is not None:  # no segment_mass row where the segment has no tokens
+            has = (seg.sum(-1) > 0).numpy()[idx[2]]  # (as attention_entropy, attention_sink)
+            kept = {k: (v.filter(pa.array(has)) if isinstance(v, pa.Array) else
+                        v if v is None else np.asarray(v)[has]) for k, v in cols.items()}
+            out.append(records("segment_mass", summary["segment_mass"].numpy()[has], **kept,
+                               segment=self.segment))
         if self.profiles:
             out.extend(self._profile_records(state, last_rows, col_sums, head))
         return concat(out)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -20,7 +20,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from probes.base import Probe
+from probes.base import Probe, rule
 from probes.massive import MassiveActivations, sink_dims_from_records
 from workbench.attention import query_blocks
 from workbench.errors import InputError
@@ -159,21 +159,16 @@ class AttentionSink(Probe):
         "mean_segment_nonsink_share": "fraction of segment attention",
     }
 
-    eps: float = 0.3  # Gu et al.: token 0 is a sink for a head when it receives more than this
-    received_keys: int | None = 8  # record `received` for key_pos < this (None: all) + sinks
-    sink_dims: list[int] | None = None  # VAR sink dimensions; None: discover in prepare()
-    discover_prompts: int = 16  # prompts (first in file order) used to discover sink_dims
-    tau: float = 20.0  # VAR: a token is a sink when phi > tau
-    var_first_layer: int = 2  # VAR detects sink tokens on layers var_first_layer .. L-1
+    # Gu et al.: token 0 is a sink for a head when it receives more than eps (a fraction)
+    eps: Annotated[float, rule(gt=0, lt=1)] = 0.3
+    # record `received` for key_pos < this (None: all) + sinks
+    received_keys: Annotated[int | None, rule(ge=1)] = 8
+    sink_dims: list[Annotated[int, rule(ge=0)]] | None = None  # VAR sink dimensions; None: discover
+    discover_prompts: Annotated[int, rule(ge=1)] = 16  # first prompts used to discover sink_dims
+    tau: Annotated[float, rule(gt=0)] = 20.0  # VAR: a token is a sink when phi > tau
+    var_first_layer: Annotated[int, rule(ge=0)] = 2  # VAR sink tokens on layers var_first_layer..
     segment: str | None = None  # segment-centric statistics for this named segment
     segment_query: Literal["last", "after"] = "last"  # queries for the segment statistics
-
-    def __post_init__(self):
-        if self.received_keys is not None and self.received_keys < 1:
-            raise InputError(f"attention_sink: received_keys must be >= 1 or null, got "
-                             f"{self.received_keys}")
-        if self.discover_prompts < 1:
-            raise InputError("attention_sink: discover_prompts must be >= 1")
 
     def check(self, tokenized: list, model: Any) -> None:
         d_model = model.info.d_model

@@ -18,9 +18,11 @@ ENGINES = ("local", "ray")
 ROOT = Path(__file__).resolve().parent.parent  # put on the local Ray workers' PYTHONPATH
 
 
-def run_local(shards: Sequence[Shard], on_result: Callable[[ShardResult], None]) -> None:
-    """Run ``shards`` in order in this process; ``on_result`` sees each result as it comes."""
-    worker = ShardWorker()
+def run_local(shards: Sequence[Shard], on_result: Callable[[ShardResult], None],
+              worker: ShardWorker | None = None) -> None:
+    """Run ``shards`` in order in this process; ``on_result`` sees each result as it comes.
+    ``worker``: one that may already hold a model (reused when a shard needs that model)."""
+    worker = worker or ShardWorker()
     for shard in shards:
         on_result(worker.run(shard))
 

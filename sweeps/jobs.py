@@ -40,6 +40,13 @@ class Job(BaseModel):
     def prepare(self, model, prompt_set: PromptSet) -> Any:
         raise NotImplementedError
 
+    def validate(self, model, prompt_set: PromptSet) -> list[str]:
+        """Raise :class:`InputError` if this job cannot run on ``prompt_set`` with ``model``
+        (checked for every model and prompt set before any shard starts); return warnings about
+        prompts it will write no rows for. Default: prepare, no warnings."""
+        self.prepare(model, prompt_set)
+        return []
+
     def run(self, prepared: Any, model, ids: list[str]) -> dict[str, pa.Table]:
         raise NotImplementedError
 
@@ -80,6 +87,21 @@ class ProbesJob(Job):
         if self.attention not in ATTENTION_CHOICES:
             raise InputError(f"attention {self.attention!r}: choose one of "
                              f"{', '.join(ATTENTION_CHOICES)}")
+
+    def validate(self, model, prompt_set: PromptSet) -> list[str]:
+        from workbench.coverage import input_warnings
+        from workbench.run import check_hook_points
+        from workbench.tokens import tokenize_prompt_set
+
+        info = model.info
+        tokenized = tokenize_prompt_set(prompt_set, model.tokenizer, prepend_bos=info.prepend_bos,
+                                        n_ctx=info.n_ctx, model_name=info.name,
+                                        images=model.images)
+        probes = self._make()
+        for probe in probes:
+            check_hook_points(model, probe)
+            probe.check(tokenized, model)
+        return input_warnings(tokenized, probes)
 
     def prepare(self, model, prompt_set: PromptSet) -> Any:
         from workbench.run import BatchHooks, RunOptions, batch_plan, prepare_probes

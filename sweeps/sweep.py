@@ -26,6 +26,7 @@ from typing import Any
 
 import pyarrow.compute as pc
 
+from sweeps.checks import check_inputs
 from sweeps.engines import ENGINES, run_local, run_ray
 from sweeps.jobs import Job
 from sweeps.shards import Shard, ShardResult
@@ -86,9 +87,11 @@ def _same_config(key: dict):
     return check
 
 
-def plan_shards(spec: SweepSpec, root: Path, overwrite: bool = False
+def plan_shards(spec: SweepSpec, root: Path, overwrite: bool = False,
+                warnings: dict[str, list[str]] | None = None
                 ) -> tuple[list[RunDir], list[Shard]]:
-    """Create (or reopen) every (model, prompt set) run under ``root`` and list all shards.
+    """Create (or reopen) every (model, prompt set) run under ``root`` and list all shards;
+    ``warnings[run_id]`` goes into that run's manifest.
 
     Raises:
         InputError: a bad prompt file (before any model is loaded or file written), or two
@@ -105,7 +108,8 @@ def plan_shards(spec: SweepSpec, root: Path, overwrite: bool = False
                          "(the same model and prompt set names); list each once")
     runs, shards = [], []
     for entry, files, prompt_set, run_id in plan:
-        manifest = _run_manifest(run_id, entry, prompt_set, spec)
+        manifest = {**_run_manifest(run_id, entry, prompt_set, spec),
+                    "warnings": (warnings or {}).get(run_id, [])}
         run, _ = RunDir.create(root, run_id, manifest, resume=True, overwrite=overwrite,
                                same_config=_same_config(manifest["config_key"]))
         runs.append(run)
@@ -205,15 +209,22 @@ def run_sweep(spec: SweepSpec, options: SweepOptions) -> dict:
     the sweep's ``status`` is then ``failed`` (``n_failed`` > 0). Ctrl-C marks it
     ``interrupted`` (finished shards stay; rerun to resume).
 
+    Every prompt set is checked against every model and job first
+    (:func:`sweeps.checks.check_inputs`), before any run folder is made or shard runs.
+
     Raises:
-        InputError: an unknown engine, or bad prompt files (before any model loads).
-        RunStateError: a run folder made with another configuration (``overwrite`` replaces it).
+        InputError: an unknown engine, bad prompt files (before any model loads), or a prompt
+            some model or job cannot take (before any shard starts).
+        RunStateError: a run folder made with another configuration (``overwrite`` replaces it),
+            or one another process is writing.
     """
     if options.engine not in ENGINES:
         raise InputError(f"--engine {options.engine!r}: choose one of {', '.join(ENGINES)}")
     root = Path(spec.runs_dir or options.runs_dir) / spec.name
+    worker, warnings = check_inputs(spec, root, overwrite=options.overwrite,
+                                    on_cpu=options.engine == "ray")
     previous = {} if options.overwrite else _previous_rows(root / SWEEP_MANIFEST)
-    runs, shards = plan_shards(spec, root, options.overwrite)
+    runs, shards = plan_shards(spec, root, options.overwrite, warnings)
     rows, todo = _initial_rows(runs, shards, previous)
     ledger = _Ledger(root / SWEEP_MANIFEST, {
         "name": spec.name, "kind": "sweep", "status": "running", "created": _now(),
@@ -221,20 +232,26 @@ def run_sweep(spec: SweepSpec, options: SweepOptions) -> dict:
         "workers": options.workers, "command": options.command or sys.argv,
         "spec": spec.model_dump(mode="json"), "runs": [r.run_id for r in runs],
         "n_shards": len(shards), "n_skipped": len(shards) - len(todo), "shards": rows,
+        "warnings": {run: said for run, said in warnings.items() if said},
         "versions": library_versions(), "timings": {}})
     t0 = time.perf_counter()
     try:
         if options.engine == "ray":
+            worker = None  # free the driver's model before the actors load theirs
             run_ray(todo, ledger.record, address=options.address, workers=options.workers,
                     gpus_per_worker=options.gpus_per_worker)
         else:
-            run_local(todo, ledger.record)
+            run_local(todo, ledger.record, worker=worker)
     except BaseException:
         ledger.manifest.update(status="interrupted", finished=_now())
         ledger.save()
+        for run in runs:
+            run.release()
         raise
     ledger.manifest["timings"]["shards_s"] = round(time.perf_counter() - t0, 3)
     _finish_runs(runs, ledger, spec)
+    for run in runs:
+        run.release()
     n_failed = sum(r["status"] != "done" for r in ledger.manifest["shards"])
     ledger.manifest.update(status="failed" if n_failed else "complete", n_failed=n_failed,
                            finished=_now())

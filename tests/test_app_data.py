@@ -183,3 +183,44 @@ def test_compare_heads_statistics():
     assert stats["Spearman rank correlation"] == pytest.approx(0.5)  # ranks (1,2,3) vs (2,1,3)
     assert stats["mean |a - b|"] == pytest.approx(3.5 / 3)
     assert stats["largest |a - b|"] == "-2 at head 1.0"
+
+
+def test_refused_tables_are_listed(root):
+    """A table symlinked outside the runs folder is listed as refused, not hidden."""
+    refused = root.refused_tables("leaky")
+    assert list(refused) == ["stolen"] and "outside the runs folder" in refused["stolen"]
+    assert "stolen" not in root.tables("leaky")
+
+
+def test_malformed_fifo_and_dead_runs(tmp_path):
+    """Malformed manifests and a named pipe called run.json are unreadable entries (the app does
+    not crash or hang); a running run whose writer is gone reads interrupted."""
+    import threading
+
+    from workbench.runlock import RunLock
+    from workbench.store import atomic_write_json, list_runs
+
+    runs = tmp_path / "runs"
+    good = {"run_id": "ok", "status": "complete", "created": "2026-01-01", "tables": {}}
+    for name, change in (("ok", {}), ("created5", {"created": 5}), ("model", {"model": "x"}),
+                         ("tables", {"tables": None}), ("dead", {"status": "running"})):
+        atomic_write_json(runs / name / "run.json", {**good, "run_id": name, **change})
+    RunLock(runs / "dead").acquire().release()  # it had a writer, now gone
+    (runs / "fifo").mkdir()
+    os.mkfifo(runs / "fifo" / "run.json")
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(
+        app={e.run_id: e for e in data.RunsRoot(runs).runs()},
+        cli={r.run_id: m for r, m in list_runs(runs)}), daemon=True)
+    worker.start()
+    worker.join(30)
+    assert not worker.is_alive(), "reading the runs folder hangs on a named pipe"
+    app, cli = result["app"], result["cli"]
+    assert app["ok"].manifest["status"] == "complete" and cli["ok"]["status"] == "complete"
+    for name, field in (("created5", "created"), ("model", "model"), ("tables", "tables"),
+                        ("fifo", "regular file")):
+        assert app[name].manifest is None and field in app[name].problem, name
+        assert cli[name]["status"] == "unreadable" and field in cli[name]["error"], name
+    assert app["dead"].manifest["status"] == "interrupted" == cli["dead"]["status"]
+    table = shaping.runs_overview(list(app.values()))
+    assert set(table.run) == set(app) and (table.status == "unreadable").sum() == 4

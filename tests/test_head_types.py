@@ -206,3 +206,53 @@ def test_real_model_induction_heads(smollm2, smollm2_hf, tmp_path):
     assert (top.layer, top["head"]) == (18, 6) and top.value > 0.35
     assert set(zip(induction.layer[:4], induction["head"][:4])) == {(18, 6), (17, 4), (17, 3),
                                                                      (17, 5)}
+
+
+def _direct_scores(a: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """TransformerLens's definition in float64 with exclude_bos and exclude_current_token: key 0
+    and the diagonal zeroed in both A and P, then sums over the kept entries; ``a`` is
+    [head, q, k]."""
+    keep = np.ones(p.shape)
+    keep[:, 0] = 0
+    np.fill_diagonal(keep, 0)
+    a, p = a.astype(np.float64) * keep, p * keep
+    return (a * p).sum((-1, -2)) / a.sum((-1, -2)), 1 - np.abs(a - p).sum((-1, -2)) / p.shape[-1]
+
+
+def test_exclusions_do_not_cancel_on_a_sink_row():
+    """Rows with 0.99997 of their mass on token 0 (a sink head): the kept mass must be exact,
+    not row sum - column 0 - diagonal in fp32 (which was off by ~1e-3)."""
+    gen = torch.Generator().manual_seed(0)
+    n = 48
+    rest = torch.rand(1, 2, n, n, generator=gen).tril() * 3e-5 / n
+    rest[..., 0] = 0
+    pattern = rest.clone()
+    pattern[..., 0] = 1 - rest.sum(-1)  # token 0 takes what is left
+    pattern = pattern.float()
+    ids = torch.randint(0, 5, (1, n), generator=gen)
+    det = detection_pattern(builtin("previous_token"), ids, torch.tensor([n]))
+    mul, abs_ = head_scores(pattern, det, torch.tensor([n]), exclude_bos=True,
+                            exclude_current_token=True)
+    want_mul, want_abs = _direct_scores(pattern[0].numpy(), det[0].double().numpy())
+    np.testing.assert_allclose(mul[0].numpy(), want_mul, rtol=1e-9)
+    np.testing.assert_allclose(abs_[0].numpy(), want_abs, rtol=1e-12)
+
+
+@pytest.mark.real_model
+def test_real_sink_head_exclusions_match_the_direct_definition(smollm2, smollm2_hf):
+    """SmolLM2 L18H8 (a sink head) on repeated tokens with exclude_bos and exclude_current_token:
+    head_scores equals the direct float64 definition (it was 0.877874 vs 0.876726)."""
+    from workbench.tokens import tokenize_prompt
+
+    for prompt in load_prompt_set(DATA / "repeated_tokens.jsonl").prompts[:3]:
+        tok = tokenize_prompt(prompt, smollm2.tokenizer, prepend_bos=False)
+        att, _ = hf_forward(smollm2_hf, tok.input_ids)
+        a = torch.as_tensor(np.asarray(att[18]))[None].float()  # [1, head, q, k]
+        ids, n = torch.as_tensor(tok.input_ids)[None], torch.tensor([tok.n_tokens])
+        for name in ("previous_token", "induction"):
+            det = detection_pattern(builtin(name), ids, n)
+            mul, abs_ = head_scores(a, det, n, exclude_bos=True, exclude_current_token=True)
+            want_mul, want_abs = _direct_scores(a[0].numpy(), det[0].double().numpy())
+            assert a[0, 8, 1:, 0].double().mean() > 0.9  # L18H8 is a sink head here
+            np.testing.assert_allclose(mul[0].numpy(), want_mul, rtol=1e-9, atol=1e-12)
+            np.testing.assert_allclose(abs_[0].numpy(), want_abs, rtol=1e-9, atol=1e-12)

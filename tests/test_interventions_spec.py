@@ -153,3 +153,35 @@ def test_generation_with_a_source_op_is_refused_before_writing(tiny_llama, tmp_p
         intervene(tiny_llama, load_prompt_set(path), spec, InterveneOptions(
             generate=2, runs_dir=tmp_path / "runs", progress=False))
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("op, message", [
+    ({"op": "scale_head", "heads": ["0.0"], "alpha": float("nan")}, "alpha"),
+    ({"op": "scale_head", "heads": ["0.0"], "alpha": float("inf")}, "alpha"),
+    ({"op": "attention_temperature", "heads": ["0.0"], "temperature": 1e-300}, "temperature"),
+    ({"op": "attention_temperature", "heads": ["0.0"], "temperature": float("inf")},
+     "temperature"),
+    ({"op": "value_noise", "heads": ["0.0"], "sigma": float("nan")}, "sigma"),
+    ({"op": "value_noise", "heads": ["0.0"], "seed": 2**70}, "seed"),
+    ({"op": "value_noise", "heads": ["0.0"], "seed": -1}, "seed"),
+    ({"op": "redistribute_attention", "heads": ["0.0"], "target_segment": "s",
+      "p": float("nan")}, "p"),
+    ({"op": "mask_keys", "heads": {"select": "random", "k": 1, "seed": 2**70}}, "seed"),
+    ({"op": "mask_keys", "heads": {"select": "image_centric", "run": "r",
+                                   "min_mass": float("nan")}}, "min_mass"),
+])
+def test_non_finite_and_out_of_range_fields_are_refused(op, message):
+    with pytest.raises(InputError, match=message):
+        parse_spec([op])
+
+
+def test_sweep_values_and_options_must_be_finite():
+    for text in ("alpha=0,nan,inf", "alpha=inf", "temperature=1,-inf"):
+        with pytest.raises(InputError, match="not a finite number"):
+            Sweep.parse(text)
+    spec = parse_spec([{"op": "attention_temperature", "heads": ["0.0"]}])
+    with pytest.raises(InputError, match="temperature"):
+        with_value(spec, "temperature", 1e-300)
+    for bad in (float("nan"), float("inf"), 0.0):
+        with pytest.raises(InputError, match="--threshold"):
+            InterveneOptions(threshold=bad)

@@ -94,7 +94,7 @@ def test_all_heads_and_chosen_prompt(tiny_gpt2, small_prompts, tmp_path):
 @pytest.mark.parametrize("params, message", [
     ({"heads": "9.0"}, "head 9.0 is out of range"),
     ({"prompt_ids": "a,nope"}, "no prompt(s) ['nope']"),
-    ({"max_tokens": "0"}, "must be at least 1"),
+    ({"max_tokens": "0"}, "max_tokens='0': Input should be greater than or equal to 1"),
 ])
 def test_bad_parameters(tiny_gpt2, small_prompts, tmp_path, params, message):
     with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")

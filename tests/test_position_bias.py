@@ -217,7 +217,7 @@ def test_bad_parameters_and_prompts(tiny_llama, small_prompts, tmp_path):
         run_probe(tiny_llama, small_prompts, tmp_path, heads="0.1,1.1")
     with pytest.raises(InputError, match="head index 9 is out of range"):
         run_probe(tiny_llama, small_prompts, tmp_path, heads="9")
-    with pytest.raises(InputError, match="rollout_weight must be in"):
+    with pytest.raises(InputError, match="rollout_weight=.0.: Input should be greater than 0"):
         run_probe(tiny_llama, small_prompts, tmp_path, rollout_weight="0")
     with pytest.raises(InputError, match=r"has \d+ tokens; position_bias with k=20 needs at "
                                          "least 41"):

@@ -55,3 +55,30 @@ def test_three_probes_in_one_run(capsys, small_prompts, tmp_path):
 
 def test_registry_has_the_new_probes():
     assert {"attention_sink", "massive_activations", "head_types"} <= set(PROBES)
+
+
+def _numeric_fields():
+    import dataclasses
+    import typing
+
+    from probes import PROBES
+
+    for name, cls in PROBES.items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if hints[f.name] in (float, int) or "float" in str(hints[f.name]):
+                yield name, f.name
+
+
+@pytest.mark.parametrize("probe, field", list(_numeric_fields()))
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])
+def test_every_numeric_parameter_refuses_non_finite_values(probe, field, value):
+    """Every probe's numeric parameters (read from the registry) refuse NaN and infinities, both
+    from the command line and when the dataclass is built directly."""
+    from probes import PROBES, make_probes
+    from workbench.errors import InputError
+
+    with pytest.raises(InputError, match=f"parameter {field}="):
+        make_probes([probe], {probe: {field: value}})
+    with pytest.raises(InputError, match=f"parameter {field}="):
+        PROBES[probe](**{field: float(value.lower().replace("infinity", "inf"))})

@@ -138,3 +138,28 @@ def test_shipped_prompt_sets_validate():
         assert not re.search(rf"\b({io}|{s})\b", p.corrupted_text), p.corrupted_text
         assert p.corrupted_text.split()[-2:] == p.text.split()[-2:]  # same ending
     assert json.loads((DATA / "natural.jsonl").read_text().splitlines()[0])["task"] == "natural"
+
+
+@pytest.mark.parametrize("char", ["\u2028", "\u2029", "\u0085"])
+def test_line_separators_inside_text_are_kept(tmp_path, char):
+    """JSON allows these unescaped inside strings; str.splitlines() broke the line at them."""
+    path = tmp_path / "p.jsonl"
+    text = f"before{char}after"
+    path.write_text(json.dumps({"id": "a", "text": text}, ensure_ascii=False) + "\r\n"
+                    + json.dumps({"id": "b", "text": "x"}) + "\n", encoding="utf-8")
+    prompts = load_prompt_set(path).prompts
+    assert [p.text for p in prompts] == [text, "x"] and prompts[1].source.endswith(":2")
+
+
+def test_very_long_prompt_is_refused_before_tokenising(tiny_llama, tmp_path):
+    """A 10 MB line used to take minutes to reject; the character bound refuses it at once."""
+    import time
+
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"id": "huge", "text": "word " * 2_000_000}) + "\n")
+    prompt_set = load_prompt_set(path)
+    t0 = time.perf_counter()
+    with pytest.raises(InputError, match="prompt 'huge' has 10,000,000 characters"):
+        tokenize_prompt_set(prompt_set, tiny_llama.tokenizer, prepend_bos=False,
+                            n_ctx=tiny_llama.info.n_ctx)
+    assert time.perf_counter() - t0 < 1.0

@@ -174,7 +174,9 @@ def test_killed_process_resumes_without_duplicates(capsys, tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     [(run, manifest)] = list_runs(runs)
-    assert manifest["status"] == "running" and not run.table_path("attention_entropy").exists()
+    assert json.loads(run.manifest_path.read_text())["status"] == "running"
+    assert manifest["status"] == "interrupted"  # its writer is gone (the lock is free)
+    assert not run.table_path("attention_entropy").exists()
     done = run.done_batches()
     assert 2 <= len(done) < 6
     assert cli(capsys, *run_args(prompts, runs, "-b", "2", "--resume"))[0] == 0
@@ -200,3 +202,35 @@ def test_manifest_is_json_with_the_command(capsys, small_prompts, tmp_path):
     [(run, _)] = list_runs(runs)
     code, out, _ = cli(capsys, "runs", "--runs-dir", str(runs), "show", run.run_id, "--json")
     assert code == 0 and json.loads(out)["run_id"] == run.run_id
+
+
+def test_empty_segments_and_one_token_prompts_are_named(capsys, tmp_path):
+    """Prompts a probe writes no rows for are warned about (manifest + stderr), the same way for
+    every probe; position_bias no longer writes a 0 segment_mass for an empty segment."""
+    prompts = write_jsonl(tmp_path / "p.jsonl", [
+        {"id": "full", "text": "Then, Mary and John went to the store.",
+         "segments": {"names": [6, 19]}},
+        {"id": "empty", "text": "The quick brown fox jumps over the lazy dog.",
+         "segments": {"names": [4, 4]}}])
+    runs = tmp_path / "runs"
+    params = [f"--param={p}.segment=names" for p in
+              ("attention_entropy", "attention_sink", "position_bias")]
+    code, _, err = cli(capsys, *run_args(prompts, runs, "--probes",
+                                         "attention_entropy,attention_sink,position_bias",
+                                         "--param", "position_bias.k=1", *params))
+    assert code == 0, err
+    [(run, manifest)] = list_runs(runs)
+    warnings = manifest["warnings"]
+    for probe in ("attention_entropy", "attention_sink", "position_bias"):
+        [line] = [w for w in warnings if w.startswith(probe)]
+        assert "segment 'names' has no tokens in 1 prompt(s) ('empty')" in line
+        assert line in " ".join(err.split())
+        table = run.read_table(probe).to_pandas()
+        seg = table[table.segment == "names"]
+        assert len(seg) and set(seg.prompt_id.dropna()) == {"full"}, probe
+    one = write_jsonl(tmp_path / "one.jsonl", [{"id": "x", "text": "a"}])  # one token
+    code, _, err = cli(capsys, *run_args(one, tmp_path / "one"))
+    assert code == 0
+    [(run, manifest)] = list_runs(tmp_path / "one")
+    assert manifest["tables"] == {} and "a single token ('x')" in manifest["warnings"][0]
+    assert "no records were written" in manifest["warnings"][1] and "warning" in err

@@ -49,13 +49,17 @@ def test_atomic_dir_leaves_nothing_on_failure(tmp_path):
 
 def test_run_dir_create_resume_and_parts(tmp_path):
     same = lambda stored: None  # noqa: E731
-    run, state = RunDir.create(tmp_path, "r1", {"status": "running", "created": "t"},
+    run, state = RunDir.create(tmp_path, "r1", {"run_id": "r1", "status": "running",
+                                                "created": "t"},
                                resume=False, overwrite=False, same_config=same)
     assert state == "new" == run.state and run.read_manifest()["status"] == "running"
     run.write_batch(0, {"t": conform(records("m", [1.0]), run_id="r1", probe="t")})
     run.write_batch(2, {"t": conform(records("m", [3.0]), run_id="r1", probe="t")})
     assert run.done_batches() == [0, 2] and run.part_table_names() == ["t"]
     assert [x.column("value").to_pylist() for x in run.read_parts("t")] == [[1.0], [3.0]]
+    with pytest.raises(RunStateError, match="being written by another process"):
+        RunDir.create(tmp_path, "r1", {}, resume=True, overwrite=False, same_config=same)
+    run.release()  # the writer is done (or gone)
     with pytest.raises(RunStateError, match="already exists"):
         RunDir.create(tmp_path, "r1", {}, resume=False, overwrite=False, same_config=same)
     with pytest.raises(RunStateError, match="cannot resume run 'r1': it differs"):
@@ -76,10 +80,53 @@ def test_run_dir_create_resume_and_parts(tmp_path):
         fresh.read_table("nope")
 
 
-def test_list_runs_skips_junk(tmp_path):
-    atomic_write_json(tmp_path / "a" / "run.json", {"created": "2026-01-01"})
-    atomic_write_json(tmp_path / "b" / "run.json", {"created": "2026-02-01"})
+def test_list_runs_skips_junk_and_lists_unreadable(tmp_path):
+    atomic_write_json(tmp_path / "a" / "run.json", {"status": "complete", "created": "2026-01-01"})
+    atomic_write_json(tmp_path / "b" / "run.json", {"status": "complete", "created": "2026-02-01"})
     (tmp_path / "junk").mkdir()
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "run.json").write_text("{not json")
-    assert [r.run_id for r, _ in list_runs(tmp_path)] == ["b", "a"]
+    found = {r.run_id: m for r, m in list_runs(tmp_path)}
+    assert [r.run_id for r, _ in list_runs(tmp_path)][:2] == ["b", "a"]
+    assert found["broken"]["status"] == "unreadable"
+    assert "not valid JSON" in found["broken"]["error"]
+    assert "junk" not in found
+
+
+def test_manifest_is_strict_json(tmp_path):
+    """NaN and infinities never reach run.json as bare tokens (invalid JSON): they become null."""
+    import json
+
+    atomic_write_json(tmp_path / "run.json", {"status": "complete", "a": float("nan"),
+                                              "b": [1.5, float("-inf")], "c": {"d": float("inf")}})
+    text = (tmp_path / "run.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"status": "complete", "a": None, "b": [1.5, None], "c": {"d": None}}
+
+
+def test_overwrite_refuses_what_is_not_a_run(tmp_path):
+    same = lambda stored: None  # noqa: E731
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("x")
+    (tmp_path / "link").symlink_to(tmp_path / "notes", target_is_directory=True)
+    (tmp_path / "fake").mkdir()
+    (tmp_path / "fake" / "run.json").write_text('{"status": "complete"}')
+    for name, message in (("notes", "no run.json"), ("link", "symbolic link"),
+                          ("fake", "not written by the workbench")):
+        with pytest.raises(RunStateError, match=message):
+            RunDir.create(tmp_path, name, {"status": "running"}, resume=False, overwrite=True,
+                          same_config=same)
+    assert (tmp_path / "notes" / "a.txt").read_text() == "x"
+    assert (tmp_path / "fake" / "run.json").exists()
+
+
+def test_a_dead_writers_run_reads_interrupted(tmp_path):
+    same = lambda stored: None  # noqa: E731
+    run, _ = RunDir.create(tmp_path, "r", {"run_id": "r", "status": "running"}, resume=False,
+                           overwrite=False, same_config=same)
+    assert run.live_status() == "running"
+    run.release()  # as when the process dies
+    assert run.live_status() == "interrupted" and list_runs(tmp_path)[0][1]["status"] == \
+        "interrupted"
+    with pytest.raises(RunStateError, match=r"already exists \(status: interrupted\)"):
+        RunDir.create(tmp_path, "r", {}, resume=False, overwrite=False, same_config=same)

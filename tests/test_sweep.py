@@ -238,3 +238,31 @@ def test_head_patching_job_equals_one_pass_over_the_task(tiny_llama, tmp_path):
     assert abs(per_prompt.value.to_numpy() - expect).max() < 1e-5
     clean = got[got.metric == "clean_logit_diff"].set_index("prompt_id").value
     assert abs(clean[whole.prompt_ids].to_numpy() - whole.clean).max() < 1e-5
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"id": "long", "text": "attention " * 400, "segments": {"names": [0, 5]}},
+     "prompt 'long' has"),
+    ({"id": "noseg", "text": "No segment here"}, "prompt 'noseg' has no segment 'names'"),
+])
+def test_bad_prompt_is_refused_before_any_shard(five, tmp_path, bad, message):
+    """One bad prompt fails the sweep with exit-2 input error naming it, before any run folder or
+    shard (it used to fail every shard of its prompt set, each blamed on its own chunk)."""
+    rows = [json.loads(line) for line in five.read_text().splitlines()]
+    prompts = write_jsonl(tmp_path / "five.jsonl", rows[:3] + [bad] + rows[3:])
+    with pytest.raises(InputError, match=None) as info:
+        run_sweep(spec_for(prompts), SweepOptions(runs_dir=tmp_path / "runs"))
+    assert message in str(info.value) and "sweep 'sw': model tiny-llama" in str(info.value)
+    assert info.value.exit_code == 2
+    assert not (tmp_path / "runs").exists()
+
+
+def test_sweep_runs_record_empty_segment_warnings(five, tmp_path):
+    rows = [json.loads(line) for line in five.read_text().splitlines()]
+    rows[1]["segments"] = {"names": [3, 3]}  # prompt b: an empty segment
+    prompts = write_jsonl(tmp_path / "five.jsonl", rows)
+    manifest = run_sweep(spec_for(prompts), SweepOptions(runs_dir=tmp_path / "runs"))
+    [line] = manifest["warnings"][RUN]
+    assert line.startswith("attention_entropy: segment 'names' has no tokens in 1 prompt(s) ('b')")
+    stored = json.loads((tmp_path / "runs" / "sw" / RUN / "run.json").read_text())
+    assert stored["warnings"] == [line] and stored["status"] == "complete"

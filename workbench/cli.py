@@ -20,7 +20,8 @@ from workbench.commands.common import (DEVICE, DEVICE_MAP, DTYPE, MODEL, OVERWRI
                                        PROGRESS, RUNS_DIR, STRICT_PARITY, _load, _names, err,
                                        out)
 from workbench.commands.figures import figures_app
-from workbench.errors import InputError, WorkbenchError
+from workbench.commands.guard import check_run_target
+from workbench.errors import InputError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Attention Workbench: probes, circuits and interventions on attention heads.")
@@ -83,6 +84,7 @@ def run(
 
     if resume and overwrite:
         raise InputError("--resume and --overwrite contradict each other; choose one")
+    check_run_target(runs_dir, run_id)
     if attention_mask is not None:
         AttentionMask.parse(attention_mask)  # bad specs fail before the model loads
     if attention not in ATTENTION_CHOICES:
@@ -98,6 +100,8 @@ def run(
     run_dir = execute_run(loaded, prompt_set, probe_objs, options,
                           load_seconds=loaded.info.load_seconds)
     manifest = run_dir.read_manifest()
+    for warning in manifest.get("warnings", []):
+        err.print(f"[yellow]warning[/]: {escape(warning)}", soft_wrap=True)
     rows = sum(t["rows"] for t in manifest["tables"].values())
     if run_dir.state == "complete":
         out.print(f"[green]complete[/]: {run_dir.path} was already complete (finished "
@@ -148,6 +152,7 @@ def circuits(
     from circuits.run import (CircuitsOptions, check_options, execute_circuits, load_tasks,
                               report)
 
+    check_run_target(runs_dir, run_id)
     options = check_options(method, select, direction=direction, positions=positions,
                             batch_size=batch_size, heads_per_forward=heads_per_forward,
                             stages=stages, receiver_input=receiver_input, n_random=n_random,
@@ -193,6 +198,7 @@ def intervene(
     from workbench.interventions.evaluate import InterveneOptions, Sweep, intervene, report
     from workbench.prompts import load_prompt_set
 
+    check_run_target(runs_dir, run_id)
     parsed = load_spec(spec)
     swept = Sweep.parse(sweep) if sweep else None
     names = _names(probes)
@@ -337,12 +343,15 @@ def _list_runs(runs_dir: Path) -> None:
         out.print(f"no runs under {runs_dir}")
         return
     table = Table("run id", "status", "model", "prompts", "probes", "records", "created")
-    for run, m in found:
-        rows = sum(t.get("rows", 0) for t in m.get("tables", {}).values())
-        table.add_row(run.run_id, m.get("status", "?"), m.get("model", {}).get("name", "?"),
-                      m.get("prompts", {}).get("name", "?"),
-                      ",".join(p["name"] for p in m.get("probes", [])), f"{rows:,}",
-                      m.get("created", ""))
+    for run, m in found:  # list_runs: validated manifests, or status "unreadable" + error
+        rows = sum(t.get("rows", 0) for t in (m.get("tables") or {}).values())
+        table.add_row(escape(run.run_id), m.get("status", "?"),
+                      escape(str((m.get("model") or {}).get("name", "?"))),
+                      escape(str((m.get("prompts") or {}).get("name", "?"))),
+                      escape(",".join(p["name"] for p in m.get("probes") or [])), f"{rows:,}",
+                      escape(str(m.get("created") or "")))
+        if m.get("status") == "unreadable":
+            err.print(f"[yellow]unreadable[/]: {escape(str(m.get('error')))}", soft_wrap=True)
     out.print(table)
 
 
@@ -396,6 +405,7 @@ def sweep(
     from sweeps import SweepOptions, load_spec, run_sweep
 
     spec = load_spec(sweep_file)
+    check_run_target(Path(spec.runs_dir or runs_dir))
     if engine == "local" and (address or workers):
         raise InputError("--address and --workers need --engine ray")
     manifest = run_sweep(spec, SweepOptions(runs_dir=runs_dir, engine=engine, address=address,
@@ -403,6 +413,9 @@ def sweep(
                                             overwrite=overwrite, command=sys.argv))
     failed = [r for r in manifest["shards"] if r["status"] != "done"]
     where = Path(spec.runs_dir or runs_dir) / spec.name
+    for run_name, said in manifest.get("warnings", {}).items():
+        for warning in said:
+            err.print(f"[yellow]warning[/]: {escape(run_name)}: {escape(warning)}", soft_wrap=True)
     for row in failed:
         err.print(f"[bold red]shard failed[/]: {row['run']} chunk {row['chunk']} "
                   f"({row['first_id']}..{row['last_id']}): {escape(str(row['error']))}",
@@ -415,31 +428,11 @@ def sweep(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry: run the app, turning WorkbenchErrors into one line and an exit code."""
-    try:
-        code = app(args=argv, standalone_mode=False)
-        if code == 130:  # typer turns KeyboardInterrupt into Exit(130) and returns it
-            raise KeyboardInterrupt
-        if isinstance(code, int) and code:
-            sys.exit(code)
-    except WorkbenchError as e:
-        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-        sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        err.print("[yellow]interrupted[/]: rerun the same command with --resume to continue",
-                  soft_wrap=True)
-        sys.exit(130)
-    except Exception as e:  # click usage errors and anything unexpected
-        import click
+    """Console-script entry: run the app; every error is one line and an exit code (2 bad input,
+    1 other failure, 130 interrupted; see :mod:`workbench.commands.guard`)."""
+    from workbench.commands.guard import run_guarded
 
-        if isinstance(e, click.exceptions.Exit):
-            sys.exit(e.exit_code)
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(1)
-        raise
+    run_guarded(app, argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

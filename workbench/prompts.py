@@ -172,7 +172,10 @@ def load_prompt_set(paths: str | Path | list[str | Path]) -> PromptSet:
         except UnicodeDecodeError as err:
             raise InputError(f"{path}: not UTF-8 (byte {err.start})") from None
         count = 0
-        for lineno, line in enumerate(text.splitlines(), start=1):
+        # split on "\n" only: str.splitlines() also breaks inside JSON strings at U+2028,
+        # U+2029, U+0085 and other characters JSON allows unescaped
+        for lineno, line in enumerate(text.split("\n"), start=1):
+            line = line.removesuffix("\r")
             if not line.strip():
                 continue
             where = f"{path}:{lineno}"

@@ -30,7 +30,9 @@ import torch
 
 from workbench.attention_impl import AUTO, EAGER, SDPA, AttentionChoice, choose_attention
 from workbench.attention_impl import sdpa_attention
-from workbench.errors import InputError, WorkbenchError
+from workbench.coverage import input_warnings, no_records_warning
+from workbench.errors import InputError, RunStateError, WorkbenchError
+from workbench.manifest import read_manifest_file
 from workbench.masks import AttentionMask, mask_hooks, verify_mask
 from workbench.memory import BatchPlan, plan_batch
 from workbench.models import LoadedModel
@@ -111,7 +113,8 @@ def default_run_id(key: dict, model: LoadedModel, prompt_set: PromptSet) -> str:
 
 def _same_config(key: dict) -> Callable[[dict], str | None]:
     def check(stored: dict) -> str | None:
-        old = stored.get("config_key", {})
+        old = stored.get("config_key")
+        old = old if isinstance(old, dict) else {}
         diffs = [k for k in {**key, **old} if old.get(k) != key.get(k)]
         return f"its configuration differs in {', '.join(diffs)}" if diffs else None
     return check
@@ -150,14 +153,16 @@ def execute_run(model: LoadedModel, prompt_set: PromptSet, probes: Sequence[Any]
     manifest["batching"]["plan"] = plan.to_dict()
     manifest["attention"] = hooks.attention.to_dict()
     manifest["attention_mask"] = None if mask is None else {"spec": str(mask), "check": mask_check}
+    manifest["warnings"] = warnings = input_warnings(tokenized, probes)
     run, state = RunDir.create(options.runs_dir, run_id, manifest, resume=options.resume,
                                overwrite=options.overwrite, same_config=_same_config(key))
     if state == "complete":  # resuming a finished run: its tables stand as they are
         return run
-    run.write_table("prompts", pa.table(prompt_rows(tokenized), schema=PROMPTS_SCHEMA))
-    run.write_table("tokens", pa.table(token_rows(tokenized, model.tokenizer), schema=TOKENS_SCHEMA))
     timings = {"load_model_s": load_seconds, "tokenize_s": round(t_tok, 3)}
     try:
+        run.write_table("prompts", pa.table(prompt_rows(tokenized), schema=PROMPTS_SCHEMA))
+        run.write_table("tokens", pa.table(token_rows(tokenized, model.tokenizer),
+                                           schema=TOKENS_SCHEMA))
         t1 = time.perf_counter()
         todo = [b for b in batches if not run.batch_done(b.index)]
         n_done = _run_batches(hooks, todo, run, len(batches), options.progress)
@@ -167,6 +172,7 @@ def execute_run(model: LoadedModel, prompt_set: PromptSet, probes: Sequence[Any]
         timings["finalize_s"] = round(time.perf_counter() - t2, 3)
         timings["total_s"] = round(time.perf_counter() - t0 + (load_seconds or 0), 3)
         run.update_manifest(status="complete", finished=_now(), tables=tables, timings=timings,
+                            warnings=warnings + no_records_warning(tables),
                             batches={"total": len(batches), "run_now": n_done,
                                      "skipped_as_done": len(batches) - len(todo)})
     except KeyboardInterrupt:
@@ -175,6 +181,8 @@ def execute_run(model: LoadedModel, prompt_set: PromptSet, probes: Sequence[Any]
     except BaseException as err:
         run.update_manifest(status="failed", error=f"{type(err).__name__}: {err}", timings=timings)
         raise
+    finally:
+        run.release()  # the final status released it; this covers a failed manifest write
     return run
 
 
@@ -204,7 +212,11 @@ def batch_plan(model: LoadedModel, tokenized: list[TokenizedPrompt], hooks: "Bat
         return BatchPlan(options.batch_size, "given", device_type)
     stored = Path(options.runs_dir) / (options.run_id or "") / MANIFEST
     if options.resume and options.run_id and stored.is_file():
-        size = json.loads(stored.read_text()).get("config_key", {}).get("batch_size")
+        try:  # an unreadable manifest is reported by RunDir.create, in one line
+            key = read_manifest_file(stored).get("config_key")
+        except (OSError, RunStateError):
+            key = None
+        size = key.get("batch_size") if isinstance(key, dict) else None
         if isinstance(size, int) and size >= 1:
             return BatchPlan(size, "resumed", device_type)
     return plan_batch(model, max(t.n_tokens for t in tokenized),

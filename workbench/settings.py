@@ -35,7 +35,8 @@ def resolve_device(device: str | None) -> "torch.device":
     """``None``/``"auto"`` picks ``cuda`` when a GPU is visible, else ``cpu``.
 
     Raises:
-        InputError: the device string is not understood by torch, or asks for CUDA without a GPU.
+        InputError: the device string is not understood by torch, is not cpu / cuda / mps, or
+            asks for a GPU or MPS backend this machine does not have.
     """
     import torch
 
@@ -43,10 +44,21 @@ def resolve_device(device: str | None) -> "torch.device":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
-    except RuntimeError as err:
-        raise InputError(f"--device {device!r} is not a torch device (try 'cpu' or 'cuda')") from err
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {device!r} asks for CUDA but no GPU is visible to torch")
+    except (RuntimeError, TypeError, ValueError):
+        raise InputError(f"--device {device!r} is not a torch device (try 'cpu' or 'cuda')"
+                         ) from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"--device {device!r} asks for CUDA but no GPU is visible to torch")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise InputError(f"--device {device!r}: this machine has "
+                             f"{torch.cuda.device_count()} GPU(s), numbered from 0")
+    elif dev.type == "mps":
+        if not (torch.backends.mps.is_available()):
+            raise InputError(f"--device {device!r}: Apple's MPS backend is not available on this "
+                             "machine; use cpu or cuda")
+    elif dev.type != "cpu":
+        raise InputError(f"--device {device!r}: the workbench runs on cpu, cuda (cuda:N) or mps")
     return dev
 
 

@@ -17,7 +17,6 @@ together by renaming their folder, so a killed run never leaves a half-written t
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import tempfile
@@ -29,6 +28,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from workbench.errors import InputError, RunStateError
+from workbench.manifest import check_run_id, json_text, read_manifest_file
+from workbench.runlock import INTERRUPTED, RUNNING, RunLock, live_status, writer
 
 MANIFEST = "run.json"
 PARTS = ".parts"
@@ -66,7 +67,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
+    """Write ``obj`` as strict JSON (non-finite floats become ``null``), atomically."""
+    atomic_write_bytes(path, json_text(obj).encode())
 
 
 def write_parquet(path: Path, table: pa.Table) -> None:
@@ -114,6 +116,7 @@ class RunDir:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.state: str | None = None  # set by create(): "new", "resumed" or "complete"
+        self.lock: RunLock | None = None  # held by the writer from create() to the final status
 
     @property
     def run_id(self) -> str:
@@ -125,21 +128,39 @@ class RunDir:
 
     # manifest ---------------------------------------------------------------------------------
     def read_manifest(self) -> dict:
+        """The validated manifest (:func:`workbench.manifest.read_manifest_file`).
+
+        Raises:
+            RunStateError: no manifest, or one that is not a regular file, not JSON or not a
+                workbench manifest.
+        """
         try:
-            return json.loads(self.manifest_path.read_text())
-        except FileNotFoundError:
+            return read_manifest_file(self.manifest_path)
+        except (FileNotFoundError, NotADirectoryError):
             raise RunStateError(f"{self.path} is not a run directory (no {MANIFEST})") from None
-        except json.JSONDecodeError as err:
-            raise RunStateError(f"{self.manifest_path} is not valid JSON: {err}") from None
 
     def write_manifest(self, manifest: dict) -> None:
         atomic_write_json(self.manifest_path, manifest)
 
     def update_manifest(self, **changes: Any) -> dict:
+        """Merge ``changes`` into the manifest; a final ``status`` (anything but ``running``)
+        also releases this writer's lock."""
         manifest = self.read_manifest()
         manifest.update(changes)
         self.write_manifest(manifest)
+        if changes.get("status", "running") != "running":
+            self.release()
         return manifest
+
+    def release(self) -> None:
+        """Release the writer's lock (if this object holds it)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def live_status(self, manifest: dict | None = None) -> str:
+        """The status to show: ``running`` only while its writer still holds the lock."""
+        return live_status(self.path, self.read_manifest() if manifest is None else manifest)
 
     @classmethod
     def open(cls, path: Path) -> "RunDir":
@@ -161,48 +182,101 @@ class RunDir:
             continue) or ``"complete"`` (resume asked for a finished run: nothing to do; its
             manifest is left untouched).
 
+        The caller holds the run's lock (:class:`workbench.runlock.RunLock`, recorded as
+        ``writer`` in the manifest) from here until it writes a final status
+        (:meth:`update_manifest`) or calls :meth:`release`.
+
         Raises:
-            RunStateError: the folder exists and neither ``resume`` nor ``overwrite`` was asked
-                for, or ``resume`` was asked for but the stored configuration differs.
+            InputError: ``run_id`` is not a plain folder name of at most 200 characters.
+            RunStateError: another process is writing the run; the folder exists and neither
+                ``resume`` nor ``overwrite`` was asked for; ``resume`` was asked for but the
+                stored configuration differs; ``overwrite`` was asked for but the folder is not
+                a workbench run (no valid ``run.json``) or is a symbolic link.
         """
-        if not run_id or "/" in run_id or run_id.startswith("."):
-            raise InputError(f"run id {run_id!r} is not a plain folder name")
+        check_run_id(run_id, "run id")
         path = Path(runs_dir) / run_id
         run = cls(path)
-        if path.exists() and overwrite:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        run.lock = RunLock(path).acquire()
+        try:
+            state = run._open_or_make(manifest, resume=resume, overwrite=overwrite,
+                                      same_config=same_config)
+        except BaseException:
+            run.release()
+            raise
+        if state == "complete":
+            run.release()
+        run.state = state
+        return run, state
+
+    def _open_or_make(self, manifest: dict, *, resume: bool, overwrite: bool,
+                      same_config: Callable[[dict], str | None]) -> str:
+        path, run_id = self.path, self.run_id
+        manifest = {**manifest, "writer": writer()}
+        if overwrite and (path.exists() or path.is_symlink()):
+            self._check_deletable()
             shutil.rmtree(path)
         if path.exists():
-            if not run.manifest_path.exists():
+            if not path.is_dir() or not self.manifest_path.exists():
                 raise RunStateError(f"{path} exists but is not a run directory; choose another "
                                     "--run-id or remove it")
-            stored = run.read_manifest()
+            stored = self.read_manifest()
+            status = stored.get("status")  # we hold the lock: a "running" writer is gone
+            status = INTERRUPTED if status == RUNNING else status
             if not resume:
                 raise RunStateError(
-                    f"run {run_id!r} already exists (status: {stored.get('status')}); rerun with "
+                    f"run {run_id!r} already exists (status: {status}); rerun with "
                     "--resume to continue it or --overwrite to start again")
             why = same_config(stored)
             if why:
                 raise RunStateError(f"cannot resume run {run_id!r}: {why}; use --overwrite or "
                                     "another --run-id")
             if stored.get("status") == "complete":
-                run.state = "complete"
-                return run, run.state
+                return "complete"
             manifest = {**manifest, "created": stored.get("created", manifest.get("created")),
-                        "resumed": stored.get("resumed", 0) + 1}
-            run.write_manifest(manifest)
-            run._drop_temporaries()
-            run.state = "resumed"
-            return run, run.state
+                        "resumed": _count(stored.get("resumed")) + 1}
+            self.write_manifest(manifest)
+            self._drop_temporaries()
+            return "resumed"
         with atomic_dir(path) as tmp:
             atomic_write_json(tmp / MANIFEST, manifest)
-        run.state = "new"
-        return run, run.state
+        return "new"
+
+    def _check_deletable(self) -> None:
+        """Raise :class:`RunStateError` unless ``--overwrite`` may delete this folder: a real
+        folder (not a symlink) holding a valid workbench manifest."""
+        path = self.path
+        if path.is_symlink():
+            raise RunStateError(f"{path} is a symbolic link; --overwrite deletes only run folders "
+                                "(remove the link yourself or choose another --run-id)")
+        if not path.is_dir():
+            raise RunStateError(f"{path} is not a folder; --overwrite deletes only run folders "
+                                "(choose another --run-id)")
+        try:
+            stored = read_manifest_file(self.manifest_path)
+        except (FileNotFoundError, NotADirectoryError):
+            raise RunStateError(f"{path} is not a workbench run (no {MANIFEST}); --overwrite "
+                                "deletes only run folders: choose another --run-id or "
+                                "--runs-dir") from None
+        except RunStateError as err:
+            raise RunStateError(f"{path} is not a workbench run ({err}); --overwrite deletes "
+                                "only run folders") from None
+        if not any(stored.get(k) for k in ("run_id", "config_key", "writer")):
+            raise RunStateError(f"{path}/{MANIFEST} was not written by the workbench (no run_id);"
+                                " --overwrite deletes only run folders")
 
     # batch parts ------------------------------------------------------------------------------
     def _parts(self) -> Path:
         return self.path / PARTS
 
     def _drop_temporaries(self) -> None:
+        """Remove what a killed writer left: temporary files (``.<name>.<random>.tmp``, e.g. a
+        table being renamed into place during finalize) and unfinished batch folders."""
+        for child in self.path.glob(".*.tmp"):
+            if child.is_symlink() or child.is_file():
+                child.unlink(missing_ok=True)
+            elif child.is_dir():
+                shutil.rmtree(child, ignore_errors=True)
         parts = self._parts()
         if parts.exists():
             for child in parts.iterdir():
@@ -270,16 +344,33 @@ class RunDir:
         return pq.read_table(path, columns=columns, filters=filters)
 
 
+UNREADABLE = "unreadable"
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
 def list_runs(runs_dir: Path) -> list[tuple[RunDir, dict]]:
-    """Every run under ``runs_dir`` with its manifest, newest first. Unreadable folders are skipped."""
+    """Every run under ``runs_dir`` with its manifest, newest first.
+
+    ``status`` is the live one (a ``running`` run whose writer is gone reads ``interrupted``); a
+    folder whose ``run.json`` cannot be read or validated is listed with status ``unreadable`` and
+    the reason in ``error``.
+    """
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         return []
     out = []
     for child in runs_dir.iterdir():
         if child.is_dir() and not child.name.startswith(".") and (child / MANIFEST).exists():
-            with contextlib.suppress(RunStateError):
-                run = RunDir(child)
-                out.append((run, run.read_manifest()))
-    out.sort(key=lambda item: item[1].get("created", ""), reverse=True)
+            run = RunDir(child)
+            try:
+                manifest = run.read_manifest()
+            except RunStateError as err:
+                manifest = {"run_id": child.name, "status": UNREADABLE, "error": str(err)}
+            else:
+                manifest = {**manifest, "status": run.live_status(manifest)}
+            out.append((run, manifest))
+    out.sort(key=lambda item: str(item[1].get("created") or ""), reverse=True)
     return out

@@ -83,17 +83,43 @@ def tokenize_prompt(prompt: Prompt, tokenizer, *, prepend_bos: bool,
     return TokenizedPrompt(prompt, np.asarray(ids, dtype=np.int64), offs, segments, pixels)
 
 
+def max_token_chars(tokenizer) -> int:
+    """The longest vocabulary entry in characters (cached on the tokenizer): a text of ``c``
+    characters has at least ``c / max_token_chars`` tokens, since a token's string (byte-level or
+    sentencepiece) is at least as long as the text it covers. 1,000 when the vocabulary cannot be
+    read."""
+    cached = getattr(tokenizer, "_workbench_max_token_chars", None)
+    if cached is not None:
+        return cached
+    try:
+        longest = max((len(t) for t in tokenizer.get_vocab()), default=0) or 1000
+    except (AttributeError, NotImplementedError, TypeError):
+        longest = 1000
+    try:
+        tokenizer._workbench_max_token_chars = longest
+    except (AttributeError, TypeError):
+        pass
+    return longest
+
+
 def tokenize_prompt_set(prompt_set: PromptSet, tokenizer, *, prepend_bos: bool,
                         n_ctx: int | None = None, model_name: str = "the model",
                         images: ImageTokens | None = None) -> list[TokenizedPrompt]:
     """Tokenise every prompt once (``images``: see :func:`tokenize_prompt`).
 
     Raises:
-        InputError: a prompt tokenises to nothing, is longer than the model's context ``n_ctx``,
-            or has a bad image.
+        InputError: a prompt tokenises to nothing, is longer than the model's context ``n_ctx``
+            (a text of more than ``n_ctx`` x :func:`max_token_chars` characters is refused
+            without tokenising it), or has a bad image.
     """
     out = []
+    bound = None if n_ctx is None else n_ctx * max_token_chars(tokenizer)
     for prompt in prompt_set.prompts:
+        if bound is not None and len(prompt.text) > bound:  # refuse before tokenising it
+            raise InputError(f"{prompt.source}: prompt {prompt.id!r} has {len(prompt.text):,} "
+                             f"characters; {model_name}'s context is {n_ctx} tokens and no token "
+                             f"covers more than {bound // n_ctx} characters, so it cannot fit; "
+                             "shorten the prompt")
         tok = tokenize_prompt(prompt, tokenizer, prepend_bos=prepend_bos, images=images)
         if tok.n_tokens == 0:
             raise InputError(f"{prompt.source}: prompt {prompt.id!r} has no tokens")

@@ -96,7 +96,9 @@ def atlas(
                            batch_size=batch_size, resume=resume, overwrite=overwrite,
                            progress=progress, command=sys.argv)
     from atlas.roles import ROLES
+    from workbench.commands.guard import check_run_target
 
+    check_run_target(options.out.parent, options.out.name)
     stray = sorted(set(options.thresholds) - set(ROLES))
     if stray:
         raise InputError(f"--threshold for unknown role(s) {', '.join(stray)}; roles: "

@@ -39,7 +39,10 @@ def _load(spec: str, strict_parity: bool, **options):
     """Load a model (:func:`workbench.models.load_model` with ``options``), then report its
     parity check (a failed check stops the command with ``strict_parity``)."""
     from workbench.models import load_model
+    from workbench.settings import resolve_device
 
+    if options.get("device") not in (None, "", "auto"):
+        resolve_device(options["device"])  # a bad --device: one line, before "loading model"
     err.print(f"loading model [bold]{spec}[/] ...")
     loaded = load_model(spec, **options)
     _report_parity(loaded, strict_parity)

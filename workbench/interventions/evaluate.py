@@ -72,7 +72,7 @@ class Sweep:
         """``"alpha=0,0.5,1"`` -> ``Sweep("alpha", (0.0, 0.5, 1.0))``.
 
         Raises:
-            InputError: not ``name=v1,v2,...`` with a sweepable name and numeric values.
+            InputError: not ``name=v1,v2,...`` with a sweepable name and finite numeric values.
         """
         name, sep, raw = str(text).partition("=")
         name = name.strip()
@@ -85,6 +85,10 @@ class Sweep:
             raise InputError(f"--sweep {text!r}: the values must be numbers") from None
         if not values:
             raise InputError(f"--sweep {text!r}: no values")
+        bad = [v for v in values if not math.isfinite(v)]
+        if bad:
+            raise InputError(f"--sweep {text!r}: {bad[0]} is not a finite number; give finite "
+                             "values")
         return cls(name, values)
 
 
@@ -101,6 +105,17 @@ class InterveneOptions:
     overwrite: bool = False
     progress: bool = True
     command: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        """Raises InputError for a non-finite or non-positive ``threshold``, a ``batch_size``
+        below 1 or a negative ``generate`` / ``n_generate``."""
+        if not (math.isfinite(self.threshold) and self.threshold > 0):
+            raise InputError(f"--threshold {self.threshold}: expected a finite number > 0")
+        if self.batch_size < 1:
+            raise InputError(f"--batch-size {self.batch_size}: expected at least 1")
+        if self.generate < 0 or self.n_generate < 0:
+            raise InputError(f"--generate {self.generate} / --n-generate {self.n_generate}: "
+                             "expected 0 or more")
 
 
 def conditions(checked: Checked, sweep: Sweep | None) -> list[tuple[str, Checked]]:

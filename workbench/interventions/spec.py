@@ -25,10 +25,13 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from workbench.errors import InputError
 
 SWEEPABLE = ("alpha", "p", "sigma", "temperature")
+MAX_SEED = 2**32 - 1  # noise seeds are mixed with batch and layer into torch's 64-bit seed
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: NaN and +-inf are refused for every float field (they silently turn
+    # logit differences into NaN); each field's range is its own Field(...) rule.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Selector(_Strict):
@@ -54,9 +57,9 @@ class Selector(_Strict):
     segment: str | None = None
     condition: str | None = None
     last_n_layers: int | None = Field(None, ge=1)
-    min_mass: float = 0.2
+    min_mass: float = Field(0.2, ge=0, le=1)
     rho: float = Field(0.8, ge=0, le=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     exclude_last_layer: bool = True
 
 
@@ -69,7 +72,7 @@ class ScaleHead(_Strict):
 
     op: Literal["scale_head"]
     heads: Heads
-    alpha: float = 1.0
+    alpha: float = Field(1.0, ge=-1e3, le=1e3)  # beyond this the activations overflow
     point: Literal["hook_z", "hook_result"] = "hook_z"
 
 
@@ -107,7 +110,8 @@ class AttentionTemperature(_Strict):
 
     op: Literal["attention_temperature"]
     heads: Heads
-    temperature: float = Field(1.0, gt=0)
+    # below 1e-3 scores / temperature overflows (NaN patterns); above 1e3 the row is uniform
+    temperature: float = Field(1.0, ge=1e-3, le=1e3)
 
 
 class MaskKeys(_Strict):
@@ -129,8 +133,8 @@ class ValueNoise(_Strict):
 
     op: Literal["value_noise"]
     heads: Heads
-    sigma: float = Field(0.0, ge=0)
-    seed: int = 0
+    sigma: float = Field(0.0, ge=0, le=1e3)  # relative to ||v_k||
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
 
 class KVMisalign(_Strict):
