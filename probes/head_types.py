@@ -208,7 +208,10 @@ def kept_attention(pattern: Float[Tensor, "batch head_index query_pos key_pos"],
     acc = _accumulator(dev)
     real = (torch.arange(pattern.shape[-1], device=dev)[None, :]
             < lengths.to(dev)[:, None]).to(acc)
-    total = torch.einsum("bhq,bq->bh", pattern.sum(-1, dtype=acc), real)
+    # a float64 sum copies its input: one head at a time bounds that copy to one head's pattern
+    row_sums = torch.stack([pattern[:, h].sum(-1, dtype=acc) for h in range(pattern.shape[1])],
+                           dim=1)
+    total = torch.einsum("bhq,bq->bh", row_sums, real)
     if exclude_bos:
         total -= torch.einsum("bhq,bq->bh", pattern[..., 0].to(acc), real)
     if exclude_current_token:

@@ -53,12 +53,13 @@ def layer_attention(pattern: Float[Tensor, "batch head_index query_pos key_pos"]
     prompt's real keys (a no-op in exact arithmetic: it keeps half-precision products
     row-stochastic and guarantees that padding never leaks into a real row).
     """
-    heads = [head] if head is not None else range(pattern.shape[1])
-    a = sum(pattern[:, h].double() for h in heads) / len(heads)  # never a whole-pattern copy
-    a = a.to(valid.device)  # layers of a model split over devices (device_map)
-    vv = (valid[:, :, None] & valid[:, None, :]).double()
-    a = a * vv
-    return a / a.sum(-1, keepdim=True).clamp_min(1e-300)
+    heads = [head] if head is not None else list(range(pattern.shape[1]))
+    a = pattern[:, heads[0]].to(torch.float64, copy=True)  # one head at a time, in place:
+    for h in heads[1:]:  # never a whole-pattern float64 copy
+        a.add_(pattern[:, h])
+    a = a.to(valid.device).div_(len(heads))  # layers of a model split over devices (device_map)
+    a.masked_fill_(~(valid[:, :, None] & valid[:, None, :]), 0.0)
+    return a.div_(a.sum(-1, keepdim=True).clamp_min(1e-300))
 
 
 def rollout_matrix(attention: Float[Tensor, "batch query_pos key_pos"],

@@ -16,9 +16,8 @@ from plotly.colors import get_colorscale
 from tests.conftest import ROOT
 from tests.figure_fixture import ALPHAS, N_HEADS, N_LAYERS, PROMPTS, fixture_table, make_run
 from workbench.figures import (FIGURE_SETS, DRAWERS, FigureOptions, Plot, RunSource,
-                               attention_pattern, by_depth, circuit_graph, distribution,
-                               faithfulness_bars,
-                               dose_response, head_heatmap, heatmap_of_means, load_plot,
+                               atlas_grid, attention_pattern, by_depth, circuit_graph,
+                               distribution, faithfulness_bars, dose_response, head_heatmap, heatmap_of_means, load_plot,
                                overlap_matrix, position_profile, register_figure_set, run_figures,
                                weighted_graph)
 from workbench.figures.plot import sidecar_csv, sidecar_json
@@ -307,7 +306,21 @@ def fixture_plots(tmp_path) -> list[Plot]:
                                               "value": [1.0, 0.1 / 3, 1.0]})))
     plots.append(weighted_graph(token_graph()))
     plots.append(faithfulness_bars(faithfulness_rows()))
+    plots.append(atlas_grid(atlas_frame(), [{"name": "sink", "label": "sink head"},
+                                            {"name": "induction", "label": "induction head"}]))
     return plots
+
+
+def atlas_frame() -> pd.DataFrame:
+    """A small atlas: two roles scored on the fixture grid, every third head labelled."""
+    rng = np.random.default_rng(0)
+    grid = pd.DataFrame([(la, h) for la in range(N_LAYERS) for h in range(N_HEADS)],
+                        columns=["layer", "head"]).assign(model="fixture")
+    for role in ("sink", "induction"):
+        grid[f"{role}_score"] = rng.random(len(grid))
+        grid[f"{role}_rank"] = grid[f"{role}_score"].rank(ascending=False, method="min")
+        grid[role] = np.arange(len(grid)) % 3 == 0
+    return grid
 
 
 def faithfulness_rows() -> pd.DataFrame:

@@ -16,7 +16,7 @@ import pytest
 from plotly.colors import sample_colorscale
 
 from tests.figure_fixture import N_HEADS, N_LAYERS, fixture_table, make_run, tokens_table
-from tests.test_figures import faithfulness_rows, ioi_like_graph
+from tests.test_figures import atlas_frame, faithfulness_rows, ioi_like_graph
 from tests.test_figures_export import pdf_page_points, png_size
 from workbench.figures import (FigureOptions, RunSource, atlas_grid, attention_pattern,
                                by_depth, circuit_graph, distribution, dose_response,
@@ -69,18 +69,6 @@ def every_kind(tmp_path) -> list:
         atlas_grid(atlas_frame(), [{"name": "sink", "label": "sink head"},
                                    {"name": "induction", "label": "induction head"}]),
     ]
-
-
-def atlas_frame() -> pd.DataFrame:
-    """A small atlas: two roles scored on the fixture grid, every third head labelled."""
-    rng = np.random.default_rng(0)
-    grid = pd.DataFrame([(la, h) for la in range(N_LAYERS) for h in range(N_HEADS)],
-                        columns=["layer", "head"]).assign(model="fixture")
-    for role in ("sink", "induction"):
-        grid[f"{role}_score"] = rng.random(len(grid))
-        grid[f"{role}_rank"] = grid[f"{role}_score"].rank(ascending=False, method="min")
-        grid[role] = np.arange(len(grid)) % 3 == 0
-    return grid
 
 
 def ink_box(gray: np.ndarray) -> tuple[int, int, int, int]:
