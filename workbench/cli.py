@@ -18,12 +18,14 @@ from rich.table import Table
 from workbench.commands.common import (DEVICE, DEVICE_MAP, DTYPE, MODEL, OVERWRITE, PREPEND_BOS,
                                        PROGRESS, RUNS_DIR, STRICT_PARITY, _load, _names, err,
                                        out)
+from workbench.commands.heads import heads_app
 from workbench.errors import InputError, WorkbenchError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Attention Workbench: probes, circuits and interventions on attention heads.")
 runs_app = typer.Typer(add_completion=False, help="List and show runs.", invoke_without_command=True)
 app.add_typer(runs_app, name="runs")
+app.add_typer(heads_app, name="heads")
 def parse_params(items: list[str]) -> dict[str, dict[str, str]]:
     """``["attention_entropy.segment=passage"]`` -> ``{"attention_entropy": {"segment": "passage"}}``.
 
