@@ -8,6 +8,7 @@ the files and their sidecars. :func:`run_figures` picks every table's standard f
 """
 
 from workbench.figures import probe_sets  # noqa: F401  (registers the probes' figure sets)
+from workbench.figures import pruning  # noqa: F401  (figure sets of `workbench heads` runs)
 from workbench.figures.export import (FORMATS, BrowserNotFound, close_browser, export_session,
                                       find_browser, open_browser, render, write_plot)
 from workbench.figures.graph import circuit_graph, weighted_graph
