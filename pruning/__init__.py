@@ -8,7 +8,8 @@
 * :mod:`pruning.prune`: the pruning curve (importance order against random orders).
 * :mod:`pruning.learn`: L0 gates trained with the model frozen; the learned gates as a
   ``scale_head`` intervention spec (MoH, arXiv 2410.11842).
-* :mod:`pruning.run`: the run directory (kind ``heads``) the ``workbench heads`` commands write.
+* :mod:`pruning.run`: the run directory (kind ``heads``) the ``workbench heads`` commands write;
+  :mod:`pruning.execute`: the three jobs (importance, prune, learn-gates) that fill it.
 
 Dependencies: this package imports ``workbench``; ``workbench`` imports it only inside the
 ``workbench heads`` command bodies.
