@@ -15,6 +15,7 @@ from plotly.colors import get_colorscale
 
 from tests.conftest import ROOT
 from tests.figure_fixture import ALPHAS, N_HEADS, N_LAYERS, PROMPTS, fixture_table, make_run
+from tests.pruning_fixture import pruning_plots
 from workbench.figures import (FIGURE_SETS, DRAWERS, FigureOptions, Plot, RunSource,
                                attention_pattern, by_depth, circuit_graph, distribution,
                                dose_response, head_heatmap, heatmap_of_means, load_plot,
@@ -296,6 +297,7 @@ def fixture_plots(tmp_path) -> list[Plot]:
     plots.append(overlap_matrix(pd.DataFrame({"task_a": ["a", "a", "b"], "task_b": ["a", "b", "b"],
                                               "value": [1.0, 0.1 / 3, 1.0]})))
     plots.append(weighted_graph(token_graph()))
+    plots += pruning_plots()
     return plots
 
 

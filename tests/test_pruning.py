@@ -230,3 +230,17 @@ def test_gates_spec_groups_values_and_round_trips(tiny_llama, lm_data):
     via_gates = logits(tiny_llama, batch, gate_hooks(torch.from_numpy(gates).float()))
     assert torch.equal(via_spec, via_gates)
     assert gates_spec(np.ones((2, 2)))[0]["heads"] == {"select": "all"}
+
+
+def test_pruning_figures_hand_case():
+    from tests.pruning_fixture import pruning_plots
+
+    curve, frontier = pruning_plots()
+    rand = curve.data[curve.data.order == "random"].set_index("fraction")
+    assert rand.loc[0.5, ["mean", "lo", "hi", "n"]].tolist() == [4.5, 4.0, 5.0, 2]
+    assert curve.params["base"] == 2.0 and curve.params["threshold"] == pytest.approx(2.1)
+    fig = curve.figure("single")
+    line = next(t for t in fig.data if t.name == "importance order")
+    assert list(line.y) == [2.0, 2.5, 6.0]
+    assert frontier.data.sort_values("lam").values.tolist() == [[0.01, 3, 2.1], [0.1, 1, 3.0]]
+    assert frontier.params["base"] == 2.0 and frontier.params["n_heads"] == 4
