@@ -7,7 +7,7 @@ and pruning").
 Sink heads: mean ``mean_sink_share_first`` (attention on token 0, probe ``attention_sink``) over
 prompts > ``--threshold``. For each lambda of the gates run: how many sink heads stay open (gate
 > 0) against the open share of all heads, and the hypergeometric chance of keeping at least that
-many sink heads if the open heads were a random set of the same size. With ``--prune``: the sink
+many (and at most that many) sink heads if the open heads were a random set of the same size. With ``--prune``: the sink
 heads' mean rank in the importance order (0 = removed first) against the mean rank of all heads.
 Reads parquet only.
 """
@@ -27,6 +27,11 @@ def at_least(kept: int, n_all: int, n_sinks: int, n_open: int) -> float:
     total = math.comb(n_all, n_open)
     return sum(math.comb(n_sinks, k) * math.comb(n_all - n_sinks, n_open - k)
                for k in range(kept, min(n_sinks, n_open) + 1)) / total
+
+
+def at_most(kept: int, n_all: int, n_sinks: int, n_open: int) -> float:
+    """P(a random set of ``n_open`` of ``n_all`` heads holds <= ``kept`` of the ``n_sinks``)."""
+    return 1.0 - at_least(kept + 1, n_all, n_sinks, n_open) if kept < n_sinks else 1.0
 
 
 def per_head(run: Path, table: str, metric: str, where: dict | None = None) -> pd.Series:
@@ -49,10 +54,11 @@ def report(sinks: Path, gates: Path, prune: Path | None, threshold: float) -> li
         open_heads = set(g[g > 0].index)
         kept = len(sink_heads & open_heads)
         p = at_least(kept, n_all, len(sink_heads), len(open_heads))
+        q = at_most(kept, n_all, len(sink_heads), len(open_heads))
         lines.append(f"{cond}: {len(open_heads)} of {n_all} heads open "
                      f"({len(open_heads) / n_all:.0%}); sink heads open {kept} of "
-                     f"{len(sink_heads)} ({kept / max(len(sink_heads), 1):.0%}); P(>= {kept} "
-                     f"by chance) = {p:.3g}; mean gate of sink heads "
+                     f"{len(sink_heads)} ({kept / max(len(sink_heads), 1):.0%}); random sets: P(>= "
+                     f"{kept}) = {p:.3g}, P(<= {kept}) = {q:.3g}; mean gate of sink heads "
                      f"{g[list(sink_heads)].mean():.3f} vs all {g.mean():.3f}")
     if prune is not None:
         imp = per_head(prune, "head_importance", "importance_norm")
