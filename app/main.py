@@ -29,6 +29,7 @@ PAGES = (("views/runs.py", "Runs", ":material/folder_open:"),
          ("views/position.py", "Position bias", ":material/linear_scale:"),
          ("views/circuits.py", "Circuits", ":material/hub:"),
          ("views/interventions.py", "Interventions", ":material/tune:"),
+         ("views/heads_pruning.py", "Head pruning", ":material/content_cut:"),
          ("views/live.py", "Live intervention", ":material/bolt:"))
 
 

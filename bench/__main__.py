@@ -12,7 +12,9 @@ Benchmarks (each module also runs alone, ``python -m bench.<name> --help``):
 * ``patching``: activation patching resumed and batched against the one-head-per-forward loop and
   against attribution patching;
 * ``sweep``: the same sweep on the local engine and on Ray with 1 and 2 workers;
-* ``app_load``: the app opening a run of a million records.
+* ``app_load``: the app opening a run of a million records;
+* ``importance``: Michel head importance over 64 natural-text prompts against one forward +
+  backward pass, and 200 steps of L0 gate training.
 
 ``--quick`` runs every benchmark on a small shape for smoke testing; its numbers are not for
 reporting. Run the full suite on a quiet machine: ratios are measured within one run.
@@ -31,7 +33,7 @@ import time
 import traceback
 from pathlib import Path
 
-BENCHMARKS = ("probe_pass", "atlas", "memory", "patching", "sweep", "app_load")
+BENCHMARKS = ("probe_pass", "atlas", "memory", "patching", "sweep", "app_load", "importance")
 
 
 def machine() -> dict:

@@ -15,6 +15,7 @@ from plotly.colors import get_colorscale
 
 from tests.conftest import ROOT
 from tests.figure_fixture import ALPHAS, N_HEADS, N_LAYERS, PROMPTS, fixture_table, make_run
+from tests.pruning_fixture import pruning_plots
 from workbench.figures import (FIGURE_SETS, DRAWERS, FigureOptions, Plot, RunSource,
                                atlas_grid, attention_pattern, by_depth, circuit_graph,
                                distribution, faithfulness_bars, dose_response, head_heatmap, heatmap_of_means, load_plot,
@@ -308,6 +309,7 @@ def fixture_plots(tmp_path) -> list[Plot]:
     plots.append(faithfulness_bars(faithfulness_rows()))
     plots.append(atlas_grid(atlas_frame(), [{"name": "sink", "label": "sink head"},
                                             {"name": "induction", "label": "induction head"}]))
+    plots += pruning_plots()
     return plots
 
 

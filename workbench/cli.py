@@ -21,6 +21,7 @@ from workbench.commands.common import (DEVICE, DEVICE_MAP, DTYPE, MODEL, OVERWRI
                                        out)
 from workbench.commands.figures import figures_app
 from workbench.commands.guard import check_run_target
+from workbench.commands.heads import heads_app
 from workbench.errors import InputError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -29,6 +30,9 @@ runs_app = typer.Typer(add_completion=False, help="List and show runs.", invoke_
 app.add_typer(runs_app, name="runs")
 app.add_typer(atlas_commands.app, name="atlas")
 app.add_typer(figures_app, name="figures")
+app.add_typer(heads_app, name="heads")
+
+
 def parse_params(items: list[str]) -> dict[str, dict[str, str]]:
     """``["attention_entropy.segment=passage"]`` -> ``{"attention_entropy": {"segment": "passage"}}``.
 

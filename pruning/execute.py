@@ -1,0 +1,147 @@
+"""The three ``workbench heads`` jobs, each writing one run (tables: :mod:`pruning.run`).
+
+Every input is checked (objective, prompts, modes, lambdas, split) before the run directory is
+created; a job that fails afterwards leaves its run marked ``failed``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+from pruning.importance import head_importance
+from pruning.learn import GateTraining, evaluate_gates, gates_spec, split_prompts, train_gates
+from pruning.objectives import PromptData
+from pruning.prune import (check_mode, evaluate, head_means, importance_order, pruning_curve,
+                           random_order, removal_counts)
+from pruning.run import (HeadsOptions, Timer, curve_table, finish_run, gates_table,
+                         importance_table, start_run, write_spec)
+from workbench.errors import InputError
+from workbench.store import RunDir
+
+
+@contextlib.contextmanager
+def _bar(enabled: bool, description: str, total: int) -> Iterator[Callable[[int], None]]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
+        TimeElapsedColumn, TimeRemainingColumn
+
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, disable=not enabled, transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+@contextlib.contextmanager
+def _failing(run: RunDir) -> Iterator[None]:
+    try:
+        yield
+    except BaseException as err:
+        run.update_manifest(status="failed", error=f"{type(err).__name__}: {err}")
+        raise
+
+
+def run_importance(model, data: PromptData, prompt_set, options: HeadsOptions) -> RunDir:
+    """Michel importance of every head on ``data`` (table ``head_importance``)."""
+    run = start_run(model, data, prompt_set, "importance", options)
+    timer = Timer()
+    with _failing(run):
+        with _bar(options.progress, "importance (prompts)", len(data.ids)) as step:
+            imp = head_importance(model, data, batch_size=options.batch_size, progress=step)
+        timer.lap("importance")
+        tables = {"head_importance": importance_table(imp, data.objective.metric)}
+        return finish_run(run, model, data, tables, timer.timings)
+
+
+def check_prune(mode: str, step: float, seeds: int, tolerance: float) -> None:
+    """Raises :class:`InputError` for a bad mode, step, seed count or tolerance."""
+    check_mode(mode)
+    removal_counts(1, step)
+    if seeds < 1:
+        raise InputError(f"--seeds must be at least 1, got {seeds}")
+    if tolerance <= 0:
+        raise InputError(f"--tolerance must be positive, got {tolerance}")
+
+
+def run_prune(model, data: PromptData, prompt_set, options: HeadsOptions, *, mode: str = "zero",
+              step: float = 0.1, seeds: int = 3, tolerance: float = 0.05) -> RunDir:
+    """Importance, then the pruning curve in importance order and in ``seeds`` random orders
+    (tables ``head_importance`` and ``pruning_curve``)."""
+    check_prune(mode, step, seeds, tolerance)
+    info = model.info
+    n_total = info.n_layers * info.n_heads
+    counts = removal_counts(n_total, step)
+    run = start_run(model, data, prompt_set, "prune", options)
+    timer = Timer()
+    with _failing(run):
+        with _bar(options.progress, "importance (prompts)", len(data.ids)) as advance:
+            imp = head_importance(model, data, batch_size=options.batch_size, progress=advance)
+        timer.lap("importance")
+        means = head_means(model, data, options.batch_size) if mode == "mean" else None
+        orders = [("importance", importance_order(imp.normalised))] + [
+            (f"random-{s}", random_order(info.n_layers, info.n_heads, s)) for s in range(seeds)]
+        curves = []
+        with _bar(options.progress, "pruning curve (steps)", len(counts) * len(orders)) as adv:
+            for name, order in orders:
+                curves.append(pruning_curve(model, data, order, counts, name, means=means,
+                                            batch_size=options.batch_size, progress=adv))
+        timer.lap("curves")
+        table, fractions = curve_table(curves, data.ids, data.objective, n_total, tolerance)
+        tables = {"head_importance": importance_table(imp, data.objective.metric),
+                  "pruning_curve": table}
+        return finish_run(run, model, data, tables, timer.timings, removable_fraction=fractions)
+
+
+def check_lambdas(lambdas: list[float]) -> list[float]:
+    """Raises :class:`InputError` for no lambda, a negative one or a repeated one."""
+    if not lambdas:
+        raise InputError("--lambda: give at least one value")
+    if any(v < 0 for v in lambdas) or len(set(lambdas)) != len(lambdas):
+        raise InputError(f"--lambda values must be distinct and >= 0, got {lambdas}")
+    return list(lambdas)
+
+
+def run_learn(model, data: PromptData, prompt_set, options: HeadsOptions, *,
+              lambdas: list[float], training: GateTraining, eval_fraction: float = 0.5,
+              split_seed: int = 0) -> tuple[RunDir, dict[float, str]]:
+    """Train gates for every lambda on the train split, evaluate on the held-out split (table
+    ``learned_gates``) and write each lambda's spec. Returns the run and ``{lambda: spec path}``.
+    """
+    check_lambdas(lambdas)
+    train_ids, eval_ids = split_prompts(data.ids, eval_fraction, split_seed)
+    train, held_out = data.subset(train_ids), data.subset(eval_ids)
+    run = start_run(model, data, prompt_set, "learn-gates", options)
+    timer = Timer()
+    with _failing(run):
+        base = evaluate(model, held_out, _ones(model), None, options.batch_size)
+        learned, specs = [], {}
+        for lam in lambdas:
+            config = GateTraining(lam, training.steps, training.lr, training.batch_size,
+                                  training.init, training.seed, training.distribution)
+            with _bar(options.progress, f"gates lambda={lam:g} (steps)", config.steps) as adv:
+                item = train_gates(model, train, config, progress=adv)
+            evaluate_gates(model, held_out, item, options.batch_size)
+            learned.append(item)
+            specs[lam] = str(write_spec(run, item, gates_spec(item.gates)))
+            timer.lap(f"train_lambda={lam:g}")
+        table = gates_table(learned, eval_ids, base, data.objective)
+        history = {f"lambda={g.lam:g}": [list(h) for h in g.history[::10]] for g in learned}
+        finish_run(run, model, data, {"learned_gates": table}, timer.timings,
+                   split={"train": train_ids, "eval": eval_ids, "seed": split_seed,
+                          "eval_fraction": eval_fraction},
+                   specs=specs, history=history)
+    return run, specs
+
+
+def _ones(model):
+    import torch
+
+    return torch.ones(model.info.n_layers, model.info.n_heads)
+
+
+def frontier_lines(run: RunDir) -> list[str]:
+    """``lambda, open gates, held-out metric, degradation`` lines of a learn-gates run."""
+    frame = run.read_table("learned_gates").to_pandas()
+    summary = frame[frame["layer"].isna() & frame["prompt_id"].isna()]
+    wide = summary.pivot_table(index="condition", columns="metric", values="value", sort=False)
+    return wide.to_string(float_format=lambda v: f"{v:.4g}").splitlines()
