@@ -135,7 +135,7 @@ def make_full_run(runs_dir: Path, run_id: str = "fixture", seed: int = 0,
     manifest["model"]["name"] = model
     manifest.update(kind="probes", created=f"2026-01-0{1 + seed}T00:00:00+00:00",
                     prompts={"name": "fixture", "n_prompts": len(PROMPTS), "sha256": "0" * 64},
-                    probes=[{"name": "probe_a", "params": {"x": 1}}],
+                    probes=[{"name": "probe_a", "params": {"x": 1}, "headline": ["score"]}],
                     timings={"total_s": 1.5})
     run.write_manifest(manifest)
     return run

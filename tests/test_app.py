@@ -76,6 +76,11 @@ def charts(at: AppTest) -> list[dict]:
     return [decode(json.loads(el.proto.spec)) for el in at.get("plotly_chart")]
 
 
+def box(at: AppTest, label: str):
+    """The (first) selectbox with this label on the page."""
+    return next(b for b in at.selectbox if b.label == label)
+
+
 def texts(at: AppTest, kind: str) -> list[str]:
     return [str(el.value) for el in at.get(kind)]
 
@@ -131,10 +136,10 @@ def test_heads_page(open_app, runs):
     at = open_app("views/heads.py", run="fixture")
     no_errors(at)
     assert at.selectbox(key="heads-table").value == "probe_a"  # the manifest's probe first
-    first = raw(runs, "probe_a").query(f"metric == '{at.selectbox(key='heads-metric').value}'")
+    first = raw(runs, "probe_a").query(f"metric == '{box(at, 'Metric').value}'")
     best = first.groupby(["layer", "head"]).value.mean().idxmax()  # the default head
-    assert (at.selectbox(key="heads-layer").value, at.selectbox(key="heads-head").value) == best
-    at.selectbox(key="heads-metric").set_value("score").run()
+    assert (box(at, "Layer").value, box(at, "Head").value) == best
+    box(at, "Metric").set_value("score").run()
     records = raw(runs, "probe_a").query("metric == 'score'")
     means = records.groupby(["layer", "head"]).value.mean()
     heat = charts(at)[0]["data"][0]
@@ -144,8 +149,8 @@ def test_heads_page(open_app, runs):
         assert z[head, layer] == pytest.approx(value, abs=1e-12)
     assert np.all(np.array(heat["customdata"]) == len(PROMPTS))
     assert "prompts: %{customdata}" in heat["hovertemplate"]
-    at.selectbox(key="heads-layer").set_value(2).run()
-    at.selectbox(key="heads-head").set_value(1).run()
+    box(at, "Layer").set_value(2).run()
+    box(at, "Head").set_value(1).run()
     no_errors(at)
     mine = records.query("layer == 2 and head == 1")
     per_prompt = mine.groupby("prompt_id").value.mean()
