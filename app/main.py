@@ -4,6 +4,8 @@ Start it with ``workbench app --runs-dir runs`` (binds to 127.0.0.1:8501), or
 ``streamlit run app/main.py -- --runs-dir runs``. The runs folder comes from ``--runs-dir``, else
 ``$WORKBENCH_RUNS_DIR``, else ``runs``; the app reads nothing outside it. The sidebar chooses the
 run (and a second run to compare); ``?run=<id>&compare=<id>`` in the address does the same.
+The app opens on the Atlas page when the runs folder holds an atlas (``workbench atlas``), else on
+Runs.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ if str(APP_DIR.parent) not in sys.path:  # `streamlit run app/main.py` from anyw
     sys.path.insert(0, str(APP_DIR.parent))
 
 from app import ui  # noqa: E402
+from app.atlas_data import atlas_ids  # noqa: E402
 from app.data import RUNS_ENV, RunsRoot, check_name  # noqa: E402
 from workbench.errors import WorkbenchError  # noqa: E402
 
+ATLAS_PAGE = ("views/atlas.py", "Atlas", ":material/apps:")
 PAGES = (("views/runs.py", "Runs", ":material/folder_open:"),
          ("views/heads.py", "Heads", ":material/grid_on:"),
          ("views/layers.py", "Layers", ":material/stacked_line_chart:"),
@@ -88,8 +92,9 @@ def main() -> None:
     st.set_page_config(page_title="Attention Workbench", layout="wide")
     st.session_state[ui.ROOT_KEY] = runs_dir()
     root = ui.runs_root()
+    listed = (ATLAS_PAGE, *PAGES) if atlas_ids(root.runs()) else (*PAGES, ATLAS_PAGE)
     pages = [st.Page(str(APP_DIR / path), title=title, icon=icon, default=(i == 0))
-             for i, (path, title, icon) in enumerate(PAGES)]
+             for i, (path, title, icon) in enumerate(listed)]
     page = st.navigation(pages)
     sidebar(root)
     st.sidebar.radio("Figure width", ["single", "double"], index=1, key=ui.WIDTH_KEY,

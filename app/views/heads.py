@@ -5,12 +5,12 @@ other metric of that head."""
 from __future__ import annotations
 
 import pandas as pd
-import pyarrow.compute as pc
 import streamlit as st
 
 from app import data, headline, ui
+from app.patterns import stored_pattern
 from app.shaping import extreme_prompts, head_summary, rank_of
-from workbench.figures import attention_pattern, distribution, heatmap_of_means
+from workbench.figures import distribution, heatmap_of_means
 from workbench.figures.plot import safe_name
 from workbench.figures.shapes import qualifier
 
@@ -102,38 +102,6 @@ def over_prompts(root, run_id, table, metric, where, layer, head) -> None:
                  hide_index=True, width="stretch")
 
 
-def pattern(root, run_id, infos, layer, head) -> None:
-    found = [(t, m) for t, ms in ui.metrics_with(infos, "query_pos", "key_pos", "head").items()
-             for m in ms]
-    if not found:
-        st.info("This run stores no attention patterns (records with query_pos and key_pos). "
-                "Add the attention_pattern probe to a run to see them: workbench run ... "
-                "--probes attention_entropy,attention_pattern")
-        return
-    tokens = data.tokens(root, run_id)
-    if tokens is None:
-        st.info("This run has no tokens table, so patterns cannot be drawn over tokens.")
-        return
-    choice = st.selectbox("Pattern metric", range(len(found)), key="heads-pattern-metric",
-                          format_func=lambda i: f"{found[i][0]} · {found[i][1]}")
-    table, metric = found[choice]
-    where = ui.pick_variant(infos[table].metrics[metric], key="heads-pattern-variant")
-    head_rows = data.read(root.table(run_id, table), ("prompt_id",),
-                          (("metric", metric), *where, ("layer", layer), ("head", head)))
-    prompt_ids = sorted(str(p) for p in pc.unique(head_rows["prompt_id"]).to_pylist() if p)
-    if not prompt_ids:
-        st.info(f"No pattern records for head {layer}.{head}; the probe stored other heads.")
-        return
-    prompt_id = st.selectbox("Prompt", prompt_ids, key="heads-pattern-prompt")
-    ui.show_prompt(root, run_id, prompt_id)
-    rows = data.records(root.table(run_id, table), metric,
-                        (*where, ("layer", layer), ("head", head), ("prompt_id", prompt_id)))
-    unit = (root.manifest(run_id).get("units") or {}).get(metric)
-    ui.show_plot(attention_pattern(rows, tokens, metric, prompt_id, layer, head, unit=unit,
-                                   table=table),
-                 key=ui.plot_key("heads-pattern", table, metric, prompt_id, layer, head))
-
-
 def every_metric(root, run_id, infos, layer, head, chosen) -> None:
     frames = []
     for table in infos:
@@ -165,6 +133,6 @@ if run_id:
             with tabs[0], ui.guard():
                 over_prompts(root, run_id, table, metric, where, layer, head)
             with tabs[1], ui.guard():
-                pattern(root, run_id, infos, layer, head)
+                stored_pattern(root, run_id, infos, layer, head, "heads")
             with tabs[2], ui.guard():
                 every_metric(root, run_id, infos, layer, head, chosen)
