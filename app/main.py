@@ -89,7 +89,9 @@ def sidebar(root: RunsRoot) -> None:
 
 
 def main() -> None:
-    st.set_page_config(page_title="Attention Workbench", layout="wide")
+    # page_icon: an emoji favicon (a data: URL); a page's :material/...: icon would make the
+    # browser fetch the favicon from fonts.gstatic.com (issue 15 defect 10).
+    st.set_page_config(page_title="Attention Workbench", page_icon="🔍", layout="wide")
     st.session_state[ui.ROOT_KEY] = runs_dir()
     root = ui.runs_root()
     listed = (ATLAS_PAGE, *PAGES) if atlas_ids(root.runs()) else (*PAGES, ATLAS_PAGE)

@@ -53,3 +53,45 @@ def test_a_click_selects_the_head():
     assert clicked_head(event, ("head", "layer")) == (1, 3)
     assert clicked_head({"selection": {"points": []}}) is None
     assert clicked_head(None) is None
+
+
+def test_kill_of_the_app_command_stops_the_server(tmp_path):
+    """Defect 9: ``kill <pid of workbench app>`` (SIGTERM to that one process) stops the server."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from tests.conftest import ROOT
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "workbench.cli", "app", "--runs-dir",
+                             str(tmp_path), "--port", str(port)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health",
+                                            timeout=2) as reply:
+                    if reply.read() == b"ok":
+                        break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "no server"
+                time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)  # the pid the shell shows, not its group
+        proc.wait(timeout=30)
+        with socket.socket() as sock:
+            assert sock.connect_ex(("127.0.0.1", port)) != 0, "the server still listens"
+    finally:
+        import os
+
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of the group we started
+        except ProcessLookupError:
+            pass
