@@ -124,7 +124,7 @@ def test_compare_two_runs(open_app, runs):
     a, b = a.value.mean(), b.value.mean()
     stats = at.dataframe[-1].value.iloc[0]
     assert float(stats["Spearman rank correlation"]) == pytest.approx(
-        np.corrcoef(a.rank(), b.rank())[0, 1], abs=1e-12)
+        np.corrcoef(a.rank(), b.rank())[0, 1], abs=5e-4)  # rounded to 3 places
     left, right, diff = charts(at)[-3:]
     z = np.array(diff["data"][0]["z"], dtype=float)  # [head, layer]
     for (layer, head), value in (a - b).items():

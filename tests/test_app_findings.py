@@ -95,3 +95,56 @@ def test_kill_of_the_app_command_stops_the_server(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of the group we started
         except ProcessLookupError:
             pass
+
+
+def test_compare_runs_on_one_colour_range_rounded(open_app, runs):
+    """Defect 4: the two heatmaps share one colour range; |a - b| is unsigned and rounded."""
+    at = open_app(run="fixture", compare="second")
+    box(at, "Table").set_value("probe_a").run()
+    box(at, "Metric").set_value("score").run()
+    left, right = charts(at)[-3:-1]
+    assert (left["data"][0]["zmin"], left["data"][0]["zmax"]) == \
+        (right["data"][0]["zmin"], right["data"][0]["zmax"])
+    a = raw(runs, "probe_a", "fixture").query("metric == 'score'").groupby(["layer", "head"])
+    b = raw(runs, "probe_a", "second").query("metric == 'score'").groupby(["layer", "head"])
+    diff = a.value.mean() - b.value.mean()
+    stats = at.dataframe[-1].value.iloc[0]
+    (layer, head), worst = diff.abs().idxmax(), diff.abs().max()
+    assert stats["largest |a - b|"] == f"{worst:.4g} at layer {layer}, head {head}"
+    assert len(str(stats["Spearman rank correlation"])) <= 6
+
+
+def test_compare_runs_of_different_depth_aligns_by_relative_depth(tmp_path, monkeypatch):
+    """Defect 4: a 4 x 3 run against a 6 x 2 run is compared per third of depth, with a
+    warning, never head by head."""
+    from streamlit.testing.v1 import AppTest
+
+    from tests.app_fixture import make_full_run
+    from tests.test_app import MAIN
+    from workbench.records import conform, records
+    from workbench.store import RunDir
+
+    runs_dir = tmp_path / "runs"
+    make_full_run(runs_dir)
+    layer, head = np.divmod(np.arange(12), 2)
+    table = conform(records("score", layer.astype(float), layer=layer, head=head),
+                    run_id="deep", probe="probe_a")
+    run, _ = RunDir.create(runs_dir, "deep", {
+        "run_id": "deep", "status": "complete", "created": "2026-01-01T00:00:00+00:00",
+        "model": {"name": "deep", "n_layers": 6, "n_heads": 2},
+        "tables": {"probe_a": {"rows": 12, "metrics": ["score"]}}},
+        resume=False, overwrite=True, same_config=lambda m: None)
+    run.write_table("probe_a", table)
+    monkeypatch.setenv("WORKBENCH_RUNS_DIR", str(runs_dir))
+    at = AppTest.from_file(MAIN, default_timeout=60)
+    at.query_params["run"], at.query_params["compare"] = "fixture", "deep"
+    at.run()
+    box(at, "Table").set_value("probe_a").run()
+    box(at, "Metric").set_value("score").run()
+    assert not at.exception and not at.error
+    warning = " ".join(w.value for w in at.warning).replace("\\", "")
+    assert "head indices are not comparable" in warning
+    by_depth = at.dataframe[-1].value.set_index("depth")
+    assert by_depth.loc["early", "b mean"] == pytest.approx(0.5)  # layers 0-1 of 6
+    assert by_depth.loc["late", "b layers"] == "4-5"
+    assert len(charts(at)) == 2  # no head-by-head difference map
