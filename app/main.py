@@ -76,6 +76,10 @@ def sidebar(root: RunsRoot) -> None:
     if not available:
         st.sidebar.info("No runs yet.")
         return
+    if ui.RUN_KEY not in st.session_state:  # the newest finished run, not one still running
+        done = [e.run_id for e in entries if e.manifest is not None
+                and e.manifest.get("status") not in ("running", "interrupted", "failed")]
+        st.session_state[ui.RUN_KEY] = (done or available)[0]
     run = st.sidebar.selectbox("Run", available, key=ui.RUN_KEY)
     others = [ui.NO_RUN] + [r for r in available if r != run]
     if st.session_state.get(ui.COMPARE_KEY) not in others:

@@ -148,3 +148,61 @@ def test_compare_runs_of_different_depth_aligns_by_relative_depth(tmp_path, monk
     assert by_depth.loc["early", "b mean"] == pytest.approx(0.5)  # layers 0-1 of 6
     assert by_depth.loc["late", "b layers"] == "4-5"
     assert len(charts(at)) == 2  # no head-by-head difference map
+
+
+def _folder_with(tmp_path, monkeypatch, extra):
+    """A runs folder with the fixture run and ``extra(runs_dir)``; an AppTest factory on it."""
+    from streamlit.testing.v1 import AppTest
+
+    from tests.app_fixture import make_full_run
+    from tests.test_app import MAIN
+
+    runs_dir = tmp_path / "runs"
+    make_full_run(runs_dir)
+    extra(runs_dir)
+    monkeypatch.setenv("WORKBENCH_RUNS_DIR", str(runs_dir))
+
+    def start(page=None, **query):
+        at = AppTest.from_file(MAIN, default_timeout=60)
+        for key, value in query.items():
+            at.query_params[key] = value
+        at.run()
+        return at.switch_page(page).run() if page else at
+    return start
+
+
+def test_eight_sweeps_have_a_picker_and_the_default_run_is_finished(tmp_path, monkeypatch):
+    """Defect 12: 8 sweeps -> a picker (6 drawn by default, all on request); the sidebar's
+    default run is the newest finished one, not a newer run still running."""
+    from workbench.records import concat, conform, records
+    from workbench.store import RunDir
+
+    def extra(runs_dir):
+        parts = [records(f"m{i}", float(i) * a, layer=0, head=0, prompt_id="p0",
+                         condition=f"alpha={a:g}") for i in range(8) for a in (0.0, 1.0, 2.0)]
+        run, _ = RunDir.create(runs_dir, "sweeps8", {
+            "run_id": "sweeps8", "status": "running", "created": "2026-03-01T00:00:00+00:00",
+            "model": {"name": "synthetic", "n_layers": 1, "n_heads": 1},
+            "tables": {"interventions": {"rows": 24}}},
+            resume=False, overwrite=True, same_config=lambda m: None)
+        run.write_table("interventions", conform(concat(parts), run_id="sweeps8",
+                                                 probe="interventions"))
+
+    start = _folder_with(tmp_path, monkeypatch, extra)
+    at = start()
+    assert at.sidebar.selectbox(key="run").value == "fixture"  # sweeps8 is newer but running
+    at = start("views/interventions.py", run="sweeps8")
+    assert not at.exception and not at.error
+    picker = at.multiselect[0]
+    assert len(picker.options) == 8 and len(picker.value) == 6
+    assert len(charts(at)) == 6
+    picker.set_value(list(range(8))).run()
+    assert len(charts(at)) == 8
+
+
+def test_position_graph_caption_names_the_head(open_app):
+    """Defect 12: the caption says "layer L, head H"."""
+    at = open_app("views/position.py", run="fixture")
+    box(at, "Head").set_value(1).run()
+    captions = [c.replace("\\", "") for c in texts(at, "caption")]
+    assert any(", head 1" in c and "layer" in c for c in captions), captions

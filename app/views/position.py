@@ -55,7 +55,8 @@ def graph(root: data.RunsRoot, run_id: str, infos: dict) -> None:
     digraph = attention_digraph(data.records(root.table(run_id, table), metric, filters), tokens,
                                 prompt_id, threshold)
     st.caption(ui.literal(f"{digraph.number_of_edges()} edges key -> query (self-loops not "
-                          f"drawn) of prompt {prompt_id}, layer {layer}, {head}"))
+                          f"drawn) of prompt {prompt_id}, layer {layer}, "
+                          f"{head if head == MEAN_OVER_HEADS else f'head {head}'}"))
     which = "mean" if head == MEAN_OVER_HEADS else f"H{head}"
     unit = (root.manifest(run_id).get("units") or {}).get(metric)
     ui.show_plot(weighted_graph(digraph, label=metric, unit=unit, node_label="token", table=table,
