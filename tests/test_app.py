@@ -200,6 +200,8 @@ def test_layers_page_equals_by_depth_on_the_raw_records(open_app, runs):
 def test_position_page(open_app, runs):
     at = open_app("views/position.py", run="fixture")
     no_errors(at)
+    edges = next(s for s in at.slider if s.label.startswith("Draw edges"))
+    edges.set_value(0.1).run()  # the default keeps the strongest 2 x n edges
     profile, graph = charts(at)
     rows = raw(runs, "probe_a").query("metric == 'attn'")
     want = rows.groupby(["layer", "key_pos"]).value.mean()
@@ -213,7 +215,7 @@ def test_position_page(open_app, runs):
     hover = next(t for t in graph["data"] if t.get("hovertext"))
     assert sorted(hover["marker"]["color"]) == pytest.approx(sorted(kept.to_numpy()))
     assert "&lt;script&gt;" in graph["layout"]["xaxis"]["ticktext"]
-    at.slider(key="position-graph-threshold").set_value(0.5).run()
+    next(s for s in at.slider if s.label.startswith("Draw edges")).set_value(0.5).run()
     hover = next(t for t in charts(at)[1]["data"] if t.get("hovertext"))
     assert len(hover["marker"]["color"]) == int((kept > 0.5).sum())
 

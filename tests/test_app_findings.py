@@ -206,3 +206,27 @@ def test_position_graph_caption_names_the_head(open_app):
     box(at, "Head").set_value(1).run()
     captions = [c.replace("\\", "") for c in texts(at, "caption")]
     assert any(", head 1" in c and "layer" in c for c in captions), captions
+
+
+def test_position_page_scales_and_a_graph_with_edges_by_default(open_app):
+    """Defect 11: profiles offer a log axis and leaving key 0 out; the attention graph has
+    edges at the default threshold; its colour bar for fractions starts at 0."""
+    import re
+
+    at = open_app("views/position.py", run="fixture")
+    assert not at.exception and not at.error
+    scale = at.radio(key="position-scale")
+    assert list(scale.options) == ["linear", "log scale", "exclude key 0"]
+    caption = next(c for c in texts(at, "caption") if "edges key" in c)
+    assert int(re.match(r"(\d+) edges", caption).group(1)) > 0
+    graph = charts(at)[-1]
+    bar = next(t["marker"] for t in graph["data"] if t.get("marker", {}).get("showscale"))
+    assert bar["cmin"] == 0.0
+    profile = charts(at)[0]
+    keys = {x for t in profile["data"] for x in (t.get("x") or [])}
+    assert 0 in keys
+    scale.set_value("no-key0").run()
+    profile = charts(at)[0]
+    assert 0 not in {x for t in profile["data"] for x in (t.get("x") or [])}
+    scale.set_value("log").run()
+    assert charts(at)[0]["layout"]["yaxis"]["type"] == "log"
