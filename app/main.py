@@ -33,6 +33,7 @@ PAGES = (("views/runs.py", "Runs", ":material/folder_open:"),
          ("views/position.py", "Position bias", ":material/linear_scale:"),
          ("views/circuits.py", "Circuits", ":material/hub:"),
          ("views/interventions.py", "Interventions", ":material/tune:"),
+         ("views/pattern.py", "Live pattern", ":material/visibility:"),
          ("views/live.py", "Live intervention", ":material/bolt:"))
 
 

@@ -167,6 +167,28 @@ def clicked_head(event: object, xy: tuple[str, str] = ("layer", "head")) -> tupl
     return None
 
 
+@st.cache_resource(show_spinner="Loading the model (once per app process) ...")
+def load_model(spec: str):
+    """(model, lock): the model, shared by every session and live page of this app process;
+    forwards are serialised by the lock, since hooks are registered on the shared model for the
+    length of one forward. Imports torch (only the live pages call it)."""
+    from workbench.models import load_model as load
+
+    return load(spec), threading.Lock()
+
+
+def model_choices(default: str | None) -> list[str]:
+    """The models that can be loaded here (registry and cached hub models), ``default`` first."""
+    from workbench.models import cached_hub_models, registry_status
+
+    names = [r["name"] for r in registry_status() if r["unavailable"] is None]
+    names += cached_hub_models()
+    if default in names:
+        names.remove(default)
+        names.insert(0, default)
+    return names
+
+
 @st.cache_resource(show_spinner=False)
 def _browser_problem() -> str | None:
     try:

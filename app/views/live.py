@@ -5,8 +5,6 @@ page that imports torch (through ``app.live``)."""
 from __future__ import annotations
 
 import datetime as dt
-import threading
-
 import pandas as pd
 import streamlit as st
 
@@ -19,29 +17,9 @@ SWEEP = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
 EXAMPLE = "When Mary and John went to the store, John gave a drink to"
 
 
-@st.cache_resource(show_spinner="Loading the model (once per app process) ...")
-def load(spec: str):
-    """The model, shared by every session of this app process; forwards are serialised by the
-    lock, since hooks are registered on the shared model for the length of one forward."""
-    from workbench.models import load_model
-
-    return load_model(spec), threading.Lock()
-
-
-def model_choices(default: str | None) -> list[str]:
-    from workbench.models import cached_hub_models, registry_status
-
-    names = [r["name"] for r in registry_status() if r["unavailable"] is None]
-    names += cached_hub_models()
-    if default in names:
-        names.remove(default)
-        names.insert(0, default)
-    return names
-
-
 def form(default_model: str | None) -> dict | None:
     with st.form("live-form"):
-        model = st.selectbox("Model", model_choices(default_model), key="live-model")
+        model = st.selectbox("Model", ui.model_choices(default_model), key="live-model")
         prompt = st.text_area("Prompt", EXAMPLE, key="live-prompt")
         left, right = st.columns(2)
         answer = left.text_input("Answer (optional)", " Mary", key="live-answer")
@@ -65,7 +43,7 @@ def run(inputs: dict) -> None:
                     alpha=float(inputs["alpha"]), answer=inputs["answer"] or None,
                     distractor=inputs["distractor"] or None, top_k=int(inputs["top_k"]),
                     sweep=SWEEP if inputs["sweep"] else ())
-    model, lock = load(inputs["model"])
+    model, lock = ui.load_model(inputs["model"])
     with lock, st.spinner("Running the prompt ..."):
         st.session_state[RESULT_KEY] = run_live(model, spec)
 
