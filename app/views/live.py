@@ -43,6 +43,7 @@ def run(inputs: dict) -> None:
                     alpha=float(inputs["alpha"]), answer=inputs["answer"] or None,
                     distractor=inputs["distractor"] or None, top_k=int(inputs["top_k"]),
                     sweep=SWEEP if inputs["sweep"] else ())
+    st.session_state.pop(RESULT_KEY, None)  # an error leaves no earlier result on screen
     model, lock = ui.load_model(inputs["model"])
     with lock, st.spinner("Running the prompt ..."):
         st.session_state[RESULT_KEY] = run_live(model, spec)
@@ -52,7 +53,8 @@ def show(result) -> None:
     spec = result.spec
     heads = ", ".join(f"{layer}.{head}" for layer, head in spec.heads)
     st.caption(ui.literal(f"{result.model['name']}: heads {heads} scaled by alpha = "
-                          f"{spec.alpha:g} at attn.{spec.point}"))
+                          f"{spec.alpha:g} at attn.{spec.point}, on the prompt:"))
+    st.code(spec.prompt, language=None, wrap_lines=True)
     numbers = [{"quantity": "KL(baseline || intervened) (nats)", "value": result.kl}]
     numbers += [{"quantity": f"logit difference, {c} (logits)", "value": v}
                 for c, v in result.logit_diff.items() if c in ("baseline", f"alpha={spec.alpha:g}")]
@@ -84,6 +86,10 @@ def save(result) -> None:
     root = ui.runs_root()
     data.check_name(run_id, "run id")
     root.inside(root.root / run_id, f"run {run_id!r}")
+    if (root.root / run_id).exists():
+        st.error(ui.literal(f"A run named {run_id} already exists in {root.root}; choose "
+                            "another run id."))
+        return
     run = save_run(root.root, run_id, result)
     st.success(ui.literal(f"Saved as run {run.run_id} in {root.root}; choose it in the sidebar "
                           "(Interventions page) to see it with the other runs."))
