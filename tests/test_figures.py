@@ -16,6 +16,7 @@ from plotly.colors import get_colorscale
 from tests.conftest import ROOT
 from tests.figure_fixture import ALPHAS, N_HEADS, N_LAYERS, PROMPTS, fixture_table, make_run
 from workbench.figures import (FIGURE_SETS, DRAWERS, FigureOptions, Plot, RunSource,
+                               atlas_grid, attention_text, pattern_grid,
                                attention_pattern, by_depth, circuit_graph, distribution,
                                faithfulness_bars,
                                dose_response, head_heatmap, heatmap_of_means, load_plot,
@@ -307,6 +308,13 @@ def fixture_plots(tmp_path) -> list[Plot]:
                                               "value": [1.0, 0.1 / 3, 1.0]})))
     plots.append(weighted_graph(token_graph()))
     plots.append(faithfulness_bars(faithfulness_rows()))
+    pattern = np.tril(np.full((2, 2, 3, 3), 1 / 3))  # live views (app Live pattern page)
+    plots.append(pattern_grid(pattern, ["a", " b", "\n"]))
+    plots.append(attention_text(["a", " b", "\n"], [0.5, 0.25, 0.25], 2, "layer 0, head 0"))
+    heads = pd.DataFrame({"layer": [0, 0, 1, 1], "head": [0, 1, 0, 1],
+                          "sink_score": [0.9, 0.1, 0.5, 0.2], "sink_rank": [1, 4, 2, 3],
+                          "sink": [True, False, True, False]})
+    plots.append(atlas_grid(heads, [{"name": "sink", "label": "sink head"}]))
     return plots
 
 
