@@ -80,3 +80,16 @@ def test_two_atlases_compared_by_relative_depth(open_atlas):
     table = at.dataframe[-1].value
     assert set(table["depth"]) == {"early", "middle", "late"}
     assert set(table["role"]) == {"sink", "previous_token", "induction", "low_entropy"}
+
+
+def test_head_without_stored_patterns_opens_the_live_pattern(open_atlas):
+    """An atlas whose part runs store no patterns offers the head's live pattern instead."""
+    at = open_atlas(run="atlas-deeper")
+    assert not at.exception
+    head = box(at, "Head").value
+    assert any("computed live" in i.value for i in at.info)
+    at.button(key="atlas-live").click().run()
+    assert not at.exception
+    assert [t.value for t in at.title] == ["Live pattern"]
+    layer, h = (int(v) for v in head.removeprefix("L").split("H"))
+    assert (at.session_state["pattern-layer"], at.session_state["pattern-head"]) == (layer, h)

@@ -90,13 +90,24 @@ def head_evidence(root, atlas: ad.AtlasDoc, layer: int, head: int) -> None:
             if pattern_metrics(infos):
                 with_patterns.append((part, run_id, infos))
     if not with_patterns:
-        st.info("None of the atlas's part runs stores attention patterns. See this head's "
-                "pattern on any prompt on the Live pattern page (it loads the model).")
+        st.info("None of the atlas's part runs stores attention patterns: see this head's "
+                "pattern on any prompt, computed live with the model.")
+        if st.button(f"Live pattern of {ad.head_label(layer, head)}", key="atlas-live"):
+            live_pattern(atlas, layer, head)
         return
     st.markdown("**Attention pattern on the example prompts**")
     part, run_id, infos = with_patterns[0]
     st.caption(ui.literal(f"from part run {run_id} ({part})"))
     stored_pattern(root, run_id, infos, layer, head, "atlas")
+
+
+def live_pattern(atlas: ad.AtlasDoc, layer: int, head: int) -> None:
+    """Open the Live pattern page on this head with the atlas's model chosen."""
+    st.session_state["pattern-layer"], st.session_state["pattern-head"] = layer, head
+    st.session_state["pattern-view"] = "One head"
+    spec = atlas.doc.get("model_spec") or atlas.model
+    st.session_state["pattern-model-default"] = spec
+    st.switch_page("views/pattern.py")
 
 
 def compare(root, atlas: ad.AtlasDoc, other_id: str) -> None:

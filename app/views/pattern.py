@@ -118,6 +118,7 @@ try:
     default = (root.manifest(run_id).get("model") or {}).get("name") if run_id else None
 except WorkbenchError:
     pass
+default = st.session_state.get("pattern-model-default") or default  # from the Atlas page
 with ui.guard():
     inputs = form(default)
     if inputs:
