@@ -230,3 +230,29 @@ def test_position_page_scales_and_a_graph_with_edges_by_default(open_app):
     assert 0 not in {x for t in profile["data"] for x in (t.get("x") or [])}
     scale.set_value("log").run()
     assert charts(at)[0]["layout"]["yaxis"]["type"] == "log"
+
+
+def test_long_units_wrap_in_colour_bar_titles(tmp_path, monkeypatch):
+    """Defect 5: a long unit is wrapped onto short lines of the colour-bar title (not clipped)."""
+    import json
+
+    import plotly.graph_objects as go
+
+    from workbench.figures.style import MAX_TITLE_LINES, _fits, bar_room
+
+    unit = "logit difference of the answer over the distractor, clean into corrupted"
+
+    def extra(runs_dir):
+        path = runs_dir / "fixture" / "run.json"
+        manifest = json.loads(path.read_text())
+        manifest["units"]["score"] = unit
+        path.write_text(json.dumps(manifest))
+
+    at = _folder_with(tmp_path, monkeypatch, extra)("views/heads.py", run="fixture")
+    assert box(at, "Metric").value == "score"
+    chart = charts(at)[0]
+    lines = chart["data"][0]["colorbar"]["title"]["text"].split("<br>")
+    room = bar_room(go.Figure(layout={"height": chart["layout"]["height"]}))
+    assert 2 <= len(lines) <= MAX_TITLE_LINES + 1
+    assert all(_fits(line, room) for line in lines), (lines, room)  # none runs past the bar
+    assert "corrupted" in lines[-1]  # the unit is all there
