@@ -9,10 +9,10 @@ equal to them (the app must not import ``probes``, which imports torch).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import pyarrow.compute as pc
+import streamlit as st
 
-import pandas as pd
-
+from app.data import TableRef, frame, scan
 from workbench.figures.checks import is_constant
 
 # probe name -> headline metrics (first = default); equal to probes.PROBES[name].headline
@@ -43,10 +43,18 @@ def order(metrics: list[str], first: tuple[str, ...]) -> list[str]:
     return lead + [m for m in metrics if m not in lead]
 
 
-def offered(metrics: list[str], values: Callable[[str], pd.Series]) -> tuple[list[str], list[str]]:
-    """(metrics to offer, metrics left out because their values are constant up to float
-    noise), ``values(metric)`` giving a metric's per-head means."""
-    keep, constant = [], []
-    for metric in metrics:
-        (constant if is_constant(values(metric)) else keep).append(metric)
-    return keep, constant
+def offered(metrics: list[str], constant: frozenset[str]) -> tuple[list[str], list[str]]:
+    """(metrics to offer, metrics left out because ``constant`` names them)."""
+    return ([m for m in metrics if m not in constant], [m for m in metrics if m in constant])
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def constant_metrics(ref: TableRef) -> frozenset[str]:
+    """The metrics of a table whose per-head means (over every row of the head) are the same for
+    every head up to float noise (:func:`workbench.figures.checks.is_constant`): one scan and
+    one group-by for all metrics together."""
+    table = scan(ref, ("metric", "layer", "head", "value"))
+    table = table.filter(pc.and_(pc.is_valid(table["layer"]), pc.is_valid(table["head"])))
+    means = frame(table.group_by(["metric", "layer", "head"]).aggregate([("value", "mean")]))
+    return frozenset(str(m) for m, rows in means.groupby("metric", observed=True)["value_mean"]
+                     if is_constant(rows.to_numpy()))

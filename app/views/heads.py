@@ -32,8 +32,7 @@ def heatmap(root: data.RunsRoot, run_id: str, infos: dict) -> tuple | None:
     first = headline.headline(manifest, table)
     metrics, constant = headline.offered(
         headline.order(ui.patterns_last(infos[table], per_head[table]), first),
-        lambda m: data.head_means(ref, m, data.where_of(
-            (infos[table].metrics[m].variants or ({},))[0]))["value"])
+        headline.constant_metrics(ref))
     if constant:
         st.caption(ui.literal(f"Not offered (the same value for every head, up to float noise): "
                               f"{', '.join(constant)}"))
