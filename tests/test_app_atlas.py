@@ -93,3 +93,25 @@ def test_head_without_stored_patterns_opens_the_live_pattern(open_atlas):
     assert [t.value for t in at.title] == ["Live pattern"]
     layer, h = (int(v) for v in head.removeprefix("L").split("H"))
     assert (at.session_state["pattern-layer"], at.session_state["pattern-head"]) == (layer, h)
+
+
+def test_the_atlas_page_does_not_import_torch(atlas_runs):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    script = f"""
+import os, sys
+os.environ["WORKBENCH_RUNS_DIR"] = {str(atlas_runs)!r}
+from streamlit.testing.v1 import AppTest
+at = AppTest.from_file({MAIN!r}, default_timeout=60)
+at.query_params["compare"] = "atlas-deeper"
+at.run()
+assert not at.exception and at.title[0].value == "Atlas", at.exception
+print("torch" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "False"
