@@ -138,7 +138,7 @@ def show_plot(plot: Plot, key: str, on_click: Callable[[int, int], None] | None 
             if head is not None:
                 on_click(*head)
         extra = {"on_select": clicked, "selection_mode": "points"}
-    st.plotly_chart(plot.figure(width), width="content", theme=None, key=chart_key,
+    st.plotly_chart(on_screen(plot.figure(width)), width="content", theme=None, key=chart_key,
                     config={"displaylogo": False}, **extra)
     problem = _browser_problem()
     if problem:
@@ -150,6 +150,20 @@ def show_plot(plot: Plot, key: str, on_click: Callable[[int, int], None] | None 
                                file_name=f"{plot.name}.{fmt}", mime=MIME[fmt], on_click="ignore",
                                key=f"download-{key}-{fmt}", help=f"{plot.name}.{fmt}",
                                width="content")
+
+
+SCREEN_TICK_PX = 11  # tick labels on screen; the paper figures use 7 pt (about 9 px)
+
+
+def on_screen(fig):
+    """``fig`` with axis tick labels at least :data:`SCREEN_TICK_PX` pixels, for reading on a
+    screen; the downloads keep the paper sizes."""
+    for name in list(fig.layout):
+        if name.startswith(("xaxis", "yaxis")):
+            axis = fig.layout[name]
+            size = axis.tickfont.size if axis.tickfont and axis.tickfont.size else 0
+            axis.tickfont.size = max(size, SCREEN_TICK_PX)
+    return fig
 
 
 def clicked_head(event: object, xy: tuple[str, str] = ("layer", "head")) -> tuple[int, int] | None:

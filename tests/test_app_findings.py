@@ -256,3 +256,14 @@ def test_long_units_wrap_in_colour_bar_titles(tmp_path, monkeypatch):
     assert 2 <= len(lines) <= MAX_TITLE_LINES + 1
     assert all(_fits(line, room) for line in lines), (lines, room)  # none runs past the bar
     assert "corrupted" in lines[-1]  # the unit is all there
+
+
+def test_on_screen_tick_labels_are_readable(open_app):
+    """Defect 12: tick labels on screen are at least 11 px (the downloads keep 7 pt)."""
+    from app.ui import SCREEN_TICK_PX
+
+    at = open_app("views/heads.py", run="fixture")
+    for chart in charts(at):
+        for name, axis in chart["layout"].items():
+            if name.startswith(("xaxis", "yaxis")):
+                assert axis["tickfont"]["size"] >= SCREEN_TICK_PX, name
