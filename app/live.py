@@ -188,3 +188,39 @@ def save_run(runs_dir: Path, run_id: str, result: LiveResult) -> RunDir:
     run.update_manifest(status="complete", finished=now, tables={LIVE_TABLE: {
         "rows": table.num_rows, "metrics": sorted(set(table["metric"].to_pylist()))}})
     return run
+
+
+@dataclass
+class PatternResult:
+    """Every head's pattern on one prompt, before and (with heads scaled) after a live
+    intervention; ``tokens`` are the prompt's tokens as text, position by position."""
+
+    text: str
+    model: str
+    tokens: list[str]
+    before: np.ndarray  # [layer, head, query, key]
+    after: np.ndarray | None = None
+    heads: tuple[Head, ...] = ()
+    alpha: float = 1.0
+
+
+def live_patterns(model, text: str, heads: tuple[Head, ...] = (), alpha: float = 1.0,
+                  point: str = "hook_z") -> PatternResult:
+    """The attention patterns of ``text`` (:func:`workbench.forward.attention_patterns`), and,
+    when ``heads`` are given, those with the heads' outputs scaled by ``alpha`` at
+    ``attn.{point}`` (the live intervention).
+
+    Raises:
+        InputError: an empty or too long prompt, a head outside the model.
+    """
+    from workbench.forward import attention_patterns
+
+    if heads:
+        check_heads(heads, model.info.n_layers, model.info.n_heads, where="heads")
+    tok, batch = _batch(model, Prompt(id=PROMPT_ID, text=text, source="app"))
+    tokens = [str(t) for t in token_rows([tok], model.tokenizer)["token"]]
+    before = attention_patterns(model, batch).numpy()
+    after = (attention_patterns(model, batch, scale_heads_hooks(heads, alpha, point)).numpy()
+             if heads else None)
+    return PatternResult(text, model.info.name, tokens[:before.shape[-1]], before, after,
+                         tuple(heads), float(alpha))

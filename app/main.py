@@ -4,6 +4,8 @@ Start it with ``workbench app --runs-dir runs`` (binds to 127.0.0.1:8501), or
 ``streamlit run app/main.py -- --runs-dir runs``. The runs folder comes from ``--runs-dir``, else
 ``$WORKBENCH_RUNS_DIR``, else ``runs``; the app reads nothing outside it. The sidebar chooses the
 run (and a second run to compare); ``?run=<id>&compare=<id>`` in the address does the same.
+The app opens on the Atlas page when the runs folder holds an atlas (``workbench atlas``), else on
+Runs.
 """
 
 from __future__ import annotations
@@ -20,15 +22,18 @@ if str(APP_DIR.parent) not in sys.path:  # `streamlit run app/main.py` from anyw
     sys.path.insert(0, str(APP_DIR.parent))
 
 from app import ui  # noqa: E402
+from app.atlas_data import atlas_ids  # noqa: E402
 from app.data import RUNS_ENV, RunsRoot, check_name  # noqa: E402
 from workbench.errors import WorkbenchError  # noqa: E402
 
+ATLAS_PAGE = ("views/atlas.py", "Atlas", ":material/apps:")
 PAGES = (("views/runs.py", "Runs", ":material/folder_open:"),
          ("views/heads.py", "Heads", ":material/grid_on:"),
          ("views/layers.py", "Layers", ":material/stacked_line_chart:"),
          ("views/position.py", "Position bias", ":material/linear_scale:"),
          ("views/circuits.py", "Circuits", ":material/hub:"),
          ("views/interventions.py", "Interventions", ":material/tune:"),
+         ("views/pattern.py", "Live pattern", ":material/visibility:"),
          ("views/heads_pruning.py", "Head pruning", ":material/content_cut:"),
          ("views/live.py", "Live intervention", ":material/bolt:"))
 
@@ -73,6 +78,10 @@ def sidebar(root: RunsRoot) -> None:
     if not available:
         st.sidebar.info("No runs yet.")
         return
+    if ui.RUN_KEY not in st.session_state:  # the newest finished run, not one still running
+        done = [e.run_id for e in entries if e.manifest is not None
+                and e.manifest.get("status") not in ("running", "interrupted", "failed")]
+        st.session_state[ui.RUN_KEY] = (done or available)[0]
     run = st.sidebar.selectbox("Run", available, key=ui.RUN_KEY)
     others = [ui.NO_RUN] + [r for r in available if r != run]
     if st.session_state.get(ui.COMPARE_KEY) not in others:
@@ -86,11 +95,14 @@ def sidebar(root: RunsRoot) -> None:
 
 
 def main() -> None:
-    st.set_page_config(page_title="Attention Workbench", layout="wide")
+    # page_icon: an emoji favicon (a data: URL); a page's :material/...: icon would make the
+    # browser fetch the favicon from fonts.gstatic.com (issue 15 defect 10).
+    st.set_page_config(page_title="Attention Workbench", page_icon="🔍", layout="wide")
     st.session_state[ui.ROOT_KEY] = runs_dir()
     root = ui.runs_root()
+    listed = (ATLAS_PAGE, *PAGES) if atlas_ids(root.runs()) else (*PAGES, ATLAS_PAGE)
     pages = [st.Page(str(APP_DIR / path), title=title, icon=icon, default=(i == 0))
-             for i, (path, title, icon) in enumerate(PAGES)]
+             for i, (path, title, icon) in enumerate(listed)]
     page = st.navigation(pages)
     sidebar(root)
     st.sidebar.radio("Figure width", ["single", "double"], index=1, key=ui.WIDTH_KEY,

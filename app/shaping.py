@@ -200,11 +200,37 @@ def compare_heads(a: pd.DataFrame, b: pd.DataFrame) -> tuple[pd.DataFrame, dict]
                          "n_prompts": np.minimum(both["n_prompts_a"], both["n_prompts_b"])})
     stats: dict = {"heads in both": len(both)}
     if len(both) > 1:
-        stats["Spearman rank correlation"] = float(
-            both["value_a"].rank().corr(both["value_b"].rank()))
+        stats["Spearman rank correlation"] = round(float(
+            both["value_a"].rank().corr(both["value_b"].rank())), 3)
     if len(both):
         worst = diff["value"].abs().idxmax()
-        stats["mean |a - b|"] = float(diff["value"].abs().mean())
+        stats["mean |a - b|"] = f"{diff['value'].abs().mean():.4g}"
         layer, head = int(diff.loc[worst, "layer"]), int(diff.loc[worst, "head"])
-        stats["largest |a - b|"] = f"{diff.loc[worst, 'value']:.4g} at head {layer}.{head}"
+        stats["largest |a - b|"] = (f"{abs(diff.loc[worst, 'value']):.4g} at layer {layer}, "
+                                    f"head {head}")
     return diff, stats
+
+
+def same_grid(model_a: dict, model_b: dict) -> bool:
+    """True when two runs' models have the same layer x head grid (heads can be matched by
+    index: the same model, or checkpoints of one architecture)."""
+    return all(model_a.get(k) == model_b.get(k) for k in ("n_layers", "n_heads"))
+
+
+def compare_by_depth(a: pd.DataFrame, b: pd.DataFrame, n_layers_a: int, n_layers_b: int
+                     ) -> pd.DataFrame:
+    """Per-head means of two runs of different models aligned by relative depth (layer /
+    n_layers, in thirds, as the atlas comparison): per third, the mean over its heads in each
+    run, the difference and the layers each third covers."""
+    rows = []
+    for i, band in enumerate(("early", "middle", "late")):
+        out = {"depth": band}
+        for side, means, n in (("a", a, n_layers_a), ("b", b, n_layers_b)):
+            third = np.minimum(means["layer"].to_numpy() * 3 // max(n, 1), 2) == i
+            layers = means.loc[third, "layer"]
+            out[f"{side} layers"] = f"{layers.min()}-{layers.max()}" if len(layers) else "-"
+            out[f"{side} mean"] = float(means.loc[third, "value"].mean()) if third.any() \
+                else float("nan")
+        out["b - a"] = out["b mean"] - out["a mean"]
+        rows.append(out)
+    return pd.DataFrame(rows).round({"a mean": 4, "b mean": 4, "b - a": 4})

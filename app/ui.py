@@ -14,7 +14,7 @@ import functools
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pyarrow as pa
 import streamlit as st
@@ -123,12 +123,25 @@ def show_prompt(root: RunsRoot, run_id: str, prompt_id: str) -> None:
         st.code(str(text.iloc[0]), language=None, wrap_lines=True)
 
 
-def show_plot(plot: Plot, key: str) -> None:
+def show_plot(plot: Plot, key: str, on_click: Callable[[int, int], None] | None = None,
+              xy: tuple[str, str] = ("layer", "head")) -> None:
     """The figure as drawn for papers (the chosen column width) and its PNG / SVG / PDF
-    downloads, rendered only when clicked by the same export as ``workbench figures``."""
+    downloads, rendered only when clicked by the same export as ``workbench figures``.
+
+    With ``on_click``, clicking a cell calls ``on_click(layer, head)`` before the page reruns;
+    ``xy`` names what the figure's x and y axes are (``("head", "layer")`` for the atlas grid).
+    """
     width = st.session_state.get(WIDTH_KEY, "double")
-    st.plotly_chart(plot.figure(width), width="content", theme=None, key=f"chart-{key}",
-                    config={"displaylogo": False})
+    chart_key = f"chart-{key}"
+    extra: dict = {}
+    if on_click is not None:
+        def clicked() -> None:
+            head = clicked_head(st.session_state.get(chart_key), xy)
+            if head is not None:
+                on_click(*head)
+        extra = {"on_select": clicked, "selection_mode": "points"}
+    st.plotly_chart(on_screen(plot.figure(width)), width="content", theme=None, key=chart_key,
+                    config={"displaylogo": False}, **extra)
     problem = _browser_problem()
     if problem:
         st.caption(literal(f"Downloads need a browser for export: {problem}"))
@@ -139,6 +152,57 @@ def show_plot(plot: Plot, key: str) -> None:
                                file_name=f"{plot.name}.{fmt}", mime=MIME[fmt], on_click="ignore",
                                key=f"download-{key}-{fmt}", help=f"{plot.name}.{fmt}",
                                width="content")
+
+
+SCREEN_TICK_PX = 11  # tick labels on screen; the paper figures use 7 pt (about 9 px)
+
+
+def on_screen(fig):
+    """``fig`` with axis tick labels at least :data:`SCREEN_TICK_PX` pixels, for reading on a
+    screen; the downloads keep the paper sizes."""
+    for name in list(fig.layout):
+        if name.startswith(("xaxis", "yaxis")):
+            axis = fig.layout[name]
+            size = axis.tickfont.size if axis.tickfont and axis.tickfont.size else 0
+            axis.tickfont.size = max(size, SCREEN_TICK_PX)
+    return fig
+
+
+def clicked_head(event: object, xy: tuple[str, str] = ("layer", "head")) -> tuple[int, int] | None:
+    """(layer, head) of the first clicked point of a chart's selection event, or None."""
+    try:
+        points = (event.get("selection") or {}).get("points") or []  # type: ignore[union-attr]
+    except AttributeError:
+        return None
+    for point in points:
+        x, y = point.get("x"), point.get("y")
+        if x is None or y is None:
+            continue
+        coords = {xy[0]: int(round(float(x))), xy[1]: int(round(float(y)))}
+        return coords["layer"], coords["head"]
+    return None
+
+
+@st.cache_resource(show_spinner="Loading the model (once per app process) ...")
+def load_model(spec: str):
+    """(model, lock): the model, shared by every session and live page of this app process;
+    forwards are serialised by the lock, since hooks are registered on the shared model for the
+    length of one forward. Imports torch (only the live pages call it)."""
+    from workbench.models import load_model as load
+
+    return load(spec), threading.Lock()
+
+
+def model_choices(default: str | None) -> list[str]:
+    """The models that can be loaded here (registry and cached hub models), ``default`` first."""
+    from workbench.models import cached_hub_models, registry_status
+
+    names = [r["name"] for r in registry_status() if r["unavailable"] is None]
+    names += cached_hub_models()
+    if default in names:
+        names.remove(default)
+        names.insert(0, default)
+    return names
 
 
 @st.cache_resource(show_spinner=False)

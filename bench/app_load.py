@@ -114,17 +114,18 @@ def one_round(run_id: str) -> dict[str, float]:
     at.query_params["run"] = run_id
     out = {"open_runs_page_s": timed(at.run)}
     out["open_heads_page_s"] = timed(lambda: at.switch_page("views/heads.py").run())
-    keys = [s.key for s in at.selectbox]
-    if "heads-layer" not in keys:
+    boxes = {s.label: s for s in at.selectbox}
+    if "Layer" not in boxes:
         shown = [e.value for kind in ("error", "warning", "info") for e in at.get(kind)]
-        raise RuntimeError(f"the Heads page shows no head picker: {keys}, {shown}")
+        raise RuntimeError(f"the Heads page shows no head picker: {list(boxes)}, {shown}")
     out["open_total_s"] = out["open_runs_page_s"] + out["open_heads_page_s"]
-    layer = at.selectbox(key="heads-layer")
+    layer = boxes["Layer"]
     other = next(v for v in layer.options if str(v) != str(layer.value))
     out["change_head_s"] = timed(lambda: layer.set_value(int(other)).run())
-    metric = at.selectbox(key="heads-metric")
-    other = next(v for v in metric.options if v != metric.value)
-    out["change_metric_s"] = timed(lambda: metric.set_value(other).run())
+    metric = next(s for s in at.selectbox if s.label == "Metric")
+    other = next((v for v in metric.options if v != metric.value), None)
+    if other is not None:
+        out["change_metric_s"] = timed(lambda: metric.set_value(other).run())
     out["layers_page_s"] = timed(lambda: at.switch_page("views/layers.py").run())
     return out
 

@@ -135,7 +135,7 @@ def make_full_run(runs_dir: Path, run_id: str = "fixture", seed: int = 0,
     manifest["model"]["name"] = model
     manifest.update(kind="probes", created=f"2026-01-0{1 + seed}T00:00:00+00:00",
                     prompts={"name": "fixture", "n_prompts": len(PROMPTS), "sha256": "0" * 64},
-                    probes=[{"name": "probe_a", "params": {"x": 1}}],
+                    probes=[{"name": "probe_a", "params": {"x": 1}, "headline": ["score"]}],
                     timings={"total_s": 1.5})
     run.write_manifest(manifest)
     return run
@@ -161,4 +161,63 @@ def make_app_runs(runs_dir: Path, outside: Path) -> Path:
     write_parquet(outside / "stolen.parquet", conform(records("stolen", [1.0], layer=0, head=0),
                                                       run_id="x", probe="stolen"))
     (leaky.path / "stolen.parquet").symlink_to(outside / "stolen.parquet")
+    return runs_dir
+
+
+ATLAS_ROLES = (("sink", "sink head"), ("previous_token", "previous-token head"),
+               ("induction", "induction head"), ("low_entropy", "low-entropy head"))
+TOP_INDUCTION = (2, 1)  # the fixture atlas's top induction head (the fixture run has its pattern)
+
+
+def make_atlas(runs_dir: Path, run_id: str = "atlas-fixture", part: str = "fixture",
+               n_layers: int = N_LAYERS, n_heads: int = N_HEADS, model: str = "synthetic",
+               seed: int = 0, created: str = "2026-02-01T00:00:00+00:00") -> Path:
+    """An atlas folder as ``workbench atlas`` writes it (atlas.parquet, atlas.json, run.json),
+    with hand-made scores for four roles; its part run ``part`` (the fixture run) stores
+    attention patterns. The top induction head is :data:`TOP_INDUCTION` when it exists."""
+    import json
+
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    layer, head = np.divmod(np.arange(n_layers * n_heads), n_heads)
+    heads = pd.DataFrame({"model": model, "layer": layer, "head": head,
+                          "depth": layer / n_layers})
+    held_roles = [[] for _ in range(len(heads))]
+    for name, _ in ATLAS_ROLES:
+        score = rng.uniform(0, 0.5, len(heads))
+        if name == "induction" and n_layers > TOP_INDUCTION[0]:
+            score[TOP_INDUCTION[0] * n_heads + TOP_INDUCTION[1]] = 0.95
+        rank = pd.Series(score).rank(ascending=False, method="first").astype("Int64")
+        heads[f"{name}_score"], heads[f"{name}_rank"] = score, rank.to_numpy()
+        heads[name] = score > 0.4
+        for i in np.flatnonzero(score > 0.4):
+            held_roles[i].append(name)
+    heads["roles"] = [",".join(r) for r in held_roles]
+    folder = runs_dir / run_id
+    folder.mkdir(parents=True, exist_ok=True)
+    heads.to_parquet(folder / "atlas.parquet", index=False)
+    model_doc = {"name": model, "n_layers": n_layers, "n_heads": n_heads}
+    doc = {"model": model_doc, "prompt_sets": {},
+           "roles": [{"name": n, "label": label, "source": "natural", "table": "probe_a",
+                      "metric": "score", "where": {}, "rule": "above", "threshold": 0.4,
+                      "reason": "hand-made fixture threshold", "ceiling": None}
+                     for n, label in ATLAS_ROLES],
+           "runs": {"natural": {"run_id": part, "path": f"../{part}"}},
+           "findings": [f"induction heads (score > 0.4): {int(heads['induction'].sum())} of "
+                        f"{len(heads)}"]}
+    (folder / "atlas.json").write_text(json.dumps(doc))
+    (folder / "run.json").write_text(json.dumps({
+        "run_id": run_id, "kind": "atlas", "status": "complete", "model": model_doc,
+        "created": created, "probes": [], "tables": {}}))
+    return folder
+
+
+def make_atlas_runs(runs_dir: Path) -> Path:
+    """A runs folder with an atlas: the fixture run (its part run, with patterns), the atlas, and
+    a second atlas of a deeper model with fewer heads (to compare by relative depth)."""
+    make_full_run(runs_dir)
+    make_atlas(runs_dir)
+    make_atlas(runs_dir, "atlas-deeper", part="missing", n_layers=6, n_heads=2,
+               model="synthetic-deep", seed=1, created="2026-01-15T00:00:00+00:00")
     return runs_dir

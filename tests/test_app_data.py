@@ -181,8 +181,16 @@ def test_compare_heads_statistics():
     diff, stats = shaping.compare_heads(a, b)
     assert diff.value.tolist() == [-0.5, 1.0, -2.0] and diff.n_prompts.tolist() == [2, 1, 2]
     assert stats["Spearman rank correlation"] == pytest.approx(0.5)  # ranks (1,2,3) vs (2,1,3)
-    assert stats["mean |a - b|"] == pytest.approx(3.5 / 3)
-    assert stats["largest |a - b|"] == "-2 at head 1.0"
+    assert stats["mean |a - b|"] == f"{3.5 / 3:.4g}"  # rounded for the page
+    assert stats["largest |a - b|"] == "2 at layer 1, head 0"  # unsigned (issue 15 defect 4)
+
+
+def test_compare_by_depth_thirds():
+    a = pd.DataFrame({"layer": [0, 1, 2], "head": 0, "value": [1.0, 2.0, 3.0]})
+    b = pd.DataFrame({"layer": [0, 1, 2, 3, 4, 5], "head": 0, "value": [1.0] * 6})
+    out = shaping.compare_by_depth(a, b, 3, 6).set_index("depth")
+    assert out.loc["middle", "a mean"] == 2.0 and out.loc["middle", "b layers"] == "2-3"
+    assert out.loc["late", "b - a"] == -2.0
 
 
 def test_refused_tables_are_listed(root):

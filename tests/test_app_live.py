@@ -124,3 +124,27 @@ def test_live_page_runs_and_saves_a_run(tmp_path, monkeypatch, tiny_gpt2):
     assert not at.exception and not at.error
     assert at.selectbox(key="interventions-table").value == "live_intervention"
     assert len(at.get("plotly_chart")) == 2  # logit_diff and kl_divergence sweeps
+
+
+def test_live_results_are_tied_to_their_inputs(tmp_path, monkeypatch, tiny_gpt2):
+    """Issue 15 defect 7: the prompt is shown with the result; an error leaves no earlier result
+    (nor its Save button) on screen; a duplicate run id gets a GUI message, not --resume."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "taken").mkdir()
+    monkeypatch.setenv("WORKBENCH_RUNS_DIR", str(runs))
+    at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=120)
+    at.run()
+    at.switch_page("views/live.py").run()
+    at.selectbox(key="live-model").set_value("tiny-gpt2")
+    at.text_input(key="live-heads").set_value("1.0")
+    at.button[0].click().run()
+    assert not at.error and at.dataframe
+    assert PROMPT in [c.value for c in at.code]
+    at.text_input(key="live-run-id").set_value("taken")
+    at.button[1].click().run()
+    message = " ".join(e.value for e in at.error).replace("\\", "")
+    assert "already exists" in message and "--resume" not in message
+    at.text_input(key="live-heads").set_value("9.0")  # outside the model
+    at.button[0].click().run()
+    assert at.error and not at.dataframe and len(at.button) == 1

@@ -17,8 +17,9 @@ from tests.conftest import ROOT
 from tests.figure_fixture import ALPHAS, N_HEADS, N_LAYERS, PROMPTS, fixture_table, make_run
 from tests.pruning_fixture import pruning_plots
 from workbench.figures import (FIGURE_SETS, DRAWERS, FigureOptions, Plot, RunSource,
-                               atlas_grid, attention_pattern, by_depth, circuit_graph,
-                               distribution, faithfulness_bars, dose_response, head_heatmap, heatmap_of_means, load_plot,
+                               atlas_grid, attention_pattern, attention_text, by_depth,
+                               circuit_graph, distribution, dose_response, faithfulness_bars,
+                               head_heatmap, heatmap_of_means, load_plot, pattern_grid,
                                overlap_matrix, position_profile, register_figure_set, run_figures,
                                weighted_graph)
 from workbench.figures.plot import sidecar_csv, sidecar_json
@@ -310,6 +311,9 @@ def fixture_plots(tmp_path) -> list[Plot]:
     plots.append(atlas_grid(atlas_frame(), [{"name": "sink", "label": "sink head"},
                                             {"name": "induction", "label": "induction head"}]))
     plots += pruning_plots()
+    pattern = np.tril(np.full((2, 2, 3, 3), 1 / 3))  # live views (app Live pattern page)
+    plots.append(pattern_grid(pattern, ["a", " b", "\n"]))
+    plots.append(attention_text(["a", " b", "\n"], [0.5, 0.25, 0.25], 2, "layer 0, head 0"))
     return plots
 
 

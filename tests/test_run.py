@@ -46,7 +46,8 @@ def test_run_writes_manifest_and_tables(capsys, small_prompts, tmp_path):
         small_prompts.read_bytes()).hexdigest()
     assert manifest["probes"] == [{"name": "attention_entropy", "params": {
         "segment": "names", "segment_query": "last", "segment_renormalise": True},
-        "hook_points": ["attn.hook_pattern"], "units": manifest["probes"][0]["units"]}]
+        "hook_points": ["attn.hook_pattern"], "units": manifest["probes"][0]["units"],
+        "headline": ["mean_entropy_norm", "mean_entropy"]}]  # the class's, read by the app
     assert manifest["units"]["entropy"] == "nats"
     assert set(manifest["versions"]) >= {"torch", "transformer-lens", "transformers", "python"}
     assert manifest["git"]["commit"] is None or len(manifest["git"]["commit"]) == 40

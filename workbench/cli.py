@@ -7,6 +7,7 @@ This module is the composition root: it is the one place in ``workbench`` that r
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -317,18 +318,19 @@ def app_cmd(runs_dir: Path = RUNS_DIR,
             host: str = typer.Option("127.0.0.1", "--host",
                                      help="Address to bind (default: this machine only)."),
             ) -> None:
-    """Browse runs in the Streamlit app at http://HOST:PORT (reads only inside --runs-dir)."""
-    import subprocess
+    """Browse runs in the Streamlit app at http://HOST:PORT (reads only inside --runs-dir).
 
+    The Streamlit server replaces this process (exec), so the process id printed by the shell is
+    the server's: ``kill <pid>`` stops it (no orphaned server)."""
     command = app_command(runs_dir, host, port)
     if host not in ("127.0.0.1", "localhost", "::1"):
         err.print(f"[yellow]warning[/]: serving on {escape(host)}: other machines can reach the "
                   "app and read every run in the folder")
     err.print(f"serving {escape(str(runs_dir.resolve()))} at http://{escape(host)}:{port} "
               "(Ctrl-C stops)")
-    code = subprocess.call(command)
-    if code not in (0, -2, 130):
-        sys.exit(code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(command[0], command)
 
 
 @runs_app.callback()

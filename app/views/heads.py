@@ -5,12 +5,12 @@ other metric of that head."""
 from __future__ import annotations
 
 import pandas as pd
-import pyarrow.compute as pc
 import streamlit as st
 
-from app import data, ui
+from app import data, headline, ui
+from app.patterns import stored_pattern
 from app.shaping import extreme_prompts, head_summary, rank_of
-from workbench.figures import attention_pattern, distribution, heatmap_of_means
+from workbench.figures import distribution, heatmap_of_means
 from workbench.figures.plot import safe_name
 from workbench.figures.shapes import qualifier
 
@@ -26,33 +26,59 @@ def heatmap(root: data.RunsRoot, run_id: str, infos: dict) -> tuple | None:
                            "metrics."))
         return None
     left, mid, right = st.columns(3)
+    manifest = root.manifest(run_id)
     table = left.selectbox("Table", list(per_head), key="heads-table")
-    metric = mid.selectbox("Metric", ui.patterns_last(infos[table], per_head[table]),
-                           key="heads-metric")
+    ref = root.table(run_id, table)
+    first = headline.headline(manifest, table)
+    metrics, constant = headline.offered(
+        headline.order(ui.patterns_last(infos[table], per_head[table]), first),
+        headline.constant_metrics(ref))
+    if constant:
+        st.caption(ui.literal(f"Not offered (the same value for every head, up to float noise): "
+                              f"{', '.join(constant)}"))
+    if not metrics:
+        st.info("Every per-head metric of this table is constant across heads.")
+        return None
+    metric = mid.selectbox("Metric", metrics, key=f"heads-metric-{table}")
     with right:
         where = ui.pick_variant(infos[table].metrics[metric], key="heads-variant")
-    manifest = root.manifest(run_id)
     model = manifest.get("model") or {}
-    means = data.head_means(root.table(run_id, table), metric, where)
+    means = data.head_means(ref, metric, where)
     if means.empty:
         st.info("No rows of this metric have a layer and a head for this choice.")
         return None
     unit = (manifest.get("units") or {}).get(metric)
+    keys = head_keys(table, metric, where)
+
+    def select(layer: int, head: int) -> None:
+        st.session_state[keys[0]], st.session_state[keys[1]] = layer, head
+
     ui.show_plot(heatmap_of_means(means, metric, where=dict(where), unit=unit, table=table,
                                   n_layers=model.get("n_layers"), n_heads=model.get("n_heads")),
-                 key=ui.plot_key("heads", table, metric, dict(where)))
+                 key=ui.plot_key("heads", table, metric, dict(where)), on_click=select)
+    st.caption("Click a cell to select that head.")
     return table, metric, where, means
 
 
-def pick_head(means: pd.DataFrame) -> tuple[int, int]:
+def head_keys(table: str, metric: str, where: tuple) -> tuple[str, str]:
+    """Widget keys of the layer and head pickers: one pair per metric choice, so that a new
+    metric starts on its own top head."""
+    base = ui.plot_key("heads", table, metric, dict(where))
+    return f"{base}-layer", f"{base}-head"
+
+
+def pick_head(means: pd.DataFrame, keys: tuple[str, str]) -> tuple[int, int]:
+    """Layer and head pickers; default: the head with the highest mean of the metric."""
     best = means.loc[means["value"].idxmax()]
-    layers = sorted(means["layer"].unique().tolist())
+    layers = sorted(int(v) for v in means["layer"].unique())
+    if st.session_state.get(keys[0]) not in layers:
+        st.session_state[keys[0]] = int(best["layer"])
     left, right, _ = st.columns([1, 1, 4])
-    layer = left.selectbox("Layer", layers, index=layers.index(int(best["layer"])),
-                           key="heads-layer")
-    heads = sorted(means.loc[means["layer"] == layer, "head"].unique().tolist())
-    default = heads.index(int(best["head"])) if int(best["layer"]) == layer else 0
-    head = right.selectbox("Head", heads, index=default, key="heads-head")
+    layer = left.selectbox("Layer", layers, key=keys[0])
+    heads = sorted(int(v) for v in means.loc[means["layer"] == layer, "head"].unique())
+    if st.session_state.get(keys[1]) not in heads:
+        st.session_state[keys[1]] = int(best["head"]) if int(best["layer"]) == layer else heads[0]
+    head = right.selectbox("Head", heads, key=keys[1])
     return int(layer), int(head)
 
 
@@ -73,38 +99,6 @@ def over_prompts(root, run_id, table, metric, where, layer, head) -> None:
     st.caption("Prompts where this head is most extreme (mean over the prompt's rows)")
     st.dataframe(extreme_prompts(per_prompt, data.prompts(root, run_id), N_EXTREME),
                  hide_index=True, width="stretch")
-
-
-def pattern(root, run_id, infos, layer, head) -> None:
-    found = [(t, m) for t, ms in ui.metrics_with(infos, "query_pos", "key_pos", "head").items()
-             for m in ms]
-    if not found:
-        st.info("This run stores no attention patterns (records with query_pos and key_pos). "
-                "Add the attention_pattern probe to a run to see them: workbench run ... "
-                "--probes attention_entropy,attention_pattern")
-        return
-    tokens = data.tokens(root, run_id)
-    if tokens is None:
-        st.info("This run has no tokens table, so patterns cannot be drawn over tokens.")
-        return
-    choice = st.selectbox("Pattern metric", range(len(found)), key="heads-pattern-metric",
-                          format_func=lambda i: f"{found[i][0]} · {found[i][1]}")
-    table, metric = found[choice]
-    where = ui.pick_variant(infos[table].metrics[metric], key="heads-pattern-variant")
-    head_rows = data.read(root.table(run_id, table), ("prompt_id",),
-                          (("metric", metric), *where, ("layer", layer), ("head", head)))
-    prompt_ids = sorted(str(p) for p in pc.unique(head_rows["prompt_id"]).to_pylist() if p)
-    if not prompt_ids:
-        st.info(f"No pattern records for head {layer}.{head}; the probe stored other heads.")
-        return
-    prompt_id = st.selectbox("Prompt", prompt_ids, key="heads-pattern-prompt")
-    ui.show_prompt(root, run_id, prompt_id)
-    rows = data.records(root.table(run_id, table), metric,
-                        (*where, ("layer", layer), ("head", head), ("prompt_id", prompt_id)))
-    unit = (root.manifest(run_id).get("units") or {}).get(metric)
-    ui.show_plot(attention_pattern(rows, tokens, metric, prompt_id, layer, head, unit=unit,
-                                   table=table),
-                 key=ui.plot_key("heads-pattern", table, metric, prompt_id, layer, head))
 
 
 def every_metric(root, run_id, infos, layer, head, chosen) -> None:
@@ -133,11 +127,11 @@ if run_id:
         if chosen:
             table, metric, where, means = chosen
             st.subheader("One head")
-            layer, head = pick_head(means)
+            layer, head = pick_head(means, head_keys(table, metric, where))
             tabs = st.tabs(["Over prompts", "Attention pattern", "Every metric"])
             with tabs[0], ui.guard():
                 over_prompts(root, run_id, table, metric, where, layer, head)
             with tabs[1], ui.guard():
-                pattern(root, run_id, infos, layer, head)
+                stored_pattern(root, run_id, infos, layer, head, "heads")
             with tabs[2], ui.guard():
                 every_metric(root, run_id, infos, layer, head, chosen)

@@ -38,11 +38,15 @@ def sweeps(root: data.RunsRoot, run_id: str, table: str, info: data.TableInfo) -
         st.info(ui.literal(f"Table {table} has no sweep (conditions of the form name=number, "
                            "e.g. alpha=0.5)."))
         return
+    labels = [f"{m} · {ui.variant_label(w)}" if w else m for m, w in found]
+    shown = list(range(len(found)))
     if len(found) > MAX_SWEEPS:
-        st.caption(ui.literal(f"showing {MAX_SWEEPS} of {len(found)} sweeps"))
+        shown = st.multiselect(f"Sweeps to draw ({len(found)} in this table)", shown,
+                               default=shown[:MAX_SWEEPS], format_func=lambda i: labels[i],
+                               key=ui.plot_key("sweeps-shown", run_id, table))
     units = root.manifest(run_id).get("units") or {}
     columns = st.columns(2)
-    for i, (metric, where) in enumerate(found[:MAX_SWEEPS]):
+    for i, (metric, where) in enumerate(found[j] for j in shown):
         rows = data.records(root.table(run_id, table), metric, data.where_of(where))
         with columns[i % 2]:
             if where:

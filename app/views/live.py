@@ -5,8 +5,6 @@ page that imports torch (through ``app.live``)."""
 from __future__ import annotations
 
 import datetime as dt
-import threading
-
 import pandas as pd
 import streamlit as st
 
@@ -19,29 +17,9 @@ SWEEP = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
 EXAMPLE = "When Mary and John went to the store, John gave a drink to"
 
 
-@st.cache_resource(show_spinner="Loading the model (once per app process) ...")
-def load(spec: str):
-    """The model, shared by every session of this app process; forwards are serialised by the
-    lock, since hooks are registered on the shared model for the length of one forward."""
-    from workbench.models import load_model
-
-    return load_model(spec), threading.Lock()
-
-
-def model_choices(default: str | None) -> list[str]:
-    from workbench.models import cached_hub_models, registry_status
-
-    names = [r["name"] for r in registry_status() if r["unavailable"] is None]
-    names += cached_hub_models()
-    if default in names:
-        names.remove(default)
-        names.insert(0, default)
-    return names
-
-
 def form(default_model: str | None) -> dict | None:
     with st.form("live-form"):
-        model = st.selectbox("Model", model_choices(default_model), key="live-model")
+        model = st.selectbox("Model", ui.model_choices(default_model), key="live-model")
         prompt = st.text_area("Prompt", EXAMPLE, key="live-prompt")
         left, right = st.columns(2)
         answer = left.text_input("Answer (optional)", " Mary", key="live-answer")
@@ -65,7 +43,8 @@ def run(inputs: dict) -> None:
                     alpha=float(inputs["alpha"]), answer=inputs["answer"] or None,
                     distractor=inputs["distractor"] or None, top_k=int(inputs["top_k"]),
                     sweep=SWEEP if inputs["sweep"] else ())
-    model, lock = load(inputs["model"])
+    st.session_state.pop(RESULT_KEY, None)  # an error leaves no earlier result on screen
+    model, lock = ui.load_model(inputs["model"])
     with lock, st.spinner("Running the prompt ..."):
         st.session_state[RESULT_KEY] = run_live(model, spec)
 
@@ -74,7 +53,8 @@ def show(result) -> None:
     spec = result.spec
     heads = ", ".join(f"{layer}.{head}" for layer, head in spec.heads)
     st.caption(ui.literal(f"{result.model['name']}: heads {heads} scaled by alpha = "
-                          f"{spec.alpha:g} at attn.{spec.point}"))
+                          f"{spec.alpha:g} at attn.{spec.point}, on the prompt:"))
+    st.code(spec.prompt, language=None, wrap_lines=True)
     numbers = [{"quantity": "KL(baseline || intervened) (nats)", "value": result.kl}]
     numbers += [{"quantity": f"logit difference, {c} (logits)", "value": v}
                 for c, v in result.logit_diff.items() if c in ("baseline", f"alpha={spec.alpha:g}")]
@@ -106,6 +86,10 @@ def save(result) -> None:
     root = ui.runs_root()
     data.check_name(run_id, "run id")
     root.inside(root.root / run_id, f"run {run_id!r}")
+    if (root.root / run_id).exists():
+        st.error(ui.literal(f"A run named {run_id} already exists in {root.root}; choose "
+                            "another run id."))
+        return
     run = save_run(root.root, run_id, result)
     st.success(ui.literal(f"Saved as run {run.run_id} in {root.root}; choose it in the sidebar "
                           "(Interventions page) to see it with the other runs."))

@@ -11,6 +11,7 @@ from workbench.figures import position_profile, weighted_graph
 from workbench.figures.plot import safe_name
 
 MEAN_OVER_HEADS = "mean over heads"
+PROFILE_SCALES = {"linear": "linear", "log": "log scale", "no-key0": "exclude key 0"}
 
 
 def profiles(root: data.RunsRoot, run_id: str, infos: dict) -> None:
@@ -23,12 +24,16 @@ def profiles(root: data.RunsRoot, run_id: str, infos: dict) -> None:
                           format_func=lambda i: f"{found[i][0]} · {found[i][1]}")
     table, metric = found[choice]
     where = ui.pick_variant(infos[table].metrics[metric], key="position-profile-variant")
+    scale = st.radio("Scale", list(PROFILE_SCALES), horizontal=True, key="position-scale",
+                     format_func=PROFILE_SCALES.get,
+                     help="Token 0 takes most of the attention in most heads and flattens the "
+                          "other positions: a log axis or leaving key 0 out shows them.")
     manifest = root.manifest(run_id)
     rows = data.records(root.table(run_id, table), metric, where)
-    ui.show_plot(position_profile(rows, metric, where=dict(where), table=table,
+    ui.show_plot(position_profile(rows, metric, where=dict(where), table=table, scale=scale,
                                   unit=(manifest.get("units") or {}).get(metric),
                                   n_layers=(manifest.get("model") or {}).get("n_layers")),
-                 key=ui.plot_key("position-profile", table, metric, dict(where)))
+                 key=ui.plot_key("position-profile", table, metric, dict(where), scale))
 
 
 def graph(root: data.RunsRoot, run_id: str, infos: dict) -> None:
@@ -48,20 +53,34 @@ def graph(root: data.RunsRoot, run_id: str, infos: dict) -> None:
     table, metric = found[choice]
     where = ui.pick_variant(infos[table].metrics[metric], key="position-graph-variant")
     filters, chosen = pick_matrix(root.table(run_id, table), metric, where, cols[1:])
-    threshold = st.slider("Draw edges with weight above", 0.0, 1.0, 0.1, 0.01,
-                          key="position-graph-threshold")
     prompt_id, layer, head = chosen
+    rows = data.records(root.table(run_id, table), metric, filters)
+    every = attention_digraph(rows, tokens, prompt_id, 0.0)
+    default = default_threshold(every)
+    threshold = st.slider("Draw edges with weight above", 0.0, 1.0, default, 0.005,
+                          key=ui.plot_key("position-graph-threshold", prompt_id, layer, head),
+                          help="Default: the weight that keeps the strongest 2 x (tokens) edges.")
     ui.show_prompt(root, run_id, prompt_id)
-    digraph = attention_digraph(data.records(root.table(run_id, table), metric, filters), tokens,
-                                prompt_id, threshold)
+    digraph = attention_digraph(rows, tokens, prompt_id, threshold)
     st.caption(ui.literal(f"{digraph.number_of_edges()} edges key -> query (self-loops not "
-                          f"drawn) of prompt {prompt_id}, layer {layer}, {head}"))
+                          f"drawn) of prompt {prompt_id}, layer {layer}, "
+                          f"{head if head == MEAN_OVER_HEADS else f'head {head}'}"))
     which = "mean" if head == MEAN_OVER_HEADS else f"H{head}"
     unit = (root.manifest(run_id).get("units") or {}).get(metric)
     ui.show_plot(weighted_graph(digraph, label=metric, unit=unit, node_label="token", table=table,
                                 name=safe_name(table, "graph", metric, prompt_id,
                                                f"L{layer}{which}")),
                  key=ui.plot_key("position-graph", table, metric, prompt_id, layer, head))
+
+
+def default_threshold(graph) -> float:
+    """A threshold that keeps about the 2 x n strongest edges of ``graph`` (n = its nodes),
+    self-loops aside, rounded down to the slider's step; 0.1 when the graph has no edge."""
+    weights = sorted((w for u, v, w in graph.edges(data="weight") if u != v), reverse=True)
+    if not weights:
+        return 0.1
+    keep = weights[min(len(weights), 2 * graph.number_of_nodes()) - 1]
+    return max(0.0, float(int(keep * 200) / 200 - 0.005))
 
 
 def pick_matrix(ref: data.TableRef, metric: str, where: tuple, cols: list) -> tuple:

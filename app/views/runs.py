@@ -9,7 +9,8 @@ import pandas as pd
 import streamlit as st
 
 from app import data, ui
-from app.shaping import compare_heads, manifest_facts, runs_overview
+from app.shaping import (compare_by_depth, compare_heads, manifest_facts, runs_overview,
+                           same_grid)
 from workbench.figures import heatmap_of_means
 from workbench.figures.plot import safe_name
 
@@ -60,20 +61,39 @@ def compare(root: data.RunsRoot, run_a: str, run_b: str) -> None:
     means_a = data.head_means(root.table(run_a, table), metric, where)
     means_b = data.head_means(root.table(run_b, table), metric, where)
     unit = (root.manifest(run_a).get("units") or {}).get(metric)
+    models = [root.manifest(r).get("model") or {} for r in (run_a, run_b)]
+    values = pd.concat([means_a["value"], means_b["value"]])
+    zrange = (float(values.min()), float(values.max())) if len(values) else None
+    st.caption("Both heatmaps on one colour range.")
     left, right = st.columns(2)
-    for column, run_id, means in ((left, run_a, means_a), (right, run_b, means_b)):
+    for column, run_id, means, grid in ((left, run_a, means_a, models[0]),
+                                        (right, run_b, means_b, models[1])):
         with column:
             st.caption(ui.literal(run_id))
-            grid = (root.manifest(run_id).get("model") or {})
             ui.show_plot(heatmap_of_means(means, metric, where=dict(where), unit=unit,
                                           n_layers=grid.get("n_layers"),
                                           n_heads=grid.get("n_heads"), table=table,
-                                          name=safe_name(run_id, table, "heatmap", metric)),
+                                          name=safe_name(run_id, table, "heatmap", metric),
+                                          zrange=zrange),
                          key=ui.plot_key("compare", run_id, table, metric, dict(where)))
+    if not same_grid(*models):
+        st.warning(ui.literal(
+            f"The models differ ({models[0].get('name')} {models[0].get('n_layers')}x"
+            f"{models[0].get('n_heads')} vs {models[1].get('name')} {models[1].get('n_layers')}x"
+            f"{models[1].get('n_heads')}): head indices are not comparable, so heads are "
+            "aligned by relative depth (layer / n_layers, in thirds)."))
+        n_a = models[0].get("n_layers") or int(means_a["layer"].max()) + 1
+        n_b = models[1].get("n_layers") or int(means_b["layer"].max()) + 1
+        st.dataframe(compare_by_depth(means_a, means_b, n_a, n_b), hide_index=True)
+        return
     diff, stats = compare_heads(means_a, means_b)
+    st.caption("Same layer x head grid: heads matched by index." if models[0].get("name") ==
+               models[1].get("name") else ui.literal(
+                   f"Different models ({models[0].get('name')}, {models[1].get('name')}) with the "
+                   "same layer x head grid: heads matched by index."))
     st.dataframe(pd.DataFrame([{k: str(v) for k, v in stats.items()}]), hide_index=True)
     if diff.empty:
-        st.info("The runs have no head in common (different model sizes).")
+        st.info("The runs have no head in common.")
         return
     st.caption("Difference a - b per head (hover: prompts in the smaller run)")
     ui.show_plot(heatmap_of_means(diff, metric, where=dict(where), label=f"{metric} (a - b)",

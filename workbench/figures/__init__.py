@@ -9,6 +9,7 @@ the files and their sidecars. :func:`run_figures` picks every table's standard f
 
 from workbench.figures import circuit_sets, probe_sets, pruning  # noqa: F401  (figure sets)
 from workbench.figures.atlas import atlas_grid
+from workbench.figures.text import attention_text, pattern_grid
 from workbench.figures.bars import faithfulness_bars
 from workbench.figures.export import (FORMATS, BrowserNotFound, close_browser, export_session,
                                       find_browser, open_browser, render, write_plot)
@@ -23,7 +24,7 @@ from workbench.figures.style import TEMPLATE, WIDTHS_IN
 
 __all__ = [
     "DRAWERS", "FIGURE_SETS", "FORMATS", "TEMPLATE", "WIDTHS_IN", "BrowserNotFound",
-    "atlas_grid",
+    "atlas_grid", "attention_text", "pattern_grid",
     "FigureOptions", "Plot", "RunSource", "attention_pattern", "by_depth", "circuit_graph",
     "close_browser", "open_browser",
     "distribution", "dose_response", "export_session", "faithfulness_bars", "find_browser",

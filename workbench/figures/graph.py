@@ -191,7 +191,10 @@ def draw_weighted_graph(data: pd.DataFrame, params: dict, width: Width) -> go.Fi
     nodes, edges = data[data["element"] == "node"], data[data["element"] == "edge"]
     edges = edges[edges["x"] != edges["x1"]].sort_values("value")
     fig = base_figure(width, aspect=0.55 if width == "single" else 0.34)
-    scale = colour_scale(edges["value"].to_numpy() if len(edges) else np.zeros(1), "sequential")
+    values = edges["value"].to_numpy() if len(edges) else np.zeros(1)
+    # non-negative weights (attention fractions) get a range from 0, never one padded around a
+    # single value (0.6-1.4 for weights that are all 1)
+    scale = colour_scale(values, "sequential", from_zero=bool((values >= 0).all()))
     lo, hi = scale["zmin"], scale["zmax"]
     bins = np.clip(((edges["value"] - lo) / ((hi - lo) or 1.0) * WEIGHT_BINS).astype(int),
                    0, WEIGHT_BINS - 1)

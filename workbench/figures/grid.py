@@ -41,11 +41,12 @@ def head_heatmap(records, metric: str, *, where: dict | None = None, label: str 
 def heatmap_of_means(means: pd.DataFrame, metric: str, *, where: dict | None = None,
                      label: str | None = None, unit: str | None = None,
                      n_layers: int | None = None, n_heads: int | None = None,
-                     scale: str = "auto", table: str | None = None, name: str | None = None
-                     ) -> Plot:
+                     scale: str = "auto", table: str | None = None, name: str | None = None,
+                     zrange: tuple[float, float] | None = None) -> Plot:
     """The :func:`head_heatmap` of means computed elsewhere (the app aggregates a million records
     in pyarrow): ``means`` has one row per (layer, head) with ``value`` (the mean over rows),
-    ``n_rows`` and ``n_prompts``. Arguments as for :func:`head_heatmap`.
+    ``n_rows`` and ``n_prompts``. Arguments as for :func:`head_heatmap`; ``zrange`` widens the
+    colour range to include these values (two heatmaps side by side on one colour scale).
 
     Raises:
         ValueError: ``means`` lacks a column or is empty.
@@ -59,6 +60,7 @@ def heatmap_of_means(means: pd.DataFrame, metric: str, *, where: dict | None = N
     data = data.sort_values(["layer", "head"], ignore_index=True)
     params = {"metric": metric, "label": label or metric, "unit": unit, "where": where or {},
               "scale": scale, "aggregate": "mean over rows (prompts and positions)",
+              **({"zrange": [float(v) for v in zrange]} if zrange is not None else {}),
               "n_layers": int(n_layers or data["layer"].max() + 1),
               "n_heads": int(n_heads or data["head"].max() + 1)}
     return Plot("heatmap", name or safe_name(table, "heatmap", metric, qualifier(where)), data,
@@ -86,7 +88,8 @@ def draw_heatmap(data: pd.DataFrame, params: dict, width: Width) -> go.Figure:
                                          room_px=bar_room(fig))),
         hovertemplate=(f"layer %{{x}}, head %{{y}}<br>{label}: %{{z:.4g}}"
                        f"{' ' + unit if unit else ''}<br>prompts: %{{customdata}}<extra></extra>"),
-        **colour_scale(data["value"].to_numpy(), params["scale"])))
+        **colour_scale(np.append(data["value"].to_numpy(), params.get("zrange") or []),
+                       params["scale"])))
     fig.update_xaxes(title_text="layer", showline=False, **layer_ticks(n_layers))
     fig.update_yaxes(title_text="head", showline=False,
                      dtick=1 if n_heads <= 12 else None)
