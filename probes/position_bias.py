@@ -131,6 +131,30 @@ def head_path(spec: str, n_layers: int, n_heads: int) -> list[int] | None:
     return [h for _, h in sorted(heads)]
 
 
+CHAIN_BYTES = 64 * 2**20  # keep every layer's matrix (and skip the n^3 products) up to this size
+
+
+def chain_rows(matrices: list[Tensor], starts: Tensor) -> Tensor:
+    """``starts[:, r] @ M_l @ M_{l-1} @ ... @ M_0`` for every depth ``l``: the rows of the
+    cumulative products ``P_l = M_l ... M_0`` that ``starts`` select, without forming ``P_l``.
+
+    Args:
+        matrices: ``M_0 .. M_{L-1}``, each ``[batch, pos, pos]``.
+        starts: ``[batch, r, pos]`` row vectors (e.g. the last token's indicator).
+
+    Returns:
+        ``[L, batch, r, pos]``. Cost: ``L (L + 1) / 2`` vector-matrix products per start row
+        (``O(L^2 n^2)``) instead of ``L`` matrix products (``O(L n^3)``); equal to composing the
+        matrices up to rounding (another order of the same float64 sums).
+    """
+    n_layers, (n_batch, r, n) = len(matrices), starts.shape
+    chains = starts.new_zeros(n_batch, n_layers * r, n)  # rows l*r .. l*r+r-1: depth l
+    for m in range(n_layers - 1, -1, -1):  # depth l's chain starts at M_l, goes down to M_0
+        chains[:, m * r:(m + 1) * r] = starts
+        chains[:, m * r:] = torch.bmm(chains[:, m * r:], matrices[m])
+    return chains.view(n_batch, n_layers, r, n).transpose(0, 1)
+
+
 @dataclass
 class _State:
     batch: Any
@@ -139,6 +163,7 @@ class _State:
     cumulative: dict[str, Tensor]  # condition -> [batch, pos, pos] float64
     last_rows: Tensor  # [layer, condition, batch, pos] float64, filled by the hooks
     col_sums: Tensor  # [layer, condition, batch, pos] float64
+    stored: list[Tensor] | None = None  # every layer's A (small prompts: see CHAIN_BYTES)
 
 
 @dataclass(frozen=True)
@@ -193,14 +218,19 @@ class PositionBias(Probe):
         valid = batch.valid()
         eye = torch.diag_embed(valid.double())
         shape = (model.info.n_layers, len(CONDITIONS), batch.size, batch.seq_len)
+        small = model.info.n_layers * batch.size * batch.seq_len ** 2 * 8 <= CHAIN_BYTES
         return _State(batch, valid, head_path(self.heads, model.info.n_layers, model.info.n_heads),
                       {c: eye for c in CONDITIONS},
                       torch.zeros(shape, dtype=torch.float64, device=valid.device),
-                      torch.zeros(shape, dtype=torch.float64, device=valid.device))
+                      torch.zeros(shape, dtype=torch.float64, device=valid.device),
+                      [] if small else None)
 
     def observe(self, state: _State, layer: int, point: str, activation: Tensor) -> None:
         head = state.path[layer] if state.path is not None else None
         a = layer_attention(activation, state.valid, head)
+        if state.stored is not None:  # composed in finish() by chain_rows
+            state.stored.append(a)
+            return
         steps = {"product": a, "rollout": rollout_matrix(a, state.valid, self.rollout_weight)}
         rows = torch.arange(state.batch.size, device=a.device)
         last = state.batch.last_pos().to(a.device)
@@ -210,8 +240,26 @@ class PositionBias(Probe):
             state.last_rows[layer, c] = p[rows, last]
             state.col_sums[layer, c] = p.sum(1)
 
+    def _compose_stored(self, state: _State) -> None:
+        """Fill ``last_rows`` and ``col_sums`` from the stored layers: the last token's row and
+        the sum of the real rows of every ``P_l``, as :meth:`observe` would have composed them."""
+        valid = state.valid
+        starts = torch.zeros(state.batch.size, 2, state.batch.seq_len, dtype=torch.float64,
+                             device=valid.device)
+        starts[torch.arange(state.batch.size), 0, state.batch.last_pos().to(valid.device)] = 1.0
+        starts[:, 1] = valid.double()
+        keep = valid.double()[None, :, None, :]  # P_{-1} is the identity on real positions
+        for c, cond in enumerate(CONDITIONS):
+            mats = state.stored if cond == "product" else [
+                rollout_matrix(a, valid, self.rollout_weight) for a in state.stored]
+            rows = chain_rows(mats, starts) * keep  # [layer, batch, 2, pos]
+            state.last_rows[:, c], state.col_sums[:, c] = rows[:, :, 0], rows[:, :, 1]
+        state.stored = []
+
     def finish(self, state: _State) -> pa.Table | None:
         batch = state.batch
+        if state.stored:
+            self._compose_stored(state)
         n_layers, n_cond, size, seq = state.last_rows.shape
         last_rows, col_sums = state.last_rows.cpu(), state.col_sums.cpu()
         lengths = batch.lengths.cpu()

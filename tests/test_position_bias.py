@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from probes import make_probes
-from probes.position_bias import (compose, head_path, layer_attention, position_summary,
+from probes.position_bias import (chain_rows, compose, head_path, layer_attention, position_summary,
                                   rollout_matrix)
 from tests.conftest import DATA, write_jsonl
 from workbench.errors import InputError
@@ -176,6 +176,36 @@ def test_batched_equals_one_prompt_per_batch(tiny_llama, small_prompts, tmp_path
     b = b.sort_values(key).reset_index(drop=True)
     pd.testing.assert_frame_equal(a[key], b[key])
     np.testing.assert_allclose(a.value, b.value, atol=1e-6)
+
+
+def test_chain_rows_equal_the_composed_products():
+    """The stored-layers path (vector-matrix chains) gives the rows of P_l = M_l ... M_0."""
+    gen = torch.Generator().manual_seed(0)
+    mats = [torch.rand(2, 6, 6, generator=gen, dtype=torch.float64).tril() for _ in range(4)]
+    mats = [m / m.sum(-1, keepdim=True) for m in mats]
+    starts = torch.rand(2, 3, 6, generator=gen, dtype=torch.float64)
+    got = chain_rows(mats, starts)
+    p = torch.eye(6, dtype=torch.float64).expand(2, 6, 6)
+    for layer, m in enumerate(mats):
+        p = compose(p, m)
+        torch.testing.assert_close(got[layer], torch.bmm(starts, p), rtol=0, atol=1e-14)
+
+
+def test_stored_layers_and_composition_give_the_same_records(tiny_llama, small_prompts, tmp_path,
+                                                              monkeypatch):
+    """Small prompts keep every layer and chain rows; long ones compose P_l layer by layer
+    (bounded memory): the records agree to float64 rounding."""
+    import probes.position_bias as pb
+
+    chained, _ = run_probe(tiny_llama, small_prompts, tmp_path / "chain", k=1, segment="names")
+    monkeypatch.setattr(pb, "CHAIN_BYTES", 0)
+    composed, _ = run_probe(tiny_llama, small_prompts, tmp_path / "compose", k=1,
+                            segment="names")
+    key = ["metric", "condition", "prompt_id", "layer", "key_pos", "segment"]
+    a = chained.sort_values(key).reset_index(drop=True)
+    b = composed.sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a[key], b[key])
+    np.testing.assert_allclose(a.value, b.value, rtol=0, atol=1e-12)
 
 
 def test_causal_product_converges_on_a_deep_tiny_model(tmp_path):
