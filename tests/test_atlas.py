@@ -294,3 +294,24 @@ def test_resume_refuses_another_configuration_but_relabels(inputs, tiny_atlas, t
     assert heads["sink"].tolist() == (heads["sink_score"] > 0).tolist()
     np.testing.assert_array_equal(heads["sink_score"], tiny_atlas.heads["sink_score"])
     assert next(r for r in relabelled.doc["roles"] if r["name"] == "sink")["threshold"] == 0.0
+
+
+def test_thorough_atlas_takes_the_circuits_from_activation_patching(inputs, tmp_path):
+    atlas = build_atlas(_loader(), _options(inputs, tmp_path / "atlas-thorough", thorough=True,
+                                            skip=("natural", "repeated", "context")),
+                        model_spec="tiny-llama")
+    assert atlas.doc["circuit_method"] == "activation_patching"
+    run = RunDir.open(tmp_path / "atlas-thorough-circuits")
+    assert run.read_manifest()["config_key"]["methods"] == ["attribution", "activation"]
+    for task in ("ioi", "induction"):
+        members = summary_rows(run, "circuits", "member",
+                               {"probe": "activation_patching", "segment": task})
+        held = atlas.heads[atlas.heads[f"{task}_circuit"]]
+        assert set(zip(held["layer"], held["head"])) == set(
+            zip(members["layer"].astype(int), members["head"].astype(int)))
+        scores = summary_rows(run, "head_effects", "score",
+                              {"probe": "activation_patching", "segment": task})
+        got = atlas.heads.set_index(["layer", "head"])[f"{task}_circuit_score"]
+        want = scores.set_index(["layer", "head"])["value"]
+        np.testing.assert_array_equal(got.loc[want.index].to_numpy(), want.to_numpy())
+    assert atlas.heads["sink_score"].isna().all() and not atlas.heads["sink"].any()
