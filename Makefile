@@ -48,8 +48,8 @@ browser:
 # --resume makes a second `make demo` reuse the finished parts.
 ATLAS ?= $(RUNS)/atlas-smollm2
 demo: setup browser
-	$(BIN)/workbench atlas --model smollm2-135m --out $(ATLAS) --resume
-	$(BIN)/workbench runs --runs-dir $(RUNS)
+	$(BIN)/workbench atlas --model smollm2-135m --out $(ATLAS) --resume --no-summary
+	$(BIN)/workbench runs --runs-dir $(dir $(ATLAS)) show $(notdir $(ATLAS))
 
 # Every part run's standard figures (PDF, SVG, PNG + CSV/JSON sidecars) in runs/<id>/figures; the
 # atlas figure is in $(ATLAS)/figures.

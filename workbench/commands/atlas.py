@@ -80,6 +80,9 @@ def atlas(
                                    "runs again."),
     figures: bool = typer.Option(True, "--figures/--no-figures",
                                  help="Export the atlas figure (needs Chromium)."),
+    summary: bool = typer.Option(True, "--summary/--no-summary",
+                                 help="Print the roles, top heads and findings (also "
+                                 "`workbench runs show <atlas>`)."),
     strict_parity: bool = STRICT_PARITY,
     progress: bool = PROGRESS,
 ) -> None:
@@ -110,7 +113,8 @@ def atlas(
     result = build_atlas(lambda: _load(model, strict_parity, device=device, dtype=dtype,
                                        prepend_bos=prepend_bos),
                          options, model_spec=model, on_part=on_part)
-    print_atlas(result)
+    if summary:
+        print_atlas(result)
     if figures:
         _export_figure(result)
     out.print(f"[green]complete[/]: {escape(str(result.path))} (atlas.parquet: "
