@@ -78,6 +78,9 @@ class AtlasOptions:
         bad = sorted(set(self.skip) - set(PARTS))
         if bad:
             raise InputError(f"--skip {','.join(bad)}: not an atlas part; parts: {', '.join(PARTS)}")
+        if set(self.skip) == set(PARTS):
+            raise InputError(f"--skip {','.join(self.skip)}: every part is skipped; nothing to "
+                             "build an atlas from")
         if self.resume and self.overwrite:
             raise InputError("--resume and --overwrite contradict each other; choose one")
         for name, value in (("--circuit-size", self.circuit_size), ("--n-prompts",

@@ -85,14 +85,8 @@ def build_atlas(load: Callable[[], Any], options: AtlasOptions, *, model_spec: s
     prompt_sets = check_inputs(options)
     run = _open_or_create(options, model_spec, prompt_sets)
     start = time.perf_counter()
-    model_info: dict = {}
-
-    def load_once():
-        loaded = load()
-        model_info.update(loaded.info.to_dict())
-        return loaded
     try:
-        parts = run_parts(load_once, options, prompt_sets, on_part)
+        parts = run_parts(load, options, prompt_sets, on_part)
         runs = {p: RunDir.open(options.runs_dir / meta["run_id"]) for p, meta in parts.items()}
         atlas = write_atlas(run.path, runs, options, model_spec, parts)
         timings = {f"{p}_s": meta["seconds"] for p, meta in parts.items()}

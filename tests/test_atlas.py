@@ -315,3 +315,10 @@ def test_thorough_atlas_takes_the_circuits_from_activation_patching(inputs, tmp_
         want = scores.set_index(["layer", "head"])["value"]
         np.testing.assert_array_equal(got.loc[want.index].to_numpy(), want.to_numpy())
     assert atlas.heads["sink_score"].isna().all() and not atlas.heads["sink"].any()
+
+
+def test_skipping_every_part_is_refused_before_anything_is_written(inputs, tmp_path):
+    with pytest.raises(InputError, match="every part is skipped"):
+        _options(inputs, tmp_path / "atlas-none",
+                 skip=("natural", "repeated", "context", "circuits"))
+    assert not (tmp_path / "atlas-none").exists()
