@@ -32,6 +32,17 @@ def tiny_llava():
     return load_model("tiny-llava", device="cpu")
 
 
+@pytest.fixture(scope="module")
+def browser():
+    """Chromium for kaleido's figure export (skips the test when there is none)."""
+    from workbench.figures import BrowserNotFound, find_browser
+
+    try:
+        return find_browser()
+    except BrowserNotFound as err:
+        pytest.skip(f"no Chromium for kaleido to export with ({err})")
+
+
 @pytest.fixture(scope="session")
 def smollm2():
     """The real offline model (converts the GGUF into the cache on first use, about 25 s)."""

@@ -9,21 +9,12 @@ import pytest
 from tests.figure_fixture import make_run
 from tests.test_figures_export import pdf_page_points, png_size
 from tests.test_run import cli
-from workbench.figures import RunSource, find_browser, run_figures
-from workbench.figures.export import BrowserNotFound
+from workbench.figures import RunSource, run_figures
 from workbench.records import concat, conform, records
 from workbench.store import RunDir
 
 UNITS = {"member": "score the head was selected on", "edge": "sender's path-patching score",
          "score": "fraction of the clean - corrupted LD gap; positive = the head carries the task"}
-
-
-@pytest.fixture(scope="module")
-def browser():
-    try:
-        return find_browser()
-    except BrowserNotFound as err:
-        pytest.skip(f"no Chromium for kaleido to export with ({err})")
 
 
 def circuits_run(tmp_path) -> RunDir:

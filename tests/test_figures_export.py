@@ -17,14 +17,6 @@ from workbench.figures import export as export_module
 from workbench.figures.export import BrowserNotFound
 
 
-@pytest.fixture(scope="module")
-def browser():
-    try:
-        return find_browser()
-    except BrowserNotFound as err:
-        pytest.skip(f"no Chromium for kaleido to export with ({err})")
-
-
 def png_size(data: bytes) -> tuple[int, int]:
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
     return struct.unpack(">II", data[16:24])

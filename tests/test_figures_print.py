@@ -20,24 +20,15 @@ from tests.test_figures import atlas_frame, faithfulness_rows, ioi_like_graph
 from tests.test_figures_export import pdf_page_points, png_size
 from workbench.figures import (FigureOptions, RunSource, atlas_grid, attention_pattern,
                                by_depth, circuit_graph, distribution, dose_response,
-                               export_session, faithfulness_bars, find_browser, head_heatmap,
+                               export_session, faithfulness_bars, head_heatmap,
                                heatmap_of_means, overlap_matrix, position_profile, render,
                                run_figures)
-from workbench.figures.export import BrowserNotFound
 from workbench.figures.plot import safe_name
 from workbench.figures.style import (CHAR_EM, FONT_PT, colorbar_title, pt, width_px)
 from workbench.figures.vector import vector_cells
 
 DPI = 150
 INK_TOLERANCE_PX = 4  # at 150 dpi: font hinting differs between the PDF and PNG rasterisers
-
-
-@pytest.fixture(scope="module")
-def browser():
-    try:
-        return find_browser()
-    except BrowserNotFound as err:
-        pytest.skip(f"no Chromium for kaleido to export with ({err})")
 
 
 @pytest.fixture(scope="module")
