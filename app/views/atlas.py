@@ -35,8 +35,8 @@ def select(layer: int, head: int) -> None:
 
 def grid(atlas: ad.AtlasDoc) -> None:
     st.caption(ui.literal(f"{atlas.model}: {atlas.n_layers} layers x {atlas.n_heads} heads. "
-                          "Colour: rank in the role (dark = first); a white dot: the head holds "
-                          "the role. Click a head to see its evidence."))
+                          "Colour: rank in the role (yellow = first, dark = last); a white dot: "
+                          "the head holds the role. Click a head to see its evidence."))
     ui.show_plot(atlas_grid(atlas.heads, atlas.roles(), name=f"{atlas.run_id}-atlas"),
                  key=ui.plot_key("atlas", atlas.run_id), on_click=select, xy=("head", "layer"))
 
