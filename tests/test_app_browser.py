@@ -4,6 +4,7 @@ and a screenshot of each page (in ``$WORKBENCH_SCREENSHOTS``, else a pytest temp
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -51,11 +52,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    base = tmp_path_factory.mktemp("browser")
-    (base / "outside").mkdir()
-    runs = make_app_runs(base / "runs", base / "outside")
+@contextlib.contextmanager
+def serve_app(runs: Path):
+    """``workbench app`` on ``runs`` at a free localhost port, until the block ends; yields
+    ``(url, port, proc)`` once the server answers its health check (90 s at most)."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "workbench.cli", "app", "--runs-dir",
                              str(runs), "--port", str(port)], cwd=ROOT, start_new_session=True,
@@ -76,6 +76,14 @@ def server(tmp_path_factory):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)  # the CLI and the streamlit server it started
         proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    base = tmp_path_factory.mktemp("browser")
+    (base / "outside").mkdir()
+    with serve_app(make_app_runs(base / "runs", base / "outside")) as served:
+        yield served
 
 
 def test_server_listens_on_localhost_only(server):

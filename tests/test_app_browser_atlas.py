@@ -8,18 +8,12 @@ pytest temporary folder."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from tests.app_fixture import TOP_INDUCTION, make_atlas_runs
-from tests.conftest import ROOT
-from tests.test_app_browser import CHROMIUM_ARGS, READY, browser_path, free_port
+from tests.test_app_browser import CHROMIUM_ARGS, READY, browser_path, serve_app
 
 playwright = pytest.importorskip("playwright.sync_api")
 
@@ -36,27 +30,8 @@ POINT = """([col, head, layer]) => {
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    runs = make_atlas_runs(tmp_path_factory.mktemp("browser-atlas") / "runs")
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "workbench.cli", "app", "--runs-dir",
-                             str(runs), "--port", str(port)], cwd=ROOT, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as reply:
-                    if reply.read() == b"ok":
-                        break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(proc.stdout.read().decode()[-3000:]) from None
-                time.sleep(0.3)
-        yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+    with serve_app(make_atlas_runs(tmp_path_factory.mktemp("browser-atlas") / "runs")) as served:
+        yield served[0]
 
 
 def settle(page, timeout=60_000):
