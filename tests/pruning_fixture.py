@@ -1,9 +1,27 @@
 """Hand-made ``workbench heads`` records and the pruning figures drawn from them (shared by the
-figure tests, which need one plot of every registered kind)."""
+figure tests, which need one plot of every registered kind), and the small prompt file the
+pruning tests run on."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
+
+from tests.conftest import write_jsonl
+
+TEXTS = ["Then, Mary and John went to the store. John gave a drink to",
+         "When Alice and Bob got a ring at the garden, Bob decided to give it to",
+         "While Sarah and Tom were working at the school, Tom gave a computer to",
+         "The quick brown fox jumps over the lazy dog.",
+         "Attention heads read from the residual stream and write back into it.",
+         "Many heads put most of their attention on the first token."]
+
+
+def lm_prompt_file(path: Path) -> Path:
+    """The six :data:`TEXTS` as a prompt file (answer " Mary", distractor " John")."""
+    return write_jsonl(path, [{"id": f"p{i}", "text": t, "answer": " Mary",
+                               "distractor": " John"} for i, t in enumerate(TEXTS)])
 
 
 def curve_records() -> pd.DataFrame:

@@ -15,24 +15,14 @@ from pruning.learn import GateTraining, gates_spec, split_prompts, train_gates
 from pruning.objectives import lm_loss, metric_values, prepare
 from pruning.prune import (evaluate, head_means, importance_order, removable_fraction,
                            removal_counts)
-from tests.conftest import write_jsonl
+from tests.pruning_fixture import lm_prompt_file
 from tests.float64 import float64_model
 from workbench.forward import logits
 from workbench.prompts import load_prompt_set
 
-TEXTS = ["Then, Mary and John went to the store. John gave a drink to",
-         "When Alice and Bob got a ring at the garden, Bob decided to give it to",
-         "While Sarah and Tom were working at the school, Tom gave a computer to",
-         "The quick brown fox jumps over the lazy dog.",
-         "Attention heads read from the residual stream and write back into it.",
-         "Many heads put most of their attention on the first token."]
-
-
 @pytest.fixture
 def lm_prompts(tmp_path):
-    return write_jsonl(tmp_path / "lm.jsonl", [
-        {"id": f"p{i}", "text": t, "answer": " Mary", "distractor": " John"}
-        for i, t in enumerate(TEXTS)])
+    return lm_prompt_file(tmp_path / "lm.jsonl")
 
 
 @pytest.fixture

@@ -10,22 +10,13 @@ import pytest
 import torch
 
 from tests.conftest import write_jsonl
+from tests.pruning_fixture import lm_prompt_file
 from workbench.cli import main
 from workbench.store import RunDir
 
-TEXTS = ["Then, Mary and John went to the store. John gave a drink to",
-         "When Alice and Bob got a ring at the garden, Bob decided to give it to",
-         "While Sarah and Tom were working at the school, Tom gave a computer to",
-         "The quick brown fox jumps over the lazy dog.",
-         "Attention heads read from the residual stream and write back into it.",
-         "Many heads put most of their attention on the first token."]
-
-
 @pytest.fixture
 def prompts(tmp_path):
-    return write_jsonl(tmp_path / "p.jsonl", [
-        {"id": f"p{i}", "text": t, "answer": " Mary", "distractor": " John"}
-        for i, t in enumerate(TEXTS)])
+    return lm_prompt_file(tmp_path / "p.jsonl")
 
 
 def _heads(*args, tmp_path, prompts):
