@@ -41,14 +41,20 @@ def _failing(run: RunDir) -> Iterator[None]:
         raise
 
 
+def _importance(model, data: PromptData, options: HeadsOptions, timer: Timer):
+    """Every head's importance on ``data`` with a progress bar over prompts (timed)."""
+    with _bar(options.progress, "importance (prompts)", len(data.ids)) as step:
+        imp = head_importance(model, data, batch_size=options.batch_size, progress=step)
+    timer.lap("importance")
+    return imp
+
+
 def run_importance(model, data: PromptData, prompt_set, options: HeadsOptions) -> RunDir:
     """Michel importance of every head on ``data`` (table ``head_importance``)."""
     run = start_run(model, data, prompt_set, "importance", options)
     timer = Timer()
     with _failing(run):
-        with _bar(options.progress, "importance (prompts)", len(data.ids)) as step:
-            imp = head_importance(model, data, batch_size=options.batch_size, progress=step)
-        timer.lap("importance")
+        imp = _importance(model, data, options, timer)
         tables = {"head_importance": importance_table(imp, data.objective.metric)}
         return finish_run(run, model, data, tables, timer.timings)
 
@@ -74,9 +80,7 @@ def run_prune(model, data: PromptData, prompt_set, options: HeadsOptions, *, mod
     run = start_run(model, data, prompt_set, "prune", options)
     timer = Timer()
     with _failing(run):
-        with _bar(options.progress, "importance (prompts)", len(data.ids)) as advance:
-            imp = head_importance(model, data, batch_size=options.batch_size, progress=advance)
-        timer.lap("importance")
+        imp = _importance(model, data, options, timer)
         means = head_means(model, data, options.batch_size) if mode == "mean" else None
         orders = [("importance", importance_order(imp.normalised))] + [
             (f"random-{s}", random_order(info.n_layers, info.n_heads, s)) for s in range(seeds)]
