@@ -118,10 +118,6 @@ def _open_or_create(options: AtlasOptions, model_spec: str, prompt_sets: dict) -
         if stored.get("kind") != "atlas":
             raise RunStateError(f"{path} is a {stored.get('kind')!r} run, not an atlas; choose "
                                 "another --out")
-        if not options.resume and not options.overwrite:
-            raise RunStateError(f"atlas {str(path)!r} already exists (status: "
-                                f"{RunDir(path).live_status(stored)}); rerun with --resume to "
-                                "continue or reuse it, or --overwrite to start again")
         if options.resume and stored.get("model_spec") != model_spec:
             raise RunStateError(f"cannot resume atlas {str(path)!r}: it was made for model "
                                 f"{stored.get('model_spec')!r}, not {model_spec!r}; use "
