@@ -160,7 +160,7 @@ class _State:
     batch: Any
     valid: Tensor  # [batch, pos] bool
     path: list[int] | None
-    cumulative: dict[str, Tensor]  # condition -> [batch, pos, pos] float64
+    cumulative: dict[str, Tensor]  # condition -> [batch, pos, pos] float64 (composing only)
     last_rows: Tensor  # [layer, condition, batch, pos] float64, filled by the hooks
     col_sums: Tensor  # [layer, condition, batch, pos] float64
     stored: list[Tensor] | None = None  # every layer's A (small prompts: see CHAIN_BYTES)
@@ -216,11 +216,11 @@ class PositionBias(Probe):
 
     def start(self, batch: Any, model: Any) -> _State:
         valid = batch.valid()
-        eye = torch.diag_embed(valid.double())
         shape = (model.info.n_layers, len(CONDITIONS), batch.size, batch.seq_len)
         small = model.info.n_layers * batch.size * batch.seq_len ** 2 * 8 <= CHAIN_BYTES
+        eye = None if small else torch.diag_embed(valid.double())  # P_{-1} when composing
         return _State(batch, valid, head_path(self.heads, model.info.n_layers, model.info.n_heads),
-                      {c: eye for c in CONDITIONS},
+                      {} if small else {c: eye for c in CONDITIONS},
                       torch.zeros(shape, dtype=torch.float64, device=valid.device),
                       torch.zeros(shape, dtype=torch.float64, device=valid.device),
                       [] if small else None)
