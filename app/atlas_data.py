@@ -14,9 +14,8 @@ import pandas as pd
 import streamlit as st
 
 from app.data import RunEntry, RunsRoot
+from atlas.findings import BANDS, band as depth_band, head_name as head_label  # torch-free
 from workbench.errors import RunStateError
-
-BANDS = ("early", "middle", "late")  # thirds of depth, as in atlas.findings
 
 
 @dataclass(frozen=True)
@@ -77,10 +76,6 @@ def _read(parquet: str, _stamp: int, doc: str, _doc_stamp: int) -> tuple[pd.Data
         return pd.read_parquet(parquet), fh.read()
 
 
-def head_label(layer: int, head: int) -> str:
-    return f"L{int(layer)}H{int(head)}"
-
-
 def parse_label(label: str) -> tuple[int, int]:
     """``"L14H3"`` -> (14, 3)."""
     layer, head = label.removeprefix("L").split("H")
@@ -130,11 +125,6 @@ def default_head(atlas: AtlasDoc) -> tuple[int, int]:
     role = "induction" if "induction" in names else names[0]
     top = atlas.heads.sort_values(f"{role}_rank", kind="stable").iloc[0]
     return int(top["layer"]), int(top["head"])
-
-
-def depth_band(layer: np.ndarray | int, n_layers: int):
-    """The third of depth (0, 1, 2) of ``layer`` (``layer / n_layers``), as atlas.findings."""
-    return np.minimum((np.asarray(layer) * 3) // max(n_layers, 1), 2)
 
 
 def compare_atlases(a: AtlasDoc, b: AtlasDoc) -> tuple[pd.DataFrame, str | None]:
