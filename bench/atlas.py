@@ -14,13 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-from bench.probe_pass import ROOT, build, text_batch
+from bench.probe_pass import memory_all, time_all
 
 BATTERY = ["attention_entropy", "attention_sink", "massive_activations", "head_types",
            "position_bias"]
@@ -28,41 +25,12 @@ VARIANTS = ("hf_eager", "probe_pass")
 TARGETS = {"time": 1.3, "peak": 1.2}
 
 
-def times(batch: int, seq: int, repeats: int) -> dict[str, float]:
-    from transformers import AutoTokenizer
-
-    from workbench.models import smollm2_cache
-
-    tokenizer = AutoTokenizer.from_pretrained(smollm2_cache()[0])
-    ids = text_batch(tokenizer, batch, seq)
-    runners = {v: build(v, BATTERY) for v in VARIANTS}
-    for fn in runners.values():  # warm-up
-        fn(ids)
-    samples: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    for _ in range(repeats):
-        for v, fn in runners.items():
-            start = time.perf_counter()
-            fn(ids)
-            samples[v].append(time.perf_counter() - start)
-    return {v: statistics.median(s) for v, s in samples.items()}
-
-
-def peaks(batch: int, seq: int) -> dict[str, dict]:
-    out = {}
-    for v in VARIANTS:
-        cmd = [sys.executable, "-m", "bench.probe_pass", "--memory-child", v, str(batch),
-               str(seq), "--probes", ",".join(BATTERY)]
-        res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
-        out[v] = json.loads(res.stdout.strip().splitlines()[-1])
-    return out
-
-
 def suite(quick: bool = False) -> tuple[list[dict], dict]:
     """Rows for ``python -m bench``; ``quick``: 1 x 64 tokens, one repeat (smoke only)."""
     batch, seq = (1, 64) if quick else (1, 512)
-    t = times(batch, seq, 1 if quick else 5)
-    m = peaks(batch, seq)
     shape = f"{batch}x{seq}"
+    t = time_all(BATTERY, 1 if quick else 5, [(batch, seq)], VARIANTS)[shape]
+    m = memory_all(BATTERY, [(batch, seq)], VARIANTS)[shape]
     time_ratio = t["probe_pass"] / t["hf_eager"]
     peak_ratio = m["probe_pass"]["peak"] / m["hf_eager"]["peak"]
     rows = [

@@ -125,19 +125,20 @@ def build(variant: str, probe_names: list[str]):
     return runner
 
 
-def time_all(probe_names: list[str], repeats: int, shapes=tuple(SHAPES)) -> dict:
+def time_all(probe_names: list[str], repeats: int, shapes=tuple(SHAPES),
+             variants=tuple(VARIANTS)) -> dict:
     from transformers import AutoTokenizer
 
     from workbench.models import smollm2_cache
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2_cache()[0])
-    runners = {v: build(v, probe_names) for v in VARIANTS}
+    runners = {v: build(v, probe_names) for v in variants}
     results = {}
     for batch, seq in shapes:
         ids = text_batch(tokenizer, batch, seq)
         for fn in runners.values():  # warm-up
             fn(ids)
-        samples = {v: [] for v in VARIANTS}
+        samples = {v: [] for v in variants}
         for _ in range(repeats):
             for v, fn in runners.items():
                 t = time.perf_counter()
@@ -166,10 +167,10 @@ def memory_one(variant: str, batch: int, seq: int, probe_names: list[str]) -> di
     return {"before": before, "peak": peak.peak, "extra": peak.peak - before}
 
 
-def memory_all(probe_names: list[str]) -> dict:
+def memory_all(probe_names: list[str], shapes=tuple(SHAPES), variants=tuple(VARIANTS)) -> dict:
     out = {}
-    for batch, seq in SHAPES:
-        for v in VARIANTS:
+    for batch, seq in shapes:
+        for v in variants:
             cmd = [sys.executable, "-m", "bench.probe_pass", "--memory-child", v, str(batch),
                    str(seq), "--probes", ",".join(probe_names)]
             res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
