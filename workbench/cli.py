@@ -6,9 +6,9 @@ This module is the composition root: it is the one place in ``workbench`` that r
 
 from __future__ import annotations
 
-import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -17,21 +17,46 @@ from rich.markup import escape
 from rich.table import Table
 
 from workbench.commands import atlas as atlas_commands
-from workbench.commands.common import (DEVICE, DEVICE_MAP, DTYPE, MODEL, OVERWRITE, PREPEND_BOS,
-                                       PROGRESS, RUNS_DIR, STRICT_PARITY, _load, _names, err,
-                                       out)
+from workbench.commands.common import (BATCH_SIZE, DEVICE, DEVICE_MAP, DTYPE, MODEL, OVERWRITE,
+                                       PREPEND_BOS, PROGRESS, RUN_ID, RUNS_DIR, STRICT_PARITY,
+                                       TYPER, _load, _names, at_least_one, auto_batch_size, err,
+                                       list_option, out)
 from workbench.commands.figures import figures_app
 from workbench.commands.guard import check_run_target
 from workbench.commands.heads import heads_app
+from workbench.commands.runs import runs_app
 from workbench.errors import InputError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Attention Workbench: probes, circuits and interventions on attention heads.")
-runs_app = typer.Typer(add_completion=False, help="List and show runs.", invoke_without_command=True)
+app = typer.Typer(**TYPER, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Attention Workbench: probes, circuits and interventions on attention heads."
+                       "\n\nOptions that take several values (--prompts, --probes, --task ...) are "
+                       "repeatable and also split on commas: --task ioi --task induction is "
+                       "--task ioi,induction. key=value options (--param, --threshold) are "
+                       "repeated only. --batch-size defaults to a size chosen from free memory "
+                       "(8 on the CPU) in every command.")
 app.add_typer(runs_app, name="runs")
 app.add_typer(atlas_commands.app, name="atlas")
 app.add_typer(figures_app, name="figures")
 app.add_typer(heads_app, name="heads")
+PROMPTS = list_option(..., "--prompts", "-p", metavar="PATH", kind=Path,
+                      help="JSONL prompt set(s).")
+PARAM = typer.Option([], "--param", metavar="PROBE.NAME=VALUE",
+                     help="Probe parameter; repeat for several.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from workbench import __version__
+
+        out.print(f"workbench {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def workbench_main(version: bool = typer.Option(False, "--version", is_eager=True,
+                                                callback=_version,
+                                                help="Print the version and exit.")) -> None:
+    """Attention Workbench: probes, circuits and interventions on attention heads."""
 
 
 def parse_params(items: list[str]) -> dict[str, dict[str, str]]:
@@ -53,30 +78,27 @@ def parse_params(items: list[str]) -> dict[str, dict[str, str]]:
 @app.command()
 def run(
     model: str = MODEL,
-    prompts: list[Path] = typer.Option(..., "--prompts", "-p", help="JSONL prompt set(s)."),
-    probes: str = typer.Option("attention_entropy", "--probes",
-                               help="Comma-separated probe names (see `workbench probes`)."),
-    param: list[str] = typer.Option([], "--param", help="Probe parameter: probe.name=value."),
-    batch_size: Optional[int] = typer.Option(
-        None, "--batch-size", "-b", min=1,
-        help="Prompts per forward pass (default: chosen from free memory, 8 on the CPU)."),
+    prompts: list[Path] = PROMPTS,
+    probes: list[str] = list_option(["attention_entropy"], "--probes", metavar="NAME",
+                                    help="Probe names (see `workbench probes`)."),
+    param: list[str] = PARAM,
+    batch_size: Optional[int] = BATCH_SIZE,
     device: Optional[str] = DEVICE,
     dtype: Optional[str] = DTYPE,
     device_map: Optional[str] = DEVICE_MAP,
     attention: str = typer.Option(
-        "auto", "--attention",
+        "auto", "--attention", metavar="IMPL",
         help="auto, eager or sdpa: auto runs the fast sdpa kernel when no probe reads an "
              "attention hook (see workbench/attention_impl.py)."),
     prepend_bos: Optional[bool] = PREPEND_BOS,
     runs_dir: Path = RUNS_DIR,
-    run_id: Optional[str] = typer.Option(None, help="Run folder name (default: derived from the "
-                                                    "configuration, so reruns find it)."),
+    run_id: Optional[str] = RUN_ID,
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run."),
     overwrite: bool = OVERWRITE,
     strict_parity: bool = STRICT_PARITY,
     progress: bool = PROGRESS,
     attention_mask: Optional[str] = typer.Option(
-        None, "--attention-mask",
+        None, "--attention-mask", metavar="MASK",
         help="Apply a mask to every layer's attention scores for the whole run: causal, "
              "window:W, prefix:K or decay:GAMMA (see workbench/masks.py)."),
 ) -> None:
@@ -119,36 +141,37 @@ def run(
 @app.command()
 def circuits(
     model: str = MODEL,
-    task: list[str] = typer.Option(..., "--task", "-t", help="Shipped task (ioi, colored_objects, "
-                                   "induction) or a JSONL prompt file; repeat for several."),
-    method: list[str] = typer.Option(["attribution"], "--method",
-                                     help="attribution, activation or path; repeat for several."),
-    select: str = typer.Option("top_k=20", "--select",
+    task: list[str] = list_option(..., "--task", "-t", metavar="TASK",
+                                  help="Shipped task (ioi, colored_objects, induction) or a JSONL "
+                                       "prompt file."),
+    method: list[str] = list_option(["attribution"], "--method", metavar="METHOD",
+                                    help="attribution, activation or path."),
+    select: str = typer.Option("top_k=20", "--select", metavar="RULE",
                                help="Circuit selection: top_k=N, top_percent=P or threshold=S."),
-    n_prompts: Optional[int] = typer.Option(32, "--n-prompts",
+    n_prompts: Optional[int] = typer.Option(32, "--n-prompts", metavar="N",
                                             help="Use the first N prompts of each task."),
-    direction: str = typer.Option("corrupted_into_clean", "--direction",
+    direction: str = typer.Option("corrupted_into_clean", "--direction", metavar="DIRECTION",
                                   help="corrupted_into_clean (noising) or clean_into_corrupted."),
-    positions: str = typer.Option("all", "--positions",
-                                  help="Where to patch: all, last, or segment names (IO,S2)."),
-    batch_size: int = typer.Option(16, "--batch-size", "-b", help="Prompts per forward pass."),
+    positions: list[str] = list_option(["all"], "--positions", metavar="WHERE",
+                                       help="Where to patch: all, last, or segment names "
+                                            "(IO,S2)."),
+    batch_size: Optional[int] = BATCH_SIZE,
     heads_per_forward: Optional[int] = typer.Option(
-        None, "--heads-per-forward", help="Heads patched per forward (default: 1 on CPU, a "
-        "layer's heads on GPU)."),
-    stages: int = typer.Option(2, "--stages", help="Path patching stages."),
-    receiver_input: str = typer.Option("qkv", "--receiver-input",
+        None, "--heads-per-forward", metavar="N", help="Heads patched per forward (default: 1 "
+        "on CPU, a layer's heads on GPU)."),
+    stages: int = typer.Option(2, "--stages", metavar="N", help="Path patching stages."),
+    receiver_input: str = typer.Option("qkv", "--receiver-input", metavar="INPUTS",
                                        help="Path patching: receiver inputs (q, k, v, qkv ...)."),
-    n_random: int = typer.Option(3, "--n-random",
+    n_random: int = typer.Option(3, "--n-random", metavar="N",
                                  help="Random circuits for the faithfulness baseline."),
     mean_prompts: Optional[int] = typer.Option(
-        None, "--mean-prompts", help="Corrupted prompts the ablation means average over "
-        "(default: every prompt of the task file)."),
+        None, "--mean-prompts", metavar="N", help="Corrupted prompts the ablation means average "
+        "over (default: every prompt of the task file)."),
     device: Optional[str] = DEVICE,
     dtype: Optional[str] = DTYPE,
     prepend_bos: Optional[bool] = PREPEND_BOS,
     runs_dir: Path = RUNS_DIR,
-    run_id: Optional[str] = typer.Option(None, help="Run folder name (default: derived from the "
-                                                    "configuration)."),
+    run_id: Optional[str] = RUN_ID,
     overwrite: bool = OVERWRITE,
     strict_parity: bool = STRICT_PARITY,
     progress: bool = PROGRESS,
@@ -158,14 +181,17 @@ def circuits(
                               report)
 
     check_run_target(runs_dir, run_id)
+    positions = ",".join(positions)  # the circuits package takes the comma form
     options = check_options(method, select, direction=direction, positions=positions,
-                            batch_size=batch_size, heads_per_forward=heads_per_forward,
+                            batch_size=batch_size or 1, heads_per_forward=heads_per_forward,
                             stages=stages, receiver_input=receiver_input, n_random=n_random,
                             mean_prompts=mean_prompts,
                             runs_dir=runs_dir, run_id=run_id, overwrite=overwrite,
                             progress=progress)
     loaded = _load(model, strict_parity, device=device, dtype=dtype, prepend_bos=prepend_bos)
     tasks = load_tasks(task, loaded, n_prompts=n_prompts, positions=positions)
+    options.discovery = replace(options.discovery, batch_size=auto_batch_size(
+        batch_size, loaded, [p.n_tokens for t in tasks for p in t.clean]))
     run_dir = execute_circuits(loaded, tasks, options)
     out.print(report(run_dir))
     out.print(f"[green]complete[/]: {run_dir.path}")
@@ -174,25 +200,29 @@ def circuits(
 @app.command()
 def intervene(
     model: str = MODEL,
-    prompts: list[Path] = typer.Option(..., "--prompts", "-p", help="JSONL prompt set(s)."),
-    spec: Path = typer.Option(..., "--spec", "-s", help="Intervention spec (JSON or YAML)."),
-    sweep: Optional[str] = typer.Option(None, "--sweep", help="Sweep one parameter: "
-                                        "alpha=0,0.5,1,2 (also p, sigma, temperature)."),
-    probes: str = typer.Option("", "--probes", help="Probes whose metrics are compared "
-                               "between conditions (comma-separated)."),
-    param: list[str] = typer.Option([], "--param", help="Probe parameter: probe.name=value."),
-    threshold: float = typer.Option(0.5, "--threshold", help="critical_sigma: relative drop of "
-                                    "the mean logit difference (KL in nats without answers)."),
-    generate: int = typer.Option(0, "--generate", help="Greedy tokens to generate per "
-                                 "condition for the first --n-generate prompts."),
-    n_generate: int = typer.Option(3, "--n-generate"),
-    batch_size: int = typer.Option(8, "--batch-size", "-b", help="Prompts per forward pass."),
+    prompts: list[Path] = PROMPTS,
+    spec: Path = typer.Option(..., "--spec", "-s", metavar="PATH",
+                              help="Intervention spec (JSON or YAML)."),
+    sweep: Optional[str] = typer.Option(None, "--sweep", metavar="NAME=VALUES",
+                                        help="Sweep one parameter: alpha=0,0.5,1,2 (also p, "
+                                             "sigma, temperature)."),
+    probes: list[str] = list_option([], "--probes", metavar="NAME",
+                                    help="Probes whose metrics are compared between conditions."),
+    param: list[str] = PARAM,
+    threshold: float = typer.Option(0.5, "--threshold", metavar="X",
+                                    help="critical_sigma: relative drop of the mean logit "
+                                         "difference (KL in nats without answers)."),
+    generate: int = typer.Option(0, "--generate", metavar="N",
+                                 help="Greedy tokens to generate per condition for the first "
+                                      "--n-generate prompts."),
+    n_generate: int = typer.Option(3, "--n-generate", metavar="N",
+                                   help="Prompts that --generate generates for."),
+    batch_size: Optional[int] = BATCH_SIZE,
     device: Optional[str] = DEVICE,
     dtype: Optional[str] = DTYPE,
     prepend_bos: Optional[bool] = PREPEND_BOS,
     runs_dir: Path = RUNS_DIR,
-    run_id: Optional[str] = typer.Option(None, help="Run folder name (default: derived from the "
-                                                    "spec, sweep and prompts)."),
+    run_id: Optional[str] = RUN_ID,
     overwrite: bool = OVERWRITE,
     strict_parity: bool = STRICT_PARITY,
     progress: bool = PROGRESS,
@@ -207,11 +237,12 @@ def intervene(
     parsed = load_spec(spec)
     swept = Sweep.parse(sweep) if sweep else None
     names = _names(probes)
-    options = InterveneOptions(batch_size, swept, threshold, generate, n_generate,
+    options = InterveneOptions(batch_size or 1, swept, threshold, generate, n_generate,
                                make_probes(names, parse_params(param)) if names else [],
                                runs_dir, run_id, overwrite, progress, sys.argv)
     prompt_set = load_prompt_set(prompts)
     loaded = _load(model, strict_parity, device=device, dtype=dtype, prepend_bos=prepend_bos)
+    options.batch_size = auto_batch_size(batch_size, loaded, [p.text for p in prompt_set.prompts])
     run_dir = intervene(loaded, prompt_set, parsed, options)
     out.print(report(run_dir))
     out.print(f"[green]complete[/]: {run_dir.path}")
@@ -250,17 +281,23 @@ def list_probes() -> None:
 
 @app.command()
 def graph(
-    text: str = typer.Option(..., "--text", "-t", help="The prompt text."),
-    out_path: Path = typer.Option(..., "--out", "-o", help="Output file: .graphml or .json."),
-    model: str = typer.Option("smollm2-135m", "--model", "-m"),
-    layer: int = typer.Option(-1, help="Layer; negative counts from the end (default: last)."),
-    matrix: str = typer.Option("attention", help="attention (that layer), product or rollout "
-                                                 "(composed over layers 0..layer)."),
-    threshold: float = typer.Option(0.01, help="Keep edges whose weight is above this."),
-    heads: str = typer.Option("mean", help="mean, one head index, or layer.head per layer."),
-    attention_mask: Optional[str] = typer.Option(None, "--attention-mask",
+    text: str = typer.Option(..., "--text", "-t", metavar="TEXT", help="The prompt text."),
+    out_path: Path = typer.Option(..., "--out", "-o", metavar="PATH",
+                                  help="Output file: .graphml or .json."),
+    model: str = MODEL,
+    layer: int = typer.Option(-1, "--layer", metavar="N",
+                              help="Layer; negative counts from the end (default: last)."),
+    matrix: str = typer.Option("attention", "--matrix", metavar="MATRIX",
+                               help="attention (that layer), product or rollout (composed over "
+                                    "layers 0..layer)."),
+    threshold: float = typer.Option(0.01, "--threshold", metavar="X",
+                                    help="Keep edges whose weight is above this."),
+    heads: str = typer.Option("mean", "--heads", metavar="HEADS",
+                              help="mean, one head index, or layer.head per layer "
+                                   "(0.3,1.5,...: a path through every layer)."),
+    attention_mask: Optional[str] = typer.Option(None, "--attention-mask", metavar="MASK",
                                                  help="causal, window:W, prefix:K, decay:GAMMA"),
-    device: Optional[str] = typer.Option(None),
+    device: Optional[str] = DEVICE,
 ) -> None:
     """Export one prompt's attention graph (edge j -> i when query i attends to key j)."""
     from probes.position_bias import CONDITIONS, prompt_matrices
@@ -314,8 +351,8 @@ def app_command(runs_dir: Path, host: str, port: int) -> list[str]:
 
 @app.command("app")
 def app_cmd(runs_dir: Path = RUNS_DIR,
-            port: int = typer.Option(8501, "--port", help="Port to serve on."),
-            host: str = typer.Option("127.0.0.1", "--host",
+            port: int = typer.Option(8501, "--port", metavar="N", help="Port to serve on."),
+            host: str = typer.Option("127.0.0.1", "--host", metavar="HOST",
                                      help="Address to bind (default: this machine only)."),
             ) -> None:
     """Browse runs in the Streamlit app at http://HOST:PORT (reads only inside --runs-dir).
@@ -333,76 +370,23 @@ def app_cmd(runs_dir: Path = RUNS_DIR,
     os.execv(command[0], command)
 
 
-@runs_app.callback()
-def runs_main(ctx: typer.Context, runs_dir: Path = RUNS_DIR) -> None:
-    """List runs (with no subcommand)."""
-    ctx.obj = runs_dir
-    if ctx.invoked_subcommand is None:
-        _list_runs(runs_dir)
-
-
-def _list_runs(runs_dir: Path) -> None:
-    from workbench.store import list_runs
-
-    found = list_runs(runs_dir)
-    if not found:
-        out.print(f"no runs under {runs_dir}")
-        return
-    table = Table("run id", "status", "model", "prompts", "probes", "records", "created")
-    for run, m in found:  # list_runs: validated manifests, or status "unreadable" + error
-        rows = sum(t.get("rows", 0) for t in (m.get("tables") or {}).values())
-        table.add_row(escape(run.run_id), m.get("status", "?"),
-                      escape(str((m.get("model") or {}).get("name", "?"))),
-                      escape(str((m.get("prompts") or {}).get("name", "?"))),
-                      escape(",".join(p["name"] for p in m.get("probes") or [])), f"{rows:,}",
-                      escape(str(m.get("created") or "")))
-        if m.get("status") == "unreadable":
-            err.print(f"[yellow]unreadable[/]: {escape(str(m.get('error')))}", soft_wrap=True)
-    out.print(table)
-
-
-@runs_app.command("list")
-def runs_list(ctx: typer.Context) -> None:
-    """List runs, newest first."""
-    _list_runs(ctx.obj)
-
-
-@runs_app.command("show")
-def runs_show(ctx: typer.Context, run_id: str = typer.Argument(..., help="Run id or folder."),
-              as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON.")
-              ) -> None:
-    """Show a run's manifest summary and its headline numbers."""
-    from workbench.summary import describe_run
-
-    path = Path(run_id)
-    if not (path / "run.json").exists():
-        path = Path(ctx.obj) / run_id
-    from workbench.store import RunDir
-
-    run = RunDir.open(path)
-    if as_json:
-        out.print_json(json.dumps(run.read_manifest(), default=str))
-        return
-    if run.read_manifest().get("kind") == "atlas":
-        from atlas import open_atlas
-
-        atlas_commands.print_atlas(open_atlas(run.path))
-        return
-    describe_run(run, out)
-
-
 @app.command()
 def sweep(
-    sweep_file: Path = typer.Argument(..., help="Sweep YAML (models, prompt_sets, jobs; see "
-                                      "sweeps/spec.py)."),
-    engine: str = typer.Option("local", "--engine", help="local (this process) or ray."),
-    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (auto, "
-                                          "ray://head:10001); default: start a local cluster."),
-    workers: Optional[int] = typer.Option(None, "--workers", "-n", min=1,
+    sweep_file: Path = typer.Argument(..., metavar="SWEEP_FILE",
+                                      help="Sweep YAML (models, prompt_sets, jobs; see "
+                                           "sweeps/spec.py)."),
+    engine: str = typer.Option("local", "--engine", metavar="ENGINE",
+                               help="local (this process) or ray."),
+    address: Optional[str] = typer.Option(None, "--address", metavar="ADDRESS",
+                                          help="Ray cluster address (auto, ray://head:10001); "
+                                               "default: start a local cluster."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-n", metavar="N",
+                                          callback=at_least_one,
                                           help="Ray actors (default: the cluster's CPUs/GPUs)."),
     gpus_per_worker: Optional[float] = typer.Option(
-        None, "--gpus-per-worker", help="GPUs per Ray actor (default: 1 when the cluster has "
-        "GPUs, else 0)."),
+        None, "--gpus-per-worker", metavar="X",
+        help="GPUs per Ray actor (default: 1 when the cluster has "
+             "GPUs, else 0)."),
     runs_dir: Path = RUNS_DIR,
     overwrite: bool = typer.Option(False, "--overwrite", help="Start the sweep's runs again."),
 ) -> None:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import pandas as pd
+import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from rich.console import Console
 from rich.table import Table
 
 from workbench.store import META_TABLES, RunDir
+
+KEY_COLUMNS = ("segment", "condition", "query_pos", "key_pos", "dim")  # besides layer and head
 
 
 def describe_run(run: RunDir, console: Console, top: int = 3) -> None:
@@ -41,7 +46,9 @@ def describe_run(run: RunDir, console: Console, top: int = 3) -> None:
     for name, meta in m.get("tables", {}).items():
         if name in META_TABLES:
             continue
-        table = run.read_table(name, columns=["metric", "layer", "head", "prompt_id", "value"])
+        present = set(pq.read_schema(run.table_path(name)).names)  # older runs may lack some
+        table = run.read_table(name, columns=["metric", "layer", "head", "prompt_id", "value",
+                                              *[c for c in KEY_COLUMNS if c in present]])
         console.print(f"\n[bold]{name}[/]: {meta.get('rows', 0):,} records")
         summary = Table("metric", "unit", "rows", "mean", "min", "max")
         for metric in meta.get("metrics", []):
@@ -51,12 +58,36 @@ def describe_run(run: RunDir, console: Console, top: int = 3) -> None:
                             f"{pc.max(vals).as_py():.4g}")
         console.print(summary)
         for metric in meta.get("metrics", []):
-            rows = table.filter(pc.and_(pc.equal(table["metric"], metric),
-                                        pc.is_null(table["prompt_id"])))
-            rows = rows.filter(pc.is_valid(rows["head"]))
-            if rows.num_rows < 2:
-                continue
-            ordered = rows.sort_by([("value", "descending")]).to_pylist()
-            fmt = lambda r: f"L{r['layer']}H{r['head']}={r['value']:.3f}"  # noqa: E731
-            console.print(f"{metric}: highest {', '.join(map(fmt, ordered[:top]))}; "
-                          f"lowest {', '.join(map(fmt, ordered[-top:][::-1]))}")
+            line = head_extremes(table, metric, top)
+            if line:
+                console.print(line)
+
+
+def head_extremes(table: pa.Table, metric: str, top: int = 3) -> str | None:
+    """``"metric: highest L9H6=0.912, ...; lowest ..."`` over the rows of ``metric`` that are
+    per head and aggregated over prompts (``prompt_id`` null); ``None`` when fewer than two.
+
+    Each head is listed once per distinct key: when the rows also vary by a key column
+    (``segment``, ``condition``, ``query_pos``, ``key_pos``, ``dim``) the label names it,
+    ``L18H8 (segment=passage)=0.912``; rows that share head and key are averaged.
+    """
+    rows = table.filter(pc.and_(pc.equal(table["metric"], metric), pc.is_null(table["prompt_id"])))
+    rows = rows.filter(pc.is_valid(rows["head"]))
+    if rows.num_rows < 2:
+        return None
+    keys = [c for c in KEY_COLUMNS if c in rows.column_names
+            and len(pc.unique(rows[c]).drop_null()) > 1]
+    frame = rows.select(["layer", "head", *keys, "value"]).to_pandas()
+    frame = frame.groupby(["layer", "head", *keys], dropna=False, sort=False)["value"].mean()
+    ordered = frame.reset_index().sort_values("value", ascending=False, kind="stable")
+    if len(ordered) < 2:
+        return None
+
+    def label(r) -> str:
+        key = ", ".join(f"{k}={r[k]:g}" if isinstance(r[k], float) else f"{k}={r[k]}"
+                        for k in keys if not pd.isna(r[k]))
+        return f"L{int(r['layer'])}H{int(r['head'])}{f' ({key})' if key else ''}={r['value']:.3f}"
+
+    records = ordered.to_dict("records")
+    return (f"{metric}: highest {', '.join(map(label, records[:top]))}; "
+            f"lowest {', '.join(map(label, records[-top:][::-1]))}")

@@ -14,12 +14,12 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from workbench.commands.common import (DEVICE, DTYPE, MODEL, PREPEND_BOS, PROGRESS, STRICT_PARITY,
-                                       _load, _names, err, out)
+from workbench.commands.common import (BATCH_SIZE, DEVICE, DTYPE, MODEL, PREPEND_BOS, PROGRESS,
+                                       STRICT_PARITY, TYPER, _load, _names, err, list_option, out)
 from workbench.errors import InputError
 
 DATA = Path(__file__).resolve().parents[2] / "data"
-app = typer.Typer(add_completion=False, invoke_without_command=True,
+app = typer.Typer(**TYPER, invoke_without_command=True,
                   help="Profile every head: the probe battery and circuit tasks in one atlas.")
 
 
@@ -50,27 +50,30 @@ def atlas(
     ctx: typer.Context,
     model: str = MODEL,
     out_dir: Optional[Path] = typer.Option(
-        None, "--out", help="Atlas folder (default: runs/atlas-<model>); its part runs go "
-        "beside it as <name>-natural, -repeated, -context, -circuits."),
+        None, "--out", metavar="PATH",
+        help="Atlas folder (default: runs/atlas-<model>); its part runs go "
+             "beside it as <name>-natural, -repeated, -context, -circuits."),
     thorough: bool = typer.Option(False, "--thorough", help="Also activation patching (one "
                                   "forward per head; minutes), which then decides the circuits."),
-    natural: Path = typer.Option(DATA / "natural.jsonl", "--natural",
+    natural: Path = typer.Option(DATA / "natural.jsonl", "--natural", metavar="PATH",
                                  help="Natural text for entropy, sinks, massive activations and "
                                  "position bias."),
-    repeated: Path = typer.Option(DATA / "repeated_tokens.jsonl", "--repeated",
+    repeated: Path = typer.Option(DATA / "repeated_tokens.jsonl", "--repeated", metavar="PATH",
                                   help="Repeated random tokens for the head types."),
-    context: Path = typer.Option(DATA / "counterfactual_context.jsonl", "--context",
+    context: Path = typer.Option(DATA / "counterfactual_context.jsonl", "--context", metavar="PATH",
                                  help="Prompts with a 'passage' segment for head divergence."),
-    task: list[str] = typer.Option(["ioi", "induction"], "--task", "-t",
-                                   help="Circuit tasks (shipped name or JSONL file; repeat)."),
-    n_prompts: int = typer.Option(32, "--n-prompts", help="Prompts per circuit task."),
-    circuit_size: int = typer.Option(20, "--circuit-size", help="Heads per circuit (top k)."),
-    skip: str = typer.Option("", "--skip", help="Parts not to run, comma-separated: natural, "
-                             "repeated, context, circuits."),
-    threshold: list[str] = typer.Option([], "--threshold", help="Override a role's threshold: "
-                                        "role=number (repeatable; see atlas.json for roles)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1,
-                                             help="Prompts per forward (default: from memory)."),
+    task: list[str] = list_option(["ioi", "induction"], "--task", "-t", metavar="TASK",
+                                  help="Circuit tasks (shipped name or JSONL file)."),
+    n_prompts: int = typer.Option(32, "--n-prompts", metavar="N",
+                                  help="Prompts per circuit task."),
+    circuit_size: int = typer.Option(20, "--circuit-size", metavar="N",
+                                     help="Heads per circuit (top k)."),
+    skip: list[str] = list_option([], "--skip", metavar="PART",
+                                  help="Parts not to run: natural, repeated, context, circuits."),
+    threshold: list[str] = typer.Option([], "--threshold", metavar="ROLE=X",
+                                        help="Override a role's threshold (see atlas.json for "
+                                             "roles); repeat for several."),
+    batch_size: Optional[int] = BATCH_SIZE,
     device: Optional[str] = DEVICE,
     dtype: Optional[str] = DTYPE,
     prepend_bos: Optional[bool] = PREPEND_BOS,
@@ -168,8 +171,9 @@ def _export_figure(result) -> None:
 
 
 @app.command("compare")
-def compare_cmd(first: Path = typer.Argument(..., help="An atlas folder."),
-                second: Path = typer.Argument(..., help="Another atlas folder.")) -> None:
+def compare_cmd(first: Path = typer.Argument(..., metavar="FIRST", help="An atlas folder."),
+                second: Path = typer.Argument(..., metavar="SECOND",
+                                              help="Another atlas folder.")) -> None:
     """Two atlases side by side; heads aligned by relative depth when the models differ."""
     from atlas import compare, open_atlas
 

@@ -1,38 +1,138 @@
-"""What every command shares: the consoles, the common options, loading a model with its parity
-report, comma-separated names. Command groups live in modules of this package and register on the
-main app in :mod:`workbench.cli`; they import the layers above the core (``probes``, ``circuits``,
-``atlas`` ...) only inside their command bodies."""
+"""What every command shares: the consoles, the help style, the common options, the list-option
+convention, the batch-size rule, loading a model with its parity report. Command groups live in
+modules of this package and register on the main app in :mod:`workbench.cli`; they import the layers
+above the core (``probes``, ``circuits``, ``atlas`` ...) only inside their command bodies.
+
+Conventions (checked over every command by ``tests/test_cli_help.py``):
+
+- help is click's plain layout (``TYPER``: no rich type column), which wraps at the terminal width
+  instead of truncating; every option has help text and a word for a metavar (``PATH``, ``N``,
+  ``MODEL`` ...), flags have none;
+- an option taking several values is repeatable and also splits on commas
+  (``--task ioi --task induction`` == ``--task ioi,induction``): :func:`list_option`;
+  ``key=value`` options (``--param``, ``--threshold``) are repeated only (a value may hold commas);
+- ``--batch-size`` defaults to the rule of ``workbench run``: chosen from free memory, 8 on the
+  CPU (:func:`auto_batch_size`).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
+from typer.core import TyperArgument, TyperGroup
 
 from workbench.errors import WorkbenchError
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
-RUNS_DIR = typer.Option(Path("runs"), "--runs-dir", help="Folder holding run directories.")
-MODEL = typer.Option("smollm2-135m", "--model", "-m",
+class FullHelpGroup(TyperGroup):
+    """A command group whose command list shows each command's first sentence whole (wrapped),
+    where click cuts it to the width left and ends it with '...'; its commands' arguments show
+    their metavar alone (``RUN_ID``, not ``RUN_ID <str>``)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        for command in self.commands.values():
+            for param in command.params:
+                if isinstance(param, TyperArgument) and param.metavar:
+                    param.display_type_rich = lambda ctx: None  # typer has no switch for this
+
+    def format_commands(self, ctx, formatter) -> None:
+        rows = [(name, cmd.get_short_help_str(limit=1_000)) for name in self.list_commands(ctx)
+                if (cmd := self.get_command(ctx, name)) is not None and not cmd.hidden]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+# Every typer app of the CLI: plain click help (wraps at the terminal width, no <type> column).
+TYPER = {"add_completion": False, "rich_markup_mode": None, "cls": FullHelpGroup}
+LIST_NOTE = "Repeat or comma-separate."
+
+
+def split_list(values: Any) -> list[str]:
+    """``["ioi,induction", " path "]`` -> ``["ioi", "induction", "path"]``; a string is split the
+    same way; empty items are dropped."""
+    items = [values] if isinstance(values, (str, Path)) else list(values or ())
+    return [part.strip() for item in items for part in str(item).split(",") if part.strip()]
+
+
+def _as_paths(values: Any) -> list[Path]:
+    return [Path(v) for v in split_list(values)]
+
+
+def _as_floats(values: Any) -> list[float]:
+    found = []
+    for item in split_list(values):
+        try:
+            found.append(float(item))
+        except ValueError:
+            raise typer.BadParameter(f"{item!r} is not a number") from None
+    return found
+
+
+def list_option(default: Any, *names: str, help: str, metavar: str, kind: type = str) -> Any:
+    """A repeatable option that also splits on commas (the CLI's one list convention); the
+    command receives a list of ``kind`` (``str``, ``Path`` or ``float``)."""
+    convert = {str: split_list, Path: _as_paths, float: _as_floats}[kind]
+    return typer.Option(default, *names, help=f"{help} {LIST_NOTE}", metavar=metavar,
+                        callback=lambda value: convert(value))
+
+
+def at_least_one(value: int | None) -> int | None:
+    """Option callback: ``None`` (the default) or an integer of at least 1."""
+    if value is not None and value < 1:
+        raise typer.BadParameter(f"expected at least 1, got {value}")
+    return value
+
+
+RUNS_DIR = typer.Option(Path("runs"), "--runs-dir", metavar="PATH",
+                        help="Folder holding run directories.")
+MODEL = typer.Option("smollm2-135m", "--model", "-m", metavar="MODEL",
                      help="Registry name, local folder or Hugging Face id.")
-DEVICE = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: auto).")
-DTYPE = typer.Option(None, help="float32, bfloat16, float16 (default: auto).")
+DEVICE = typer.Option(None, "--device", metavar="DEVICE",
+                      help="cpu, cuda, cuda:1 ... (default: auto).")
+DTYPE = typer.Option(None, "--dtype", metavar="DTYPE",
+                     help="float32, bfloat16, float16 (default: auto).")
 PREPEND_BOS = typer.Option(None, "--prepend-bos/--no-prepend-bos",
                            help="Put BOS before every prompt (default: what the tokenizer does).")
 OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing run.")
-STRICT_PARITY = typer.Option(False, help="Stop if bridge and HF logits disagree.")
-PROGRESS = typer.Option(True, "--progress/--no-progress")
+STRICT_PARITY = typer.Option(False, "--strict-parity/--no-strict-parity",
+                             help="Stop if bridge and HF logits disagree.")
+PROGRESS = typer.Option(True, "--progress/--no-progress",
+                        help="Show progress bars on stderr.")
 DEVICE_MAP = typer.Option(
-    None, "--device-map", help="Hugging Face device map for a model larger than one GPU: auto, "
-    "balanced, sequential (accelerate places the layers; not with --device).")
+    None, "--device-map", metavar="MAP", help="Hugging Face device map for a model larger than one "
+    "GPU: auto, balanced, sequential (accelerate places the layers; not with --device).")
+BATCH_SIZE = typer.Option(None, "--batch-size", "-b", metavar="N", callback=at_least_one,
+                          help="Prompts per forward pass (default: chosen from free memory, 8 on "
+                               "the CPU).")
+RUN_ID = typer.Option(None, "--run-id", metavar="NAME",
+                      help="Run folder name (default: derived from the configuration, so reruns "
+                           "find it).")
 
 
-def _names(text: str) -> list[str]:
-    """``"a, b,"`` -> ``["a", "b"]``: the names of a comma-separated option."""
-    return [n.strip() for n in text.split(",") if n.strip()]
+def _names(text: str | list[str]) -> list[str]:
+    """``"a, b,"`` or ``["a", "b,c"]`` -> the names of a list option (:func:`split_list`)."""
+    return split_list(text)
+
+
+def auto_batch_size(batch_size: int | None, loaded, prompts: Iterable[str | int]) -> int:
+    """``batch_size`` when given, else the rule of ``workbench run`` for ``prompts`` (texts, or
+    token counts): :func:`workbench.memory.plan_batch` for the longest one with eager attention
+    and logits, i.e. chosen from free memory, 8 on the CPU unless that does not fit."""
+    if batch_size is not None:
+        return batch_size
+    from workbench.memory import plan_batch
+
+    lengths = [p if isinstance(p, int) else len(loaded.tokenizer(p)["input_ids"]) for p in prompts]
+    seq_len = max(lengths, default=1) + 1  # room for a BOS token
+    return plan_batch(loaded, seq_len, eager=True, needs_logits=True).batch_size
 
 
 def _load(spec: str, strict_parity: bool, **options):

@@ -14,11 +14,11 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from workbench.commands.common import PROGRESS, err, out
+from workbench.commands.common import PROGRESS, TYPER, err, list_option, out
 from workbench.errors import InputError
 
 figures_app = typer.Typer(
-    add_completion=False, invoke_without_command=True, no_args_is_help=False,
+    **TYPER, invoke_without_command=True, no_args_is_help=False,
     help="Paper figures of a run (--run) or a composed multi-panel figure (compose SPEC).")
 
 PROFILE_HELP = ("Position profiles: linear, log (log y axis) or no-key0 (key position 0 left out; "
@@ -35,21 +35,26 @@ def probe_headlines() -> dict[str, tuple[str, ...]]:
 @figures_app.callback()
 def figures_cmd(
     ctx: typer.Context,
-    run: Optional[Path] = typer.Option(None, "--run", help="Run directory, e.g. runs/<run_id>."),
-    out_dir: Optional[Path] = typer.Option(None, "--out", help="Output folder "
-                                           "(default: <run>/figures)."),
-    formats: str = typer.Option("pdf,svg,png", "--format", help="Comma-separated: pdf, svg, png."),
-    width: str = typer.Option("single", "--width", help="single (3.5 in) or double (7.16 in) "
-                                                        "column."),
-    dpi: int = typer.Option(300, "--dpi", help="PNG resolution at print size."),
-    tables: str = typer.Option("", "--tables", help="Only these tables (comma-separated)."),
-    prompt: list[str] = typer.Option([], "--prompt", help="Prompt id for attention patterns "
-                                                          "(repeatable; default: the first)."),
-    heads: str = typer.Option("", "--heads", help="Heads for attention patterns, e.g. 9.6,3.1 "
-                              "(default: the top 4 of the run's first headline metric)."),
+    run: Optional[Path] = typer.Option(None, "--run", metavar="PATH",
+                                       help="Run directory, e.g. runs/<run_id>."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", metavar="PATH",
+                                           help="Output folder (default: <run>/figures)."),
+    formats: list[str] = list_option(["pdf", "svg", "png"], "--format", metavar="FORMAT",
+                                     help="pdf, svg, png."),
+    width: str = typer.Option("single", "--width", metavar="WIDTH",
+                              help="single (3.5 in) or double (7.16 in) column."),
+    dpi: int = typer.Option(300, "--dpi", metavar="N", help="PNG resolution at print size."),
+    tables: list[str] = list_option([], "--tables", metavar="TABLE",
+                                    help="Only these tables (default: all)."),
+    prompt: list[str] = list_option([], "--prompt", metavar="ID",
+                                    help="Prompt id for attention patterns (default: the "
+                                         "first)."),
+    heads: list[str] = list_option([], "--heads", metavar="L.H",
+                                   help="Heads for attention patterns, e.g. 9.6,3.1 (default: "
+                                        "the top 4 of the run's first headline metric)."),
     all_metrics: bool = typer.Option(False, "--all-metrics", help="Also draw every metric outside "
                                      "the probes' headline metrics."),
-    profile: str = typer.Option("linear", "--profile", help=PROFILE_HELP),
+    profile: str = typer.Option("linear", "--profile", metavar="SCALE", help=PROFILE_HELP),
     progress: bool = PROGRESS,
 ) -> None:
     """Write a run's figure set (PDF/SVG/PNG) with CSV + JSON sidecars and index.json; figures
@@ -82,10 +87,12 @@ def figures_cmd(
 
 @figures_app.command("compose")
 def compose_cmd(
-    spec: Path = typer.Argument(..., help="YAML spec: out, width, columns, panels (run + figure "
-                                "name, or sidecar)."),
-    out_path: Optional[Path] = typer.Option(None, "--out", help="Output PDF (default: the spec's "
-                                            "`out`, else SPEC with .pdf)."),
+    spec: Path = typer.Argument(..., metavar="SPEC",
+                                help="YAML spec: out, width, columns, panels (run + figure "
+                                     "name, or sidecar)."),
+    out_path: Optional[Path] = typer.Option(None, "--out", metavar="PATH",
+                                            help="Output PDF (default: the spec's "
+                                                 "`out`, else SPEC with .pdf)."),
 ) -> None:
     """Compose one PDF (and a PNG preview) from chosen figures, lettered a, b, c ..."""
     from workbench.figures.compose import compose, load_spec

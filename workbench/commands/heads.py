@@ -8,31 +8,37 @@ code 2 before the model loads or anything is written, where it can be checked wi
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.markup import escape
 
-from workbench.commands.common import (DEVICE, DTYPE, MODEL, OVERWRITE, PREPEND_BOS, PROGRESS,
-                                       RUNS_DIR, STRICT_PARITY, _load, out)
+from workbench.commands.common import (BATCH_SIZE, DEVICE, DTYPE, MODEL, OVERWRITE, PREPEND_BOS,
+                                       PROGRESS, RUN_ID, RUNS_DIR, STRICT_PARITY, TYPER, _load,
+                                       auto_batch_size, list_option, out)
 from workbench.errors import InputError
 
-heads_app = typer.Typer(add_completion=False, no_args_is_help=True,
+heads_app = typer.Typer(**TYPER, no_args_is_help=True,
                         help="Head importance (Michel et al.), pruning curves and learned L0 "
                              "head gates (Voita et al.) as intervention specs.")
 
-PROMPTS = typer.Option(..., "--prompts", "-p", help="JSONL prompt set (data/natural.jsonl for "
-                                                    "lm, data/ioi.jsonl for logit_diff).")
-OBJECTIVE = typer.Option("lm", "--objective", help="lm (next-token loss) or logit_diff "
-                                                   "(answer - distractor; needs both fields).")
-N_PROMPTS = typer.Option(None, "--n-prompts", help="Use the first N prompts (default: all).")
-BATCH = typer.Option(8, "--batch-size", "-b", help="Prompts per forward pass.")
-RUN_ID = typer.Option(None, "--run-id", help="Run folder name (default: from the configuration).")
+PROMPTS = list_option(..., "--prompts", "-p", metavar="PATH", kind=Path,
+                      help="JSONL prompt set(s) (data/natural.jsonl for lm, data/ioi.jsonl for "
+                           "logit_diff).")
+OBJECTIVE = typer.Option("lm", "--objective", metavar="OBJECTIVE",
+                         help="lm (next-token loss) or logit_diff "
+                              "(answer - distractor; needs both fields).")
+N_PROMPTS = typer.Option(None, "--n-prompts", metavar="N",
+                         help="Use the first N prompts (default: all).")
+BATCH = BATCH_SIZE
 
 
-def _prepare(model, prompts: Path, objective: str, n_prompts, device, dtype, prepend_bos,
-             strict_parity: bool):
+def _prepare(model, prompts: list[Path], objective: str, n_prompts, device, dtype, prepend_bos,
+             strict_parity: bool, options):
+    """Load the prompts and the model and tokenise; ``options.batch_size`` left at None (the
+    default) becomes the shared rule's size for the longest prompt (:func:`auto_batch_size`)."""
     from pruning.objectives import check_objective, prepare
     from workbench.prompts import load_prompt_set
 
@@ -41,20 +47,21 @@ def _prepare(model, prompts: Path, objective: str, n_prompts, device, dtype, pre
         raise InputError(f"--n-prompts must be at least 1, got {n_prompts}")
     prompt_set = load_prompt_set(prompts)
     loaded = _load(model, strict_parity, device=device, dtype=dtype, prepend_bos=prepend_bos)
-    return loaded, prompt_set, prepare(loaded, prompt_set, objective, n_prompts)
+    data = prepare(loaded, prompt_set, objective, n_prompts)
+    options.batch_size = auto_batch_size(options.batch_size, loaded,
+                                         [t.n_tokens for t in data.tokenized])
+    return loaded, prompt_set, data
 
 
 def _options(runs_dir, run_id, overwrite, progress, batch_size, params):
     from pruning.run import HeadsOptions
 
-    if batch_size < 1:
-        raise InputError(f"--batch-size must be at least 1, got {batch_size}")
     return HeadsOptions(runs_dir, run_id, overwrite, progress, batch_size, sys.argv, params)
 
 
 @heads_app.command("importance")
-def importance(model: str = MODEL, prompts: Path = PROMPTS, objective: str = OBJECTIVE,
-               n_prompts: Optional[int] = N_PROMPTS, batch_size: int = BATCH,
+def importance(model: str = MODEL, prompts: list[Path] = PROMPTS, objective: str = OBJECTIVE,
+               n_prompts: Optional[int] = N_PROMPTS, batch_size: Optional[int] = BATCH,
                device: Optional[str] = DEVICE, dtype: Optional[str] = DTYPE,
                prepend_bos: Optional[bool] = PREPEND_BOS, runs_dir: Path = RUNS_DIR,
                run_id: Optional[str] = RUN_ID, overwrite: bool = OVERWRITE,
@@ -64,7 +71,7 @@ def importance(model: str = MODEL, prompts: Path = PROMPTS, objective: str = OBJ
 
     options = _options(runs_dir, run_id, overwrite, progress, batch_size, {})
     loaded, prompt_set, data = _prepare(model, prompts, objective, n_prompts, device, dtype,
-                                        prepend_bos, strict_parity)
+                                        prepend_bos, strict_parity, options)
     run = run_importance(loaded, data, prompt_set, options)
     frame = run.read_table("head_importance").to_pandas()
     top = frame[frame.metric == "importance_norm"].nlargest(5, "value")
@@ -74,15 +81,20 @@ def importance(model: str = MODEL, prompts: Path = PROMPTS, objective: str = OBJ
 
 
 @heads_app.command("prune")
-def prune(model: str = MODEL, prompts: Path = PROMPTS, objective: str = OBJECTIVE,
+def prune(model: str = MODEL, prompts: list[Path] = PROMPTS, objective: str = OBJECTIVE,
           n_prompts: Optional[int] = N_PROMPTS,
-          ablation: str = typer.Option("zero", "--ablation", help="zero or mean (per-head mean "
-                                       "z over the prompts' tokens)."),
-          step: float = typer.Option(0.1, "--step", help="Fraction of heads removed per step."),
-          seeds: int = typer.Option(3, "--seeds", help="Random removal orders (the control)."),
-          tolerance: float = typer.Option(0.05, "--tolerance", help="Relative degradation "
-                                          "allowed for the removable fraction."),
-          batch_size: int = BATCH, device: Optional[str] = DEVICE, dtype: Optional[str] = DTYPE,
+          ablation: str = typer.Option("zero", "--ablation", metavar="MODE",
+                                       help="zero or mean (per-head mean "
+                                            "z over the prompts' tokens)."),
+          step: float = typer.Option(0.1, "--step", metavar="X",
+                                     help="Fraction of heads removed per step."),
+          seeds: int = typer.Option(3, "--seeds", metavar="N",
+                                    help="Random removal orders (the control)."),
+          tolerance: float = typer.Option(0.05, "--tolerance", metavar="X",
+                                          help="Relative degradation "
+                                               "allowed for the removable fraction."),
+          batch_size: Optional[int] = BATCH, device: Optional[str] = DEVICE,
+          dtype: Optional[str] = DTYPE,
           prepend_bos: Optional[bool] = PREPEND_BOS, runs_dir: Path = RUNS_DIR,
           run_id: Optional[str] = RUN_ID, overwrite: bool = OVERWRITE,
           strict_parity: bool = STRICT_PARITY, progress: bool = PROGRESS) -> None:
@@ -95,7 +107,7 @@ def prune(model: str = MODEL, prompts: Path = PROMPTS, objective: str = OBJECTIV
                         "tolerance": tolerance, "order": "normalised importance, estimated "
                         "once (not re-estimated after each step)"})
     loaded, prompt_set, data = _prepare(model, prompts, objective, n_prompts, device, dtype,
-                                        prepend_bos, strict_parity)
+                                        prepend_bos, strict_parity, options)
     run = run_prune(loaded, data, prompt_set, options, mode=ablation, step=step, seeds=seeds,
                     tolerance=tolerance)
     fractions = run.read_manifest()["removable_fraction"]
@@ -106,16 +118,21 @@ def prune(model: str = MODEL, prompts: Path = PROMPTS, objective: str = OBJECTIV
 
 
 @heads_app.command("learn-gates")
-def learn_gates(model: str = MODEL, prompts: Path = PROMPTS, objective: str = OBJECTIVE,
+def learn_gates(model: str = MODEL, prompts: list[Path] = PROMPTS, objective: str = OBJECTIVE,
                 n_prompts: Optional[int] = N_PROMPTS,
-                lambdas: list[float] = typer.Option([0.01], "--lambda", help="L0 penalty per "
-                                                    "open gate; repeat for a frontier."),
-                steps: int = typer.Option(200, "--steps", help="Training steps per lambda."),
-                lr: float = typer.Option(0.05, "--lr", help="Adam learning rate on log alpha."),
-                eval_fraction: float = typer.Option(0.5, "--eval-fraction",
+                # floats (list_option converts; typer would refuse "0.01,0.1" as a float)
+                lambdas: list[str] = list_option(["0.01"], "--lambda", metavar="X", kind=float,
+                                                   help="L0 penalty per open gate; several "
+                                                        "make a frontier."),
+                steps: int = typer.Option(200, "--steps", metavar="N",
+                                          help="Training steps per lambda."),
+                lr: float = typer.Option(0.05, "--lr", metavar="X",
+                                         help="Adam learning rate on log alpha."),
+                eval_fraction: float = typer.Option(0.5, "--eval-fraction", metavar="X",
                                                     help="Held-out share of the prompts."),
-                seed: int = typer.Option(0, "--seed", help="Split, batches and gate noise."),
-                batch_size: int = BATCH, device: Optional[str] = DEVICE,
+                seed: int = typer.Option(0, "--seed", metavar="N",
+                                         help="Split, batches and gate noise."),
+                batch_size: Optional[int] = BATCH, device: Optional[str] = DEVICE,
                 dtype: Optional[str] = DTYPE, prepend_bos: Optional[bool] = PREPEND_BOS,
                 runs_dir: Path = RUNS_DIR, run_id: Optional[str] = RUN_ID,
                 overwrite: bool = OVERWRITE, strict_parity: bool = STRICT_PARITY,
@@ -125,16 +142,17 @@ def learn_gates(model: str = MODEL, prompts: Path = PROMPTS, objective: str = OB
     from pruning.learn import GateTraining, split_prompts
 
     check_lambdas(lambdas)
-    training = GateTraining(lambdas[0], steps, lr, batch_size, seed=seed)
+    training = GateTraining(lambdas[0], steps, lr, batch_size or 1, seed=seed)
     split_prompts(["a", "b"], eval_fraction)  # the fraction itself, before the model loads
     options = _options(runs_dir, run_id, overwrite, progress, batch_size,
                        {"lambdas": lambdas, "steps": steps, "lr": lr, "seed": seed,
                         "eval_fraction": eval_fraction, "init_log_alpha": training.init,
                         "hard_concrete": vars(training.distribution)})
     loaded, prompt_set, data = _prepare(model, prompts, objective, n_prompts, device, dtype,
-                                        prepend_bos, strict_parity)
+                                        prepend_bos, strict_parity, options)
     run, specs = run_learn(loaded, data, prompt_set, options, lambdas=lambdas,
-                           training=training, eval_fraction=eval_fraction, split_seed=seed)
+                           training=replace(training, batch_size=options.batch_size),
+                           eval_fraction=eval_fraction, split_seed=seed)
     for line in frontier_lines(run):
         out.print(escape(line))
     for lam, path in specs.items():

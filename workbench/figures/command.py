@@ -28,8 +28,9 @@ class FigureJob:
     skipped: list[dict]  # figures not drawn (degenerate data), with the reason
 
 
-def plan_figures(run_path: Path, out_dir: Path | None, formats: str, width: str, dpi: int,
-                 tables: str = "", prompts: list[str] | None = None, heads: str = "", *,
+def plan_figures(run_path: Path, out_dir: Path | None, formats: str | list[str], width: str,
+                 dpi: int, tables: str | list[str] = "", prompts: list[str] | None = None,
+                 heads: str | list[str] = "", *,
                  headline: dict[str, tuple[str, ...]] | None = None, all_metrics: bool = False,
                  profile: str = "linear") -> FigureJob:
     """Validate the command's options and shape the run's figures (``headline``: table -> the
@@ -40,6 +41,8 @@ def plan_figures(run_path: Path, out_dir: Path | None, formats: str, width: str,
             dpi.
         RunStateError: ``run_path`` is not a run directory. BrowserNotFound: no Chromium.
     """
+    formats, tables, heads = (v if isinstance(v, str) else ",".join(v)  # the CLI gives lists
+                              for v in (formats, tables, heads))
     fmt = tuple(dict.fromkeys(f.strip() for f in formats.split(",") if f.strip()))
     bad = [f for f in fmt if f not in FORMATS]
     if not fmt or bad:
