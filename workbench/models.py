@@ -366,6 +366,8 @@ def load_model(spec: str = DEFAULT_MODEL, *, device: str | None = None, dtype: s
     import transformers
     from transformer_lens.model_bridge import TransformerBridge
 
+    from workbench.causality import check_causal
+
     transformers.utils.logging.disable_progress_bar()
     if not isinstance(spec, str) or not spec.strip():
         raise InputError("model spec is empty; try 'smollm2-135m' or see `workbench models`")
@@ -393,6 +395,7 @@ def load_model(spec: str = DEFAULT_MODEL, *, device: str | None = None, dtype: s
     ids = torch.tensor([parity_ids], device=dev)
     with torch.inference_mode():
         reference = hf_model(input_ids=ids).logits.float()
+    check_causal(hf_model, ids, reference, spec)  # encoders (BERT ...) stop here, in one line
     images = _image_tokens(MODELS.get(spec), hf_model, tokenizer, spec, details)
     with _no_processor_autoload():
         bridge = TransformerBridge.boot_transformers(
