@@ -87,7 +87,7 @@ def list_option(default: Any, *names: str, help: str, metavar: str, kind: type =
 def at_least_one(value: int | None) -> int | None:
     """Option callback: ``None`` (the default) or an integer of at least 1."""
     if value is not None and value < 1:
-        raise typer.BadParameter(f"expected at least 1, got {value}")
+        raise typer.BadParameter("must be at least 1")
     return value
 
 
