@@ -51,8 +51,8 @@ def _row(run, m: dict) -> dict[str, str]:
 
 def runs_columns(rows: list[dict[str, str]], width: int) -> list[str]:
     """The columns of the runs table that fit ``width``: run ids, status, records and times are
-    never cut, the other columns wrap at spaces, and :data:`OPTIONAL` columns are left out while the longest words
-    of the columns kept (plus two spaces between columns) would not fit."""
+    never cut, the other columns wrap at spaces, and :data:`OPTIONAL` columns are left out while
+    the longest words of the columns kept (plus two spaces between columns) would not fit."""
     def least(name: str) -> int:
         if name in NO_WRAP:
             return max(len(name), *(len(r[name]) for r in rows))
