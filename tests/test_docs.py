@@ -126,6 +126,17 @@ def test_every_code_block_names_a_known_language():
     assert not bad, f"fenced blocks need one of {sorted(LANGUAGES)} ('text' for output): {bad}"
 
 
+def test_no_table_is_broken():
+    """A table interrupted by a blank line leaves its rest as a paragraph of pipes."""
+    bad = []
+    for path in doc_files():
+        tokens = tokens_of(path)
+        for i, token in enumerate(tokens):
+            if token.type == "paragraph_open" and tokens[i + 1].content.lstrip().startswith("|"):
+                bad.append(f"{path.relative_to(ROOT)}:{token.map[0] + 1}")
+    assert not bad, f"table rows outside a table (a blank line inside a table?): {bad}"
+
+
 def test_the_checks_see_the_blocks():
     """The parser finds blocks of every kind checked below (a guard against checking nothing)."""
     assert {"python", "yaml"} <= {b.lang for b in ALL_BLOCKS}
@@ -342,10 +353,13 @@ def test_python_block_runs(block, tmp_path):
 
 @pytest.mark.parametrize("block", of("yaml", "json"), ids=_ids(of("yaml", "json")))
 def test_data_block_parses(block):
-    if block.lang == "yaml":
-        yaml.safe_load(block.code)
-    else:
-        json.loads(block.code)
+    """YAML and JSON blocks parse; a sweep file (models, prompt_sets, jobs) is also validated as
+    `workbench sweep` validates it before loading anything, its paths relative to the repository."""
+    data = yaml.safe_load(block.code) if block.lang == "yaml" else json.loads(block.code)
+    if isinstance(data, dict) and {"models", "prompt_sets", "jobs"} <= data.keys():
+        from sweeps.spec import parse_spec
+
+        parse_spec(data, ROOT, source=block.where)
 
 
 def test_skip_markers_give_a_reason():
