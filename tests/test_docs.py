@@ -324,6 +324,10 @@ def unbound_names(code: str) -> set[str]:
 
 
 def run_python(code: str, cwd: Path, timeout: int = 120) -> subprocess.CompletedProcess:
+    """Run a snippet in ``cwd``, a scratch folder where ``data/`` is the repository's (the docs'
+    paths are relative to the repository root; what a snippet writes stays in the scratch)."""
+    if not (cwd / "data").exists():
+        (cwd / "data").symlink_to(ROOT / "data", target_is_directory=True)
     env = {**os.environ, "MPLBACKEND": "Agg",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True,
