@@ -137,6 +137,12 @@ def test_no_table_is_broken():
     assert not bad, f"table rows outside a table (a blank line inside a table?): {bad}"
 
 
+def test_every_shipped_prompt_set_is_documented():
+    page = (DOCS / "prompts.md").read_text(encoding="utf-8")
+    missing = [p.name for p in sorted((ROOT / "data").glob("*.jsonl")) if f"`data/{p.name}`" not in page]
+    assert not missing, f"docs/prompts.md does not describe {missing}"
+
+
 def test_the_checks_see_the_blocks():
     """The parser finds blocks of every kind checked below (a guard against checking nothing)."""
     assert {"python", "yaml"} <= {b.lang for b in ALL_BLOCKS}
