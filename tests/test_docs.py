@@ -5,8 +5,8 @@
 * every fenced code block of the README and of docs/**/*.md is checked by its language:
   ``python`` blocks run (in a scratch folder, the repository on the path); ``sh``/``bash``/
   ``console`` blocks have each ``workbench ...`` line parsed by the real command-line app (the
-  console script's, so this follows the CLI wherever it lives) and each ``make ...`` line name
-  Makefile targets; ``yaml`` and ``json`` blocks parse. A block that cannot run here (it needs a
+  console script's, so this follows the CLI wherever it lives), each ``make ...`` line name
+  Makefile targets and each ``python -m MODULE`` / ``python FILE.py`` name one that exists; ``yaml`` and ``json`` blocks parse. A block that cannot run here (it needs a
   finished run or an unmerged API) is preceded by ``<!-- skip: why -->``; it is still compiled, its
   imports are executed and every name it uses must be defined or imported in it.
 
@@ -288,6 +288,20 @@ def make_targets() -> frozenset[str]:
 SHELL_BLOCKS = of(*SHELL) + TABLE_COMMANDS
 
 
+def test_the_command_check_catches_mistakes(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    assert parse_workbench(["runs", "show", "some-run"]) is None
+    assert parse_workbench(["atlas", "compare", "a", "b"]) is None
+    assert parse_workbench(["no-such-command"])
+    assert parse_workbench(["run", "--prompts", "data/ioi.jsonl", "--no-such-option"])
+    assert parse_workbench(["run", "--probes", "attention_entropy"])  # --prompts is required
+    assert parse_workbench(["figures", "compose"])  # the spec argument is required
+    assert shell_commands(Block(ROOT, 1, "sh", "cat > a <<'X'\nworkbench nope\nX\nmake demo && \\\n"
+                                "  workbench runs  # list\n", None)) == [["cat", ">", "a", "<<X"],
+                                                                         ["make", "demo"],
+                                                                         ["workbench", "runs"]]
+
+
 @pytest.mark.parametrize("block", SHELL_BLOCKS, ids=_ids(SHELL_BLOCKS))
 def test_shell_block_commands_exist(block, monkeypatch):
     monkeypatch.chdir(ROOT)  # relative paths in the docs are relative to the repository root
@@ -297,6 +311,15 @@ def test_shell_block_commands_exist(block, monkeypatch):
         if name == "workbench":
             error = parse_workbench(args)
             assert error is None, f"{block.where}: `workbench {shlex.join(args)}`: {error}"
+            checked += 1
+        elif re.fullmatch(r"python3?", name) and args[:1] == ["-m"] and len(args) > 1:
+            import importlib.util
+
+            assert importlib.util.find_spec(args[1]) is not None, \
+                f"{block.where}: `python -m {args[1]}`: no such module"
+            checked += 1
+        elif re.fullmatch(r"python3?", name) and args and args[0].endswith(".py"):
+            assert (ROOT / args[0]).is_file(), f"{block.where}: `python {args[0]}`: no such file"
             checked += 1
         elif name == "make":
             targets = [a for a in args if not a.startswith("-") and "=" not in a]
