@@ -1,4 +1,4 @@
-"""The documentation: the README and the docs site (docs/, mkdocs.yml) never show a command that fails.
+"""The documentation: the README and the docs site (docs/, mkdocs.yml) show no command that fails.
 
 * ``mkdocs build --strict`` passes (broken links, anchors and API references are errors);
 * the README stays short (at most 250 lines);
@@ -6,9 +6,12 @@
   ``python`` blocks run (in a scratch folder, the repository on the path); ``sh``/``bash``/
   ``console`` blocks have each ``workbench ...`` line parsed by the real command-line app (the
   console script's, so this follows the CLI wherever it lives), each ``make ...`` line name
-  Makefile targets and each ``python -m MODULE`` / ``python FILE.py`` name one that exists; ``yaml`` and ``json`` blocks parse. A block that cannot run here (it needs a
-  finished run or an unmerged API) is preceded by ``<!-- skip: why -->``; it is still compiled, its
-  imports are executed and every name it uses must be defined or imported in it.
+  Makefile targets and each ``python -m MODULE`` / ``python FILE.py`` name one that exists;
+  ``yaml`` and ``json`` blocks parse (a sweep file is validated). A block that cannot run here
+  (it needs a finished run or an unmerged API) is preceded by ``<!-- skip: why -->``; it is still
+  compiled, its imports are executed and every name it uses must be defined or imported in it.
+* the README's table of commands is parsed like a shell block, and its links resolve; the CLI
+  reference has a heading for every command; every shipped prompt set is documented.
 
 Markdown is parsed with markdown-it-py (CommonMark), not with regular expressions.
 """
@@ -85,7 +88,8 @@ def table_commands(path: Path) -> list[Block]:
         in_table = (in_table or token.type == "table_open") and token.type != "table_close"
         if in_table and token.type == "inline":
             for child in token.children or []:
-                if child.type == "code_inline" and child.content.split(" ")[0] in {"workbench", "make"}:
+                words = child.content.split(" ")
+                if child.type == "code_inline" and words[0] in {"workbench", "make"}:
                     found.append(Block(path, token.map[0] + 1, "sh", child.content + "\n", None))
     return found
 
@@ -118,7 +122,8 @@ def test_site_builds_strictly(tmp_path):
 
 def test_readme_is_short():
     n = len(README.read_text(encoding="utf-8").splitlines())
-    assert n <= MAX_README_LINES, f"README.md has {n} lines (at most {MAX_README_LINES}): move detail to docs/"
+    assert n <= MAX_README_LINES, \
+        f"README.md has {n} lines (at most {MAX_README_LINES}): move detail to docs/"
 
 
 def test_every_code_block_names_a_known_language():
@@ -139,7 +144,8 @@ def test_no_table_is_broken():
 
 def test_every_shipped_prompt_set_is_documented():
     page = (DOCS / "prompts.md").read_text(encoding="utf-8")
-    missing = [p.name for p in sorted((ROOT / "data").glob("*.jsonl")) if f"`data/{p.name}`" not in page]
+    missing = [p.name for p in sorted((ROOT / "data").glob("*.jsonl"))
+               if f"`data/{p.name}`" not in page]
     assert not missing, f"docs/prompts.md does not describe {missing}"
 
 
@@ -369,7 +375,8 @@ PYTHON_BLOCKS = of("python")
 @pytest.mark.parametrize("block", PYTHON_BLOCKS, ids=_ids(PYTHON_BLOCKS))
 def test_python_block_runs(block, tmp_path):
     missing = unbound_names(block.code)
-    assert not missing, f"{block.where}: names used but never defined or imported: {sorted(missing)}"
+    assert not missing, \
+        f"{block.where}: names used but never defined or imported: {sorted(missing)}"
     code = block.code
     if block.skip is not None:  # what can run here: its imports
         tree = ast.parse(code)
