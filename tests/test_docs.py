@@ -173,7 +173,7 @@ def test_readme_links_resolve():
     bad = []
     for token in tokens_of(README):
         for child in token.children or []:
-            href = child.attrs.get("href") if child.type == "link_open" else None
+            href = child.attrs.get({"link_open": "href", "image": "src"}.get(child.type, ""))
             if not href or re.match(r"[a-z]+:", href):
                 continue
             target, _, anchor = href.partition("#")
