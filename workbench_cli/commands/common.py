@@ -1,6 +1,6 @@
 """What every command shares: the consoles, the common options, loading a model with its parity
 report, comma-separated names. Command groups live in modules of this package and register on the
-main app in :mod:`workbench.cli`; they import the layers above the core (``probes``, ``circuits``,
+main app in :mod:`workbench_cli.cli`; they import the layers above the core (``probes``, ``circuits``,
 ``atlas`` ...) only inside their command bodies."""
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from workbench.commands.common import PROGRESS, err, out
+from workbench_cli.commands.common import PROGRESS, err, out
 from workbench.errors import InputError
 
 figures_app = typer.Typer(

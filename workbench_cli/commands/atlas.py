@@ -14,7 +14,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from workbench.commands.common import (DEVICE, DTYPE, MODEL, PREPEND_BOS, PROGRESS, STRICT_PARITY,
+from workbench_cli.commands.common import (DEVICE, DTYPE, MODEL, PREPEND_BOS, PROGRESS, STRICT_PARITY,
                                        _load, _names, err, out)
 from workbench.errors import InputError
 
@@ -99,7 +99,7 @@ def atlas(
                            batch_size=batch_size, resume=resume, overwrite=overwrite,
                            progress=progress, command=sys.argv)
     from atlas.roles import ROLES
-    from workbench.commands.guard import check_run_target
+    from workbench_cli.commands.guard import check_run_target
 
     check_run_target(options.out.parent, options.out.name)
     stray = sorted(set(options.thresholds) - set(ROLES))

@@ -14,7 +14,7 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from workbench.commands.common import (DEVICE, DTYPE, MODEL, OVERWRITE, PREPEND_BOS, PROGRESS,
+from workbench_cli.commands.common import (DEVICE, DTYPE, MODEL, OVERWRITE, PREPEND_BOS, PROGRESS,
                                        RUNS_DIR, STRICT_PARITY, _load, out)
 from workbench.errors import InputError
 

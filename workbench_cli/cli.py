@@ -1,7 +1,9 @@
 """The ``workbench`` command line (typer). Errors print one line and exit non-zero.
 
-This module is the composition root: it is the one place in ``workbench`` that resolves probe names
-(importing ``probes`` lazily), so the core modules keep their one-way dependencies.
+This package (``workbench_cli``) is the composition root: it sits above the core and imports the
+layers that plug into it (``probes``, ``circuits``, ``sweeps``, ``atlas``, ``pruning``), so the core
+package ``workbench`` never imports them (``tests/test_layering.py``). ``python -m workbench_cli``
+runs it too.
 """
 
 from __future__ import annotations
@@ -16,13 +18,13 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from workbench.commands import atlas as atlas_commands
-from workbench.commands.common import (DEVICE, DEVICE_MAP, DTYPE, MODEL, OVERWRITE, PREPEND_BOS,
+from workbench_cli.commands import atlas as atlas_commands
+from workbench_cli.commands.common import (DEVICE, DEVICE_MAP, DTYPE, MODEL, OVERWRITE, PREPEND_BOS,
                                        PROGRESS, RUNS_DIR, STRICT_PARITY, _load, _names, err,
                                        out)
-from workbench.commands.figures import figures_app
-from workbench.commands.guard import check_run_target
-from workbench.commands.heads import heads_app
+from workbench_cli.commands.figures import figures_app
+from workbench_cli.commands.guard import check_run_target
+from workbench_cli.commands.heads import heads_app
 from workbench.errors import InputError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -435,8 +437,8 @@ def sweep(
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry: run the app; every error is one line and an exit code (2 bad input,
-    1 other failure, 130 interrupted; see :mod:`workbench.commands.guard`)."""
-    from workbench.commands.guard import run_guarded
+    1 other failure, 130 interrupted; see :mod:`workbench_cli.commands.guard`)."""
+    from workbench_cli.commands.guard import run_guarded
 
     run_guarded(app, argv)
 
