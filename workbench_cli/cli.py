@@ -84,7 +84,9 @@ def run(
 ) -> None:
     """Run probes over a prompt set and write runs/<run_id>/ (parquet + run.json)."""
     from probes import make_probes
+    from workbench.api import check_prompts
     from workbench.attention_impl import ATTENTION_CHOICES
+    from workbench.resume import finished_run
     from workbench.masks import AttentionMask
     from workbench.prompts import load_prompt_set
     from workbench.run import RunOptions, execute_run
@@ -99,6 +101,14 @@ def run(
     names = _names(probes)
     probe_objs = make_probes(names, parse_params(param))
     prompt_set = load_prompt_set(prompts)
+    check_prompts(prompt_set, probe_objs)  # segment errors come before the model loads
+    if resume:  # a finished run answers from its manifest: no model load, no parity check
+        done = finished_run(runs_dir, run_id, model=model, prompts_sha256=prompt_set.sha256,
+                            probes=probe_objs, batch_size=batch_size, device=device,
+                            dtype=dtype, prepend_bos=prepend_bos,
+                            attention_mask=attention_mask, attention=attention)
+        if done is not None:
+            return _already_complete(done)
     loaded = _load(model, strict_parity, device=device, dtype=dtype, prepend_bos=prepend_bos,
                    device_map=device_map)
     options = RunOptions(runs_dir=runs_dir, run_id=run_id, batch_size=batch_size, resume=resume,
@@ -111,11 +121,16 @@ def run(
         err.print(f"[yellow]warning[/]: {escape(warning)}", soft_wrap=True)
     rows = sum(t["rows"] for t in manifest["tables"].values())
     if run_dir.state == "complete":
-        out.print(f"[green]complete[/]: {run_dir.path} was already complete (finished "
-                  f"{manifest.get('finished')}); nothing to do ({rows:,} records)")
-        return
+        return _already_complete(run_dir)
     out.print(f"[green]complete[/]: {run_dir.path} ({rows:,} records in "
               f"{len(manifest['tables'])} table(s), {manifest['timings'].get('total_s')} s)")
+
+
+def _already_complete(run_dir) -> None:
+    manifest = run_dir.read_manifest()
+    rows = sum(t["rows"] for t in manifest["tables"].values())
+    out.print(f"[green]complete[/]: {run_dir.path} was already complete (finished "
+              f"{manifest.get('finished')}); nothing to do ({rows:,} records)")
 
 
 @app.command()
@@ -166,6 +181,11 @@ def circuits(
                             mean_prompts=mean_prompts,
                             runs_dir=runs_dir, run_id=run_id, overwrite=overwrite,
                             progress=progress)
+    from circuits.tasks import resolve_task
+    from workbench.prompts import load_prompt_set
+
+    for spec_ in task:  # an unknown task or a bad task file fails before the model loads
+        load_prompt_set(resolve_task(spec_)[1])
     loaded = _load(model, strict_parity, device=device, dtype=dtype, prepend_bos=prepend_bos)
     tasks = load_tasks(task, loaded, n_prompts=n_prompts, positions=positions)
     run_dir = execute_circuits(loaded, tasks, options)
@@ -201,6 +221,7 @@ def intervene(
 ) -> None:
     """Run a prompt set without and with an intervention spec (and a sweep); write the run."""
     from probes import make_probes
+    from workbench.api import check_prompts
     from workbench.interventions import load_spec
     from workbench.interventions.evaluate import InterveneOptions, Sweep, intervene, report
     from workbench.prompts import load_prompt_set
@@ -213,6 +234,7 @@ def intervene(
                                make_probes(names, parse_params(param)) if names else [],
                                runs_dir, run_id, overwrite, progress, sys.argv)
     prompt_set = load_prompt_set(prompts)
+    check_prompts(prompt_set, options.probes)
     loaded = _load(model, strict_parity, device=device, dtype=dtype, prepend_bos=prepend_bos)
     run_dir = intervene(loaded, prompt_set, parsed, options)
     out.print(report(run_dir))
