@@ -24,14 +24,19 @@ import importlib
 
 __version__ = "0.1.0"
 
-_EXPORTS = {"load": "workbench.api", "prompts": "workbench.api", "run": "workbench.api",
+# ``run`` and ``prompts`` are the core modules of those names made callable as the API functions
+# (workbench/_callable.py): a submodule import would replace a plain function of the same name.
+_MODULES = ("run", "prompts")
+_EXPORTS = {"load": "workbench.api",
             "show_pattern": "workbench.api", "applied": "workbench.api", "atlas": "workbench.api",
             "circuits": "workbench.api", "intervene": "workbench.api",
             "open_run": "workbench.results", "Results": "workbench.results"}
-__all__ = sorted(_EXPORTS)
+__all__ = sorted([*_EXPORTS, *_MODULES])
 
 
 def __getattr__(name: str):
+    if name in _MODULES:
+        return importlib.import_module(f"workbench.{name}")  # sets the attribute itself
     if name not in _EXPORTS:
         raise AttributeError(f"module 'workbench' has no attribute {name!r}")
     value = getattr(importlib.import_module(_EXPORTS[name]), name)
@@ -40,4 +45,4 @@ def __getattr__(name: str):
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+    return sorted(set(globals()) | set(_EXPORTS) | set(_MODULES))

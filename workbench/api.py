@@ -27,7 +27,9 @@ def load(spec: Any = "smollm2-135m", *, tokenizer: Any = None, device: str | Non
     Args:
         spec: a registry name (``"smollm2-135m"``, ``"tiny-llama"``; see ``workbench models``), a
             local folder, a Hugging Face id; or a model already loaded: a Hugging Face model
-            (pass ``tokenizer``) or a ``TransformerBridge``.
+            (pass ``tokenizer``) or a ``TransformerBridge`` (reused as it is; its own tokenizer
+            adds BOS, TransformerLens's convention: pass the Hugging Face ``tokenizer`` or
+            ``prepend_bos=False`` for the records of the same model loaded by name).
         device, dtype: ``"cpu"``/``"cuda"``, ``"float32"``/``"bfloat16"``; default: CUDA and bf16
             when available, else CPU and fp32 (a preloaded model stays where it is).
         prepend_bos: BOS before every prompt (default: what the tokenizer does).

@@ -23,6 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from workbench._callable import make_callable
 from workbench.errors import InputError
 
 
@@ -211,3 +212,7 @@ def load_prompt_set(paths: str | Path | list[str | Path]) -> PromptSet:
             raise InputError(f"prompt file {str(path)!r} is empty: no prompts")
         files.append(PromptFile(str(path), hashlib.sha256(data).hexdigest(), count))
     return PromptSet(tuple(prompts), tuple(files))
+
+
+# ``wb.prompts(...)``: called as a function, this module is the public API's :func:`workbench.api.prompts`
+make_callable(__name__, "workbench.api:prompts")

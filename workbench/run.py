@@ -31,6 +31,7 @@ import torch
 from workbench.attention_impl import AUTO, EAGER, SDPA, AttentionChoice, choose_attention
 from workbench.attention_impl import sdpa_attention
 from workbench.coverage import input_warnings, no_records_warning
+from workbench._callable import make_callable
 from workbench.errors import InputError, RunStateError, WorkbenchError
 from workbench.inmemory import MemoryRun
 from workbench.manifest import read_manifest_file
@@ -401,3 +402,7 @@ def _manifest(run_id: str, key: dict, model: LoadedModel, prompt_set: PromptSet,
 
 __all__ = ["BatchHooks", "RunOptions", "WorkbenchError", "batch_plan", "execute_run",
            "finalize_tables", "prepare_probes"]
+
+
+# ``wb.run(...)``: called as a function, this module is the public API's :func:`workbench.api.run`
+make_callable(__name__, "workbench.api:run")
