@@ -165,3 +165,21 @@ def test_plugins_are_entry_points():
     assert callable(job("circuits")) and callable(job("atlas")) and callable(job("intervene"))
     with pytest.raises(InputError, match="no job 'nope'"):
         job("nope")
+
+
+@pytest.mark.real_model
+def test_quickstart_snippet_on_smollm2_equals_the_cli(smollm2, tmp_path):
+    """The README/quickstart snippet on the real model: in memory, and the same records as
+    ``workbench run`` on a JSONL of the same three prompts."""
+    res = wb.run(smollm2, TEXTS, PROBES)
+    tables = {m: res.heads(m) for m in ("mean_sink_share_first", "mean_induction_mul",
+                                        "mean_entropy_norm")}
+    assert all(t.shape == (30, 9) for t in tables.values())
+    jsonl = write_jsonl(tmp_path / "mine.jsonl",
+                        [{"id": f"p{i}", "text": t} for i, t in enumerate(TEXTS)])
+    assert cli_code(["run", "--model", "smollm2-135m", "--device", "cpu", "--prompts",
+                     str(jsonl), "--probes", ",".join(PROBES), "--runs-dir",
+                     str(tmp_path / "runs"), "--no-progress"]) == 0
+    cli = wb.open_run(next((tmp_path / "runs").iterdir()))
+    for probe in PROBES:
+        pd.testing.assert_frame_equal(records(cli[probe]), records(res[probe]))
