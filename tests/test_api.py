@@ -183,3 +183,13 @@ def test_quickstart_snippet_on_smollm2_equals_the_cli(smollm2, tmp_path):
     cli = wb.open_run(next((tmp_path / "runs").iterdir()))
     for probe in PROBES:
         pd.testing.assert_frame_equal(records(cli[probe]), records(res[probe]))
+
+
+def test_take_is_a_set_of_its_own(small_prompts):
+    full = wb.prompts(small_prompts)
+    first = full.take(2)
+    assert [p.id for p in first.prompts] == ["a", "b"] and first.name == "small"
+    assert first.sha256 != full.sha256 and first.sha256 == wb.prompts(
+        [{"id": p.id, "text": p.text, "segments": p.segments} for p in full.prompts[:2]]).sha256
+    with pytest.raises(InputError, match="at least 1"):
+        full.take(0)

@@ -104,6 +104,17 @@ class PromptSet:
     def by_id(self) -> dict[str, Prompt]:
         return {p.id: p for p in self.prompts}
 
+    def take(self, n: int) -> "PromptSet":
+        """The first ``n`` prompts, as a set of their own: no files, named like this one and
+        identified by their content (:func:`content_sha256`), never by the whole files' hash.
+
+        Raises:
+            InputError: ``n`` below 1.
+        """
+        if n < 1:
+            raise InputError(f"take({n}): expected at least 1 prompt")
+        return PromptSet(self.prompts[:n], (), label=self.name)
+
 
 def content_sha256(prompts: tuple[Prompt, ...] | list[Prompt]) -> str:
     """sha256 of the prompts' content in order: every field a run reads (id, text, segments,
