@@ -39,6 +39,12 @@ def cli_code(argv: list[str]) -> int:
     return 0
 
 
+def the_run(runs_dir):
+    """The one run folder under ``runs_dir`` (beside it: its lock file)."""
+    [path] = [p for p in runs_dir.iterdir() if (p / "run.json").is_file()]
+    return path
+
+
 @pytest.fixture(scope="module")
 def tiny_results(tiny_llama):
     return wb.run(tiny_llama, TEXTS, PROBES)
@@ -55,7 +61,7 @@ def test_in_memory_run_writes_nothing_and_equals_the_cli(tiny_llama, tiny_result
     assert cli_code(["run", "--model", "tiny-llama", "--device", "cpu", "--prompts", str(jsonl),
                      "--probes", ",".join(PROBES), "--runs-dir", str(tmp_path / "runs"),
                      "--no-progress"]) == 0
-    cli = wb.open_run(next((tmp_path / "runs").iterdir()))
+    cli = wb.open_run(the_run(tmp_path / "runs"))
     assert cli.probes == tiny_results.probes == PROBES
     for probe in PROBES:
         pd.testing.assert_frame_equal(records(cli[probe]), records(tiny_results[probe]))
@@ -180,7 +186,7 @@ def test_quickstart_snippet_on_smollm2_equals_the_cli(smollm2, tmp_path):
     assert cli_code(["run", "--model", "smollm2-135m", "--device", "cpu", "--prompts",
                      str(jsonl), "--probes", ",".join(PROBES), "--runs-dir",
                      str(tmp_path / "runs"), "--no-progress"]) == 0
-    cli = wb.open_run(next((tmp_path / "runs").iterdir()))
+    cli = wb.open_run(the_run(tmp_path / "runs"))
     for probe in PROBES:
         pd.testing.assert_frame_equal(records(cli[probe]), records(res[probe]))
 
@@ -193,3 +199,29 @@ def test_take_is_a_set_of_its_own(small_prompts):
         [{"id": p.id, "text": p.text, "segments": p.segments} for p in full.prompts[:2]]).sha256
     with pytest.raises(InputError, match="at least 1"):
         full.take(0)
+
+
+def test_circuits_and_intervene_jobs_equal_the_cli(tiny_llama, tmp_path, monkeypatch):
+    """wb.circuits / wb.intervene (the workbench.jobs plug-ins) keep nothing on disk and give
+    the CLI commands' records."""
+    from tests.circuit_tasks import tiny_ioi_rows
+
+    monkeypatch.chdir(tmp_path)
+    task = write_jsonl(tmp_path / "alpha.jsonl", tiny_ioi_rows(4, seed=1))
+    spec = [{"op": "scale_head", "heads": ["1.0", "2.3"], "alpha": 1.0}]
+    (tmp_path / "spec.json").write_text(__import__("json").dumps(spec))
+    before = sorted(tmp_path.iterdir())
+    res = wb.circuits(tiny_llama, [str(task)], n_random=1, select="top_k=3")
+    ran = wb.intervene(tiny_llama, task, spec, sweep="alpha=0,2")
+    assert sorted(tmp_path.iterdir()) == before
+    common = ["--model", "tiny-llama", "--device", "cpu", "--no-progress"]
+    assert cli_code(["circuits", *common, "--task", str(task), "--n-random", "1", "--select",
+                     "top_k=3", "--runs-dir", str(tmp_path / "c")]) == 0
+    assert cli_code(["intervene", *common, "--prompts", str(task), "--spec",
+                     str(tmp_path / "spec.json"), "--sweep", "alpha=0,2", "--runs-dir",
+                     str(tmp_path / "i")]) == 0
+    for mine, folder in ((res, "c"), (ran, "i")):
+        cli = wb.open_run(the_run(tmp_path / folder))
+        assert set(cli.probes) == set(mine.probes) and mine.probes
+        for table in mine.probes:
+            pd.testing.assert_frame_equal(records(cli[table]), records(mine[table]))
