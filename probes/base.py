@@ -90,9 +90,33 @@ class Probe:
     def params(self) -> dict:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
 
+    @classmethod
+    def from_params(cls, raw: dict[str, Any]) -> "Probe":
+        """The probe with parameters ``{field: value}`` (:func:`build_probe`); what the
+        ``workbench.probes`` entry points are called with.
+
+        Raises:
+            InputError: an unknown parameter, or a value of the wrong type.
+        """
+        return build_probe(cls, raw)
+
     def check(self, tokenized: list, model: Any) -> None:
         """Raise :class:`InputError` before any forward pass if the prompts or the model cannot
         support this probe (a missing segment, an unsupported hook)."""
+
+    def required_segments(self) -> set[str]:
+        """Segment names every prompt must have (default: the ``segment`` parameter, if any)."""
+        segment = getattr(self, "segment", None)
+        return {segment} if segment else set()
+
+    def check_prompts(self, prompts: list) -> None:
+        """Raise :class:`InputError` if a prompt lacks a segment this probe needs; needs no model,
+        so callers run it before loading one (``workbench run``, ``wb.run``)."""
+        for name in sorted(self.required_segments()):
+            for prompt in prompts:
+                if name not in prompt.segments:
+                    raise InputError(f"{prompt.source}: prompt {prompt.id!r} has no segment "
+                                     f"{name!r} (probe {self.name}, segment {name})")
 
     def prepare(self, model: Any, tokenized: list) -> "Probe":
         """Return the probe to run (default: itself). Called once, after :meth:`check`."""

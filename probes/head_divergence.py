@@ -139,6 +139,12 @@ class HeadDivergence(Probe):
 
     # --- validation and preparation ------------------------------------------------------------
 
+    def check_prompts(self, prompts: list) -> None:
+        if self.segment is None:
+            raise InputError("probe head_divergence needs a segment to remove: "
+                             "--param head_divergence.segment=NAME (e.g. passage, image)")
+        super().check_prompts(prompts)
+
     def check(self, tokenized: list[TokenizedPrompt], model: Any) -> None:
         if self.segment is None:
             raise InputError("probe head_divergence needs a segment to remove: "

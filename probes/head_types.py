@@ -290,6 +290,9 @@ class HeadTypes(Probe):
     def params(self) -> dict:
         return {**super().params(), "rules": {d.name: d.rule for d in self._detectors}}
 
+    def required_segments(self) -> set[str]:
+        return {s for d in self._detectors for s in d.segments}
+
     def check(self, tokenized: list, model: Any) -> None:
         for name in {s for d in self._detectors for s in d.segments}:
             for tok in tokenized:

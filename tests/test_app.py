@@ -330,7 +330,7 @@ print("torch" in sys.modules)
 
 
 def test_app_command_binds_to_localhost(tmp_path):
-    from workbench.cli import app_command
+    from workbench_cli.cli import app_command
     from workbench.errors import InputError
 
     command = app_command(tmp_path, "127.0.0.1", 8501)

@@ -57,7 +57,7 @@ def serve_app(runs: Path):
     """``workbench app`` on ``runs`` at a free localhost port, until the block ends; yields
     ``(url, port, proc)`` once the server answers its health check (90 s at most)."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "workbench.cli", "app", "--runs-dir",
+    proc = subprocess.Popen([sys.executable, "-m", "workbench_cli", "app", "--runs-dir",
                              str(runs), "--port", str(port)], cwd=ROOT, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"

@@ -69,7 +69,7 @@ def test_kill_of_the_app_command_stops_the_server(tmp_path):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "workbench.cli", "app", "--runs-dir",
+    proc = subprocess.Popen([sys.executable, "-m", "workbench_cli", "app", "--runs-dir",
                              str(tmp_path), "--port", str(port)], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)

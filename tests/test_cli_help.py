@@ -11,8 +11,8 @@ import pytest
 import typer.main
 
 from tests.test_run import cli
-from workbench.cli import app
-from workbench.commands import common
+from workbench_cli.cli import app
+from workbench_cli.commands import common
 from workbench.records import conform, records
 from workbench.store import atomic_write_json
 

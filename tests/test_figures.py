@@ -424,7 +424,7 @@ def test_registered_set_replaces_generic_figures_for_its_metrics(tmp_path):
 def test_entropy_set_matches_the_probes_own_means(tmp_path, small_prompts):
     """The entropy heatmaps (means of per-query rows) equal the probe's stored mean_* summaries,
     computed independently inside the probe; the mean_* metrics get no duplicate figures."""
-    from workbench.cli import main
+    from workbench_cli.cli import main
     from workbench.store import list_runs
 
     main(["run", "--model", "tiny-gpt2", "--prompts", str(small_prompts), "--runs-dir",

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from workbench.cli import main
+from workbench_cli.cli import main
 from workbench.store import RunDir
 
 

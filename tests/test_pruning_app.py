@@ -10,7 +10,7 @@ from streamlit.testing.v1 import AppTest
 
 from tests.conftest import ROOT, write_jsonl
 from tests.test_app import charts, no_errors
-from workbench.cli import main
+from workbench_cli.cli import main
 
 TEXTS = ["Then, Mary and John went to the store. John gave a drink to",
          "When Alice and Bob got a ring at the garden, Bob decided to give it to",

@@ -11,7 +11,7 @@ import torch
 
 from tests.conftest import write_jsonl
 from tests.pruning_fixture import lm_prompt_file
-from workbench.cli import main
+from workbench_cli.cli import main
 from workbench.store import RunDir
 
 @pytest.fixture

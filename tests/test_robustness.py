@@ -1,11 +1,11 @@
 """Robustness of the CLI as a tester drives it: bad inputs, a second writer, SIGTERM, kills.
 
-Bad inputs run through ONE subprocess: a small driver that calls ``workbench.cli.main`` for each
+Bad inputs run through ONE subprocess: a small driver that calls ``workbench_cli.cli.main`` for each
 case with its own stdout/stderr buffers and reports exit code, output and any escaped exception as
-JSON. Each ``python -m workbench.cli`` costs ~6 s of imports on this machine, so 26 separate
+JSON. Each ``python -m workbench_cli`` costs ~6 s of imports on this machine, so 26 separate
 processes would cost minutes; the driver pays the imports once and still exercises the real entry
 point outside pytest (no capsys, no pytest exception handling). Exit codes, stderr and "no
-traceback" are judged from what the driver saw; a couple of true ``python -m workbench.cli``
+traceback" are judged from what the driver saw; a couple of true ``python -m workbench_cli``
 processes cover process-level behaviour (a usage error, SIGTERM, two concurrent writers).
 """
 
@@ -27,7 +27,7 @@ from workbench.store import RunDir, list_runs
 
 DRIVER = r"""
 import contextlib, io, json, sys, traceback
-from workbench.cli import main
+from workbench_cli.cli import main
 
 results = []
 for argv in json.loads(sys.argv[1]):
@@ -53,13 +53,13 @@ def env() -> dict:
 
 
 def workbench(*argv: str, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "workbench.cli", *argv], cwd=ROOT, env=env(),
+    return subprocess.Popen([sys.executable, "-m", "workbench_cli", *argv], cwd=ROOT, env=env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
 def cli(*argv: str) -> int:
-    """``workbench.cli.main`` in this process; its exit code."""
-    from workbench.cli import main
+    """``workbench_cli.cli.main`` in this process; its exit code."""
+    from workbench_cli.cli import main
 
     try:
         main(list(argv))
@@ -200,7 +200,7 @@ def slow_run(prompts: Path, runs: Path, *extra: str, delay: float = 0.5) -> subp
     """A real ``workbench run`` whose batches take ``delay`` s more each (so it can be caught)."""
     code = ("import time, sys; from workbench import store; orig = store.RunDir.write_batch\n"
             f"def slow(self, i, t):\n    orig(self, i, t); time.sleep({delay})\n"
-            "store.RunDir.write_batch = slow\nfrom workbench.cli import main\nmain(sys.argv[1:])")
+            "store.RunDir.write_batch = slow\nfrom workbench_cli.cli import main\nmain(sys.argv[1:])")
     return subprocess.Popen([sys.executable, "-c", code, *run_args(prompts, runs, *extra)],
                             cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)

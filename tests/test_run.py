@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import ROOT, write_jsonl
-from workbench.cli import main
+from workbench_cli.cli import main
 from workbench.records import RECORD_SCHEMA
 from workbench.store import RunDir, list_runs
 
@@ -162,7 +162,7 @@ def test_killed_process_resumes_without_duplicates(capsys, tmp_path):
     runs = tmp_path / "runs"
     slow = ("import time, sys; from workbench import store; orig = store.RunDir.write_batch\n"
             "def slow(self, i, t):\n    orig(self, i, t); time.sleep(0.4)\n"
-            "store.RunDir.write_batch = slow\nfrom workbench.cli import main\nmain(sys.argv[1:])")
+            "store.RunDir.write_batch = slow\nfrom workbench_cli.cli import main\nmain(sys.argv[1:])")
     proc = subprocess.Popen([sys.executable, "-c", slow, *run_args(prompts, runs, "-b", "2")],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120

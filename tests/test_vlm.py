@@ -11,7 +11,7 @@ from PIL import Image
 from probes import make_probes
 from tests.conftest import write_jsonl
 from tests.hf_heads import divergence, head_outputs
-from workbench.cli import main
+from workbench_cli.cli import main
 from workbench.errors import InputError
 from workbench.forward import last_logits
 from workbench.models import MODELS

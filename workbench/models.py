@@ -21,8 +21,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from workbench.errors import InputError, ModelNotAvailable
 from workbench.settings import cache_dir, dtype_name, resolve_device, resolve_dtype
 from workbench.tiny import (TinyConfig, TinyVisionConfig, build_tiny_hf_model, build_tiny_llava,
                             tiny_image_processor, tiny_llava_tokenizer, tiny_tokenizer_dir)
-from workbench.vision import ImageTokens, image_tokens, takes_images
+from workbench.vision import ImageTokens, image_tokens, no_processor_autoload, takes_images
 
 DEFAULT_MODEL = "smollm2-135m"
 PARITY_TEXT = "The quick brown fox jumps over the lazy dog. Attention heads read the residual stream."
@@ -314,34 +313,18 @@ def _hf_image_processor(location: str):
         return AutoImageProcessor.from_pretrained(location)
 
 
-@contextmanager
-def _no_processor_autoload() -> Iterator[None]:
-    """Stop ``boot_transformers`` from loading a multimodal model's processor itself.
-
-    TransformerLens 4.3 calls ``AutoProcessor.from_pretrained(model_name)`` for multimodal models
-    (retrying the hub for minutes when offline) and, when that fails, runs ``pip install
-    torchvision`` in the current environment, which also upgrades torch. The workbench loads the
-    image processor itself (:func:`_hf_image_processor`), so the bridge's own load is skipped.
-    """
-    from transformer_lens.model_bridge.sources.transformers import source
-
-    original = source.load_modality_processor
-    source.load_modality_processor = lambda *args, **kwargs: None
-    try:
-        yield
-    finally:
-        source.load_modality_processor = original
-
-
 # --- loading --------------------------------------------------------------------------------------
 
-def load_model(spec: str = DEFAULT_MODEL, *, device: str | None = None, dtype: str | None = None,
-               prepend_bos: bool | None = None, device_map: str | dict | None = None
-               ) -> LoadedModel:
+def load_model(spec: Any = DEFAULT_MODEL, *, tokenizer: Any = None, device: str | None = None,
+               dtype: str | None = None, prepend_bos: bool | None = None,
+               device_map: str | dict | None = None) -> LoadedModel:
     """Load ``spec`` as a TransformerBridge and check it against plain Hugging Face.
 
     Args:
-        spec: registry name, local folder or Hugging Face id.
+        spec: registry name, local folder or Hugging Face id; or a model already loaded: a Hugging
+            Face model (with ``tokenizer``) or a TransformerBridge (:mod:`workbench.preloaded`;
+            moved to ``device``/``dtype`` in place when given, else left where it is).
+        tokenizer: the tokenizer of a preloaded model (a bridge's own is used when None).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; default: CUDA when available, else CPU.
         dtype: ``"float32"``, ``"bfloat16"``, ``"float16"``; default: bf16 on CUDA, else fp32.
         prepend_bos: put the tokenizer's BOS token before every prompt. Default (``None``): do
@@ -369,15 +352,31 @@ def load_model(spec: str = DEFAULT_MODEL, *, device: str | None = None, dtype: s
     from workbench.causality import check_causal
 
     transformers.utils.logging.disable_progress_bar()
-    if not isinstance(spec, str) or not spec.strip():
+    given, bridge = None, None
+    if not isinstance(spec, str):
+        from workbench.preloaded import preloaded
+
+        given = preloaded(spec, tokenizer)  # raises InputError for anything else
+        spec = given[2]
+        if device_map is not None:
+            raise InputError("--device-map applies when loading a checkpoint, not to a model "
+                             "already loaded")
+    elif not spec.strip():
         raise InputError("model spec is empty; try 'smollm2-135m' or see `workbench models`")
     if device_map is not None and device not in (None, "", "auto"):
         raise InputError(f"--device {device!r} and --device-map {device_map!r} contradict each "
                          "other: a device map places the model itself; give one of them")
+    if given is not None and device is None:
+        device = str(given[0].get_input_embeddings().weight.device)
     dev = resolve_device(device)
+    if given is not None and dtype is None:
+        dtype = dtype_name(given[0].get_input_embeddings().weight.dtype)
     dt = resolve_dtype(dtype, dev)
     start = time.perf_counter()
-    hf_model, tokenizer, hf_name, source, details = _build(spec, dt, device_map)
+    if given is None:
+        hf_model, tokenizer, hf_name, source, details = _build(spec, dt, device_map)
+    else:
+        hf_model, tokenizer, hf_name, source, details, bridge = given
     if device_map is None:
         hf_model = hf_model.to(device=dev, dtype=dt).eval()
     else:
@@ -397,10 +396,11 @@ def load_model(spec: str = DEFAULT_MODEL, *, device: str | None = None, dtype: s
         reference = hf_model(input_ids=ids).logits.float()
     check_causal(hf_model, ids, reference, spec)  # encoders (BERT ...) stop here, in one line
     images = _image_tokens(MODELS.get(spec), hf_model, tokenizer, spec, details)
-    with _no_processor_autoload():
-        bridge = TransformerBridge.boot_transformers(
-            hf_name, hf_model=hf_model, tokenizer=tokenizer,
-            device=None if device_map is not None else dev, dtype=dt)
+    if bridge is None:
+        with no_processor_autoload():
+            bridge = TransformerBridge.boot_transformers(
+                hf_name, hf_model=hf_model, tokenizer=tokenizer,
+                device=None if device_map is not None else dev, dtype=dt)
     bridge.eval()
     with torch.inference_mode():
         got = bridge(ids, return_type="logits").float()

@@ -23,6 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from workbench._callable import make_callable
 from workbench.errors import InputError
 
 
@@ -79,22 +80,55 @@ class PromptSet:
     prompts: tuple[Prompt, ...]
     files: tuple[PromptFile, ...]
 
+    label: str = ""  # the name of a set built in memory (no files); see :attr:`name`
+
     @property
     def sha256(self) -> str:
-        """The file hash for one file; for several, the hash of their hashes in order."""
+        """The file hash for one file; for several, the hash of their hashes in order; for a set
+        built in memory (no files), the hash of its prompts' content (:func:`content_sha256`)."""
+        if not self.files:
+            return content_sha256(self.prompts)
         if len(self.files) == 1:
             return self.files[0].sha256
         return hashlib.sha256("".join(f.sha256 for f in self.files).encode()).hexdigest()
 
     @property
     def name(self) -> str:
-        return "+".join(Path(f.path).stem for f in self.files)
+        """The files' stems joined by ``+``; for a set built in memory, ``label`` or
+        ``"prompts"``."""
+        return "+".join(Path(f.path).stem for f in self.files) or self.label or "prompts"
 
     def __len__(self) -> int:
         return len(self.prompts)
 
     def by_id(self) -> dict[str, Prompt]:
         return {p.id: p for p in self.prompts}
+
+    def take(self, n: int) -> "PromptSet":
+        """The first ``n`` prompts, as a set of their own: no files, named like this one and
+        identified by their content (:func:`content_sha256`), never by the whole files' hash.
+
+        Raises:
+            InputError: ``n`` below 1.
+        """
+        if n < 1:
+            raise InputError(f"take({n}): expected at least 1 prompt")
+        return PromptSet(self.prompts[:n], (), label=self.name)
+
+
+def content_sha256(prompts: tuple[Prompt, ...] | list[Prompt]) -> str:
+    """sha256 of the prompts' content in order: every field a run reads (id, text, segments,
+    answer, distractor, corrupted_text, task, meta, image), as canonical JSON, one line each;
+    ``source`` (where a prompt was read) is left out."""
+    digest = hashlib.sha256()
+    for p in prompts:
+        image = p.image if p.image is None or isinstance(p.image, str) else \
+            hashlib.sha256(repr(getattr(p.image, "tolist", lambda: p.image)()).encode()).hexdigest()
+        row = {"id": p.id, "text": p.text, "segments": {k: list(v) for k, v in p.segments.items()},
+               "answer": p.answer, "distractor": p.distractor,
+               "corrupted_text": p.corrupted_text, "task": p.task, "meta": p.meta, "image": image}
+        digest.update(json.dumps(row, sort_keys=True, default=str).encode() + b"\n")
+    return digest.hexdigest()
 
 
 def _describe(err: ValidationError) -> str:
@@ -189,3 +223,7 @@ def load_prompt_set(paths: str | Path | list[str | Path]) -> PromptSet:
             raise InputError(f"prompt file {str(path)!r} is empty: no prompts")
         files.append(PromptFile(str(path), hashlib.sha256(data).hexdigest(), count))
     return PromptSet(tuple(prompts), tuple(files))
+
+
+# ``wb.prompts(...)``: called as a function, this module is the public API's :func:`workbench.api.prompts`
+make_callable(__name__, "workbench.api:prompts")

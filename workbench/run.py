@@ -31,7 +31,9 @@ import torch
 from workbench.attention_impl import AUTO, EAGER, SDPA, AttentionChoice, choose_attention
 from workbench.attention_impl import sdpa_attention
 from workbench.coverage import input_warnings, no_records_warning
+from workbench._callable import make_callable
 from workbench.errors import InputError, RunStateError, WorkbenchError
+from workbench.inmemory import MemoryRun
 from workbench.manifest import read_manifest_file
 from workbench.masks import AttentionMask, mask_hooks, verify_mask
 from workbench.memory import BatchPlan, plan_batch
@@ -51,7 +53,7 @@ class _StopForward(Exception):
 
 @dataclass
 class RunOptions:
-    runs_dir: Path = Path("runs")
+    runs_dir: Path | None = Path("runs")  # None: keep the run in memory (workbench.inmemory)
     run_id: str | None = None
     batch_size: int | None = None  # None: chosen from free memory (workbench.memory)
     resume: bool = False
@@ -121,8 +123,9 @@ def _same_config(key: dict) -> Callable[[dict], str | None]:
 
 
 def execute_run(model: LoadedModel, prompt_set: PromptSet, probes: Sequence[Any],
-                options: RunOptions, *, load_seconds: float | None = None) -> RunDir:
-    """Run ``probes`` over ``prompt_set`` on ``model`` and write the run directory.
+                options: RunOptions, *, load_seconds: float | None = None) -> RunDir | MemoryRun:
+    """Run ``probes`` over ``prompt_set`` on ``model`` and write the run directory (or, with
+    ``options.runs_dir`` None, keep the same manifest and tables in a :class:`MemoryRun`).
 
     Validation (context length, segments, hook points) happens before the run directory is
     created, so bad input leaves nothing behind.
@@ -154,8 +157,11 @@ def execute_run(model: LoadedModel, prompt_set: PromptSet, probes: Sequence[Any]
     manifest["attention"] = hooks.attention.to_dict()
     manifest["attention_mask"] = None if mask is None else {"spec": str(mask), "check": mask_check}
     manifest["warnings"] = warnings = input_warnings(tokenized, probes)
-    run, state = RunDir.create(options.runs_dir, run_id, manifest, resume=options.resume,
-                               overwrite=options.overwrite, same_config=_same_config(key))
+    if options.runs_dir is None:  # in memory (the Python API): nothing is written
+        run, state = MemoryRun(run_id, manifest), "new"
+    else:
+        run, state = RunDir.create(options.runs_dir, run_id, manifest, resume=options.resume,
+                                   overwrite=options.overwrite, same_config=_same_config(key))
     if state == "complete":  # resuming a finished run: its tables stand as they are
         return run
     timings = {"load_model_s": load_seconds, "tokenize_s": round(t_tok, 3)}
@@ -210,8 +216,8 @@ def batch_plan(model: LoadedModel, tokenized: list[TokenizedPrompt], hooks: "Bat
     device_type = model.device.type
     if options.batch_size is not None:
         return BatchPlan(options.batch_size, "given", device_type)
-    stored = Path(options.runs_dir) / (options.run_id or "") / MANIFEST
-    if options.resume and options.run_id and stored.is_file():
+    stored = Path(options.runs_dir or ".") / (options.run_id or "") / MANIFEST
+    if options.resume and options.run_id and options.runs_dir and stored.is_file():
         try:  # an unreadable manifest is reported by RunDir.create, in one line
             key = read_manifest_file(stored).get("config_key")
         except (OSError, RunStateError):
@@ -396,3 +402,7 @@ def _manifest(run_id: str, key: dict, model: LoadedModel, prompt_set: PromptSet,
 
 __all__ = ["BatchHooks", "RunOptions", "WorkbenchError", "batch_plan", "execute_run",
            "finalize_tables", "prepare_probes"]
+
+
+# ``wb.run(...)``: called as a function, this module is the public API's :func:`workbench.api.run`
+make_callable(__name__, "workbench.api:run")

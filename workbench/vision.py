@@ -15,6 +15,8 @@ is not.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -152,3 +154,22 @@ def expand_image(ids: list[int], offsets: list[tuple[int, int]], image: Any,
     ids = ids[:at] + [images.token_id] * n + ids[at + 1:]
     offsets = offsets[:at] + [offsets[at]] * n + offsets[at + 1:]
     return ids, offsets, np.arange(at, at + n, dtype=np.int64), image_pixels(image, images, where)
+
+
+@contextmanager
+def no_processor_autoload() -> Iterator[None]:
+    """Stop ``boot_transformers`` from loading a multimodal model's processor itself.
+
+    TransformerLens 4.3 calls ``AutoProcessor.from_pretrained(model_name)`` for multimodal models
+    (retrying the hub for minutes when offline) and, when that fails, runs ``pip install
+    torchvision`` in the current environment, which also upgrades torch. The workbench loads the
+    image processor itself (``workbench.models._hf_image_processor``), so the bridge's own load is skipped.
+    """
+    from transformer_lens.model_bridge.sources.transformers import source
+
+    original = source.load_modality_processor
+    source.load_modality_processor = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        source.load_modality_processor = original

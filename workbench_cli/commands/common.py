@@ -1,6 +1,6 @@
 """What every command shares: the consoles, the help style, the common options, the list-option
 convention, the batch-size rule, loading a model with its parity report. Command groups live in
-modules of this package and register on the main app in :mod:`workbench.cli`; they import the layers
+modules of this package and register on the main app in :mod:`workbench_cli.cli`; they import the layers
 above the core (``probes``, ``circuits``, ``atlas`` ...) only inside their command bodies.
 
 Conventions (checked over every command by ``tests/test_cli_help.py``):

@@ -11,8 +11,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from workbench.commands import atlas as atlas_commands
-from workbench.commands.common import RUNS_DIR, TYPER, at_least_one, err, out
+from workbench_cli.commands import atlas as atlas_commands
+from workbench_cli.commands.common import RUNS_DIR, TYPER, at_least_one, err, out
 
 runs_app = typer.Typer(**TYPER, help="List and show runs.", invoke_without_command=True)
 RUNS_DIR_AFTER = typer.Option(None, "--runs-dir", metavar="PATH",

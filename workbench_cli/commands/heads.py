@@ -15,7 +15,7 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from workbench.commands.common import (BATCH_SIZE, DEVICE, DTYPE, MODEL, OVERWRITE, PREPEND_BOS,
+from workbench_cli.commands.common import (BATCH_SIZE, DEVICE, DTYPE, MODEL, OVERWRITE, PREPEND_BOS,
                                        PROGRESS, RUN_ID, RUNS_DIR, STRICT_PARITY, TYPER, _load,
                                        auto_batch_size, list_option, out)
 from workbench.errors import InputError

@@ -1,7 +1,9 @@
 """The ``workbench`` command line (typer). Errors print one line and exit non-zero.
 
-This module is the composition root: it is the one place in ``workbench`` that resolves probe names
-(importing ``probes`` lazily), so the core modules keep their one-way dependencies.
+This package (``workbench_cli``) is the composition root: it sits above the core and imports the
+layers that plug into it (``probes``, ``circuits``, ``sweeps``, ``atlas``, ``pruning``), so the core
+package ``workbench`` never imports them (``tests/test_layering.py``). ``python -m workbench_cli``
+runs it too.
 """
 
 from __future__ import annotations
@@ -16,15 +18,15 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from workbench.commands import atlas as atlas_commands
-from workbench.commands.common import (BATCH_SIZE, DEVICE, DEVICE_MAP, DTYPE, MODEL, OVERWRITE,
+from workbench_cli.commands import atlas as atlas_commands
+from workbench_cli.commands.common import (BATCH_SIZE, DEVICE, DEVICE_MAP, DTYPE, MODEL, OVERWRITE,
                                        PREPEND_BOS, PROGRESS, RUN_ID, RUNS_DIR, STRICT_PARITY,
                                        TYPER, _load, _names, at_least_one, auto_batch_size, err,
                                        list_option, out)
-from workbench.commands.figures import figures_app
-from workbench.commands.guard import check_run_target
-from workbench.commands.heads import heads_app
-from workbench.commands.runs import runs_app
+from workbench_cli.commands.figures import figures_app
+from workbench_cli.commands.guard import check_run_target
+from workbench_cli.commands.heads import heads_app
+from workbench_cli.commands.runs import runs_app
 from workbench.errors import InputError
 
 app = typer.Typer(**TYPER, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -104,7 +106,9 @@ def run(
 ) -> None:
     """Run probes over a prompt set and write runs/<run_id>/ (parquet + run.json)."""
     from probes import make_probes
+    from workbench.api import check_prompts
     from workbench.attention_impl import ATTENTION_CHOICES
+    from workbench.resume import finished_run
     from workbench.masks import AttentionMask
     from workbench.prompts import load_prompt_set
     from workbench.run import RunOptions, execute_run
@@ -119,6 +123,14 @@ def run(
     names = _names(probes)
     probe_objs = make_probes(names, parse_params(param))
     prompt_set = load_prompt_set(prompts)
+    check_prompts(prompt_set, probe_objs)  # segment errors come before the model loads
+    if resume:  # a finished run answers from its manifest: no model load, no parity check
+        done = finished_run(runs_dir, run_id, model=model, prompts_sha256=prompt_set.sha256,
+                            probes=probe_objs, batch_size=batch_size, device=device,
+                            dtype=dtype, prepend_bos=prepend_bos,
+                            attention_mask=attention_mask, attention=attention)
+        if done is not None:
+            return _already_complete(done)
     loaded = _load(model, strict_parity, device=device, dtype=dtype, prepend_bos=prepend_bos,
                    device_map=device_map)
     options = RunOptions(runs_dir=runs_dir, run_id=run_id, batch_size=batch_size, resume=resume,
@@ -131,11 +143,16 @@ def run(
         err.print(f"[yellow]warning[/]: {escape(warning)}", soft_wrap=True)
     rows = sum(t["rows"] for t in manifest["tables"].values())
     if run_dir.state == "complete":
-        out.print(f"[green]complete[/]: {run_dir.path} was already complete (finished "
-                  f"{manifest.get('finished')}); nothing to do ({rows:,} records)")
-        return
+        return _already_complete(run_dir)
     out.print(f"[green]complete[/]: {run_dir.path} ({rows:,} records in "
               f"{len(manifest['tables'])} table(s), {manifest['timings'].get('total_s')} s)")
+
+
+def _already_complete(run_dir) -> None:
+    manifest = run_dir.read_manifest()
+    rows = sum(t["rows"] for t in manifest["tables"].values())
+    out.print(f"[green]complete[/]: {run_dir.path} was already complete (finished "
+              f"{manifest.get('finished')}); nothing to do ({rows:,} records)")
 
 
 @app.command()
@@ -188,6 +205,11 @@ def circuits(
                             mean_prompts=mean_prompts,
                             runs_dir=runs_dir, run_id=run_id, overwrite=overwrite,
                             progress=progress)
+    from circuits.tasks import resolve_task
+    from workbench.prompts import load_prompt_set
+
+    for spec_ in task:  # an unknown task or a bad task file fails before the model loads
+        load_prompt_set(resolve_task(spec_)[1])
     loaded = _load(model, strict_parity, device=device, dtype=dtype, prepend_bos=prepend_bos)
     tasks = load_tasks(task, loaded, n_prompts=n_prompts, positions=positions)
     options.discovery = replace(options.discovery, batch_size=auto_batch_size(
@@ -229,6 +251,7 @@ def intervene(
 ) -> None:
     """Run a prompt set without and with an intervention spec (and a sweep); write the run."""
     from probes import make_probes
+    from workbench.api import check_prompts
     from workbench.interventions import load_spec
     from workbench.interventions.evaluate import InterveneOptions, Sweep, intervene, report
     from workbench.prompts import load_prompt_set
@@ -241,6 +264,7 @@ def intervene(
                                make_probes(names, parse_params(param)) if names else [],
                                runs_dir, run_id, overwrite, progress, sys.argv)
     prompt_set = load_prompt_set(prompts)
+    check_prompts(prompt_set, options.probes)
     loaded = _load(model, strict_parity, device=device, dtype=dtype, prepend_bos=prepend_bos)
     options.batch_size = auto_batch_size(batch_size, loaded, [p.text for p in prompt_set.prompts])
     run_dir = intervene(loaded, prompt_set, parsed, options)
@@ -419,8 +443,8 @@ def sweep(
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry: run the app; every error is one line and an exit code (2 bad input,
-    1 other failure, 130 interrupted; see :mod:`workbench.commands.guard`)."""
-    from workbench.commands.guard import run_guarded
+    1 other failure, 130 interrupted; see :mod:`workbench_cli.commands.guard`)."""
+    from workbench_cli.commands.guard import run_guarded
 
     run_guarded(app, argv)
 

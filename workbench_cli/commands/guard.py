@@ -19,7 +19,7 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from workbench.commands.common import err
+from workbench_cli.commands.common import err
 from workbench.errors import WorkbenchError
 from workbench.manifest import check_run_id, check_runs_dir
 

@@ -14,7 +14,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from workbench.commands.common import (BATCH_SIZE, DEVICE, DTYPE, MODEL, PREPEND_BOS, PROGRESS,
+from workbench_cli.commands.common import (BATCH_SIZE, DEVICE, DTYPE, MODEL, PREPEND_BOS, PROGRESS,
                                        STRICT_PARITY, TYPER, _load, _names, err, list_option, out)
 from workbench.errors import InputError
 
@@ -102,7 +102,7 @@ def atlas(
                            batch_size=batch_size, resume=resume, overwrite=overwrite,
                            progress=progress, command=sys.argv)
     from atlas.roles import ROLES
-    from workbench.commands.guard import check_run_target
+    from workbench_cli.commands.guard import check_run_target
 
     check_run_target(options.out.parent, options.out.name)
     stray = sorted(set(options.thresholds) - set(ROLES))

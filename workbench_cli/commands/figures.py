@@ -14,7 +14,7 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from workbench.commands.common import PROGRESS, TYPER, err, list_option, out
+from workbench_cli.commands.common import PROGRESS, TYPER, err, list_option, out
 from workbench.errors import InputError
 
 figures_app = typer.Typer(

@@ -1,1 +1,0 @@
-"""Command groups of the ``workbench`` CLI (see :mod:`workbench.commands.common`)."""

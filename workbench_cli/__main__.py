@@ -1,0 +1,5 @@
+"""``python -m workbench_cli``: the same as the ``workbench`` console script."""
+
+from workbench_cli.cli import main
+
+main()

@@ -1,0 +1,112 @@
+"""The ``workbench.jobs`` plug-ins: the jobs behind ``wb.atlas``, ``wb.circuits`` and
+``wb.intervene`` (see :mod:`workbench.plugins`). They live in the composition root because they
+compose the upper layers (``atlas``, ``circuits``, ``probes``) with the core; the public API
+finds them through the entry points declared in ``pyproject.toml``.
+
+Each takes a model (a ``LoadedModel`` or a spec to load) and the CLI command's options as keyword
+arguments. ``runs_dir=None`` (circuits, intervene) runs in a temporary folder, reads every table
+into :class:`~workbench.results.Results` and deletes the folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from workbench.results import Results
+
+
+def _model(model: Any) -> Any:
+    if hasattr(model, "bridge"):
+        return model
+    from workbench.models import load_model
+
+    return load_model(model)
+
+
+@contextlib.contextmanager
+def _folder(runs_dir: Path | str | None) -> Iterator[Path]:
+    if runs_dir is not None:
+        yield Path(runs_dir)
+        return
+    with tempfile.TemporaryDirectory(prefix="workbench-") as tmp:
+        yield Path(tmp)
+
+
+def circuits(model: Any, tasks: Sequence[str], *, methods: Sequence[str] = ("attribution",),
+             select: str = "top_k=20", n_prompts: int | None = 32,
+             direction: str = "corrupted_into_clean", positions: str = "all",
+             batch_size: int = 16, heads_per_forward: int | None = None, stages: int = 2,
+             receiver_input: str = "qkv", n_random: int = 3, mean_prompts: int | None = None,
+             runs_dir: Path | str | None = None, run_id: str | None = None,
+             overwrite: bool = False, progress: bool = False) -> Results:
+    """``workbench circuits`` (same options, same tables): per-head effects, circuits,
+    faithfulness and overlap for ``tasks``.
+
+    Raises:
+        InputError: an unknown task or method, a bad option (before the model loads).
+    """
+    from circuits.run import check_options, execute_circuits, load_tasks
+    from circuits.tasks import resolve_task
+    from workbench.prompts import load_prompt_set
+
+    for spec in tasks:
+        load_prompt_set(resolve_task(spec)[1])
+    with _folder(runs_dir) as folder:
+        options = check_options(list(methods), select, direction=direction, positions=positions,
+                                batch_size=batch_size, heads_per_forward=heads_per_forward,
+                                stages=stages, receiver_input=receiver_input,
+                                n_random=n_random, mean_prompts=mean_prompts, runs_dir=folder,
+                                run_id=run_id, overwrite=overwrite, progress=progress)
+        loaded = _model(model)
+        found = load_tasks(list(tasks), loaded, n_prompts=n_prompts, positions=positions)
+        return Results.of(execute_circuits(loaded, found, options))
+
+
+def intervene(model: Any, prompt_set: Any, spec: Any, *, sweep: str | None = None,
+              probes: Sequence[Any] = (), params: dict | None = None, threshold: float = 0.5,
+              generate: int = 0, n_generate: int = 3, batch_size: int = 8,
+              runs_dir: Path | str | None = None, run_id: str | None = None,
+              overwrite: bool = False, progress: bool = False) -> Results:
+    """``workbench intervene`` (same options, same tables): ``prompt_set`` without and with
+    ``spec`` (a list of intervention dicts, a Spec or a spec file), optionally swept.
+
+    Raises:
+        InputError: a bad spec, sweep or probe (before the model loads).
+    """
+    from workbench.api import check_prompts
+    from workbench.interventions import load_spec, parse_spec
+    from workbench.interventions.evaluate import InterveneOptions, Sweep
+    from workbench.interventions.evaluate import intervene as run_intervene
+    from workbench.interventions.spec import Spec
+    from workbench.plugins import make_probes
+
+    parsed = spec if isinstance(spec, Spec) else load_spec(spec) if isinstance(
+        spec, (str, Path)) else parse_spec(spec)
+    chosen = make_probes(list(probes), params) if probes else []
+    check_prompts(prompt_set, chosen)
+    with _folder(runs_dir) as folder:
+        options = InterveneOptions(batch_size, Sweep.parse(sweep) if sweep else None, threshold,
+                                   generate, n_generate, chosen, folder, run_id, overwrite,
+                                   progress, ["wb.intervene"])
+        return Results.of(run_intervene(_model(model), prompt_set, parsed, options))
+
+
+def atlas(model: Any = "smollm2-135m", *, out: Path | str | None = None, **options: Any) -> Any:
+    """``workbench atlas``: the battery and circuit tasks condensed into one row per head, written
+    to ``out`` (default ``runs/atlas-<model>``); ``options`` are :class:`atlas.AtlasOptions`
+    fields (``n_prompts``, ``skip``, ``resume`` ...). Returns the :class:`atlas.build.Atlas`.
+
+    Raises:
+        InputError, RunStateError: as ``workbench atlas``.
+    """
+    from atlas import AtlasOptions, build_atlas
+
+    spec = model if isinstance(model, str) else model.info.name
+    slug = spec.rstrip("/").split("/")[-1]
+    opts = AtlasOptions(out=Path(out) if out else Path("runs") / f"atlas-{slug}",
+                        progress=options.pop("progress", False), command=["wb.atlas"], **options)
+    return build_atlas(lambda: _model(model), opts, model_spec=spec)
