@@ -41,6 +41,7 @@ class DiscoveryOptions:
     heads_per_forward: int | None = None  # None = 1 on CPU, a layer's heads on GPU
     stages: int = 2  # path patching stages
     receiver_input: str = "qkv"  # path patching: which inputs of receiver heads
+    heads: tuple[Head, ...] | None = None  # heads scored (path: senders); None = every head
 
 
 @dataclass
@@ -65,7 +66,7 @@ def _scored(method: str, run: Callable[..., HeadEffects]):
                  progress: Progress | None = None) -> Discovery:
         start = time.perf_counter()
         kwargs = dict(direction=options.direction, positions=options.positions,
-                      batch_size=options.batch_size, progress=progress)
+                      batch_size=options.batch_size, progress=progress, heads=options.heads)
         if method == "activation":
             kwargs["heads_per_forward"] = options.heads_per_forward
         effects = run(model, task, **kwargs)
@@ -87,7 +88,8 @@ def discover_path(model, task: Task, selection: Selection, options: DiscoveryOpt
         result = path_patching(model, task, receivers=receivers,
                                receiver_input=options.receiver_input, direction=options.direction,
                                positions=options.positions, batch_size=options.batch_size,
-                               heads_per_forward=options.heads_per_forward, progress=progress)
+                               heads_per_forward=options.heads_per_forward, progress=progress,
+                               senders=options.heads)
         result.condition = f"stage {stage}; {result.condition}"
         effects.append(result)
         picked = select_heads(result.score, selection)

@@ -45,7 +45,7 @@ from circuits.overlap import Overlap, overlap_table
 from circuits.path_patching import check_receiver_input
 from circuits.tasks import Task, load_task
 from workbench.errors import InputError, RunStateError
-from workbench.heads import format_head
+from workbench.heads import Head, check_heads, format_head, parse_head
 from workbench.metrics import accuracy
 from workbench.records import (PROMPTS_SCHEMA, SCHEMA_VERSION, TOKENS_SCHEMA, concat, conform,
                                records, string_column)
@@ -97,11 +97,15 @@ def check_methods(methods: list[str]) -> None:
 def check_options(methods: list[str], select: str, *, direction: str, positions: str | None,
                   batch_size: int, heads_per_forward: int | None, stages: int,
                   receiver_input: str, n_random: int, mean_prompts: int | None,
-                  **run: object) -> CircuitsOptions:
+                  heads: str | None = None, **run: object) -> CircuitsOptions:
     """Validate the command line before the model loads.
 
+    ``heads``: ``None`` (every head) or a comma-separated ``layer.head`` list (``"23.3,20.0"``):
+    the heads patched (activation), kept (attribution) or used as senders (path).
+
     Raises:
-        InputError: an unknown method, a bad selection, direction, receiver input or count.
+        InputError: an unknown method, a bad selection, direction, receiver input, count or head
+            (the message names the bad item).
     """
     check_methods(methods)
     check_direction(direction)
@@ -113,9 +117,39 @@ def check_options(methods: list[str], select: str, *, direction: str, positions:
         if value < least:
             raise InputError(f"{name} must be at least {least}, got {value}")
     discovery = DiscoveryOptions(direction, None if positions in (None, "all") else positions,
-                                 batch_size, heads_per_forward, stages, receiver_input)
+                                 batch_size, heads_per_forward, stages, receiver_input,
+                                 parse_head_list(heads))
     return CircuitsOptions(methods, Selection.parse(select), discovery, n_random, mean_prompts,
                            **run)
+
+
+def parse_head_list(text: str | None) -> tuple[Head, ...] | None:
+    """``"23.3, 20.0"`` -> ``((20, 0), (23, 3))`` (sorted, unique); ``None`` -> ``None``.
+
+    Raises:
+        InputError: an item is not ``layer.head`` (named), or the list is empty.
+    """
+    if text is None:
+        return None
+    heads = set()
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        try:
+            heads.add(parse_head(item.strip()))
+        except InputError as err:
+            raise InputError(f"--heads: {err}") from None
+    if not heads:
+        raise InputError(f"--heads: no head given in {text!r}; write layer.head items separated "
+                         "by commas (23.3,20.0)")
+    return tuple(sorted(heads))
+
+
+def check_head_range(model, options: CircuitsOptions) -> None:
+    """Raise :class:`InputError` naming a ``--heads`` item outside the model."""
+    if options.discovery.heads is not None:
+        check_heads(options.discovery.heads, model.info.n_layers, model.info.n_heads,
+                    where="--heads")
 
 
 def load_tasks(specs: list[str], model, *, n_prompts: int | None, positions: str | None
@@ -138,6 +172,7 @@ def execute_circuits(model, tasks: list[Task], options: CircuitsOptions) -> RunD
         RunStateError: the run exists and ``overwrite`` is off.
     """
     check_methods(options.methods)
+    check_head_range(model, options)
     names = [t.name for t in tasks]
     if len(set(names)) != len(names):
         raise InputError(f"a task is named twice: {', '.join(names)}")

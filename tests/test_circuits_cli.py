@@ -102,3 +102,32 @@ def test_unequal_lengths_are_refused(capsys, tmp_path):
     code, _, err = cli(capsys, *args([path], tmp_path / "runs"))
     assert code == 2 and "prompt 'tiny-ioi-1': corrupted_text has" in err
     assert "patching needs equal lengths" in err and not (tmp_path / "runs").exists()
+
+
+def test_heads_option_patches_only_the_chosen_heads(capsys, two_tasks, tmp_path):
+    runs = tmp_path / "runs"
+    for method in ("activation", "attribution", "path"):
+        code, out, err = cli(capsys, *args(two_tasks[:1], runs, "--method", method,
+                                           "--heads", "3.1, 1.2,0.0", "--select", "top_k=2",
+                                           "--stages", "1", "--run-id", method))
+        assert code == 0, err
+        [(run, _)] = [r for r in list_runs(runs) if r[0].run_id == method]
+        effects = pq.read_table(run.table_path("head_effects")).to_pandas()
+        scores = effects[effects.metric == "score"]
+        heads = {(int(r.layer), int(r.head)) for r in scores.itertuples()}
+        want = {(0, 0), (1, 2), (3, 1)}
+        assert heads == want, method
+        members = pq.read_table(run.table_path("circuits")).to_pandas().query("metric == 'member'")
+        assert {(int(r.layer), int(r.head)) for r in members.itertuples()} <= want
+
+
+@pytest.mark.parametrize("heads, message", [
+    ("1.2,x", "--heads: head 'x' is not of the form layer.head"),
+    ("1.2,9.0", "--heads: head 9.0 is out of range"),
+    (",", "--heads: no head given"),
+])
+def test_bad_heads_are_refused_naming_the_item(capsys, two_tasks, tmp_path, heads, message):
+    runs = tmp_path / "runs"
+    code, _, err = cli(capsys, *args(two_tasks[:1], runs, "--heads", heads))
+    assert code == 2 and message in err, err
+    assert not runs.exists()

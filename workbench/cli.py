@@ -143,6 +143,9 @@ def circuits(
     mean_prompts: Optional[int] = typer.Option(
         None, "--mean-prompts", help="Corrupted prompts the ablation means average over "
         "(default: every prompt of the task file)."),
+    heads: Optional[str] = typer.Option(
+        None, "--heads", help="Only these heads, layer.head comma-separated (23.3,20.0): patched, "
+        "kept (attribution) or path-patching senders. Default: every head."),
     device: Optional[str] = DEVICE,
     dtype: Optional[str] = DTYPE,
     prepend_bos: Optional[bool] = PREPEND_BOS,
@@ -161,7 +164,7 @@ def circuits(
     options = check_options(method, select, direction=direction, positions=positions,
                             batch_size=batch_size, heads_per_forward=heads_per_forward,
                             stages=stages, receiver_input=receiver_input, n_random=n_random,
-                            mean_prompts=mean_prompts,
+                            mean_prompts=mean_prompts, heads=heads,
                             runs_dir=runs_dir, run_id=run_id, overwrite=overwrite,
                             progress=progress)
     loaded = _load(model, strict_parity, device=device, dtype=dtype, prepend_bos=prepend_bos)
