@@ -3,7 +3,8 @@
 Each method scores heads on a task and selects a circuit with a :class:`Selection`:
 
 * ``activation``: activation patching of every head (:mod:`circuits.patching`), then select;
-* ``attribution``: attribution patching (EAP, :mod:`circuits.attribution`), then select;
+* ``attribution``: attribution patching (EAP, :mod:`circuits.attribution`), then select; its top
+  ``spot_check`` heads are measured by activation patching (:mod:`circuits.spot_check`);
 * ``path``: path patching in stages as in Wang et al. and Merullo et al.
   (:mod:`circuits.path_patching`): stage 1 scores every head as a sender to the logits and
   selects; stage ``s + 1`` scores every head as a sender to the query/key/value of the heads newly
@@ -27,6 +28,7 @@ from circuits.discovery import Selection, circuit_graph, select_heads
 from circuits.effects import HeadEffects
 from circuits.path_patching import path_patching
 from circuits.patching import Progress, activation_patching
+from circuits.spot_check import SpotCheck, spot_check
 from circuits.tasks import Task
 from workbench.heads import Head
 
@@ -42,6 +44,7 @@ class DiscoveryOptions:
     stages: int = 2  # path patching stages
     receiver_input: str = "qkv"  # path patching: which inputs of receiver heads
     heads: tuple[Head, ...] | None = None  # heads scored (path: senders); None = every head
+    spot_check: int = 20  # attribution: activation-patch its top-k heads (0 = off)
 
 
 @dataclass
@@ -55,6 +58,7 @@ class Discovery:
     scores: np.ndarray  # [n_layers, n_heads]: the score each head was selected on (stage 1 else)
     edges: list[tuple[Any, Any, float]] = field(default_factory=list)
     seconds: float = 0.0
+    spot_check: SpotCheck | None = None  # attribution: its top heads measured by activation
 
     def graph(self) -> nx.DiGraph:
         """The circuit as a ``networkx.DiGraph`` (:func:`circuits.discovery.circuit_graph`)."""
@@ -71,8 +75,13 @@ def _scored(method: str, run: Callable[..., HeadEffects]):
             kwargs["heads_per_forward"] = options.heads_per_forward
         effects = run(model, task, **kwargs)
         circuit = select_heads(effects.score, selection)
+        check = None
+        if method == "attribution" and options.spot_check:
+            check = spot_check(model, task, effects, k=options.spot_check,
+                               positions=options.positions, batch_size=options.batch_size,
+                               heads_per_forward=options.heads_per_forward, progress=progress)
         return Discovery(method, task.name, [effects], circuit, effects.score,
-                         seconds=time.perf_counter() - start)
+                         seconds=time.perf_counter() - start, spot_check=check)
     return discover
 
 

@@ -19,6 +19,9 @@ units in ``run.json``):
   ``n_shared``, ``size_first``, ``size_second``, ``expected_shared``, ``p_value``,
   ``expected_jaccard`` (the random baseline of ``jaccard``); and ``shared``
   rows (value 1) naming each shared head by ``layer``/``head``.
+* ``spot_check`` (attribution, unless ``--spot-check 0``): per top head by ``|attribution|``
+  (:mod:`circuits.spot_check`): ``score_attribution``, ``score_activation``, ``disagrees`` (0/1),
+  ``worst_effect_attribution`` / ``worst_effect_activation`` with that prompt's ``prompt_id``.
 * ``method_agreement`` (with two or more methods): ``spearman`` of the per-head scores (path
   patching: stage 1) per task, ``condition`` = ``"methodA~methodB"``.
 """
@@ -70,6 +73,11 @@ UNITS = {
     "size_second": "heads", "expected_shared": "heads", "p_value": "probability",
     "expected_jaccard": "fraction (random head sets of the same sizes)",
     "shared": "1 per shared head", "spearman": "rank correlation",
+    "score_attribution": "attribution estimate of score (fraction of the gap)",
+    "score_activation": "activation-patching score of the same head (fraction of the gap)",
+    "disagrees": "1 if |attribution - activation| > max(0.05, 0.5 |activation|), else 0",
+    "worst_effect_attribution": "logits: estimated patched - base LD on the worst prompt",
+    "worst_effect_activation": "logits: measured patched - base LD on the worst prompt",
 }
 
 
@@ -97,7 +105,8 @@ def check_methods(methods: list[str]) -> None:
 def check_options(methods: list[str], select: str, *, direction: str, positions: str | None,
                   batch_size: int, heads_per_forward: int | None, stages: int,
                   receiver_input: str, n_random: int, mean_prompts: int | None,
-                  heads: str | None = None, **run: object) -> CircuitsOptions:
+                  heads: str | None = None, spot_check: int = 20,
+                  **run: object) -> CircuitsOptions:
     """Validate the command line before the model loads.
 
     ``heads``: ``None`` (every head) or a comma-separated ``layer.head`` list (``"23.3,20.0"``):
@@ -113,12 +122,13 @@ def check_options(methods: list[str], select: str, *, direction: str, positions:
     for name, value, least in (("--batch-size", batch_size, 1), ("--stages", stages, 1),
                                ("--n-random", n_random, 0),
                                ("--mean-prompts", mean_prompts or 1, 1),
+                               ("--spot-check", spot_check, 0),
                                ("--heads-per-forward", heads_per_forward or 1, 1)):
         if value < least:
             raise InputError(f"{name} must be at least {least}, got {value}")
     discovery = DiscoveryOptions(direction, None if positions in (None, "all") else positions,
                                  batch_size, heads_per_forward, stages, receiver_input,
-                                 parse_head_list(heads))
+                                 parse_head_list(heads), spot_check)
     return CircuitsOptions(methods, Selection.parse(select), discovery, n_random, mean_prompts,
                            **run)
 
@@ -239,6 +249,10 @@ def _tables(model, tasks, found, options, timings, run_id: str) -> dict[str, pa.
             timings[f"faithfulness.{method}.{task.name}_s"] = round(time.perf_counter() - start, 3)
             tables["faithfulness"].append(conform(_faith_rows(faith, task.name), run_id=run_id,
                                                   probe=probe))
+    checks = [conform(found[m, t.name].spot_check.records(), run_id=run_id, probe=PROBE[m])
+              for m in options.methods for t in tasks if found[m, t.name].spot_check is not None]
+    if checks:
+        tables["spot_check"] = checks
     n_total = model.info.n_layers * model.info.n_heads
     if len(tasks) > 1:
         tables["overlap"] = [
@@ -399,8 +413,30 @@ def report(run: RunDir) -> str:
             lines.append(f"  {probe} {pair}: {int(value(o, 'n_shared'))}, "
                          f"{value(o, 'jaccard'):.3f}, {value(o, 'overlap_coefficient'):.3f}, "
                          f"{value(o, 'expected_shared'):.2f}, {value(o, 'p_value'):.2e}")
+    spot = frame("spot_check")
+    if spot is not None:
+        lines += spot_check_lines(spot)
     ag = frame("method_agreement")
     if ag is not None:
         lines.append("method agreement (Spearman of head scores)")
         lines += [f"  {r.segment} {r.condition}: {r.value:.3f}" for r in ag.itertuples()]
     return "\n".join(lines)
+
+
+def spot_check_lines(spot) -> list[str]:
+    """Report lines of the ``spot_check`` table: per task, how many heads disagree, then each head's
+    attribution and activation scores and its worst prompt."""
+    lines = ["spot check (attribution vs activation patching of the top heads by |attribution|; "
+             "scores as fractions of the gap; worst prompt's effects in logits)"]
+    for task, rows in spot.groupby("segment", sort=False):
+        wide = rows.pivot_table(index=["layer", "head"], columns="metric", values="value")
+        worst = rows[rows.metric == "worst_effect_attribution"].set_index(["layer", "head"])
+        lines.append(f"  {task}: {int(wide.disagrees.sum())} of {len(wide)} disagree")
+        for (layer, head), r in wide.sort_values("score_attribution", key=abs,
+                                                 ascending=False).iterrows():
+            flag = "  DISAGREES" if r.disagrees else ""
+            lines.append(f"    {int(layer)}.{int(head)}: {r.score_attribution:+.3f} vs "
+                         f"{r.score_activation:+.3f}; worst prompt "
+                         f"{worst.prompt_id[(layer, head)]}: {r.worst_effect_attribution:+.2f} vs "
+                         f"{r.worst_effect_activation:+.2f}{flag}")
+    return lines

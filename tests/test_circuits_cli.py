@@ -43,7 +43,7 @@ def test_circuits_run_writes_every_table(capsys, two_tasks, tmp_path):
                                                       "activation_patching"]
     tables = {name: pq.read_table(run.table_path(name)) for name in manifest["tables"]}
     assert set(tables) == {"task_metrics", "head_effects", "circuits", "faithfulness", "overlap",
-                           "method_agreement"}
+                           "method_agreement", "spot_check"}
     assert {"prompts", "tokens"} <= set(run.tables())
     for table in tables.values():
         assert table.schema.equals(RECORD_SCHEMA, check_metadata=False)
@@ -131,3 +131,24 @@ def test_bad_heads_are_refused_naming_the_item(capsys, two_tasks, tmp_path, head
     code, _, err = cli(capsys, *args(two_tasks[:1], runs, "--heads", heads))
     assert code == 2 and message in err, err
     assert not runs.exists()
+
+
+def test_attribution_spot_check_is_written_and_reported(capsys, two_tasks, tmp_path):
+    runs = tmp_path / "runs"
+    code, out, err = cli(capsys, *args(two_tasks[:1], runs, "--method", "attribution",
+                                       "--spot-check", "4"))
+    assert code == 0, err
+    [(run, manifest)] = list_runs(runs)
+    assert manifest["probes"][0]["params"]["spot_check"] == 4
+    spot = pq.read_table(run.table_path("spot_check")).to_pandas()
+    est = spot[spot.metric == "score_attribution"]
+    scores = pq.read_table(run.table_path("head_effects")).to_pandas().query("metric == 'score'")
+    top = scores.assign(mag=scores.value.abs()).nlargest(4, "mag")
+    assert {(r.layer, r.head) for r in est.itertuples()} == {(r.layer, r.head)
+                                                            for r in top.itertuples()}
+    flags = spot[spot.metric == "disagrees"]
+    assert len(flags) == 4 and set(flags.value) <= {0.0, 1.0}
+    assert "spot check (attribution vs activation patching" in out
+    assert f"{int(flags.value.sum())} of 4 disagree" in out
+    code, _, err = cli(capsys, *args(two_tasks[:1], runs, "--spot-check", "-1"))
+    assert code == 2 and "--spot-check must be at least 0" in err

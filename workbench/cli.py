@@ -146,6 +146,9 @@ def circuits(
     heads: Optional[str] = typer.Option(
         None, "--heads", help="Only these heads, layer.head comma-separated (23.3,20.0): patched, "
         "kept (attribution) or path-patching senders. Default: every head."),
+    spot_check: int = typer.Option(
+        20, "--spot-check", help="Attribution: activation-patch its top K heads and flag "
+        "disagreements (0 = off)."),
     device: Optional[str] = DEVICE,
     dtype: Optional[str] = DTYPE,
     prepend_bos: Optional[bool] = PREPEND_BOS,
@@ -165,6 +168,7 @@ def circuits(
                             batch_size=batch_size, heads_per_forward=heads_per_forward,
                             stages=stages, receiver_input=receiver_input, n_random=n_random,
                             mean_prompts=mean_prompts, heads=heads,
+                            spot_check=spot_check,
                             runs_dir=runs_dir, run_id=run_id, overwrite=overwrite,
                             progress=progress)
     loaded = _load(model, strict_parity, device=device, dtype=dtype, prepend_bos=prepend_bos)
