@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -97,8 +97,10 @@ class AblationMeans:
         return torch.stack(rows)
 
 
-def ablation_means(model, task: Task, *, batch_size: int = 16) -> AblationMeans:
-    """One pass over the corrupted prompts, averaging ``hook_z`` per (token length, position)."""
+def ablation_means(model, task: Task, *, batch_size: int = 16,
+                   progress: Callable[[int], None] | None = None) -> AblationMeans:
+    """One pass over the corrupted prompts, averaging ``hook_z`` per (token length, position);
+    ``progress(1)`` after each batch."""
     sums: dict[int, list[Tensor]] = {}
     counts: dict[int, int] = {}
     for tb in task.batches(batch_size):
@@ -108,6 +110,8 @@ def ablation_means(model, task: Task, *, batch_size: int = 16) -> AblationMeans:
             for layer, z_layer in enumerate(z):
                 acc[layer] += z_layer[b, :n]
             counts[n] = counts.get(n, 0) + 1
+        if progress:
+            progress(1)
     return AblationMeans({n: [s / counts[n] for s in acc] for n, acc in sums.items()})
 
 
@@ -129,14 +133,18 @@ def mean_ablation_hooks(model, means: AblationMeans, ablated: Sequence[Head], ba
 
 
 def circuit_logit_diff(model, task: Task, circuit: Iterable[Head], means: AblationMeans, *,
-                       batch_size: int = 16) -> np.ndarray:
-    """``[n_prompts]`` clean LD with every head outside ``circuit`` mean-ablated."""
+                       batch_size: int = 16, progress: Callable[[int], None] | None = None
+                       ) -> np.ndarray:
+    """``[n_prompts]`` clean LD with every head outside ``circuit`` mean-ablated
+    (``progress(1)`` after each batch)."""
     keep = set(map(tuple, circuit))
     ablated = [h for h in all_heads(model.info.n_layers, model.info.n_heads) if h not in keep]
     out = np.zeros(len(task))
     for tb in task.batches(batch_size):
         hooks = mean_ablation_hooks(model, means, ablated, tb.clean)
         out[tb.index] = tb.logit_diff(last_logits(model, tb.clean, hooks)).cpu().numpy()
+        if progress:
+            progress(1)
     return out
 
 
@@ -168,19 +176,22 @@ class Faithfulness:
 
 
 def faithfulness(model, task: Task, circuit: Iterable[Head], *, means: AblationMeans | None = None,
-                 n_random: int = 0, seed: int = 0, batch_size: int = 16) -> Faithfulness:
+                 n_random: int = 0, seed: int = 0, batch_size: int = 16,
+                 progress: Callable[[int], None] | None = None) -> Faithfulness:
     """Faithfulness of ``circuit`` on ``task`` (means from :func:`ablation_means` unless given);
-    ``n_random`` random circuits of the same size (seeded) give a baseline."""
+    ``n_random`` random circuits of the same size (seeded) give a baseline. ``progress(1)`` after
+    each batch of each of the ``3 + n_random`` passes."""
     circuit = sorted(set(map(tuple, circuit)))
     means = means or ablation_means(model, task, batch_size=batch_size)
+    run = dict(batch_size=batch_size, progress=progress)
     full = circuit_logit_diff(model, task, all_heads(model.info.n_layers, model.info.n_heads),
-                              means, batch_size=batch_size)
-    kept = circuit_logit_diff(model, task, circuit, means, batch_size=batch_size)
-    empty = circuit_logit_diff(model, task, [], means, batch_size=batch_size)
+                              means, **run)
+    kept = circuit_logit_diff(model, task, circuit, means, **run)
+    empty = circuit_logit_diff(model, task, [], means, **run)
     rng = np.random.default_rng(seed)
     heads = all_heads(model.info.n_layers, model.info.n_heads)
     randoms = [circuit_logit_diff(model, task, [heads[i] for i in rng.choice(
-        len(heads), len(circuit), replace=False)], means, batch_size=batch_size).mean()
+        len(heads), len(circuit), replace=False)], means, **run).mean()
                for _ in range(n_random)]
     random = float(np.mean(randoms) / full.mean()) if randoms else float("nan")
     return Faithfulness(float(full.mean()), float(kept.mean()), float(empty.mean()),

@@ -28,9 +28,10 @@ from circuits.discovery import Selection, circuit_graph, select_heads
 from circuits.effects import HeadEffects
 from circuits.path_patching import path_patching
 from circuits.patching import Progress, activation_patching
+from circuits.progress import plan
 from circuits.spot_check import SpotCheck, spot_check
 from circuits.tasks import Task
-from workbench.heads import Head
+from workbench.heads import Head, all_heads
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,12 @@ def _scored(method: str, run: Callable[..., HeadEffects]):
     def discover(model, task: Task, selection: Selection, options: DiscoveryOptions,
                  progress: Progress | None = None) -> Discovery:
         start = time.perf_counter()
+        n_batches = len(task.batches(options.batch_size))
+        n_all = model.info.n_layers * model.info.n_heads
+        n_scored = len(options.heads) if options.heads else n_all
+        plan(progress, (n_scored if method == "activation" else n_all) * n_batches)
+        if method == "attribution" and options.spot_check:
+            plan(progress, min(options.spot_check, n_scored) * n_batches)
         kwargs = dict(direction=options.direction, positions=options.positions,
                       batch_size=options.batch_size, progress=progress, heads=options.heads)
         if method == "activation":
@@ -93,7 +100,11 @@ def discover_path(model, task: Task, selection: Selection, options: DiscoveryOpt
     edges: list[tuple[Any, Any, float]] = []
     scores = np.full((model.info.n_layers, model.info.n_heads), np.nan)
     receivers: Any = "logits"
+    pool = options.heads or all_heads(model.info.n_layers, model.info.n_heads)
+    n_batches = len(task.batches(options.batch_size))
     for stage in range(1, options.stages + 1):
+        reach = model.info.n_layers if receivers == "logits" else max(l for l, _ in receivers)
+        plan(progress, sum(layer < reach for layer, _ in pool) * n_batches)
         result = path_patching(model, task, receivers=receivers,
                                receiver_input=options.receiver_input, direction=options.direction,
                                positions=options.positions, batch_size=options.batch_size,

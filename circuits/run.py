@@ -36,6 +36,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from itertools import combinations
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -46,6 +47,7 @@ from circuits.effects import check_direction, check_positions, spearman
 from circuits.methods import METHODS, Discovery, DiscoveryOptions
 from circuits.overlap import Overlap, overlap_table
 from circuits.path_patching import check_receiver_input
+from circuits.progress import CircuitsProgress, plan
 from circuits.tasks import Task, load_task
 from workbench.errors import InputError, RunStateError
 from workbench.heads import Head, check_heads, format_head, parse_head
@@ -92,6 +94,7 @@ class CircuitsOptions:
     run_id: str | None = None
     overwrite: bool = False
     progress: bool = True
+    console: Any = None  # rich Console the progress bars draw on (None: standard error)
 
 
 def check_methods(methods: list[str]) -> None:
@@ -196,8 +199,9 @@ def execute_circuits(model, tasks: list[Task], options: CircuitsOptions) -> RunD
                            overwrite=options.overwrite, same_config=lambda stored: None)
     timings: dict[str, float] = {}
     try:
-        found = _discover_all(model, tasks, options, timings)
-        tables = _tables(model, tasks, found, options, timings, run.run_id)
+        with CircuitsProgress(options.progress, options.console) as bars:
+            found = _discover_all(model, tasks, options, timings, bars)
+            tables = _tables(model, tasks, found, options, timings, run.run_id, bars)
         clean = [c for t in tasks for c in t.clean]
         run.write_table("prompts", pa.table(prompt_rows(clean), schema=PROMPTS_SCHEMA))
         run.write_table("tokens", pa.table(token_rows(clean, model.tokenizer), schema=TOKENS_SCHEMA))
@@ -214,41 +218,26 @@ def execute_circuits(model, tasks: list[Task], options: CircuitsOptions) -> RunD
     return run
 
 
-def _discover_all(model, tasks, options, timings) -> dict[tuple[str, str], Discovery]:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
+def _discover_all(model, tasks, options, timings, bars: CircuitsProgress
+                  ) -> dict[tuple[str, str], Discovery]:
     found = {}
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(),
-               TextColumn("{task.completed} heads x batches"), TimeElapsedColumn())
-    with Progress(*columns, disable=not options.progress) as bar:
-        for method in options.methods:
-            for task in tasks:
-                handle = bar.add_task(f"{method} {task.name}", total=None)
+    for method in options.methods:
+        for task in tasks:
+            with bars.phase(f"{method} {task.name}", "heads x batches") as phase:
                 result = METHODS[method](model, task, options.selection, options.discovery,
-                                         progress=lambda n, h=handle: bar.advance(h, n))
-                found[method, task.name] = result
-                timings[f"{method}.{task.name}_s"] = round(result.seconds, 3)
+                                         progress=phase)
+            found[method, task.name] = result
+            timings[f"{method}.{task.name}_s"] = round(result.seconds, 3)
     return found
 
 
-def _tables(model, tasks, found, options, timings, run_id: str) -> dict[str, pa.Table]:
+def _tables(model, tasks, found, options, timings, run_id: str, bars: CircuitsProgress
+            ) -> dict[str, pa.Table]:
     tables: dict[str, list[pa.Table]] = {"task_metrics": [], "head_effects": [], "circuits": [],
                                          "faithfulness": []}
     for task in tasks:
-        effects = found[options.methods[0], task.name].effects[0]
-        tables["task_metrics"].append(conform(_task_rows(effects), run_id=run_id, probe="task"))
-        means = _ablation_means(model, task, options)
-        for method in options.methods:
-            result, probe = found[method, task.name], PROBE[method]
-            tables["head_effects"] += [conform(e.records(), run_id=run_id, probe=probe)
-                                       for e in result.effects]
-            tables["circuits"].append(conform(_circuit_rows(result), run_id=run_id, probe=probe))
-            start = time.perf_counter()
-            faith = faithfulness(model, task, result.circuit, means=means,
-                                 n_random=options.n_random, batch_size=options.discovery.batch_size)
-            timings[f"faithfulness.{method}.{task.name}_s"] = round(time.perf_counter() - start, 3)
-            tables["faithfulness"].append(conform(_faith_rows(faith, task.name), run_id=run_id,
-                                                  probe=probe))
+        with bars.phase(f"faithfulness {task.name}", "batches") as phase:
+            _task_tables(model, task, found, options, timings, run_id, tables, phase)
     checks = [conform(found[m, t.name].spot_check.records(), run_id=run_id, probe=PROBE[m])
               for m in options.methods for t in tasks if found[m, t.name].spot_check is not None]
     if checks:
@@ -265,12 +254,34 @@ def _tables(model, tasks, found, options, timings, run_id: str) -> dict[str, pa.
     return {name: concat(parts) for name, parts in tables.items()}
 
 
-def _ablation_means(model, task: Task, options: CircuitsOptions):
+def _task_tables(model, task, found, options, timings, run_id, tables, phase) -> None:
+    """Task metrics, head effects, circuits and faithfulness rows of one task (into ``tables``),
+    advancing ``phase`` per batch of the ablation means and of every faithfulness pass."""
+    effects = found[options.methods[0], task.name].effects[0]
+    tables["task_metrics"].append(conform(_task_rows(effects), run_id=run_id, probe="task"))
+    means = _ablation_means(model, task, options, phase)
+    plan(phase, len(options.methods) * (3 + options.n_random)
+         * len(task.batches(options.discovery.batch_size)))
+    for method in options.methods:
+        result, probe = found[method, task.name], PROBE[method]
+        tables["head_effects"] += [conform(e.records(), run_id=run_id, probe=probe)
+                                   for e in result.effects]
+        tables["circuits"].append(conform(_circuit_rows(result), run_id=run_id, probe=probe))
+        start = time.perf_counter()
+        faith = faithfulness(model, task, result.circuit, means=means, n_random=options.n_random,
+                             batch_size=options.discovery.batch_size, progress=phase)
+        timings[f"faithfulness.{method}.{task.name}_s"] = round(time.perf_counter() - start, 3)
+        tables["faithfulness"].append(conform(_faith_rows(faith, task.name), run_id=run_id,
+                                              probe=probe))
+
+
+def _ablation_means(model, task: Task, options: CircuitsOptions, phase=None):
     """Means over the corrupted prompts of the task's whole file (or its first ``mean_prompts``,
     never fewer than the scored prompts, so every scored prompt's length has a mean)."""
     n = None if options.mean_prompts is None else max(options.mean_prompts, len(task))
     source = load_task(task.prompt_set.files[0].path, model, n_prompts=n)
-    return ablation_means(model, source, batch_size=options.discovery.batch_size)
+    plan(phase, len(source.batches(options.discovery.batch_size)))
+    return ablation_means(model, source, batch_size=options.discovery.batch_size, progress=phase)
 
 
 def _task_rows(effects) -> pa.Table:
