@@ -26,6 +26,8 @@ from workbench.forward import last_logits
 from workbench.heads import Head, all_heads, format_head
 
 SELECTIONS = ("top_k", "top_percent", "threshold")
+EDGE_WEIGHT = ("path-patching score of the sender through this receiver alone (fraction of the "
+               "clean - corrupted gap)")
 
 
 @dataclass(frozen=True)
@@ -202,8 +204,10 @@ def faithfulness(model, task: Task, circuit: Iterable[Head], *, means: AblationM
 def circuit_graph(heads: Iterable[Head], scores: np.ndarray | None = None,
                   edges: Iterable[tuple[Head | str, Head | str, float]] = ()) -> nx.DiGraph:
     """The circuit as a directed graph: nodes ``"L.H"`` (attributes ``layer``, ``head``,
-    ``score``) and ``"logits"``; edges ``(sender, receiver, weight)`` from path patching."""
-    graph = nx.DiGraph()
+    ``score``) and ``"logits"``; edges ``(sender, receiver, weight)`` from path patching, the
+    weight being the sender's score through that receiver alone (graph attribute
+    ``edge_weight`` says so)."""
+    graph = nx.DiGraph(edge_weight=EDGE_WEIGHT)
     for layer, head in heads:
         score = float(scores[layer, head]) if scores is not None else None
         graph.add_node(format_head((layer, head)), layer=layer, head=head, score=score)

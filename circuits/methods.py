@@ -9,8 +9,9 @@ Each method scores heads on a task and selects a circuit with a :class:`Selectio
   (:mod:`circuits.path_patching`): stage 1 scores every head as a sender to the logits and
   selects; stage ``s + 1`` scores every head as a sender to the query/key/value of the heads newly
   selected at stage ``s`` and selects again; the circuit is the union. Each selected sender gets an
-  edge to every receiver of its stage in a later layer (or to ``"logits"``), weighted by its score
-  through that receiver set jointly (the per-receiver split would cost one run per receiver).
+  edge to every receiver of its stage in a later layer (or to ``"logits"``), weighted by its
+  path-patching score through *that receiver alone* (one more path-patching run per receiver, over
+  the selected senders only); the stage's joint score stays in ``effects``.
 """
 
 from __future__ import annotations
@@ -113,10 +114,10 @@ def discover_path(model, task: Task, selection: Selection, options: DiscoveryOpt
         result.condition = f"stage {stage}; {result.condition}"
         effects.append(result)
         picked = select_heads(result.score, selection)
-        for sender in picked:
-            targets = ["logits"] if receivers == "logits" else \
-                [r for r in receivers if r[0] > sender[0]]
-            edges += [(sender, r, float(result.score[sender])) for r in targets]
+        if receivers == "logits":  # one receiver: the stage's score is the edge's
+            edges += [(sender, "logits", float(result.score[sender])) for sender in picked]
+        else:
+            edges += _edge_scores(model, task, picked, receivers, options, progress, n_batches)
         new = [h for h in picked if h not in circuit]
         for head in new:
             scores[head] = result.score[head]
@@ -128,6 +129,26 @@ def discover_path(model, task: Task, selection: Selection, options: DiscoveryOpt
     scores = np.where(np.isnan(scores), stage1, scores)
     return Discovery("path", task.name, effects, sorted(circuit), scores, edges,
                      time.perf_counter() - start)
+
+
+def _edge_scores(model, task: Task, senders: list[Head], receivers: list[Head],
+                 options: DiscoveryOptions, progress: Progress | None, n_batches: int
+                 ) -> list[tuple[Head, Head, float]]:
+    """``(sender, receiver, score)`` for every selected sender in a layer before the receiver:
+    path patching of the senders to that one receiver (one run per receiver, the senders batched),
+    so each edge carries its own score, not its stage's joint one."""
+    edges = []
+    for receiver in receivers:
+        before = [s for s in senders if s[0] < receiver[0]]
+        if not before:
+            continue
+        plan(progress, len(before) * n_batches)
+        alone = path_patching(model, task, receivers=[receiver], senders=before,
+                              receiver_input=options.receiver_input, direction=options.direction,
+                              positions=options.positions, batch_size=options.batch_size,
+                              heads_per_forward=options.heads_per_forward, progress=progress)
+        edges += [(s, receiver, float(alone.score[s])) for s in before]
+    return sorted(edges)
 
 
 METHODS: dict[str, Callable[..., Discovery]] = {

@@ -12,6 +12,7 @@ import torch
 from circuits.discovery import (Selection, ablation_means, circuit_graph, circuit_logit_diff,
                                 faithfulness, select_heads)
 from circuits.methods import METHODS, DiscoveryOptions
+from circuits.path_patching import path_patching
 from circuits.overlap import (expected_jaccard, hypergeometric_tail, overlap, overlap_table,
                               shared_by_all)
 from circuits.tasks import load_task
@@ -100,16 +101,21 @@ def test_circuit_graph_and_path_discovery(tiny_llama, task_path):
     assert graph.nodes["1.2"] == {"layer": 1, "head": 2, "score": 6.0}
     assert graph.edges["1.2", "3.0"]["weight"] == 0.5
     task = load_task(str(task_path), tiny_llama)
-    top4 = Selection("top_k", 4)
-    found = METHODS["path"](tiny_llama, task, top4, DiscoveryOptions(stages=2))
-    stage1, stage2 = (set(select_heads(e.score, top4)) for e in found.effects)
+    top5 = Selection("top_k", 5)
+    found = METHODS["path"](tiny_llama, task, top5, DiscoveryOptions(stages=2))
+    stage1, stage2 = (set(select_heads(e.score, top5)) for e in found.effects)
     assert any(layer > 0 for layer, _ in stage1)  # so stage 2 has receivers with senders
     assert set(found.circuit) == stage1 | stage2 and len(found.effects) == 2
     assert {(s, r) for s, r, _ in found.edges if r == "logits"} == {(h, "logits") for h in stage1}
-    for sender, receiver, weight in found.edges:
-        if receiver != "logits":
-            assert receiver in stage1 and sender in stage2 and receiver[0] > sender[0]
-            assert weight == pytest.approx(found.effects[1].score[sender])
+    inner = [(s, r, w) for s, r, w in found.edges if r != "logits"]
+    assert len({r for _, r, _ in inner}) >= 2  # several receivers: a joint weight would repeat
+    for sender, receiver, weight in inner:
+        assert receiver in stage1 and sender in stage2 and receiver[0] > sender[0]
+    for sender, receiver, weight in (inner[0], inner[1], inner[-1]):
+        alone = path_patching(tiny_llama, task, receivers=[receiver], senders=[sender])
+        assert weight == pytest.approx(alone.score[sender], abs=1e-6)  # this edge, not the stage
+    assert found.graph().graph["edge_weight"].startswith("path-patching score of the sender "
+                                                         "through this receiver alone")
     graph = found.graph()
     assert set(graph.nodes) == {f"{l}.{h}" for l, h in found.circuit} | {"logits"}
     assert graph.number_of_edges() == len(found.edges)
