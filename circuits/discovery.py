@@ -3,16 +3,18 @@
 * :func:`select_heads`: top-k, top-percent or threshold on per-head scores (by magnitude by
   default, so heads that hurt the task, like IOI's negative name movers, count too).
 * :func:`faithfulness`: run the clean prompts with every head outside the circuit mean-ablated
-  (its ``z`` replaced by the mean over the *corrupted* prompts, per position) and compare the logit
+  (its ``z`` replaced by the mean over the *corrupted* prompts of the same template and length,
+  per position; :class:`AblationMeans`) and compare the logit
   difference with the full model's (Wang et al. 2022, arXiv 2211.00593, section 4: F(C) / F(M)).
 * :func:`circuit_graph`: a ``networkx.DiGraph`` with heads as nodes, and edges from path patching.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import networkx as nx
 import numpy as np
@@ -21,7 +23,7 @@ from torch import Tensor
 
 from circuits.cache import Z_HOOK, capture
 from circuits.tasks import Task
-from workbench.errors import InputError
+from workbench.errors import InputError, WorkbenchError
 from workbench.forward import last_logits
 from workbench.heads import Head, all_heads, format_head
 
@@ -81,50 +83,96 @@ def select_heads(scores: np.ndarray, selection: Selection) -> list[Head]:
     return sorted((int(i // n_heads), int(i % n_heads)) for i in picked)
 
 
+GroupKey = tuple[Any, int]  # (meta.template or None, token length)
+MIN_GROUP = 5  # fewer corrupted prompts than this in a group: a warning (noisy position means)
+
+
+def group_key(tok) -> GroupKey:
+    """``(meta["template"], n_tokens)`` of a tokenised prompt, ``(None, n_tokens)`` without one."""
+    return tok.prompt.meta.get("template"), tok.n_tokens
+
+
+def group_keys(task: Task, index) -> list[GroupKey]:
+    """The group keys of the task's prompts ``index`` (read from the clean prompts' ``meta``)."""
+    return [group_key(task.clean[int(i)]) for i in index]
+
+
 @dataclass
 class AblationMeans:
-    """Mean ``z`` over the corrupted prompts: per token length ``n``, per layer, ``[n, head_index,
-    d_head]`` (each position averaged over the prompts of that length, which for template-made
-    sets means the same template positions)."""
+    """Mean ``z`` over the corrupted prompts, position by position, per group of prompts that share
+    a template and a token length: ``by_group[(template, n)]`` is per layer ``[n, head_index,
+    d_head]``. The template is the prompt's ``meta.template`` (``None`` when absent: prompts are
+    then grouped by length alone, which mixes templates of equal length, as in IOI where the
+    15-token prompts come from several templates). ``by_length[n]``: all prompts of length ``n``
+    (the fallback for a group the means do not have); ``counts[key]``: prompts per group."""
 
+    by_group: dict[GroupKey, list[Tensor]]
     by_length: dict[int, list[Tensor]]
+    counts: dict[GroupKey, int]
 
-    def batch(self, layer: int, lengths: Tensor, seq_len: int) -> Tensor:
-        """``[batch, seq_len, head_index, d_head]`` means for prompts of these lengths (zeros at
-        padding)."""
+    def batch(self, layer: int, keys: Sequence[GroupKey] | Tensor, seq_len: int) -> Tensor:
+        """``[batch, seq_len, head_index, d_head]`` means for prompts with these group keys (or a
+        ``[batch]`` tensor of lengths: means by length alone), zeros at padding.
+
+        Raises:
+            WorkbenchError: no corrupted prompt of that length was averaged.
+        """
+        if isinstance(keys, Tensor):
+            keys = [(None, n) for n in keys.tolist()]
         rows = []
-        for n in lengths.tolist():
-            mean = self.by_length[n][layer]
-            rows.append(torch.nn.functional.pad(mean, (0, 0, 0, 0, 0, seq_len - n)))
+        for key in keys:
+            n = key[1]
+            per_layer = self.by_group.get(key) or self.by_length.get(n)
+            if per_layer is None:
+                raise WorkbenchError(f"ablation means: no corrupted prompt of {n} tokens was "
+                                     "averaged; use more --mean-prompts")
+            rows.append(torch.nn.functional.pad(per_layer[layer], (0, 0, 0, 0, 0, seq_len - n)))
         return torch.stack(rows)
 
 
 def ablation_means(model, task: Task, *, batch_size: int = 16,
                    progress: Callable[[int], None] | None = None) -> AblationMeans:
-    """One pass over the corrupted prompts, averaging ``hook_z`` per (token length, position);
-    ``progress(1)`` after each batch."""
-    sums: dict[int, list[Tensor]] = {}
-    counts: dict[int, int] = {}
+    """One pass over the corrupted prompts, averaging ``hook_z`` per (template, length) group and
+    position (:class:`AblationMeans`); ``progress(1)`` after each batch. Warns (``UserWarning``)
+    when a group has fewer than :data:`MIN_GROUP` prompts."""
+    sums: dict[GroupKey, list[Tensor]] = {}
+    counts: dict[GroupKey, int] = {}
     for tb in task.batches(batch_size):
         z = capture(model, tb.corrupted, block_inputs=False).z
-        for b, n in enumerate(tb.corrupted.lengths.tolist()):
-            acc = sums.setdefault(n, [torch.zeros_like(z[0][b, :n]) for _ in z])
+        for b, key in enumerate(group_keys(task, tb.index)):
+            n = key[1]
+            acc = sums.setdefault(key, [torch.zeros_like(z[0][b, :n]) for _ in z])
             for layer, z_layer in enumerate(z):
                 acc[layer] += z_layer[b, :n]
-            counts[n] = counts.get(n, 0) + 1
+            counts[key] = counts.get(key, 0) + 1
         if progress:
             progress(1)
-    return AblationMeans({n: [s / counts[n] for s in acc] for n, acc in sums.items()})
+    small = [f"template {t} ({n} tokens) has {c} corrupted prompts"
+             for (t, n), c in counts.items() if t is not None and c < MIN_GROUP]
+    if small:
+        warnings.warn(f"ablation means: {'; '.join(small)}; their position means are noisy "
+                      "(average over more prompts: --mean-prompts)", UserWarning, stacklevel=2)
+    by_length: dict[int, list[Tensor]] = {}
+    for n in {n for _, n in sums}:
+        keys = [k for k in sums if k[1] == n]
+        total = sum(counts[k] for k in keys)
+        by_length[n] = [sum(sums[k][layer] for k in keys) / total
+                        for layer in range(len(sums[keys[0]]))]
+    return AblationMeans({k: [s / counts[k] for s in acc] for k, acc in sums.items()}, by_length,
+                         counts)
 
 
-def mean_ablation_hooks(model, means: AblationMeans, ablated: Sequence[Head], batch):
-    """Hooks replacing the ``z`` of ``ablated`` heads by their means for this batch."""
+def mean_ablation_hooks(model, means: AblationMeans, ablated: Sequence[Head], batch,
+                        keys: Sequence[GroupKey] | None = None):
+    """Hooks replacing the ``z`` of ``ablated`` heads by their means for this batch (the prompts'
+    group ``keys``; default: by length alone)."""
     by_layer: dict[int, list[int]] = {}
     for layer, head in ablated:
         by_layer.setdefault(layer, []).append(head)
 
     def make(layer: int, heads: list[int]):
-        mean = means.batch(layer, batch.lengths.cpu(), batch.seq_len).to(model.device)
+        mean = means.batch(layer, batch.lengths.cpu() if keys is None else keys,
+                           batch.seq_len).to(model.device)
 
         def hook(z, hook):
             out = z.clone()
@@ -143,7 +191,7 @@ def circuit_logit_diff(model, task: Task, circuit: Iterable[Head], means: Ablati
     ablated = [h for h in all_heads(model.info.n_layers, model.info.n_heads) if h not in keep]
     out = np.zeros(len(task))
     for tb in task.batches(batch_size):
-        hooks = mean_ablation_hooks(model, means, ablated, tb.clean)
+        hooks = mean_ablation_hooks(model, means, ablated, tb.clean, group_keys(task, tb.index))
         out[tb.index] = tb.logit_diff(last_logits(model, tb.clean, hooks)).cpu().numpy()
         if progress:
             progress(1)

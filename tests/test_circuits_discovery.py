@@ -10,13 +10,14 @@ import pytest
 import torch
 
 from circuits.discovery import (Selection, ablation_means, circuit_graph, circuit_logit_diff,
-                                faithfulness, select_heads)
+                                faithfulness, group_keys, select_heads)
 from circuits.methods import METHODS, DiscoveryOptions
 from circuits.path_patching import path_patching
 from circuits.overlap import (expected_jaccard, hypergeometric_tail, overlap, overlap_table,
                               shared_by_all)
 from circuits.tasks import load_task
-from tests.circuit_tasks import tiny_ioi_file
+from tests.circuit_tasks import tiny_ioi_file, tiny_ioi_rows
+from tests.conftest import write_jsonl
 from workbench.errors import InputError
 
 
@@ -52,10 +53,41 @@ def test_ablation_means_are_per_length_position_means_of_corrupted_z(tiny_llama,
                 f"blocks.{layer}.attn.hook_z", lambda z, hook: kept.update(z=z[0].clone()))]):
             tiny_llama.bridge(ids)
         by_length.setdefault(tok.n_tokens, []).append(kept["z"])
-    assert set(means.by_length) == set(by_length)
+    assert set(means.by_group) == {(None, n) for n in by_length}  # no meta.template: by length
     for n, zs in by_length.items():
-        torch.testing.assert_close(means.by_length[n][layer], torch.stack(zs).mean(0),
+        torch.testing.assert_close(means.by_group[None, n][layer], torch.stack(zs).mean(0),
                                    atol=1e-5, rtol=1e-5)
+
+
+def test_ablation_means_group_prompts_by_template_and_warn_on_tiny_groups(tiny_llama, tmp_path):
+    # two templates of equal token length (20): position-wise means must not mix them
+    rows = [r for i, r in enumerate(tiny_ioi_rows(18)) if i % 3 == 0]  # TEMPLATES[0] only
+    for i, row in enumerate(rows):
+        template = i % 3 == 0  # template 1 for 2 prompts, template 0 for 4
+        if template:
+            row["text"] = row["text"].replace("store", "school")
+            row["corrupted_text"] = row["corrupted_text"].replace("store", "school")
+        row["meta"] = {"template": int(template)}
+    task = load_task(str(write_jsonl(tmp_path / "two.jsonl", rows)), tiny_llama)
+    assert {t.n_tokens for t in task.corrupted} == {20}
+    with pytest.warns(UserWarning, match=r"template 1 \(20 tokens\) has 2 corrupted prompts"):
+        means = ablation_means(tiny_llama, task, batch_size=4)
+    layer, groups = 1, {}
+    for tok, clean in zip(task.corrupted, task.clean):
+        kept = {}
+        with torch.inference_mode(), tiny_llama.bridge.hooks(fwd_hooks=[(
+                f"blocks.{layer}.attn.hook_z", lambda z, hook: kept.update(z=z[0].clone()))]):
+            tiny_llama.bridge(torch.from_numpy(tok.input_ids)[None])
+        groups.setdefault((clean.prompt.meta["template"], 20), []).append(kept["z"])
+    assert set(means.by_group) == {(0, 20), (1, 20)}
+    for key, zs in groups.items():
+        torch.testing.assert_close(means.by_group[key][layer], torch.stack(zs).mean(0),
+                                   atol=1e-5, rtol=1e-5)
+    tb = task.batches(6)[0]
+    got = means.batch(layer, group_keys(task, tb.index), tb.clean.seq_len)
+    want = torch.stack([torch.stack(groups[task.clean[i].prompt.meta["template"], 20]).mean(0)
+                        for i in tb.index])
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
 def test_faithfulness_bounds_and_a_hand_made_ablation(tiny_llama, task_path):
@@ -78,7 +110,7 @@ def test_faithfulness_bounds_and_a_hand_made_ablation(tiny_llama, task_path):
         handles = []
         for layer in range(4):
             ablated = [h for h in range(4) if (layer, h) not in circuit]
-            mean = means.batch(layer, tb.clean.lengths, tb.clean.seq_len)
+            mean = means.batch(layer, group_keys(task, tb.index), tb.clean.seq_len)
 
             def pre(module, args, ablated=ablated, mean=mean):
                 x = args[0].clone()
