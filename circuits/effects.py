@@ -22,13 +22,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import torch
 from torch import Tensor
 
 from workbench.errors import InputError
 from workbench.records import concat, records, string_column
+from workbench.stats import spearman as stats_spearman
 
 Direction = Literal["clean_into_corrupted", "corrupted_into_clean"]
 DIRECTIONS: tuple[str, ...] = ("clean_into_corrupted", "corrupted_into_clean")
@@ -99,12 +99,10 @@ class HeadEffects:
 
 
 def spearman(first: np.ndarray, second: np.ndarray) -> float:
-    """Spearman rank correlation of two score arrays over the entries finite in both: the Pearson
-    correlation of their ranks (ties get their average rank)."""
-    a, b = np.asarray(first, float).ravel(), np.asarray(second, float).ravel()
-    ok = np.isfinite(a) & np.isfinite(b)
-    ranks = [pd.Series(x[ok]).rank(method="average").to_numpy() for x in (a, b)]
-    return float(np.corrcoef(*ranks)[0, 1])
+    """Spearman rank correlation of two score arrays over the entries finite in both
+    (:func:`workbench.stats.spearman`, i.e. ``scipy.stats.spearmanr``; ties get their average
+    rank)."""
+    return stats_spearman(first, second)
 
 
 def position_mask(batch, positions: str | Sequence[str] | None) -> Tensor:

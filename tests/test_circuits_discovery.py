@@ -179,6 +179,26 @@ def test_overlap_metrics_and_baseline_on_hand_made_sets():
         hypergeometric_tail(1, 16, 17, 2)
 
 
+@pytest.mark.parametrize("n_total, n_first, n_second", [(270, 20, 30), (270, 20, 20), (16, 3, 4),
+                                                        (144, 26, 32), (50, 50, 7)])
+def test_hypergeometric_values_match_the_exact_integer_sums(n_total, n_first, n_second):
+    """The former exact implementation (integers, math.comb) is the reference for scipy's."""
+    from fractions import Fraction
+
+    def tail(k):
+        hits = sum(math.comb(n_first, j) * math.comb(n_total - n_first, n_second - j)
+                   for j in range(max(k, 0), min(n_first, n_second) + 1))
+        return float(Fraction(hits, math.comb(n_total, n_second)))
+    exact_jaccard = sum(Fraction(math.comb(n_first, j) * math.comb(n_total - n_first, n_second - j)
+                                 * j, n_first + n_second - j)
+                        for j in range(1, min(n_first, n_second) + 1)) / math.comb(n_total, n_second)
+    for k in range(-1, min(n_first, n_second) + 2):
+        assert hypergeometric_tail(k, n_total, n_first, n_second) == pytest.approx(
+            tail(k), rel=1e-9, abs=1e-300)
+    assert expected_jaccard(n_total, n_first, n_second) == pytest.approx(float(exact_jaccard),
+                                                                         rel=1e-9)
+
+
 def test_overlap_table_pairs_and_shared_by_all():
     circuits = {"a": [(0, 0), (1, 1)], "b": [(1, 1)], "c": [(1, 1), (2, 2)]}
     table = overlap_table(circuits, 9)
