@@ -72,8 +72,8 @@ def attribution_patching(model, task: Task, *, direction: str = "corrupted_into_
 
     Same arguments and result type as activation patching; ``patched`` holds
     ``LD(base) + estimated effect``; ``heads`` (default all) keeps only those heads' estimates
-    (the others NaN; every head is estimated anyway, from the same backward). Each batch costs one source forward (no gradients), one base
-    forward with gradients and one backward.
+    (the others NaN; every head is estimated anyway, from the same backward). Each batch costs
+    one source forward (no gradients), one base forward with gradients and one backward.
 
     Raises:
         InputError: a bad direction, segment or head, before any forward pass.

@@ -18,7 +18,8 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskID, Task
 
 
 class Phase:
-    """One bar: ``phase(n)`` advances it by ``n`` units, ``phase.plan(n)`` adds ``n`` to its total."""
+    """One bar: ``phase(n)`` advances it by ``n`` units; ``phase.plan(n)`` adds ``n`` to its
+    total."""
 
     def __init__(self, bar: Progress, handle: TaskID):
         self.bar, self.handle = bar, handle
