@@ -26,6 +26,7 @@ from circuits.tasks import Task
 from workbench.errors import InputError, WorkbenchError
 from workbench.forward import last_logits
 from workbench.heads import Head, all_heads, format_head
+from workbench.stats import bootstrap_interval
 
 SELECTIONS = ("top_k", "top_percent", "threshold")
 EDGE_WEIGHT = ("path-patching score of the sender through this receiver alone (fraction of the "
@@ -207,6 +208,8 @@ class Faithfulness:
     al.'s F(C)/F(M)); ``normalised = (circuit - empty) / (model - empty)``; ``random`` the mean
     faithfulness of random circuits of the same size (NaN when none were drawn), ``random_draws``
     each random circuit's faithfulness (the spread the figures draw as the random-circuit band).
+    ``model_ld`` / ``circuit_ld`` / ``empty_ld``: the per-prompt LD ``[n_prompts]`` the means come
+    from (for :meth:`interval`).
     """
 
     model: float
@@ -215,6 +218,9 @@ class Faithfulness:
     circuit_accuracy: float
     random: float = float("nan")
     random_draws: tuple[float, ...] = ()
+    model_ld: tuple[float, ...] = ()
+    circuit_ld: tuple[float, ...] = ()
+    empty_ld: tuple[float, ...] = ()
 
     @property
     def faithfulness(self) -> float:
@@ -223,6 +229,29 @@ class Faithfulness:
     @property
     def normalised(self) -> float:
         return (self.circuit - self.empty) / (self.model - self.empty)
+
+    def interval(self, metric: str, confidence: float = 0.95) -> tuple[float, float]:
+        """Percentile bootstrap interval over prompts (resampled with their model, circuit and
+        empty LD together; seed 0) of ``"faithfulness"`` or ``"faithfulness_normalised"``; the
+        value itself when no per-prompt LD are kept.
+
+        Raises:
+            InputError: another metric.
+        """
+        if metric not in ("faithfulness", "faithfulness_normalised"):
+            raise InputError(f"no interval for {metric!r}; faithfulness or "
+                             "faithfulness_normalised")
+        value = self.faithfulness if metric == "faithfulness" else self.normalised
+        if not self.model_ld:
+            return value, value
+        if metric == "faithfulness":
+            return bootstrap_interval([self.circuit_ld, self.model_ld],
+                                      lambda c, m, axis: c.mean(axis) / m.mean(axis),
+                                      confidence=confidence)
+        return bootstrap_interval(
+            [self.circuit_ld, self.model_ld, self.empty_ld],
+            lambda c, m, e, axis: (c.mean(axis) - e.mean(axis)) / (m.mean(axis) - e.mean(axis)),
+            confidence=confidence)
 
 
 def faithfulness(model, task: Task, circuit: Iterable[Head], *, means: AblationMeans | None = None,
@@ -246,7 +275,8 @@ def faithfulness(model, task: Task, circuit: Iterable[Head], *, means: AblationM
     random = float(np.mean(randoms) / full.mean()) if randoms else float("nan")
     return Faithfulness(float(full.mean()), float(kept.mean()), float(empty.mean()),
                         float((kept > 0).mean()), random,
-                        tuple(float(r / full.mean()) for r in randoms))
+                        tuple(float(r / full.mean()) for r in randoms),
+                        tuple(map(float, full)), tuple(map(float, kept)), tuple(map(float, empty)))
 
 
 def circuit_graph(heads: Iterable[Head], scores: np.ndarray | None = None,

@@ -48,6 +48,7 @@ from circuits.methods import METHODS, Discovery, DiscoveryOptions
 from circuits.overlap import Overlap, overlap_table
 from circuits.path_patching import check_receiver_input
 from circuits.progress import CircuitsProgress, plan
+from circuits.report import PROBE, report  # noqa: F401 (report: the CLI's entry point)
 from circuits.tasks import Task, load_task
 from workbench.errors import InputError, RunStateError
 from workbench.heads import Head, check_heads, format_head, parse_head
@@ -58,8 +59,6 @@ from workbench.run import git_state, library_versions
 from workbench.store import RunDir
 from workbench.tokens import prompt_rows, token_rows
 
-PROBE = {"activation": "activation_patching", "attribution": "attribution_patching",
-         "path": "path_patching"}
 UNITS = {
     "logit_diff": "logits", "mean_logit_diff": "logits", "accuracy": "fraction of prompts",
     "effect": "logits (mean patched LD - mean base LD)",
@@ -76,6 +75,12 @@ UNITS = {
     "size_second": "heads", "expected_shared": "heads", "p_value": "probability",
     "expected_jaccard": "fraction (random head sets of the same sizes)",
     "shared": "1 per shared head", "spearman": "rank correlation",
+    "score_lo": "score: 2.5th percentile of a bootstrap over prompts (2000 resamples, seed 0)",
+    "score_hi": "score: 97.5th percentile of a bootstrap over prompts (2000 resamples, seed 0)",
+    "faithfulness_lo": "faithfulness: 2.5th percentile of a bootstrap over prompts",
+    "faithfulness_hi": "faithfulness: 97.5th percentile of a bootstrap over prompts",
+    "faithfulness_normalised_lo": "normalised faithfulness: 2.5th bootstrap percentile",
+    "faithfulness_normalised_hi": "normalised faithfulness: 97.5th bootstrap percentile",
     "score_attribution": "attribution estimate of score (fraction of the gap)",
     "score_activation": "activation-patching score of the same head (fraction of the gap)",
     "disagrees": "1 if |attribution - activation| > max(0.05, 0.5 |activation|), else 0",
@@ -319,6 +324,10 @@ def _faith_rows(faith: Faithfulness, task: str) -> pa.Table:
     parts += [records(metric, value, segment=task) for metric, value in (
         ("faithfulness", faith.faithfulness), ("faithfulness_normalised", faith.normalised),
         ("faithfulness_random", faith.random), ("circuit_accuracy", faith.circuit_accuracy))]
+    for metric in ("faithfulness", "faithfulness_normalised"):
+        lo, hi = faith.interval(metric)
+        parts += [records(f"{metric}_lo", lo, segment=task),
+                  records(f"{metric}_hi", hi, segment=task)]
     if faith.random_draws:  # one row per random circuit (condition draw=i): the baseline's spread
         parts.append(records("faithfulness_random_draw", list(faith.random_draws), segment=task,
                              condition=np.array([f"draw={i}" for i in
@@ -383,72 +392,3 @@ def _manifest(model, tasks: list[Task], options: CircuitsOptions) -> dict:
         "versions": library_versions(), "git": git_state(), "device": info.device,
         "timings": {}, "tables": {},
     }
-
-
-def report(run: RunDir) -> str:
-    """A plain-text summary of a circuits run: task metrics, circuits with faithfulness, overlap,
-    method agreement and timings (reads the parquet tables only)."""
-    def frame(name):
-        return run.read_table(name).to_pandas() if name in run.tables() else None
-
-    def value(df, metric, **where):
-        rows = df[df.metric == metric]
-        for column, wanted in where.items():
-            rows = rows[rows[column] == wanted]
-        return float(rows.value.iloc[0]) if len(rows) else float("nan")
-
-    lines = ["task: mean LD clean / corrupted (logits), accuracy clean / corrupted"]
-    tm = frame("task_metrics")
-    for task in dict.fromkeys(tm.segment):
-        ld = [value(tm, "mean_logit_diff", segment=task, condition=c)
-              for c in ("clean", "corrupted")]
-        acc = [value(tm, "accuracy", segment=task, condition=c) for c in ("clean", "corrupted")]
-        lines.append(f"  {task}: {ld[0]:.3f} / {ld[1]:.3f}; {acc[0]:.2f} / {acc[1]:.2f}")
-    lines.append("circuit: size, faithfulness (circuit/model), normalised, random-circuit baseline")
-    circ, faith = frame("circuits"), frame("faithfulness")
-    timings = run.read_manifest().get("timings", {})
-    for (probe, task), _ in faith.groupby(["probe", "segment"], sort=False):
-        c, f = circ[(circ.probe == probe) & (circ.segment == task)], \
-            faith[(faith.probe == probe) & (faith.segment == task)]
-        heads = ", ".join(f"{int(r.layer)}.{int(r.head)}" for r in c[c.metric == "member"]
-                          .itertuples())
-        method = next(k for k, v in PROBE.items() if v == probe)
-        lines.append(f"  {probe} {task}: {int(value(c, 'size'))} heads, "
-                     f"{value(f, 'faithfulness'):.3f}, {value(f, 'faithfulness_normalised'):.3f}, "
-                     f"{value(f, 'faithfulness_random'):.3f}; "
-                     f"{timings.get(f'{method}.{task}_s')} s; heads {heads}")
-    ov = frame("overlap")
-    if ov is not None:
-        lines.append("overlap: shared, Jaccard, overlap coefficient, expected shared, "
-                     "p (random sets)")
-        for (probe, pair), o in ov.groupby(["probe", "segment"], sort=False):
-            lines.append(f"  {probe} {pair}: {int(value(o, 'n_shared'))}, "
-                         f"{value(o, 'jaccard'):.3f}, {value(o, 'overlap_coefficient'):.3f}, "
-                         f"{value(o, 'expected_shared'):.2f}, {value(o, 'p_value'):.2e}")
-    spot = frame("spot_check")
-    if spot is not None:
-        lines += spot_check_lines(spot)
-    ag = frame("method_agreement")
-    if ag is not None:
-        lines.append("method agreement (Spearman of head scores)")
-        lines += [f"  {r.segment} {r.condition}: {r.value:.3f}" for r in ag.itertuples()]
-    return "\n".join(lines)
-
-
-def spot_check_lines(spot) -> list[str]:
-    """Report lines of the ``spot_check`` table: per task, how many heads disagree, then each head's
-    attribution and activation scores and its worst prompt."""
-    lines = ["spot check (attribution vs activation patching of the top heads by |attribution|; "
-             "scores as fractions of the gap; worst prompt's effects in logits)"]
-    for task, rows in spot.groupby("segment", sort=False):
-        wide = rows.pivot_table(index=["layer", "head"], columns="metric", values="value")
-        worst = rows[rows.metric == "worst_effect_attribution"].set_index(["layer", "head"])
-        lines.append(f"  {task}: {int(wide.disagrees.sum())} of {len(wide)} disagree")
-        for (layer, head), r in wide.sort_values("score_attribution", key=abs,
-                                                 ascending=False).iterrows():
-            flag = "  DISAGREES" if r.disagrees else ""
-            lines.append(f"    {int(layer)}.{int(head)}: {r.score_attribution:+.3f} vs "
-                         f"{r.score_activation:+.3f}; worst prompt "
-                         f"{worst.prompt_id[(layer, head)]}: {r.worst_effect_attribution:+.2f} vs "
-                         f"{r.worst_effect_activation:+.2f}{flag}")
-    return lines

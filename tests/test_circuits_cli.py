@@ -75,7 +75,14 @@ def test_circuits_run_writes_every_table(capsys, two_tasks, tmp_path):
     faith = frames["faithfulness"]
     assert set(faith.metric) == {"logit_diff", "faithfulness", "faithfulness_normalised",
                                  "faithfulness_random", "circuit_accuracy",
-                                 "faithfulness_random_draw"}
+                                 "faithfulness_random_draw", "faithfulness_lo", "faithfulness_hi",
+                                 "faithfulness_normalised_lo", "faithfulness_normalised_hi"}
+    for metric in ("faithfulness", "faithfulness_normalised"):
+        for (probe, task), f in faith.groupby(["probe", "segment"]):
+            lo, mid, hi = (f[f.metric == m].value.item() for m in
+                           (f"{metric}_lo", metric, f"{metric}_hi"))
+            assert lo <= mid <= hi
+            assert f"{mid:.3f} [{lo:.3f}, {hi:.3f}]" in out
     draws = faith[faith.metric == "faithfulness_random_draw"]  # --n-random 1: one per task/method
     mean = faith[faith.metric == "faithfulness_random"]
     assert (draws.condition == "draw=0").all() and len(draws) == len(mean)

@@ -42,8 +42,8 @@ def bootstrap_interval(samples: Sequence[np.ndarray], statistic: Callable[..., n
 
     ``samples`` are paired along axis 0 (resampled with the same indices: e.g. per-prompt values
     of several quantities); ``statistic(*resampled, axis=-1)`` must reduce the last axis (numpy
-    style, vectorised). With fewer than two observations, or all resamples equal, the interval is
-    the statistic itself.
+    style, vectorised). With fewer than two observations, constant samples or a non-finite
+    statistic, the interval is the statistic itself.
 
     Raises:
         ValueError: samples of unequal length, or an empty sample.
@@ -53,11 +53,12 @@ def bootstrap_interval(samples: Sequence[np.ndarray], statistic: Callable[..., n
     if len(n) != 1 or 0 in n:
         raise ValueError(f"bootstrap needs paired non-empty samples, got lengths "
                          f"{[len(a) for a in arrays]}")
-    point = float(statistic(*arrays, axis=-1))
-    if n == {1} or all(np.ptp(a) == 0 for a in arrays):
-        return point, point
-    result = stats.bootstrap(tuple(arrays), statistic, paired=True, vectorized=True,
-                             confidence_level=confidence, n_resamples=n_resamples,
-                             method="percentile", rng=np.random.default_rng(seed))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        point = float(statistic(*arrays, axis=-1))
+        if n == {1} or all(np.ptp(a) == 0 for a in arrays) or not np.isfinite(point):
+            return point, point
+        result = stats.bootstrap(tuple(arrays), statistic, paired=True, vectorized=True,
+                                 confidence_level=confidence, n_resamples=n_resamples,
+                                 method="percentile", rng=np.random.default_rng(seed))
     interval = result.confidence_interval
     return float(interval.low), float(interval.high)
