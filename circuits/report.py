@@ -54,6 +54,18 @@ def report(run: RunDir) -> str:
             lines.append(f"  {probe} {pair}: {int(value(o, 'n_shared'))}, "
                          f"{value(o, 'jaccard'):.3f}, {value(o, 'overlap_coefficient'):.3f}, "
                          f"{value(o, 'expected_shared'):.2f}, {value(o, 'p_value'):.2e}")
+    both = frame("directions")
+    if both is not None:
+        lines.append("both directions (activation patching of the circuit heads: noising = "
+                     "corrupted into clean, denoising = clean into corrupted; ! = matters "
+                     "(|score| >= 0.05) in one only)")
+        for task, rows in both.groupby("segment", sort=False):
+            wide = rows.pivot_table(index=["layer", "head"], columns="metric", values="value")
+            lines.append(f"  {task}: {int(wide.one_direction_only.sum())} of {len(wide)} heads "
+                         "matter in one direction only")
+            lines.append("    " + ", ".join(
+                f"{int(l)}.{int(h)} {r.score_noising:+.3f}/{r.score_denoising:+.3f}"
+                f"{'!' if r.one_direction_only else ''}" for (l, h), r in wide.iterrows()))
     spot = frame("spot_check")
     if spot is not None:
         lines += spot_check_lines(spot)

@@ -22,6 +22,8 @@ units in ``run.json``):
 * ``spot_check`` (attribution, unless ``--spot-check 0``): per top head by ``|attribution|``
   (:mod:`circuits.spot_check`): ``score_attribution``, ``score_activation``, ``disagrees`` (0/1),
   ``worst_effect_attribution`` / ``worst_effect_activation`` with that prompt's ``prompt_id``.
+* ``directions`` (``--both-directions``; :mod:`circuits.directions`): per head of any method's
+  circuit, ``score_noising``, ``score_denoising`` and ``one_direction_only`` (0/1).
 * ``method_agreement`` (with two or more methods): ``spearman`` of the per-head scores (path
   patching: stage 1) per task, ``condition`` = ``"methodA~methodB"``.
 """
@@ -42,6 +44,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from circuits.directions import compare_directions
 from circuits.discovery import Faithfulness, Selection, ablation_means, faithfulness
 from circuits.effects import check_direction, check_positions, spearman
 from circuits.methods import METHODS, Discovery, DiscoveryOptions
@@ -81,6 +84,9 @@ UNITS = {
     "faithfulness_hi": "faithfulness: 97.5th percentile of a bootstrap over prompts",
     "faithfulness_normalised_lo": "normalised faithfulness: 2.5th bootstrap percentile",
     "faithfulness_normalised_hi": "normalised faithfulness: 97.5th bootstrap percentile",
+    "score_noising": "activation patching corrupted_into_clean (fraction of the gap)",
+    "score_denoising": "activation patching clean_into_corrupted (fraction of the gap)",
+    "one_direction_only": "1 if |score| >= 0.05 in exactly one direction, else 0",
     "score_attribution": "attribution estimate of score (fraction of the gap)",
     "score_activation": "activation-patching score of the same head (fraction of the gap)",
     "disagrees": "1 if |attribution - activation| > max(0.05, 0.5 |activation|), else 0",
@@ -101,6 +107,7 @@ class CircuitsOptions:
     overwrite: bool = False
     progress: bool = True
     console: Any = None  # rich Console the progress bars draw on (None: standard error)
+    both_directions: bool = False  # activation-patch every circuit head noising and denoising
 
 
 def check_methods(methods: list[str]) -> None:
@@ -115,7 +122,7 @@ def check_options(methods: list[str], select: str, *, direction: str, positions:
                   batch_size: int, heads_per_forward: int | None, stages: int,
                   receiver_input: str, n_random: int, mean_prompts: int | None,
                   heads: str | None = None, spot_check: int = 20,
-                  **run: object) -> CircuitsOptions:
+                  both_directions: bool = False, **run: object) -> CircuitsOptions:
     """Validate the command line before the model loads.
 
     ``heads``: ``None`` (every head) or a comma-separated ``layer.head`` list (``"23.3,20.0"``):
@@ -139,7 +146,7 @@ def check_options(methods: list[str], select: str, *, direction: str, positions:
                                  batch_size, heads_per_forward, stages, receiver_input,
                                  parse_head_list(heads), spot_check)
     return CircuitsOptions(methods, Selection.parse(select), discovery, n_random, mean_prompts,
-                           **run)
+                           **run, both_directions=both_directions)
 
 
 def parse_head_list(text: str | None) -> tuple[Head, ...] | None:
@@ -234,6 +241,15 @@ def _discover_all(model, tasks, options, timings, bars: CircuitsProgress
                                          progress=phase)
             found[method, task.name] = result
             timings[f"{method}.{task.name}_s"] = round(result.seconds, 3)
+    if options.both_directions:
+        d = options.discovery
+        for task in tasks:
+            heads = sorted({h for m in options.methods for h in found[m, task.name].circuit})
+            with bars.phase(f"both directions {task.name}", "heads x batches") as phase:
+                plan(phase, 2 * len(heads) * len(task.batches(d.batch_size)))
+                found["directions", task.name] = compare_directions(
+                    model, task, heads, positions=d.positions, batch_size=d.batch_size,
+                    heads_per_forward=d.heads_per_forward, progress=phase)
     return found
 
 
@@ -248,6 +264,9 @@ def _tables(model, tasks, found, options, timings, run_id: str, bars: CircuitsPr
               for m in options.methods for t in tasks if found[m, t.name].spot_check is not None]
     if checks:
         tables["spot_check"] = checks
+    if options.both_directions:
+        tables["directions"] = [conform(found["directions", t.name].records(), run_id=run_id,
+                                        probe="activation_patching") for t in tasks]
     n_total = model.info.n_layers * model.info.n_heads
     if len(tasks) > 1:
         tables["overlap"] = [
@@ -368,6 +387,7 @@ def _manifest(model, tasks: list[Task], options: CircuitsOptions) -> dict:
               "tasks": [{"name": t.name, "sha256": t.prompt_set.sha256, "n_prompts": len(t)}
                         for t in tasks],
               "methods": options.methods, "selection": str(options.selection),
+              "both_directions": options.both_directions,
               "discovery": asdict(options.discovery), "n_random": options.n_random,
               "mean_prompts": options.mean_prompts}
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]

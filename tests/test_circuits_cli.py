@@ -143,7 +143,7 @@ def test_bad_heads_are_refused_naming_the_item(capsys, two_tasks, tmp_path, head
 def test_attribution_spot_check_is_written_and_reported(capsys, two_tasks, tmp_path):
     runs = tmp_path / "runs"
     code, out, err = cli(capsys, *args(two_tasks[:1], runs, "--method", "attribution",
-                                       "--spot-check", "4"))
+                                       "--spot-check", "4", "--both-directions"))
     assert code == 0, err
     [(run, manifest)] = list_runs(runs)
     assert manifest["probes"][0]["params"]["spot_check"] == 4
@@ -157,5 +157,11 @@ def test_attribution_spot_check_is_written_and_reported(capsys, two_tasks, tmp_p
     assert len(flags) == 4 and set(flags.value) <= {0.0, 1.0}
     assert "spot check (attribution vs activation patching" in out
     assert f"{int(flags.value.sum())} of 4 disagree" in out
+    both = pq.read_table(run.table_path("directions")).to_pandas()
+    members = pq.read_table(run.table_path("circuits")).to_pandas().query("metric == 'member'")
+    assert {(r.layer, r.head) for r in both.itertuples()} == {(r.layer, r.head)
+                                                             for r in members.itertuples()}
+    flagged = both[both.metric == "one_direction_only"].value.sum()
+    assert f"{int(flagged)} of {len(members)} heads matter in one direction only" in out
     code, _, err = cli(capsys, *args(two_tasks[:1], runs, "--spot-check", "-1"))
     assert code == 2 and "--spot-check must be at least 0" in err

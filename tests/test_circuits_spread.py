@@ -50,3 +50,22 @@ def test_faithfulness_intervals_over_prompts(tiny_llama, tmp_path):
                      / (m.mean(axis) - e.mean(axis)))
     assert faith.interval("faithfulness_normalised") == pytest.approx((want.low, want.high))
     assert Faithfulness(1.0, 0.5, 0.0, 1.0).interval("faithfulness") == (0.5, 0.5)  # no prompts
+
+
+def test_both_directions_side_by_side_flag_heads_that_matter_in_one(tiny_llama, tmp_path):
+    from circuits.directions import compare_directions, one_direction_only
+    from circuits.patching import activation_patching
+
+    assert one_direction_only([0.3, 0.3, 0.01, -0.2], [0.2, 0.02, 0.01, 0.06]).tolist() == \
+        [False, True, False, False]
+    task = load_task(str(tiny_ioi_file(tmp_path, n=4)), tiny_llama)
+    heads = [(3, 1), (0, 2), (2, 0)]
+    both = compare_directions(tiny_llama, task, heads, batch_size=2)
+    assert both.heads == sorted(heads)
+    for name, direction in (("noising", "corrupted_into_clean"),
+                            ("denoising", "clean_into_corrupted")):
+        ref = activation_patching(tiny_llama, task, direction=direction, heads=[(0, 2)])
+        assert getattr(both, name)[0] == pytest.approx(ref.score[0, 2], abs=1e-5)
+    rows = both.records().to_pandas()
+    assert rows[rows.metric == "one_direction_only"].value.tolist() == \
+        both.flagged.astype(float).tolist()

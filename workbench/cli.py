@@ -149,6 +149,9 @@ def circuits(
     spot_check: int = typer.Option(
         20, "--spot-check", help="Attribution: activation-patch its top K heads and flag "
         "disagreements (0 = off)."),
+    both_directions: bool = typer.Option(
+        False, "--both-directions", help="Also activation-patch every circuit head noising and "
+        "denoising, side by side; flag heads that matter in one only."),
     device: Optional[str] = DEVICE,
     dtype: Optional[str] = DTYPE,
     prepend_bos: Optional[bool] = PREPEND_BOS,
@@ -168,7 +171,7 @@ def circuits(
                             batch_size=batch_size, heads_per_forward=heads_per_forward,
                             stages=stages, receiver_input=receiver_input, n_random=n_random,
                             mean_prompts=mean_prompts, heads=heads,
-                            spot_check=spot_check,
+                            spot_check=spot_check, both_directions=both_directions,
                             runs_dir=runs_dir, run_id=run_id, overwrite=overwrite,
                             progress=progress)
     loaded = _load(model, strict_parity, device=device, dtype=dtype, prepend_bos=prepend_bos)
