@@ -46,6 +46,12 @@ def report(run: RunDir) -> str:
                      f"{value(f, 'faithfulness_random'):.3f}; "
                      f"{timings.get(f'{method}.{task}_s')} s; heads {heads}")
         lines += _score_lines(frame("head_effects"), probe, task)
+        edges = c[c.metric == "edge"]
+        if len(edges):
+            lines.append("    edges (sender -> receiver: the sender's score through that receiver "
+                         "alone): " + ", ".join(
+                             f"{int(r.layer)}.{int(r.head)}->{r.condition.split('=', 1)[1]} "
+                             f"{r.value:+.3f}" for r in edges.itertuples()))
     ov = frame("overlap")
     if ov is not None:
         lines.append("overlap: shared, Jaccard, overlap coefficient, expected shared, "

@@ -126,6 +126,8 @@ def test_heads_option_patches_only_the_chosen_heads(capsys, two_tasks, tmp_path)
         assert heads == want, method
         members = pq.read_table(run.table_path("circuits")).to_pandas().query("metric == 'member'")
         assert {(int(r.layer), int(r.head)) for r in members.itertuples()} <= want
+        assert ("edges (sender -> receiver: the sender's score through that receiver alone)"
+                in out) == (method == "path")
 
 
 @pytest.mark.parametrize("heads, message", [
