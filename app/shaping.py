@@ -15,6 +15,7 @@ from workbench.errors import InputError
 from workbench.figures.shapes import group_mean
 from workbench.graphs import attention_graph
 from workbench.heads import parse_head
+from workbench.stats import spearman
 
 
 def circuit_digraph(members: pd.DataFrame, edges: pd.DataFrame | None = None) -> nx.DiGraph:
@@ -191,7 +192,7 @@ def manifest_facts(m: dict) -> pd.DataFrame:
 def compare_heads(a: pd.DataFrame, b: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     """Per-head means of two runs (``head_means`` frames) side by side: the difference a - b as
     a per-head frame (``n_prompts`` = the smaller of the two), and summary numbers: heads in
-    both, Spearman rank correlation (Pearson correlation of the ranks), mean and largest
+    both, Spearman rank correlation (``scipy.stats.spearmanr``), mean and largest
     absolute difference."""
     both = a.merge(b, on=["layer", "head"], suffixes=("_a", "_b"))
     diff = pd.DataFrame({"layer": both["layer"], "head": both["head"],
@@ -200,8 +201,7 @@ def compare_heads(a: pd.DataFrame, b: pd.DataFrame) -> tuple[pd.DataFrame, dict]
                          "n_prompts": np.minimum(both["n_prompts_a"], both["n_prompts_b"])})
     stats: dict = {"heads in both": len(both)}
     if len(both) > 1:
-        stats["Spearman rank correlation"] = round(float(
-            both["value_a"].rank().corr(both["value_b"].rank())), 3)
+        stats["Spearman rank correlation"] = round(spearman(both["value_a"], both["value_b"]), 3)
     if len(both):
         worst = diff["value"].abs().idxmax()
         stats["mean |a - b|"] = f"{diff['value'].abs().mean():.4g}"

@@ -28,8 +28,9 @@ from torch import Tensor
 
 from circuits.cache import Z_HOOK, capture
 from circuits.effects import HeadEffects, check_direction, check_positions, position_mask
-from circuits.patching import Progress, base_and_source, record_unpatched
+from circuits.patching import Progress, base_and_source, record_unpatched, resolve_heads
 from circuits.tasks import Task
+from workbench.heads import Head
 from workbench.metrics import last_token_logits
 
 
@@ -64,19 +65,22 @@ def z_gradients(model, batch, answer: Tensor, distractor: Tensor
 
 
 def attribution_patching(model, task: Task, *, direction: str = "corrupted_into_clean",
-                         positions: str | Sequence[str] | None = None, batch_size: int = 16,
+                         positions: str | Sequence[str] | None = None,
+                         heads: Sequence[Head] | None = None, batch_size: int = 16,
                          progress: Progress | None = None) -> HeadEffects:
     """EAP estimate of :func:`circuits.patching.activation_patching` for every head.
 
     Same arguments and result type as activation patching; ``patched`` holds
-    ``LD(base) + estimated effect``. Each batch costs one source forward (no gradients), one base
-    forward with gradients and one backward.
+    ``LD(base) + estimated effect``; ``heads`` (default all) keeps only those heads' estimates
+    (the others NaN; every head is estimated anyway, from the same backward). Each batch costs
+    one source forward (no gradients), one base forward with gradients and one backward.
 
     Raises:
-        InputError: a bad direction or segment, before any forward pass.
+        InputError: a bad direction, segment or head, before any forward pass.
     """
     check_direction(direction)
     check_positions(task, positions)
+    keep = resolve_heads(model, heads)
     n_layers, n_heads = model.info.n_layers, model.info.n_heads
     patched = np.full((len(task), n_layers, n_heads), np.nan)
     clean, corrupted = np.zeros(len(task)), np.zeros(len(task))
@@ -93,6 +97,10 @@ def attribution_patching(model, task: Task, *, direction: str = "corrupted_into_
             patched[tb.index, layer] = (base_ld[:, None] + effect).cpu().numpy()
         if progress:
             progress(n_layers * n_heads)
+    if len(keep) < n_layers * n_heads:
+        wanted = np.zeros((n_layers, n_heads), dtype=bool)
+        wanted[tuple(np.array(keep).T)] = True
+        patched[:, ~wanted] = np.nan
     return HeadEffects("attribution_patching", task.name, direction, patched, clean, corrupted,
                        task.prompt_ids)
 

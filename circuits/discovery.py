@@ -3,16 +3,18 @@
 * :func:`select_heads`: top-k, top-percent or threshold on per-head scores (by magnitude by
   default, so heads that hurt the task, like IOI's negative name movers, count too).
 * :func:`faithfulness`: run the clean prompts with every head outside the circuit mean-ablated
-  (its ``z`` replaced by the mean over the *corrupted* prompts, per position) and compare the logit
+  (its ``z`` replaced by the mean over the *corrupted* prompts of the same template and length,
+  per position; :class:`AblationMeans`) and compare the logit
   difference with the full model's (Wang et al. 2022, arXiv 2211.00593, section 4: F(C) / F(M)).
 * :func:`circuit_graph`: a ``networkx.DiGraph`` with heads as nodes, and edges from path patching.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import networkx as nx
 import numpy as np
@@ -21,11 +23,14 @@ from torch import Tensor
 
 from circuits.cache import Z_HOOK, capture
 from circuits.tasks import Task
-from workbench.errors import InputError
+from workbench.errors import InputError, WorkbenchError
 from workbench.forward import last_logits
 from workbench.heads import Head, all_heads, format_head
+from workbench.stats import bootstrap_interval
 
 SELECTIONS = ("top_k", "top_percent", "threshold")
+EDGE_WEIGHT = ("path-patching score of the sender through this receiver alone (fraction of the "
+               "clean - corrupted gap)")
 
 
 @dataclass(frozen=True)
@@ -79,46 +84,96 @@ def select_heads(scores: np.ndarray, selection: Selection) -> list[Head]:
     return sorted((int(i // n_heads), int(i % n_heads)) for i in picked)
 
 
+GroupKey = tuple[Any, int]  # (meta.template or None, token length)
+MIN_GROUP = 5  # fewer corrupted prompts than this in a group: a warning (noisy position means)
+
+
+def group_key(tok) -> GroupKey:
+    """``(meta["template"], n_tokens)`` of a tokenised prompt, ``(None, n_tokens)`` without one."""
+    return tok.prompt.meta.get("template"), tok.n_tokens
+
+
+def group_keys(task: Task, index) -> list[GroupKey]:
+    """The group keys of the task's prompts ``index`` (read from the clean prompts' ``meta``)."""
+    return [group_key(task.clean[int(i)]) for i in index]
+
+
 @dataclass
 class AblationMeans:
-    """Mean ``z`` over the corrupted prompts: per token length ``n``, per layer, ``[n, head_index,
-    d_head]`` (each position averaged over the prompts of that length, which for template-made
-    sets means the same template positions)."""
+    """Mean ``z`` over the corrupted prompts, position by position, per group of prompts that share
+    a template and a token length: ``by_group[(template, n)]`` is per layer ``[n, head_index,
+    d_head]``. The template is the prompt's ``meta.template`` (``None`` when absent: prompts are
+    then grouped by length alone, which mixes templates of equal length, as in IOI where the
+    15-token prompts come from several templates). ``by_length[n]``: all prompts of length ``n``
+    (the fallback for a group the means do not have); ``counts[key]``: prompts per group."""
 
+    by_group: dict[GroupKey, list[Tensor]]
     by_length: dict[int, list[Tensor]]
+    counts: dict[GroupKey, int]
 
-    def batch(self, layer: int, lengths: Tensor, seq_len: int) -> Tensor:
-        """``[batch, seq_len, head_index, d_head]`` means for prompts of these lengths (zeros at
-        padding)."""
+    def batch(self, layer: int, keys: Sequence[GroupKey] | Tensor, seq_len: int) -> Tensor:
+        """``[batch, seq_len, head_index, d_head]`` means for prompts with these group keys (or a
+        ``[batch]`` tensor of lengths: means by length alone), zeros at padding.
+
+        Raises:
+            WorkbenchError: no corrupted prompt of that length was averaged.
+        """
+        if isinstance(keys, Tensor):
+            keys = [(None, n) for n in keys.tolist()]
         rows = []
-        for n in lengths.tolist():
-            mean = self.by_length[n][layer]
-            rows.append(torch.nn.functional.pad(mean, (0, 0, 0, 0, 0, seq_len - n)))
+        for key in keys:
+            n = key[1]
+            per_layer = self.by_group.get(key) or self.by_length.get(n)
+            if per_layer is None:
+                raise WorkbenchError(f"ablation means: no corrupted prompt of {n} tokens was "
+                                     "averaged; use more --mean-prompts")
+            rows.append(torch.nn.functional.pad(per_layer[layer], (0, 0, 0, 0, 0, seq_len - n)))
         return torch.stack(rows)
 
 
-def ablation_means(model, task: Task, *, batch_size: int = 16) -> AblationMeans:
-    """One pass over the corrupted prompts, averaging ``hook_z`` per (token length, position)."""
-    sums: dict[int, list[Tensor]] = {}
-    counts: dict[int, int] = {}
+def ablation_means(model, task: Task, *, batch_size: int = 16,
+                   progress: Callable[[int], None] | None = None) -> AblationMeans:
+    """One pass over the corrupted prompts, averaging ``hook_z`` per (template, length) group and
+    position (:class:`AblationMeans`); ``progress(1)`` after each batch. Warns (``UserWarning``)
+    when a group has fewer than :data:`MIN_GROUP` prompts."""
+    sums: dict[GroupKey, list[Tensor]] = {}
+    counts: dict[GroupKey, int] = {}
     for tb in task.batches(batch_size):
         z = capture(model, tb.corrupted, block_inputs=False).z
-        for b, n in enumerate(tb.corrupted.lengths.tolist()):
-            acc = sums.setdefault(n, [torch.zeros_like(z[0][b, :n]) for _ in z])
+        for b, key in enumerate(group_keys(task, tb.index)):
+            n = key[1]
+            acc = sums.setdefault(key, [torch.zeros_like(z[0][b, :n]) for _ in z])
             for layer, z_layer in enumerate(z):
                 acc[layer] += z_layer[b, :n]
-            counts[n] = counts.get(n, 0) + 1
-    return AblationMeans({n: [s / counts[n] for s in acc] for n, acc in sums.items()})
+            counts[key] = counts.get(key, 0) + 1
+        if progress:
+            progress(1)
+    small = [f"template {t} ({n} tokens) has {c} corrupted prompts"
+             for (t, n), c in counts.items() if t is not None and c < MIN_GROUP]
+    if small:
+        warnings.warn(f"ablation means: {'; '.join(small)}; their position means are noisy "
+                      "(average over more prompts: --mean-prompts)", UserWarning, stacklevel=2)
+    by_length: dict[int, list[Tensor]] = {}
+    for n in {n for _, n in sums}:
+        keys = [k for k in sums if k[1] == n]
+        total = sum(counts[k] for k in keys)
+        by_length[n] = [sum(sums[k][layer] for k in keys) / total
+                        for layer in range(len(sums[keys[0]]))]
+    return AblationMeans({k: [s / counts[k] for s in acc] for k, acc in sums.items()}, by_length,
+                         counts)
 
 
-def mean_ablation_hooks(model, means: AblationMeans, ablated: Sequence[Head], batch):
-    """Hooks replacing the ``z`` of ``ablated`` heads by their means for this batch."""
+def mean_ablation_hooks(model, means: AblationMeans, ablated: Sequence[Head], batch,
+                        keys: Sequence[GroupKey] | None = None):
+    """Hooks replacing the ``z`` of ``ablated`` heads by their means for this batch (the prompts'
+    group ``keys``; default: by length alone)."""
     by_layer: dict[int, list[int]] = {}
     for layer, head in ablated:
         by_layer.setdefault(layer, []).append(head)
 
     def make(layer: int, heads: list[int]):
-        mean = means.batch(layer, batch.lengths.cpu(), batch.seq_len).to(model.device)
+        mean = means.batch(layer, batch.lengths.cpu() if keys is None else keys,
+                           batch.seq_len).to(model.device)
 
         def hook(z, hook):
             out = z.clone()
@@ -129,14 +184,18 @@ def mean_ablation_hooks(model, means: AblationMeans, ablated: Sequence[Head], ba
 
 
 def circuit_logit_diff(model, task: Task, circuit: Iterable[Head], means: AblationMeans, *,
-                       batch_size: int = 16) -> np.ndarray:
-    """``[n_prompts]`` clean LD with every head outside ``circuit`` mean-ablated."""
+                       batch_size: int = 16, progress: Callable[[int], None] | None = None
+                       ) -> np.ndarray:
+    """``[n_prompts]`` clean LD with every head outside ``circuit`` mean-ablated
+    (``progress(1)`` after each batch)."""
     keep = set(map(tuple, circuit))
     ablated = [h for h in all_heads(model.info.n_layers, model.info.n_heads) if h not in keep]
     out = np.zeros(len(task))
     for tb in task.batches(batch_size):
-        hooks = mean_ablation_hooks(model, means, ablated, tb.clean)
+        hooks = mean_ablation_hooks(model, means, ablated, tb.clean, group_keys(task, tb.index))
         out[tb.index] = tb.logit_diff(last_logits(model, tb.clean, hooks)).cpu().numpy()
+        if progress:
+            progress(1)
     return out
 
 
@@ -149,6 +208,8 @@ class Faithfulness:
     al.'s F(C)/F(M)); ``normalised = (circuit - empty) / (model - empty)``; ``random`` the mean
     faithfulness of random circuits of the same size (NaN when none were drawn), ``random_draws``
     each random circuit's faithfulness (the spread the figures draw as the random-circuit band).
+    ``model_ld`` / ``circuit_ld`` / ``empty_ld``: the per-prompt LD ``[n_prompts]`` the means come
+    from (for :meth:`interval`).
     """
 
     model: float
@@ -157,6 +218,9 @@ class Faithfulness:
     circuit_accuracy: float
     random: float = float("nan")
     random_draws: tuple[float, ...] = ()
+    model_ld: tuple[float, ...] = ()
+    circuit_ld: tuple[float, ...] = ()
+    empty_ld: tuple[float, ...] = ()
 
     @property
     def faithfulness(self) -> float:
@@ -166,33 +230,62 @@ class Faithfulness:
     def normalised(self) -> float:
         return (self.circuit - self.empty) / (self.model - self.empty)
 
+    def interval(self, metric: str, confidence: float = 0.95) -> tuple[float, float]:
+        """Percentile bootstrap interval over prompts (resampled with their model, circuit and
+        empty LD together; seed 0) of ``"faithfulness"`` or ``"faithfulness_normalised"``; the
+        value itself when no per-prompt LD are kept.
+
+        Raises:
+            InputError: another metric.
+        """
+        if metric not in ("faithfulness", "faithfulness_normalised"):
+            raise InputError(f"no interval for {metric!r}; faithfulness or "
+                             "faithfulness_normalised")
+        value = self.faithfulness if metric == "faithfulness" else self.normalised
+        if not self.model_ld:
+            return value, value
+        if metric == "faithfulness":
+            return bootstrap_interval([self.circuit_ld, self.model_ld],
+                                      lambda c, m, axis: c.mean(axis) / m.mean(axis),
+                                      confidence=confidence)
+        return bootstrap_interval(
+            [self.circuit_ld, self.model_ld, self.empty_ld],
+            lambda c, m, e, axis: (c.mean(axis) - e.mean(axis)) / (m.mean(axis) - e.mean(axis)),
+            confidence=confidence)
+
 
 def faithfulness(model, task: Task, circuit: Iterable[Head], *, means: AblationMeans | None = None,
-                 n_random: int = 0, seed: int = 0, batch_size: int = 16) -> Faithfulness:
+                 n_random: int = 0, seed: int = 0, batch_size: int = 16,
+                 progress: Callable[[int], None] | None = None) -> Faithfulness:
     """Faithfulness of ``circuit`` on ``task`` (means from :func:`ablation_means` unless given);
-    ``n_random`` random circuits of the same size (seeded) give a baseline."""
+    ``n_random`` random circuits of the same size (seeded) give a baseline. ``progress(1)`` after
+    each batch of each of the ``3 + n_random`` passes."""
     circuit = sorted(set(map(tuple, circuit)))
     means = means or ablation_means(model, task, batch_size=batch_size)
+    run = dict(batch_size=batch_size, progress=progress)
     full = circuit_logit_diff(model, task, all_heads(model.info.n_layers, model.info.n_heads),
-                              means, batch_size=batch_size)
-    kept = circuit_logit_diff(model, task, circuit, means, batch_size=batch_size)
-    empty = circuit_logit_diff(model, task, [], means, batch_size=batch_size)
+                              means, **run)
+    kept = circuit_logit_diff(model, task, circuit, means, **run)
+    empty = circuit_logit_diff(model, task, [], means, **run)
     rng = np.random.default_rng(seed)
     heads = all_heads(model.info.n_layers, model.info.n_heads)
     randoms = [circuit_logit_diff(model, task, [heads[i] for i in rng.choice(
-        len(heads), len(circuit), replace=False)], means, batch_size=batch_size).mean()
+        len(heads), len(circuit), replace=False)], means, **run).mean()
                for _ in range(n_random)]
     random = float(np.mean(randoms) / full.mean()) if randoms else float("nan")
     return Faithfulness(float(full.mean()), float(kept.mean()), float(empty.mean()),
                         float((kept > 0).mean()), random,
-                        tuple(float(r / full.mean()) for r in randoms))
+                        tuple(float(r / full.mean()) for r in randoms),
+                        tuple(map(float, full)), tuple(map(float, kept)), tuple(map(float, empty)))
 
 
 def circuit_graph(heads: Iterable[Head], scores: np.ndarray | None = None,
                   edges: Iterable[tuple[Head | str, Head | str, float]] = ()) -> nx.DiGraph:
     """The circuit as a directed graph: nodes ``"L.H"`` (attributes ``layer``, ``head``,
-    ``score``) and ``"logits"``; edges ``(sender, receiver, weight)`` from path patching."""
-    graph = nx.DiGraph()
+    ``score``) and ``"logits"``; edges ``(sender, receiver, weight)`` from path patching, the
+    weight being the sender's score through that receiver alone (graph attribute
+    ``edge_weight`` says so)."""
+    graph = nx.DiGraph(edge_weight=EDGE_WEIGHT)
     for layer, head in heads:
         score = float(scores[layer, head]) if scores is not None else None
         graph.add_node(format_head((layer, head)), layer=layer, head=head, score=score)

@@ -22,13 +22,14 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import torch
 from torch import Tensor
 
 from workbench.errors import InputError
 from workbench.records import concat, records, string_column
+from workbench.stats import bootstrap_interval
+from workbench.stats import spearman as stats_spearman
 
 Direction = Literal["clean_into_corrupted", "corrupted_into_clean"]
 DIRECTIONS: tuple[str, ...] = ("clean_into_corrupted", "corrupted_into_clean")
@@ -79,9 +80,28 @@ class HeadEffects:
         sign = 1.0 if self.direction == "clean_into_corrupted" else -1.0
         return sign * self.effect / (self.clean.mean() - self.corrupted.mean())
 
+    def score_intervals(self, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+        """``([n_layers, n_heads], [n_layers, n_heads])`` lower and upper bounds of a percentile
+        bootstrap interval of :attr:`score` over prompts (prompts resampled with their patched,
+        clean and corrupted LD together; :func:`workbench.stats.bootstrap_interval`, seed 0);
+        NaN for heads not scored."""
+        sign = 1.0 if self.direction == "clean_into_corrupted" else -1.0
+
+        def score(patched, base, clean, corrupted, axis):
+            return sign * (patched.mean(axis) - base.mean(axis)) / (clean.mean(axis)
+                                                                     - corrupted.mean(axis))
+        lo = np.full(self.patched.shape[1:], np.nan)
+        hi = lo.copy()
+        for layer, head in zip(*np.nonzero(~np.isnan(self.patched[0]))):
+            lo[layer, head], hi[layer, head] = bootstrap_interval(
+                [self.patched[:, layer, head], self.base, self.clean, self.corrupted], score,
+                confidence=confidence)
+        return lo, hi
+
     def records(self) -> pa.Table:
-        """Rows: ``logit_diff`` per (prompt, layer, head); ``effect`` and ``score`` per (layer,
-        head); ``segment`` = task, ``condition`` = direction (plus :attr:`condition`)."""
+        """Rows: ``logit_diff`` per (prompt, layer, head); ``effect``, ``score`` and the bounds of
+        its 95% bootstrap interval over prompts ``score_lo`` / ``score_hi`` per (layer, head);
+        ``segment`` = task, ``condition`` = direction (plus :attr:`condition`)."""
         n, n_layers, n_heads = self.patched.shape
         ok = ~np.isnan(self.patched[0])
         layer, head = np.nonzero(ok)
@@ -91,20 +111,18 @@ class HeadEffects:
             "logit_diff", self.patched[:, layer, head].reshape(-1),
             layer=np.tile(layer, n), head=np.tile(head, n),
             prompt_id=string_column(self.prompt_ids, np.repeat(np.arange(n), len(layer))), **common)
-        return concat([per_prompt,
-                       records("effect", self.effect[layer, head], layer=layer, head=head,
-                               **common),
-                       records("score", self.score[layer, head], layer=layer, head=head,
-                               **common)])
+        lo, hi = self.score_intervals()
+        per_head = [records(metric, values[layer, head], layer=layer, head=head, **common)
+                    for metric, values in (("effect", self.effect), ("score", self.score),
+                                           ("score_lo", lo), ("score_hi", hi))]
+        return concat([per_prompt, *per_head])
 
 
 def spearman(first: np.ndarray, second: np.ndarray) -> float:
-    """Spearman rank correlation of two score arrays over the entries finite in both: the Pearson
-    correlation of their ranks (ties get their average rank)."""
-    a, b = np.asarray(first, float).ravel(), np.asarray(second, float).ravel()
-    ok = np.isfinite(a) & np.isfinite(b)
-    ranks = [pd.Series(x[ok]).rank(method="average").to_numpy() for x in (a, b)]
-    return float(np.corrcoef(*ranks)[0, 1])
+    """Spearman rank correlation of two score arrays over the entries finite in both
+    (:func:`workbench.stats.spearman`, i.e. ``scipy.stats.spearmanr``; ties get their average
+    rank)."""
+    return stats_spearman(first, second)
 
 
 def position_mask(batch, positions: str | Sequence[str] | None) -> Tensor:

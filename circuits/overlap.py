@@ -7,19 +7,21 @@ models of equal shape) this module gives the Jaccard index ``|A∩B| / |A∪B|``
 probability that two random head sets of the same sizes share at least ``|A∩B|`` heads: the
 hypergeometric upper tail
 
-    P(X >= k) = sum_{j >= k} C(|A|, j) C(N - |A|, |B| - j) / C(N, |B|),
+    P(X >= k) = sum_{j >= k} C(|A|, j) C(N - |A|, |B| - j) / C(N, |B|)
 
-computed exactly with integers (``math.comb``), and the expected Jaccard index of such random sets,
-``E[X / (|A| + |B| - X)]`` under the same hypergeometric law (the baseline of a Jaccard matrix).
+(``scipy.stats.hypergeom(N, |A|, |B|).sf(k - 1)``), and the expected Jaccard index of such random
+sets, ``E[X / (|A| + |B| - X)]`` under the same hypergeometric law (its ``pmf``; the baseline of a
+Jaccard matrix).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from fractions import Fraction
 from itertools import combinations
+
+import numpy as np
+from scipy.stats import hypergeom
 
 from workbench.errors import InputError
 from workbench.heads import Head
@@ -27,32 +29,33 @@ from workbench.heads import Head
 
 def hypergeometric_tail(k: int, n_total: int, n_first: int, n_second: int) -> float:
     """``P(X >= k)`` for ``X`` the size of the intersection of a fixed set of ``n_first`` items and
-    a uniformly random set of ``n_second`` items out of ``n_total`` (exact, then rounded to float).
+    a uniformly random set of ``n_second`` items out of ``n_total`` (``scipy.stats.hypergeom``).
 
     Raises:
         InputError: a set larger than ``n_total``.
     """
     if not (0 <= n_first <= n_total and 0 <= n_second <= n_total):
         raise InputError(f"set sizes {n_first} and {n_second} must be between 0 and {n_total}")
-    hits = sum(math.comb(n_first, j) * math.comb(n_total - n_first, n_second - j)
-               for j in range(max(k, 0), min(n_first, n_second) + 1))
-    return float(Fraction(hits, math.comb(n_total, n_second)))
+    if k <= 0:
+        return 1.0
+    return float(min(1.0, hypergeom(n_total, n_first, n_second).sf(k - 1)))
 
 
 def expected_jaccard(n_total: int, n_first: int, n_second: int) -> float:
     """``E[|A∩B| / |A∪B|]`` for a fixed ``A`` of ``n_first`` heads and a uniformly random ``B`` of
-    ``n_second`` heads out of ``n_total`` (exact sum over the hypergeometric law; 0/0 counts as 0).
+    ``n_second`` heads out of ``n_total`` (sum over ``scipy.stats.hypergeom``'s pmf; 0/0 counts as
+    0).
 
     Raises:
         InputError: a set larger than ``n_total``.
     """
     if not (0 <= n_first <= n_total and 0 <= n_second <= n_total):
         raise InputError(f"set sizes {n_first} and {n_second} must be between 0 and {n_total}")
-    total = Fraction(0)
-    for j in range(1, min(n_first, n_second) + 1):
-        ways = math.comb(n_first, j) * math.comb(n_total - n_first, n_second - j)
-        total += Fraction(ways * j, n_first + n_second - j)
-    return float(total / math.comb(n_total, n_second))
+    j = np.arange(1, min(n_first, n_second) + 1)
+    if not j.size:
+        return 0.0
+    pmf = hypergeom(n_total, n_first, n_second).pmf(j)
+    return float(np.sum(pmf * j / (n_first + n_second - j)))
 
 
 @dataclass(frozen=True)

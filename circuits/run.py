@@ -19,6 +19,11 @@ units in ``run.json``):
   ``n_shared``, ``size_first``, ``size_second``, ``expected_shared``, ``p_value``,
   ``expected_jaccard`` (the random baseline of ``jaccard``); and ``shared``
   rows (value 1) naming each shared head by ``layer``/``head``.
+* ``spot_check`` (attribution, unless ``--spot-check 0``): per top head by ``|attribution|``
+  (:mod:`circuits.spot_check`): ``score_attribution``, ``score_activation``, ``disagrees`` (0/1),
+  ``worst_effect_attribution`` / ``worst_effect_activation`` with that prompt's ``prompt_id``.
+* ``directions`` (``--both-directions``; :mod:`circuits.directions`): per head of any method's
+  circuit, ``score_noising``, ``score_denoising`` and ``one_direction_only`` (0/1).
 * ``method_agreement`` (with two or more methods): ``spearman`` of the per-head scores (path
   patching: stage 1) per task, ``condition`` = ``"methodA~methodB"``.
 """
@@ -33,19 +38,23 @@ import time
 from dataclasses import asdict, dataclass, field
 from itertools import combinations
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import torch
 
+from circuits.directions import compare_directions
 from circuits.discovery import Faithfulness, Selection, ablation_means, faithfulness
 from circuits.effects import check_direction, check_positions, spearman
 from circuits.methods import METHODS, Discovery, DiscoveryOptions
 from circuits.overlap import Overlap, overlap_table
 from circuits.path_patching import check_receiver_input
+from circuits.progress import CircuitsProgress, plan
+from circuits.report import PROBE, report  # noqa: F401 (report: the CLI's entry point)
 from circuits.tasks import Task, load_task
 from workbench.errors import InputError, RunStateError
-from workbench.heads import format_head
+from workbench.heads import Head, check_heads, format_head, parse_head
 from workbench.metrics import accuracy
 from workbench.records import (PROMPTS_SCHEMA, SCHEMA_VERSION, TOKENS_SCHEMA, concat, conform,
                                records, string_column)
@@ -53,13 +62,12 @@ from workbench.run import git_state, library_versions
 from workbench.store import RunDir
 from workbench.tokens import prompt_rows, token_rows
 
-PROBE = {"activation": "activation_patching", "attribution": "attribution_patching",
-         "path": "path_patching"}
 UNITS = {
     "logit_diff": "logits", "mean_logit_diff": "logits", "accuracy": "fraction of prompts",
     "effect": "logits (mean patched LD - mean base LD)",
     "score": "fraction of the clean - corrupted LD gap; positive = the head carries the task",
-    "member": "score the head was selected on", "edge": "sender's path-patching score",
+    "member": "score the head was selected on",
+    "edge": "path-patching score of the sender through this receiver alone (fraction of the gap)",
     "size": "heads", "faithfulness": "fraction of the full model's LD (circuit / model)",
     "faithfulness_normalised": "(circuit - empty) / (model - empty)",
     "faithfulness_random": "mean faithfulness of random circuits of equal size",
@@ -70,6 +78,20 @@ UNITS = {
     "size_second": "heads", "expected_shared": "heads", "p_value": "probability",
     "expected_jaccard": "fraction (random head sets of the same sizes)",
     "shared": "1 per shared head", "spearman": "rank correlation",
+    "score_lo": "score: 2.5th percentile of a bootstrap over prompts (2000 resamples, seed 0)",
+    "score_hi": "score: 97.5th percentile of a bootstrap over prompts (2000 resamples, seed 0)",
+    "faithfulness_lo": "faithfulness: 2.5th percentile of a bootstrap over prompts",
+    "faithfulness_hi": "faithfulness: 97.5th percentile of a bootstrap over prompts",
+    "faithfulness_normalised_lo": "normalised faithfulness: 2.5th bootstrap percentile",
+    "faithfulness_normalised_hi": "normalised faithfulness: 97.5th bootstrap percentile",
+    "score_noising": "activation patching corrupted_into_clean (fraction of the gap)",
+    "score_denoising": "activation patching clean_into_corrupted (fraction of the gap)",
+    "one_direction_only": "1 if |score| >= 0.05 in exactly one direction, else 0",
+    "score_attribution": "attribution estimate of score (fraction of the gap)",
+    "score_activation": "activation-patching score of the same head (fraction of the gap)",
+    "disagrees": "1 if |attribution - activation| > max(0.05, 0.5 |activation|), else 0",
+    "worst_effect_attribution": "logits: estimated patched - base LD on the worst prompt",
+    "worst_effect_activation": "logits: measured patched - base LD on the worst prompt",
 }
 
 
@@ -84,6 +106,8 @@ class CircuitsOptions:
     run_id: str | None = None
     overwrite: bool = False
     progress: bool = True
+    console: Any = None  # rich Console the progress bars draw on (None: standard error)
+    both_directions: bool = False  # activation-patch every circuit head noising and denoising
 
 
 def check_methods(methods: list[str]) -> None:
@@ -97,11 +121,16 @@ def check_methods(methods: list[str]) -> None:
 def check_options(methods: list[str], select: str, *, direction: str, positions: str | None,
                   batch_size: int, heads_per_forward: int | None, stages: int,
                   receiver_input: str, n_random: int, mean_prompts: int | None,
-                  **run: object) -> CircuitsOptions:
+                  heads: str | None = None, spot_check: int = 20,
+                  both_directions: bool = False, **run: object) -> CircuitsOptions:
     """Validate the command line before the model loads.
 
+    ``heads``: ``None`` (every head) or a comma-separated ``layer.head`` list (``"23.3,20.0"``):
+    the heads patched (activation), kept (attribution) or used as senders (path).
+
     Raises:
-        InputError: an unknown method, a bad selection, direction, receiver input or count.
+        InputError: an unknown method, a bad selection, direction, receiver input, count or head
+            (the message names the bad item).
     """
     check_methods(methods)
     check_direction(direction)
@@ -109,13 +138,44 @@ def check_options(methods: list[str], select: str, *, direction: str, positions:
     for name, value, least in (("--batch-size", batch_size, 1), ("--stages", stages, 1),
                                ("--n-random", n_random, 0),
                                ("--mean-prompts", mean_prompts or 1, 1),
+                               ("--spot-check", spot_check, 0),
                                ("--heads-per-forward", heads_per_forward or 1, 1)):
         if value < least:
             raise InputError(f"{name} must be at least {least}, got {value}")
     discovery = DiscoveryOptions(direction, None if positions in (None, "all") else positions,
-                                 batch_size, heads_per_forward, stages, receiver_input)
+                                 batch_size, heads_per_forward, stages, receiver_input,
+                                 parse_head_list(heads), spot_check)
     return CircuitsOptions(methods, Selection.parse(select), discovery, n_random, mean_prompts,
-                           **run)
+                           **run, both_directions=both_directions)
+
+
+def parse_head_list(text: str | None) -> tuple[Head, ...] | None:
+    """``"23.3, 20.0"`` -> ``((20, 0), (23, 3))`` (sorted, unique); ``None`` -> ``None``.
+
+    Raises:
+        InputError: an item is not ``layer.head`` (named), or the list is empty.
+    """
+    if text is None:
+        return None
+    heads = set()
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        try:
+            heads.add(parse_head(item.strip()))
+        except InputError as err:
+            raise InputError(f"--heads: {err}") from None
+    if not heads:
+        raise InputError(f"--heads: no head given in {text!r}; write layer.head items separated "
+                         "by commas (23.3,20.0)")
+    return tuple(sorted(heads))
+
+
+def check_head_range(model, options: CircuitsOptions) -> None:
+    """Raise :class:`InputError` naming a ``--heads`` item outside the model."""
+    if options.discovery.heads is not None:
+        check_heads(options.discovery.heads, model.info.n_layers, model.info.n_heads,
+                    where="--heads")
 
 
 def load_tasks(specs: list[str], model, *, n_prompts: int | None, positions: str | None
@@ -138,6 +198,7 @@ def execute_circuits(model, tasks: list[Task], options: CircuitsOptions) -> RunD
         RunStateError: the run exists and ``overwrite`` is off.
     """
     check_methods(options.methods)
+    check_head_range(model, options)
     names = [t.name for t in tasks]
     if len(set(names)) != len(names):
         raise InputError(f"a task is named twice: {', '.join(names)}")
@@ -151,8 +212,9 @@ def execute_circuits(model, tasks: list[Task], options: CircuitsOptions) -> RunD
                            overwrite=options.overwrite, same_config=lambda stored: None)
     timings: dict[str, float] = {}
     try:
-        found = _discover_all(model, tasks, options, timings)
-        tables = _tables(model, tasks, found, options, timings, run.run_id)
+        with CircuitsProgress(options.progress, options.console) as bars:
+            found = _discover_all(model, tasks, options, timings, bars)
+            tables = _tables(model, tasks, found, options, timings, run.run_id, bars)
         clean = [c for t in tasks for c in t.clean]
         run.write_table("prompts", pa.table(prompt_rows(clean), schema=PROMPTS_SCHEMA))
         run.write_table("tokens", pa.table(token_rows(clean, model.tokenizer), schema=TOKENS_SCHEMA))
@@ -169,41 +231,42 @@ def execute_circuits(model, tasks: list[Task], options: CircuitsOptions) -> RunD
     return run
 
 
-def _discover_all(model, tasks, options, timings) -> dict[tuple[str, str], Discovery]:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
+def _discover_all(model, tasks, options, timings, bars: CircuitsProgress
+                  ) -> dict[tuple[str, str], Discovery]:
     found = {}
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(),
-               TextColumn("{task.completed} heads x batches"), TimeElapsedColumn())
-    with Progress(*columns, disable=not options.progress) as bar:
-        for method in options.methods:
-            for task in tasks:
-                handle = bar.add_task(f"{method} {task.name}", total=None)
+    for method in options.methods:
+        for task in tasks:
+            with bars.phase(f"{method} {task.name}", "heads x batches") as phase:
                 result = METHODS[method](model, task, options.selection, options.discovery,
-                                         progress=lambda n, h=handle: bar.advance(h, n))
-                found[method, task.name] = result
-                timings[f"{method}.{task.name}_s"] = round(result.seconds, 3)
+                                         progress=phase)
+            found[method, task.name] = result
+            timings[f"{method}.{task.name}_s"] = round(result.seconds, 3)
+    if options.both_directions:
+        d = options.discovery
+        for task in tasks:
+            heads = sorted({h for m in options.methods for h in found[m, task.name].circuit})
+            with bars.phase(f"both directions {task.name}", "heads x batches") as phase:
+                plan(phase, 2 * len(heads) * len(task.batches(d.batch_size)))
+                found["directions", task.name] = compare_directions(
+                    model, task, heads, positions=d.positions, batch_size=d.batch_size,
+                    heads_per_forward=d.heads_per_forward, progress=phase)
     return found
 
 
-def _tables(model, tasks, found, options, timings, run_id: str) -> dict[str, pa.Table]:
+def _tables(model, tasks, found, options, timings, run_id: str, bars: CircuitsProgress
+            ) -> dict[str, pa.Table]:
     tables: dict[str, list[pa.Table]] = {"task_metrics": [], "head_effects": [], "circuits": [],
                                          "faithfulness": []}
     for task in tasks:
-        effects = found[options.methods[0], task.name].effects[0]
-        tables["task_metrics"].append(conform(_task_rows(effects), run_id=run_id, probe="task"))
-        means = _ablation_means(model, task, options)
-        for method in options.methods:
-            result, probe = found[method, task.name], PROBE[method]
-            tables["head_effects"] += [conform(e.records(), run_id=run_id, probe=probe)
-                                       for e in result.effects]
-            tables["circuits"].append(conform(_circuit_rows(result), run_id=run_id, probe=probe))
-            start = time.perf_counter()
-            faith = faithfulness(model, task, result.circuit, means=means,
-                                 n_random=options.n_random, batch_size=options.discovery.batch_size)
-            timings[f"faithfulness.{method}.{task.name}_s"] = round(time.perf_counter() - start, 3)
-            tables["faithfulness"].append(conform(_faith_rows(faith, task.name), run_id=run_id,
-                                                  probe=probe))
+        with bars.phase(f"faithfulness {task.name}", "batches") as phase:
+            _task_tables(model, task, found, options, timings, run_id, tables, phase)
+    checks = [conform(found[m, t.name].spot_check.records(), run_id=run_id, probe=PROBE[m])
+              for m in options.methods for t in tasks if found[m, t.name].spot_check is not None]
+    if checks:
+        tables["spot_check"] = checks
+    if options.both_directions:
+        tables["directions"] = [conform(found["directions", t.name].records(), run_id=run_id,
+                                        probe="activation_patching") for t in tasks]
     n_total = model.info.n_layers * model.info.n_heads
     if len(tasks) > 1:
         tables["overlap"] = [
@@ -216,12 +279,34 @@ def _tables(model, tasks, found, options, timings, run_id: str) -> dict[str, pa.
     return {name: concat(parts) for name, parts in tables.items()}
 
 
-def _ablation_means(model, task: Task, options: CircuitsOptions):
+def _task_tables(model, task, found, options, timings, run_id, tables, phase) -> None:
+    """Task metrics, head effects, circuits and faithfulness rows of one task (into ``tables``),
+    advancing ``phase`` per batch of the ablation means and of every faithfulness pass."""
+    effects = found[options.methods[0], task.name].effects[0]
+    tables["task_metrics"].append(conform(_task_rows(effects), run_id=run_id, probe="task"))
+    means = _ablation_means(model, task, options, phase)
+    plan(phase, len(options.methods) * (3 + options.n_random)
+         * len(task.batches(options.discovery.batch_size)))
+    for method in options.methods:
+        result, probe = found[method, task.name], PROBE[method]
+        tables["head_effects"] += [conform(e.records(), run_id=run_id, probe=probe)
+                                   for e in result.effects]
+        tables["circuits"].append(conform(_circuit_rows(result), run_id=run_id, probe=probe))
+        start = time.perf_counter()
+        faith = faithfulness(model, task, result.circuit, means=means, n_random=options.n_random,
+                             batch_size=options.discovery.batch_size, progress=phase)
+        timings[f"faithfulness.{method}.{task.name}_s"] = round(time.perf_counter() - start, 3)
+        tables["faithfulness"].append(conform(_faith_rows(faith, task.name), run_id=run_id,
+                                              probe=probe))
+
+
+def _ablation_means(model, task: Task, options: CircuitsOptions, phase=None):
     """Means over the corrupted prompts of the task's whole file (or its first ``mean_prompts``,
     never fewer than the scored prompts, so every scored prompt's length has a mean)."""
     n = None if options.mean_prompts is None else max(options.mean_prompts, len(task))
     source = load_task(task.prompt_set.files[0].path, model, n_prompts=n)
-    return ablation_means(model, source, batch_size=options.discovery.batch_size)
+    plan(phase, len(source.batches(options.discovery.batch_size)))
+    return ablation_means(model, source, batch_size=options.discovery.batch_size, progress=phase)
 
 
 def _task_rows(effects) -> pa.Table:
@@ -258,6 +343,10 @@ def _faith_rows(faith: Faithfulness, task: str) -> pa.Table:
     parts += [records(metric, value, segment=task) for metric, value in (
         ("faithfulness", faith.faithfulness), ("faithfulness_normalised", faith.normalised),
         ("faithfulness_random", faith.random), ("circuit_accuracy", faith.circuit_accuracy))]
+    for metric in ("faithfulness", "faithfulness_normalised"):
+        lo, hi = faith.interval(metric)
+        parts += [records(f"{metric}_lo", lo, segment=task),
+                  records(f"{metric}_hi", hi, segment=task)]
     if faith.random_draws:  # one row per random circuit (condition draw=i): the baseline's spread
         parts.append(records("faithfulness_random_draw", list(faith.random_draws), segment=task,
                              condition=np.array([f"draw={i}" for i in
@@ -298,6 +387,7 @@ def _manifest(model, tasks: list[Task], options: CircuitsOptions) -> dict:
               "tasks": [{"name": t.name, "sha256": t.prompt_set.sha256, "n_prompts": len(t)}
                         for t in tasks],
               "methods": options.methods, "selection": str(options.selection),
+              "both_directions": options.both_directions,
               "discovery": asdict(options.discovery), "n_random": options.n_random,
               "mean_prompts": options.mean_prompts}
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
@@ -322,50 +412,3 @@ def _manifest(model, tasks: list[Task], options: CircuitsOptions) -> dict:
         "versions": library_versions(), "git": git_state(), "device": info.device,
         "timings": {}, "tables": {},
     }
-
-
-def report(run: RunDir) -> str:
-    """A plain-text summary of a circuits run: task metrics, circuits with faithfulness, overlap,
-    method agreement and timings (reads the parquet tables only)."""
-    def frame(name):
-        return run.read_table(name).to_pandas() if name in run.tables() else None
-
-    def value(df, metric, **where):
-        rows = df[df.metric == metric]
-        for column, wanted in where.items():
-            rows = rows[rows[column] == wanted]
-        return float(rows.value.iloc[0]) if len(rows) else float("nan")
-
-    lines = ["task: mean LD clean / corrupted (logits), accuracy clean / corrupted"]
-    tm = frame("task_metrics")
-    for task in dict.fromkeys(tm.segment):
-        ld = [value(tm, "mean_logit_diff", segment=task, condition=c)
-              for c in ("clean", "corrupted")]
-        acc = [value(tm, "accuracy", segment=task, condition=c) for c in ("clean", "corrupted")]
-        lines.append(f"  {task}: {ld[0]:.3f} / {ld[1]:.3f}; {acc[0]:.2f} / {acc[1]:.2f}")
-    lines.append("circuit: size, faithfulness (circuit/model), normalised, random-circuit baseline")
-    circ, faith = frame("circuits"), frame("faithfulness")
-    timings = run.read_manifest().get("timings", {})
-    for (probe, task), _ in faith.groupby(["probe", "segment"], sort=False):
-        c, f = circ[(circ.probe == probe) & (circ.segment == task)], \
-            faith[(faith.probe == probe) & (faith.segment == task)]
-        heads = ", ".join(f"{int(r.layer)}.{int(r.head)}" for r in c[c.metric == "member"]
-                          .itertuples())
-        method = next(k for k, v in PROBE.items() if v == probe)
-        lines.append(f"  {probe} {task}: {int(value(c, 'size'))} heads, "
-                     f"{value(f, 'faithfulness'):.3f}, {value(f, 'faithfulness_normalised'):.3f}, "
-                     f"{value(f, 'faithfulness_random'):.3f}; "
-                     f"{timings.get(f'{method}.{task}_s')} s; heads {heads}")
-    ov = frame("overlap")
-    if ov is not None:
-        lines.append("overlap: shared, Jaccard, overlap coefficient, expected shared, "
-                     "p (random sets)")
-        for (probe, pair), o in ov.groupby(["probe", "segment"], sort=False):
-            lines.append(f"  {probe} {pair}: {int(value(o, 'n_shared'))}, "
-                         f"{value(o, 'jaccard'):.3f}, {value(o, 'overlap_coefficient'):.3f}, "
-                         f"{value(o, 'expected_shared'):.2f}, {value(o, 'p_value'):.2e}")
-    ag = frame("method_agreement")
-    if ag is not None:
-        lines.append("method agreement (Spearman of head scores)")
-        lines += [f"  {r.segment} {r.condition}: {r.value:.3f}" for r in ag.itertuples()]
-    return "\n".join(lines)

@@ -43,7 +43,7 @@ def test_circuits_run_writes_every_table(capsys, two_tasks, tmp_path):
                                                       "activation_patching"]
     tables = {name: pq.read_table(run.table_path(name)) for name in manifest["tables"]}
     assert set(tables) == {"task_metrics", "head_effects", "circuits", "faithfulness", "overlap",
-                           "method_agreement"}
+                           "method_agreement", "spot_check"}
     assert {"prompts", "tokens"} <= set(run.tables())
     for table in tables.values():
         assert table.schema.equals(RECORD_SCHEMA, check_metadata=False)
@@ -75,7 +75,14 @@ def test_circuits_run_writes_every_table(capsys, two_tasks, tmp_path):
     faith = frames["faithfulness"]
     assert set(faith.metric) == {"logit_diff", "faithfulness", "faithfulness_normalised",
                                  "faithfulness_random", "circuit_accuracy",
-                                 "faithfulness_random_draw"}
+                                 "faithfulness_random_draw", "faithfulness_lo", "faithfulness_hi",
+                                 "faithfulness_normalised_lo", "faithfulness_normalised_hi"}
+    for metric in ("faithfulness", "faithfulness_normalised"):
+        for (probe, task), f in faith.groupby(["probe", "segment"]):
+            lo, mid, hi = (f[f.metric == m].value.item() for m in
+                           (f"{metric}_lo", metric, f"{metric}_hi"))
+            assert lo <= mid <= hi
+            assert f"{mid:.3f} [{lo:.3f}, {hi:.3f}]" in out
     draws = faith[faith.metric == "faithfulness_random_draw"]  # --n-random 1: one per task/method
     mean = faith[faith.metric == "faithfulness_random"]
     assert (draws.condition == "draw=0").all() and len(draws) == len(mean)
@@ -102,3 +109,61 @@ def test_unequal_lengths_are_refused(capsys, tmp_path):
     code, _, err = cli(capsys, *args([path], tmp_path / "runs"))
     assert code == 2 and "prompt 'tiny-ioi-1': corrupted_text has" in err
     assert "patching needs equal lengths" in err and not (tmp_path / "runs").exists()
+
+
+def test_heads_option_patches_only_the_chosen_heads(capsys, two_tasks, tmp_path):
+    runs = tmp_path / "runs"
+    for method in ("activation", "attribution", "path"):
+        code, out, err = cli(capsys, *args(two_tasks[:1], runs, "--method", method,
+                                           "--heads", "3.1, 1.2,0.0", "--select", "top_k=2",
+                                           "--stages", "1", "--run-id", method))
+        assert code == 0, err
+        [(run, _)] = [r for r in list_runs(runs) if r[0].run_id == method]
+        effects = pq.read_table(run.table_path("head_effects")).to_pandas()
+        scores = effects[effects.metric == "score"]
+        heads = {(int(r.layer), int(r.head)) for r in scores.itertuples()}
+        want = {(0, 0), (1, 2), (3, 1)}
+        assert heads == want, method
+        members = pq.read_table(run.table_path("circuits")).to_pandas().query("metric == 'member'")
+        assert {(int(r.layer), int(r.head)) for r in members.itertuples()} <= want
+        assert ("edges (sender -> receiver: the sender's score through that receiver alone)"
+                in out) == (method == "path")
+
+
+@pytest.mark.parametrize("heads, message", [
+    ("1.2,x", "--heads: head 'x' is not of the form layer.head"),
+    ("1.2,9.0", "--heads: head 9.0 is out of range"),
+    (",", "--heads: no head given"),
+])
+def test_bad_heads_are_refused_naming_the_item(capsys, two_tasks, tmp_path, heads, message):
+    runs = tmp_path / "runs"
+    code, _, err = cli(capsys, *args(two_tasks[:1], runs, "--heads", heads))
+    assert code == 2 and message in err, err
+    assert not runs.exists()
+
+
+def test_attribution_spot_check_is_written_and_reported(capsys, two_tasks, tmp_path):
+    runs = tmp_path / "runs"
+    code, out, err = cli(capsys, *args(two_tasks[:1], runs, "--method", "attribution",
+                                       "--spot-check", "4", "--both-directions"))
+    assert code == 0, err
+    [(run, manifest)] = list_runs(runs)
+    assert manifest["probes"][0]["params"]["spot_check"] == 4
+    spot = pq.read_table(run.table_path("spot_check")).to_pandas()
+    est = spot[spot.metric == "score_attribution"]
+    scores = pq.read_table(run.table_path("head_effects")).to_pandas().query("metric == 'score'")
+    top = scores.assign(mag=scores.value.abs()).nlargest(4, "mag")
+    assert {(r.layer, r.head) for r in est.itertuples()} == {(r.layer, r.head)
+                                                            for r in top.itertuples()}
+    flags = spot[spot.metric == "disagrees"]
+    assert len(flags) == 4 and set(flags.value) <= {0.0, 1.0}
+    assert "spot check (attribution vs activation patching" in out
+    assert f"{int(flags.value.sum())} of 4 disagree" in out
+    both = pq.read_table(run.table_path("directions")).to_pandas()
+    members = pq.read_table(run.table_path("circuits")).to_pandas().query("metric == 'member'")
+    assert {(r.layer, r.head) for r in both.itertuples()} == {(r.layer, r.head)
+                                                             for r in members.itertuples()}
+    flagged = both[both.metric == "one_direction_only"].value.sum()
+    assert f"{int(flagged)} of {len(members)} heads matter in one direction only" in out
+    code, _, err = cli(capsys, *args(two_tasks[:1], runs, "--spot-check", "-1"))
+    assert code == 2 and "--spot-check must be at least 0" in err

@@ -10,12 +10,14 @@ import pytest
 import torch
 
 from circuits.discovery import (Selection, ablation_means, circuit_graph, circuit_logit_diff,
-                                faithfulness, select_heads)
+                                faithfulness, group_keys, select_heads)
 from circuits.methods import METHODS, DiscoveryOptions
+from circuits.path_patching import path_patching
 from circuits.overlap import (expected_jaccard, hypergeometric_tail, overlap, overlap_table,
                               shared_by_all)
 from circuits.tasks import load_task
-from tests.circuit_tasks import tiny_ioi_file
+from tests.circuit_tasks import tiny_ioi_file, tiny_ioi_rows
+from tests.conftest import write_jsonl
 from workbench.errors import InputError
 
 
@@ -51,10 +53,41 @@ def test_ablation_means_are_per_length_position_means_of_corrupted_z(tiny_llama,
                 f"blocks.{layer}.attn.hook_z", lambda z, hook: kept.update(z=z[0].clone()))]):
             tiny_llama.bridge(ids)
         by_length.setdefault(tok.n_tokens, []).append(kept["z"])
-    assert set(means.by_length) == set(by_length)
+    assert set(means.by_group) == {(None, n) for n in by_length}  # no meta.template: by length
     for n, zs in by_length.items():
-        torch.testing.assert_close(means.by_length[n][layer], torch.stack(zs).mean(0),
+        torch.testing.assert_close(means.by_group[None, n][layer], torch.stack(zs).mean(0),
                                    atol=1e-5, rtol=1e-5)
+
+
+def test_ablation_means_group_prompts_by_template_and_warn_on_tiny_groups(tiny_llama, tmp_path):
+    # two templates of equal token length (20): position-wise means must not mix them
+    rows = [r for i, r in enumerate(tiny_ioi_rows(18)) if i % 3 == 0]  # TEMPLATES[0] only
+    for i, row in enumerate(rows):
+        template = i % 3 == 0  # template 1 for 2 prompts, template 0 for 4
+        if template:
+            row["text"] = row["text"].replace("store", "school")
+            row["corrupted_text"] = row["corrupted_text"].replace("store", "school")
+        row["meta"] = {"template": int(template)}
+    task = load_task(str(write_jsonl(tmp_path / "two.jsonl", rows)), tiny_llama)
+    assert {t.n_tokens for t in task.corrupted} == {20}
+    with pytest.warns(UserWarning, match=r"template 1 \(20 tokens\) has 2 corrupted prompts"):
+        means = ablation_means(tiny_llama, task, batch_size=4)
+    layer, groups = 1, {}
+    for tok, clean in zip(task.corrupted, task.clean):
+        kept = {}
+        with torch.inference_mode(), tiny_llama.bridge.hooks(fwd_hooks=[(
+                f"blocks.{layer}.attn.hook_z", lambda z, hook: kept.update(z=z[0].clone()))]):
+            tiny_llama.bridge(torch.from_numpy(tok.input_ids)[None])
+        groups.setdefault((clean.prompt.meta["template"], 20), []).append(kept["z"])
+    assert set(means.by_group) == {(0, 20), (1, 20)}
+    for key, zs in groups.items():
+        torch.testing.assert_close(means.by_group[key][layer], torch.stack(zs).mean(0),
+                                   atol=1e-5, rtol=1e-5)
+    tb = task.batches(6)[0]
+    got = means.batch(layer, group_keys(task, tb.index), tb.clean.seq_len)
+    want = torch.stack([torch.stack(groups[task.clean[i].prompt.meta["template"], 20]).mean(0)
+                        for i in tb.index])
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
 def test_faithfulness_bounds_and_a_hand_made_ablation(tiny_llama, task_path):
@@ -77,7 +110,7 @@ def test_faithfulness_bounds_and_a_hand_made_ablation(tiny_llama, task_path):
         handles = []
         for layer in range(4):
             ablated = [h for h in range(4) if (layer, h) not in circuit]
-            mean = means.batch(layer, tb.clean.lengths, tb.clean.seq_len)
+            mean = means.batch(layer, group_keys(task, tb.index), tb.clean.seq_len)
 
             def pre(module, args, ablated=ablated, mean=mean):
                 x = args[0].clone()
@@ -100,16 +133,21 @@ def test_circuit_graph_and_path_discovery(tiny_llama, task_path):
     assert graph.nodes["1.2"] == {"layer": 1, "head": 2, "score": 6.0}
     assert graph.edges["1.2", "3.0"]["weight"] == 0.5
     task = load_task(str(task_path), tiny_llama)
-    top4 = Selection("top_k", 4)
-    found = METHODS["path"](tiny_llama, task, top4, DiscoveryOptions(stages=2))
-    stage1, stage2 = (set(select_heads(e.score, top4)) for e in found.effects)
+    top5 = Selection("top_k", 5)
+    found = METHODS["path"](tiny_llama, task, top5, DiscoveryOptions(stages=2))
+    stage1, stage2 = (set(select_heads(e.score, top5)) for e in found.effects)
     assert any(layer > 0 for layer, _ in stage1)  # so stage 2 has receivers with senders
     assert set(found.circuit) == stage1 | stage2 and len(found.effects) == 2
     assert {(s, r) for s, r, _ in found.edges if r == "logits"} == {(h, "logits") for h in stage1}
-    for sender, receiver, weight in found.edges:
-        if receiver != "logits":
-            assert receiver in stage1 and sender in stage2 and receiver[0] > sender[0]
-            assert weight == pytest.approx(found.effects[1].score[sender])
+    inner = [(s, r, w) for s, r, w in found.edges if r != "logits"]
+    assert len({r for _, r, _ in inner}) >= 2  # several receivers: a joint weight would repeat
+    for sender, receiver, weight in inner:
+        assert receiver in stage1 and sender in stage2 and receiver[0] > sender[0]
+    for sender, receiver, weight in (inner[0], inner[1], inner[-1]):
+        alone = path_patching(tiny_llama, task, receivers=[receiver], senders=[sender])
+        assert weight == pytest.approx(alone.score[sender], abs=1e-6)  # this edge, not the stage
+    assert found.graph().graph["edge_weight"].startswith("path-patching score of the sender "
+                                                         "through this receiver alone")
     graph = found.graph()
     assert set(graph.nodes) == {f"{l}.{h}" for l, h in found.circuit} | {"logits"}
     assert graph.number_of_edges() == len(found.edges)
@@ -139,6 +177,26 @@ def test_overlap_metrics_and_baseline_on_hand_made_sets():
     assert sum(k * p for k, p in enumerate(pmf)) == pytest.approx(20 * 30 / 270)
     with pytest.raises(InputError, match="between 0 and 16"):
         hypergeometric_tail(1, 16, 17, 2)
+
+
+@pytest.mark.parametrize("n_total, n_first, n_second", [(270, 20, 30), (270, 20, 20), (16, 3, 4),
+                                                        (144, 26, 32), (50, 50, 7)])
+def test_hypergeometric_values_match_the_exact_integer_sums(n_total, n_first, n_second):
+    """The former exact implementation (integers, math.comb) is the reference for scipy's."""
+    from fractions import Fraction
+
+    def tail(k):
+        hits = sum(math.comb(n_first, j) * math.comb(n_total - n_first, n_second - j)
+                   for j in range(max(k, 0), min(n_first, n_second) + 1))
+        return float(Fraction(hits, math.comb(n_total, n_second)))
+    exact_jaccard = sum(Fraction(math.comb(n_first, j) * math.comb(n_total - n_first, n_second - j)
+                                 * j, n_first + n_second - j)
+                        for j in range(1, min(n_first, n_second) + 1)) / math.comb(n_total, n_second)
+    for k in range(-1, min(n_first, n_second) + 2):
+        assert hypergeometric_tail(k, n_total, n_first, n_second) == pytest.approx(
+            tail(k), rel=1e-9, abs=1e-300)
+    assert expected_jaccard(n_total, n_first, n_second) == pytest.approx(float(exact_jaccard),
+                                                                         rel=1e-9)
 
 
 def test_overlap_table_pairs_and_shared_by_all():

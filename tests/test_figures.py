@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from plotly.colors import get_colorscale
+from scipy import stats
 
 from tests.conftest import ROOT
 from tests.figure_fixture import ALPHAS, N_HEADS, N_LAYERS, PROMPTS, fixture_table, make_run
@@ -116,8 +117,11 @@ def test_by_depth_mean_and_interval(records, rows):
     assert layer_plot.figure().data[0].name == "10-90th pct. over prompts"
     ci = by_depth(records, "score", interval="ci95").data
     vals = np.array([v for (lay, _, _), v in units.items() if lay == 0])
-    half = 1.96 * vals.std(ddof=1) / np.sqrt(len(vals))
-    assert ci.loc[0, "hi"] - ci.loc[0, "mean"] == pytest.approx(half)
+    want = stats.bootstrap((np.sort(vals),), np.mean, method="percentile", n_resamples=2000,
+                           rng=np.random.default_rng(0)).confidence_interval
+    assert (ci.loc[0, "lo"], ci.loc[0, "hi"]) == pytest.approx((want.low, want.high))
+    half = 1.96 * vals.std(ddof=1) / np.sqrt(len(vals))  # normal approximation: close
+    assert ci.loc[0, "hi"] - ci.loc[0, "lo"] == pytest.approx(2 * half, rel=0.25)
 
 
 def test_distribution_over_heads_and_prompts(records, rows):
@@ -188,7 +192,9 @@ def test_dose_response_from_condition_sweep(records, rows):
             vals = [r["value"] for r in rows if r["metric"] == "effect" and r["layer"] == layer
                     and r["head"] == head and r["condition"] == f"alpha={alpha:g}"]
             assert len(vals) == len(PROMPTS) and y == pytest.approx(np.mean(vals))
-            assert up == pytest.approx(1.96 * np.std(vals, ddof=1) / np.sqrt(len(vals)))
+            want = stats.bootstrap((np.sort(vals),), np.mean, method="percentile",
+                                   n_resamples=2000, rng=np.random.default_rng(0))
+            assert up == pytest.approx(want.confidence_interval.high - np.mean(vals))
     assert plot.params["param"] == "alpha"  # "clean" rows are not part of the sweep
 
 

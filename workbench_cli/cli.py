@@ -184,6 +184,15 @@ def circuits(
     mean_prompts: Optional[int] = typer.Option(
         None, "--mean-prompts", metavar="N", help="Corrupted prompts the ablation means average "
         "over (default: every prompt of the task file)."),
+    heads: Optional[str] = typer.Option(
+        None, "--heads", metavar="L.H,...", help="Only these heads, layer.head comma-separated "
+        "(23.3,20.0): patched, kept (attribution) or path-patching senders. Default: every head."),
+    spot_check: int = typer.Option(
+        20, "--spot-check", metavar="K", help="Attribution: activation-patch its top K heads and "
+        "flag disagreements (0 = off)."),
+    both_directions: bool = typer.Option(
+        False, "--both-directions", help="Also activation-patch every circuit head noising and "
+        "denoising, side by side; flag heads that matter in one only."),
     device: Optional[str] = DEVICE,
     dtype: Optional[str] = DTYPE,
     prepend_bos: Optional[bool] = PREPEND_BOS,
@@ -202,7 +211,8 @@ def circuits(
     options = check_options(method, select, direction=direction, positions=positions,
                             batch_size=batch_size or 1, heads_per_forward=heads_per_forward,
                             stages=stages, receiver_input=receiver_input, n_random=n_random,
-                            mean_prompts=mean_prompts,
+                            mean_prompts=mean_prompts, heads=heads,
+                            spot_check=spot_check, both_directions=both_directions,
                             runs_dir=runs_dir, run_id=run_id, overwrite=overwrite,
                             progress=progress)
     from circuits.tasks import resolve_task

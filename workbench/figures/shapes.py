@@ -15,11 +15,13 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from workbench.stats import bootstrap_interval
+
 # interval name -> what it spans (see spread)
 INTERVALS: dict[str, str] = {
     "q10-q90": "10th to 90th percentile",
     "iqr": "25th to 75th percentile",
-    "ci95": "mean +/- 1.96 standard errors",
+    "ci95": "95% percentile-bootstrap interval of the mean (scipy.stats.bootstrap, seed 0)",
     "sd": "mean +/- one standard deviation",
     "minmax": "minimum to maximum",
 }
@@ -108,10 +110,11 @@ def spread(df: pd.DataFrame, by: list[str], interval: str) -> pd.DataFrame:
 
 def _bounds(v: np.ndarray, interval: str) -> tuple[float, float]:
     mean = float(v.mean())
-    if interval in ("ci95", "sd"):
+    if interval == "ci95":  # sorted: the same values give the same interval in any row order
+        return bootstrap_interval([np.sort(v)], np.mean)
+    if interval == "sd":
         sd = float(v.std(ddof=1)) if len(v) > 1 else 0.0
-        half = 1.96 * sd / np.sqrt(len(v)) if interval == "ci95" else sd
-        return mean - half, mean + half
+        return mean - sd, mean + sd
     q = {"q10-q90": (0.1, 0.9), "iqr": (0.25, 0.75), "minmax": (0.0, 1.0)}[interval]
     lo, hi = np.quantile(v, q)
     return float(lo), float(hi)
