@@ -74,7 +74,7 @@ def template_groups(task) -> list[list[int]]:
 
 
 class AblationSource:
-    """Ablated sender outputs of a task's prompts, ``[pos, n_senders, d_model]`` per prompt.
+    """Ablated sender outputs of a task's prompts, ``[n_senders, pos, d_model]`` per prompt.
 
     ``corrupted`` and ``zero`` are computed per batch on demand; ``mean`` and ``resample`` run the
     corrupted prompts once up front and keep every prompt's sender outputs (float32, CPU-sized:
@@ -91,7 +91,7 @@ class AblationSource:
                 with torch.inference_mode():
                     run = gm.run(gm.embed(tb.corrupted.input_ids), tb.corrupted.last_pos())
                 for row, i in enumerate(tb.index):
-                    outs[int(i)] = run.outs[row, :task.clean[int(i)].n_tokens].clone()
+                    outs[int(i)] = run.outs[row, :, :task.clean[int(i)].n_tokens].clone()
             for group in template_groups(task):
                 if ablation == "mean":
                     mean = torch.stack([outs[i] for i in group]).mean(0)
@@ -101,7 +101,7 @@ class AblationSource:
                                             for k, i in enumerate(group)})
 
     def batch(self, tb, dtype: torch.dtype | None = None) -> Tensor:
-        """``[batch, pos, n_senders, d_model]`` ablated outputs of a task batch (padding: 0)."""
+        """``[batch, n_senders, pos, d_model]`` ablated outputs of a task batch (padding: 0)."""
         gm = self.gm
         if self.ablation == "corrupted":
             with torch.inference_mode():
@@ -110,10 +110,10 @@ class AblationSource:
         b, p = tb.clean.input_ids.shape
         d = gm.w_u.shape[1]
         dtype = dtype or gm.w_u.dtype
-        out = torch.zeros(b, p, gm.graph.n_senders, d, dtype=dtype, device=gm.device)
+        out = torch.zeros(b, gm.graph.n_senders, p, d, dtype=dtype, device=gm.device)
         if self.ablation == "zero":
             return out
         for row, i in enumerate(tb.index):
             value = self.per_prompt[int(i)]
-            out[row, :value.shape[0]] = value.to(dtype)
+            out[row, :, :value.shape[1]] = value.to(dtype)
         return out

@@ -88,7 +88,7 @@ def _batch_scores(gm: GraphModel, tb, ablated: torch.Tensor, method: str, metric
     g = gm.graph
     last = tb.clean.last_pos().to(gm.device)
     clean_embed = gm.embed(tb.clean.input_ids).to(ablated.dtype)
-    base = ablated[:, :, 0]
+    base = ablated[:, 0]
     alphas = [1.0] if method == "eap" else [k / ig_steps for k in range(ig_steps, 0, -1)]
     grads: list[torch.Tensor] | None = None
     clean_lp, clean_outs, clean_metric = None, None, None
@@ -105,20 +105,22 @@ def _batch_scores(gm: GraphModel, tb, ablated: torch.Tensor, method: str, metric
             clean_metric = values.detach().double().cpu().numpy()
         grads = list(step) if grads is None else [a + s for a, s in zip(grads, step)]
     grads = [x / len(alphas) for x in grads]
-    mask = tb.clean.attention_mask.to(gm.device, ablated.dtype)[:, :, None, None]
-    diff = (ablated - clean_outs) * mask  # [batch, pos, n_senders, d_model]
-    b = diff.shape[0]
+    mask = tb.clean.attention_mask.to(gm.device, ablated.dtype)[:, None, :, None]
+    diff = (ablated - clean_outs) * mask  # [batch, n_senders, pos, d_model]
+    b, _, p, d = diff.shape
+    flat = diff.reshape(b, g.n_senders, p * d)
     dense = torch.zeros(b, g.n_senders, g.n_receivers, dtype=torch.float64, device=gm.device)
     for layer in range(g.n_layers):
         attn, mlp, first = grads[2 * layer], grads[2 * layer + 1], layer * g.block
         prefix = g.head_sender(layer, 0)
-        dense[:, :prefix, first:first + g.block - 1] = torch.einsum(
-            "bpsd,bprd->bsr", diff[:, :, :prefix], attn).double()
-        dense[:, :prefix + g.n_heads, first + g.block - 1] = torch.einsum(
-            "bpsd,bpd->bs", diff[:, :, :prefix + g.n_heads], mlp[:, :, 0]).double()
+        receivers = attn.transpose(1, 2).reshape(b, g.block - 1, p * d).transpose(1, 2)
+        dense[:, :prefix, first:first + g.block - 1] = torch.bmm(flat[:, :prefix],
+                                                                 receivers).double()
+        dense[:, :prefix + g.n_heads, first + g.block - 1] = torch.bmm(
+            flat[:, :prefix + g.n_heads], mlp.reshape(b, p * d, 1))[..., 0].double()
     rows = torch.arange(b, device=gm.device)
     dense[:, :, g.logits_receiver] = torch.einsum(
-        "bsd,bd->bs", diff[rows, last], grads[-1][rows, last, 0]).double()
+        "bsd,bd->bs", diff[rows, :, last], grads[-1][rows, last, 0]).double()
     s, r = g.edges
     return dense[:, s, r].cpu().numpy(), clean_metric
 

@@ -133,12 +133,18 @@ class GraphModel:
 
     def _attention(self, lw: Layer, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         """Head outputs ``[batch, pos, n_heads, d_model]`` from per-receiver inputs ``x``
-        ``[batch, pos, n_heads + 2 n_kv, d_model]`` (q inputs, then k, then v)."""
+        ``[batch, pos, n_heads + 2 n_kv, d_model]`` (q inputs, then k, then v) or one shared
+        input ``[batch, pos, d_model]``."""
         h, k = self.n_heads, self.n_kv
         n = rms_norm(x, lw.ln1, lw.ln1_eps)
-        q = torch.einsum("bphd,hde->bphe", n[:, :, :h], lw.w_q.to(n.dtype))
-        key = torch.einsum("bpkd,kde->bpke", n[:, :, h:h + k], lw.w_k.to(n.dtype))
-        val = torch.einsum("bpkd,kde->bpke", n[:, :, h + k:], lw.w_v.to(n.dtype))
+        if n.dim() == 3:  # one shared input (no per-receiver change): plain projections
+            q = torch.einsum("bpd,hde->bphe", n, lw.w_q.to(n.dtype))
+            key = torch.einsum("bpd,kde->bpke", n, lw.w_k.to(n.dtype))
+            val = torch.einsum("bpd,kde->bpke", n, lw.w_v.to(n.dtype))
+        else:
+            q = torch.einsum("bphd,hde->bphe", n[:, :, :h], lw.w_q.to(n.dtype))
+            key = torch.einsum("bpkd,kde->bpke", n[:, :, h:h + k], lw.w_k.to(n.dtype))
+            val = torch.einsum("bpkd,kde->bpke", n[:, :, h + k:], lw.w_v.to(n.dtype))
         if lw.b_q is not None:
             q, key, val = q + lw.b_q, key + lw.b_k, val + lw.b_v
         c, s = cos[:, :, None], sin[:, :, None]
@@ -172,23 +178,23 @@ class GraphModel:
                 (``GraphRun.deltas``: per layer the attention inputs' ``[batch, pos, block - 1,
                 d_model]`` then the MLP input's ``[batch, pos, 1, d_model]``, last the logits'
                 ``[batch, pos, 1, d_model]``); run under ``torch.enable_grad``.
-            ablated: ``[batch, pos, n_senders, d_model]`` the ablated sender outputs (with
+            ablated: ``[batch, n_senders, pos, d_model]`` the ablated sender outputs (with
                 ``patch``).
             patch: ``[n_senders, n_receivers]`` 0/1: 1 = the edge carries the ablated output.
 
         Returns:
             :class:`GraphRun` with ``[batch, vocab]`` last-token logits and the sender outputs
-            ``[batch, pos, n_senders, d_model]`` (detached).
+            ``[batch, n_senders, pos, d_model]`` (detached; sender-major).
         """
         g = self.graph
         b, p, d = embeds.shape
-        outs = embeds.new_empty(b, p, g.n_senders, d)
-        outs[:, :, 0] = embeds.detach()
+        outs = embeds.new_empty(b, g.n_senders, p, d)  # sender-major: prefixes are contiguous
+        outs[:, 0] = embeds.detach()
         patching = patch is not None
         if patching:
             patch = patch.to(embeds.dtype)
-            diff = embeds.new_zeros(b, p, g.n_senders, d)
-            diff[:, :, 0] = embeds - ablated[:, :, 0]
+            diff = embeds.new_zeros(b, g.n_senders, p, d)
+            diff[:, 0] = embeds - ablated[:, 0]
         position_ids = torch.arange(p, device=embeds.device)[None].expand(b, p)
         cos, sin = self.rotary(embeds, position_ids)
         cos, sin = cos.to(embeds.dtype), sin.to(embeds.dtype)
@@ -196,35 +202,38 @@ class GraphModel:
         kept: list[Tensor] = []
 
         def inputs(first: int, count: int, prefix: int) -> Tensor:
-            x = resid[:, :, None].expand(b, p, count, d)
+            x = resid
             if patching:
                 m = patch[:prefix, first:first + count]
-                if bool(m.any()):
-                    x = x - torch.einsum("bpsd,sr->bprd", diff[:, :, :prefix], m)
+                if bool(m.any()):  # [b, count, p*d] = m^T @ diff, then [b, p, count, d]
+                    sub = (m.T @ diff[:, :prefix].reshape(b, prefix, p * d)).view(b, count, p, d)
+                    x = x[:, :, None] - sub.transpose(1, 2)
             if deltas:
                 delta = torch.zeros(b, p, count, d, dtype=embeds.dtype, device=embeds.device,
                                     requires_grad=True)
                 kept.append(delta)
-                x = x + delta
+                x = (x[:, :, None] if x.dim() == 3 else x) + delta
+            if x.dim() == 4 and count == 1:
+                x = x[:, :, 0]
             return x
 
         for layer, lw in enumerate(self.layers):
             first = layer * g.block
             start = g.head_sender(layer, 0)
             heads = self._attention(lw, inputs(first, g.block - 1, start), cos, sin)
-            outs[:, :, start:start + self.n_heads] = heads.detach()
+            outs[:, start:start + self.n_heads] = heads.detach().transpose(1, 2)
             if patching:
-                diff[:, :, start:start + self.n_heads] = heads - ablated[:, :, start:start +
-                                                                         self.n_heads]
+                diff[:, start:start + self.n_heads] = (
+                    heads.transpose(1, 2) - ablated[:, start:start + self.n_heads])
             resid = resid + heads.sum(2)
             if lw.b_o is not None:
                 resid = resid + lw.b_o
-            mlp = self._mlp(lw, inputs(first + g.block - 1, 1, start + self.n_heads)[:, :, 0])
-            outs[:, :, start + self.n_heads] = mlp.detach()
+            mlp = self._mlp(lw, inputs(first + g.block - 1, 1, start + self.n_heads))
+            outs[:, start + self.n_heads] = mlp.detach()
             if patching:
-                diff[:, :, start + self.n_heads] = mlp - ablated[:, :, start + self.n_heads]
+                diff[:, start + self.n_heads] = mlp - ablated[:, start + self.n_heads]
             resid = resid + mlp
-        final = inputs(g.logits_receiver, 1, g.n_senders)[:, :, 0]
+        final = inputs(g.logits_receiver, 1, g.n_senders)
         rows = torch.arange(b, device=embeds.device)
         last = final[rows, last_pos.to(embeds.device)]
         logits = torch.nn.functional.linear(rms_norm(last, self.final_norm, self.final_eps),
@@ -235,7 +244,7 @@ class GraphModel:
 @dataclass
 class GraphRun:
     """A :meth:`GraphModel.run`: ``logits`` ``[batch, vocab]`` at the last position, ``outs``
-    ``[batch, pos, n_senders, d_model]`` sender outputs (detached), ``deltas`` the zero tensors at
+    ``[batch, n_senders, pos, d_model]`` sender outputs (detached), ``deltas`` the zero tensors at
     the receiver inputs (per layer attention then MLP, last the logits; see ``run``)."""
 
     logits: Tensor
