@@ -121,10 +121,20 @@ def circuits(
     model: str = MODEL,
     task: list[str] = typer.Option(..., "--task", "-t", help="Shipped task (ioi, colored_objects, "
                                    "induction) or a JSONL prompt file; repeat for several."),
-    method: list[str] = typer.Option(["attribution"], "--method",
-                                     help="attribution, activation or path; repeat for several."),
-    select: str = typer.Option("top_k=20", "--select",
-                               help="Circuit selection: top_k=N, top_percent=P or threshold=S."),
+    method: Optional[list[str]] = typer.Option(
+        None, "--method", help="Node level: attribution (default), activation or path; edge "
+        "level: eap-ig (default) or eap. Repeat for several."),
+    select: Optional[str] = typer.Option(
+        None, "--select", help="Circuit selection: node level top_k=N (default 20), top_percent=P "
+        "or threshold=S; edge level top_n=N, top_percent=P (default 1) or threshold=S."),
+    level: str = typer.Option("node", "--level", help="node (heads) or edge (the computational "
+                              "graph's edges: EAP / EAP-IG, faithfulness curves)."),
+    metric: str = typer.Option("logit_diff", "--metric",
+                               help="Edge level: logit_diff, prob or kl."),
+    ablation: str = typer.Option("corrupted", "--ablation",
+                                 help="Edge level: corrupted, mean, resample or zero."),
+    ig_steps: int = typer.Option(5, "--ig-steps", help="Edge level: EAP-IG steps."),
+    n_boot: int = typer.Option(1000, "--n-boot", help="Edge level: bootstrap resamples."),
     n_prompts: Optional[int] = typer.Option(32, "--n-prompts",
                                             help="Use the first N prompts of each task."),
     direction: str = typer.Option("corrupted_into_clean", "--direction",
@@ -158,6 +168,22 @@ def circuits(
                               report)
 
     check_run_target(runs_dir, run_id)
+    if level not in ("node", "edge"):
+        raise InputError(f"--level {level!r} is not one of node, edge")
+    if level == "edge":
+        from circuits.edges.run import check_edge_options, edge_report, execute_edge_circuits
+
+        edge_options = check_edge_options(method or ["eap-ig"], select, metric=metric,
+                                          ablation=ablation, ig_steps=ig_steps, n_boot=n_boot,
+                                          batch_size=batch_size, runs_dir=runs_dir,
+                                          run_id=run_id, overwrite=overwrite, progress=progress)
+        loaded = _load(model, strict_parity, device=device, dtype=dtype, prepend_bos=prepend_bos)
+        tasks = load_tasks(task, loaded, n_prompts=n_prompts, positions=None)
+        run_dir = execute_edge_circuits(loaded, tasks, edge_options)
+        out.print(edge_report(run_dir))
+        out.print(f"[green]complete[/]: {run_dir.path}")
+        return
+    method, select = method or ["attribution"], select or "top_k=20"
     options = check_options(method, select, direction=direction, positions=positions,
                             batch_size=batch_size, heads_per_forward=heads_per_forward,
                             stages=stages, receiver_input=receiver_input, n_random=n_random,
