@@ -220,3 +220,17 @@ def test_edge_selection_parses_and_refuses():
     assert EdgeSelection.parse("threshold=7").count(np.arange(10.0)) == 3
     with pytest.raises(InputError, match="--select"):
         EdgeSelection.parse("best=3")
+
+
+def test_edge_digraph_draws_each_edge_with_its_own_weight():
+    from workbench.figures import circuit_graph
+
+    g = EdgeGraph(2, 2, 1)
+    index = np.array([0, 5, g.n_edges - 1])
+    weights = np.array([0.5, -0.25, 2.0])
+    graph = g.to_networkx(index, weights)
+    names = g.edge_names(index)
+    assert sorted(d["weight"] for *_, d in graph.edges(data=True)) == sorted(weights)
+    plot = circuit_graph(graph, label="edge score")
+    edges = plot.data[plot.data.element == "edge"]
+    assert sorted(edges.value) == sorted(weights) and len(names) == 3

@@ -156,27 +156,40 @@ class EdgeGraph:
         return sums[heads]
 
     def to_networkx(self, index: np.ndarray, weights: np.ndarray) -> nx.DiGraph:
-        """The edges at ``index`` as a DiGraph. Nodes: ``embed``, heads ``a{l}.{h}`` (sender, and
-        receiver of its ``q`` edges), key/value inputs ``a{l}.kv{g}.k`` / ``a{l}.kv{g}.v`` (shared
-        by the group's query heads), ``m{l}``, ``logits``; node attribute ``kind``. Each edge
-        carries ``weight`` (its score) and ``input`` (``q``, ``k``, ``v``, ``mlp``, ``logits``)."""
-        g = nx.DiGraph()
-        s, r = self.edges
-        for i, w in zip(np.asarray(index), np.asarray(weights, float)):
-            sender, receiver = self.sender_names[s[i]], self.receiver_names[r[i]]
-            kind = receiver.rsplit(".", 1)[1] if receiver.startswith("a") else \
-                ("logits" if receiver == "logits" else "mlp")
-            target = self.receiver_node(r[i]) if kind == "q" else receiver
-            for node in (sender, target):
-                if node not in g:
-                    g.add_node(node, kind=_kind(node))
-            g.add_edge(sender, target, weight=float(w), input=kind)
-        return g
+        """The edges at ``index`` as a DiGraph (:func:`edge_digraph`), weights = their scores."""
+        return edge_digraph(self.edge_names(np.asarray(index)), weights, self.n_heads, self.n_kv)
 
 
-def _kind(node: str) -> str:
+def edge_digraph(names, weights, n_heads: int, n_kv: int) -> nx.DiGraph:
+    """A DiGraph from ``"sender->receiver"`` edge names and their weights (torch-free, for the app).
+
+    Nodes: ``embed``, heads ``a{l}.{h}`` (sender, and receiver of its ``q`` edges), key/value
+    inputs ``a{l}.kv{g}.k`` / ``.v`` (shared by the group's query heads), ``m{l}``, ``logits``;
+    attribute ``kind``, and ``layer``/``head`` for drawing at (layer, row): a head at its index,
+    an MLP at row ``n_heads``, key/value inputs below it. Each edge carries ``weight`` and
+    ``input`` (``q``, ``k``, ``v``, ``mlp``, ``logits``).
+    """
+    g = nx.DiGraph()
+    for name, w in zip(names, np.asarray(weights, float)):
+        sender, receiver = name.split("->")
+        kind = receiver.rsplit(".", 1)[1] if receiver.startswith("a") else \
+            ("logits" if receiver == "logits" else "mlp")
+        target = receiver.rsplit(".", 1)[0] if kind == "q" else receiver
+        for node in (sender, target):
+            if node not in g:
+                g.add_node(node, **_node_attrs(node, n_heads, n_kv))
+        g.add_edge(sender, target, weight=float(w), input=kind)
+    return g
+
+
+def _node_attrs(node: str, n_heads: int, n_kv: int) -> dict:
     if node in ("embed", "logits"):
-        return node
+        return {"kind": node}
     if node.startswith("m"):
-        return "mlp"
-    return "kv_input" if ".kv" in node else "head"
+        return {"kind": "mlp", "layer": int(node[1:]), "head": n_heads}
+    layer, rest = node[1:].split(".", 1)
+    if ".kv" in node or rest.startswith("kv"):
+        group, which = rest[2:].split(".")
+        row = n_heads + 1 + int(group) + (n_kv if which == "v" else 0)
+        return {"kind": "kv_input", "layer": int(layer), "head": row}
+    return {"kind": "head", "layer": int(layer), "head": int(rest)}
