@@ -234,3 +234,34 @@ def test_edge_digraph_draws_each_edge_with_its_own_weight():
     plot = circuit_graph(graph, label="edge score")
     edges = plot.data[plot.data.element == "edge"]
     assert sorted(edges.value) == sorted(weights) and len(names) == 3
+
+
+def test_mean_and_resample_ablations_match_plain_hugging_face(tiny_llama, task_path):
+    from circuits.edges.ablation import AblationSource, template_groups
+    from tests.hf_heads import head_outputs
+    from tests.hf_reference import tiny_hf
+
+    hf = tiny_hf("llama")
+    task = load_task(str(task_path), tiny_llama)
+    gm = GraphModel(tiny_llama)
+    g = gm.graph
+
+    def heads(i):  # [layer, pos, head, d_model] per-head outputs after W_O, corrupted prompt i
+        ids = torch.as_tensor(task.corrupted[i].input_ids)[None]
+        return head_outputs(hf, g.n_heads, "hook_result", input_ids=ids)
+
+    mean = AblationSource(gm, task, "mean", 6)
+    resample = AblationSource(gm, task, "resample", 6)
+    groups = template_groups(task)
+    assert any(len(group) > 1 for group in groups)
+    for group in groups:
+        want_mean = torch.stack([heads(i) for i in group]).mean(0)
+        for k, i in enumerate(group):
+            want_other = heads(group[(k + 1) % len(group)])
+            for layer in range(g.n_layers):
+                for h in range(g.n_heads):
+                    s = g.head_sender(layer, h)
+                    np.testing.assert_allclose(mean.per_prompt[i][s].double(),
+                                               want_mean[layer, :, h], atol=1e-4)
+                    np.testing.assert_allclose(resample.per_prompt[i][s].double(),
+                                               want_other[layer, :, h], atol=1e-4)
