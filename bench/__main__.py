@@ -14,7 +14,9 @@ Benchmarks (each module also runs alone, ``python -m bench.<name> --help``):
 * ``sweep``: the same sweep on the local engine and on Ray with 1 and 2 workers;
 * ``app_load``: the app opening a run of a million records;
 * ``importance``: Michel head importance over 64 natural-text prompts against one forward +
-  backward pass, and 200 steps of L0 gate training.
+  backward pass, and 200 steps of L0 gate training;
+* ``edges``: EAP and EAP-IG edge scores (IOI, 16 prompts) against one forward + backward, and a
+  10-point faithfulness curve.
 
 ``--quick`` runs every benchmark on a small shape for smoke testing; its numbers are not for
 reporting. Run the full suite on a quiet machine: ratios are measured within one run.
@@ -33,7 +35,8 @@ import time
 import traceback
 from pathlib import Path
 
-BENCHMARKS = ("probe_pass", "atlas", "memory", "patching", "sweep", "app_load", "importance")
+BENCHMARKS = ("probe_pass", "atlas", "memory", "patching", "sweep", "app_load", "importance",
+              "edges")
 
 
 def machine() -> dict:

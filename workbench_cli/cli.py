@@ -161,10 +161,23 @@ def circuits(
     task: list[str] = list_option(..., "--task", "-t", metavar="TASK",
                                   help="Shipped task (ioi, colored_objects, induction) or a JSONL "
                                        "prompt file."),
-    method: list[str] = list_option(["attribution"], "--method", metavar="METHOD",
-                                    help="attribution, activation or path."),
-    select: str = typer.Option("top_k=20", "--select", metavar="RULE",
-                               help="Circuit selection: top_k=N, top_percent=P or threshold=S."),
+    method: Optional[list[str]] = list_option(
+        None, "--method", metavar="METHOD", help="Node level: attribution (default), activation or "
+        "path; edge level: eap-ig (default) or eap."),
+    select: Optional[str] = typer.Option(
+        None, "--select", metavar="RULE", help="Circuit selection: node level top_k=N (default 20), "
+        "top_percent=P or threshold=S; edge level top_n=N, top_percent=P (default 1) or "
+        "threshold=S."),
+    level: str = typer.Option("node", "--level", metavar="LEVEL",
+                              help="node (heads) or edge (the computational graph's edges: EAP / "
+                                   "EAP-IG, faithfulness curves)."),
+    metric: str = typer.Option("logit_diff", "--metric", metavar="METRIC",
+                               help="Edge level: logit_diff, prob or kl."),
+    ablation: str = typer.Option("corrupted", "--ablation", metavar="ABLATION",
+                                 help="Edge level: corrupted, mean, resample or zero."),
+    ig_steps: int = typer.Option(5, "--ig-steps", metavar="N", help="Edge level: EAP-IG steps."),
+    n_boot: int = typer.Option(1000, "--n-boot", metavar="N",
+                               help="Edge level: bootstrap resamples."),
     n_prompts: Optional[int] = typer.Option(32, "--n-prompts", metavar="N",
                                             help="Use the first N prompts of each task."),
     direction: str = typer.Option("corrupted_into_clean", "--direction", metavar="DIRECTION",
@@ -208,6 +221,29 @@ def circuits(
 
     check_run_target(runs_dir, run_id)
     positions = ",".join(positions)  # the circuits package takes the comma form
+    if level not in ("node", "edge"):
+        raise InputError(f"--level {level!r} is not one of node, edge")
+    from circuits.tasks import resolve_task
+    from workbench.prompts import load_prompt_set
+
+    for spec_ in task:  # an unknown task or a bad task file fails before the model loads
+        load_prompt_set(resolve_task(spec_)[1])
+    if level == "edge":
+        from circuits.edges.run import check_edge_options, edge_report, execute_edge_circuits
+
+        edge_options = check_edge_options(method or ["eap-ig"], select, metric=metric,
+                                          ablation=ablation, ig_steps=ig_steps, n_boot=n_boot,
+                                          batch_size=batch_size or 1, runs_dir=runs_dir,
+                                          run_id=run_id, overwrite=overwrite, progress=progress)
+        loaded = _load(model, strict_parity, device=device, dtype=dtype, prepend_bos=prepend_bos)
+        tasks = load_tasks(task, loaded, n_prompts=n_prompts, positions=None)
+        edge_options.batch_size = auto_batch_size(
+            batch_size, loaded, [p.n_tokens for t in tasks for p in t.clean])
+        run_dir = execute_edge_circuits(loaded, tasks, edge_options)
+        out.print(edge_report(run_dir))
+        out.print(f"[green]complete[/]: {run_dir.path}")
+        return
+    method, select = method or ["attribution"], select or "top_k=20"
     options = check_options(method, select, direction=direction, positions=positions,
                             batch_size=batch_size or 1, heads_per_forward=heads_per_forward,
                             stages=stages, receiver_input=receiver_input, n_random=n_random,
@@ -215,11 +251,6 @@ def circuits(
                             spot_check=spot_check, both_directions=both_directions,
                             runs_dir=runs_dir, run_id=run_id, overwrite=overwrite,
                             progress=progress)
-    from circuits.tasks import resolve_task
-    from workbench.prompts import load_prompt_set
-
-    for spec_ in task:  # an unknown task or a bad task file fails before the model loads
-        load_prompt_set(resolve_task(spec_)[1])
     loaded = _load(model, strict_parity, device=device, dtype=dtype, prepend_bos=prepend_bos)
     tasks = load_tasks(task, loaded, n_prompts=n_prompts, positions=positions)
     options.discovery = replace(options.discovery, batch_size=auto_batch_size(

@@ -18,7 +18,36 @@ def _missing(what: str, role: tables.Role) -> None:
                        "(workbench circuits) write them."))
 
 
+def edge_graphs(root: data.RunsRoot, run_id: str, infos: dict) -> bool:
+    """An edge-level circuit (``workbench circuits --level edge``): every circuit edge drawn with
+    its own score as the arrow's weight. False when the run has none."""
+    from circuits.edges.graph import edge_digraph  # torch-free
+
+    table = next((t for t in sorted(infos) if "edge_member" in infos[t].metrics), None)
+    if table is None:
+        return False
+    rows = data.frame(data.read(root.table(run_id, table), (*data.READ_COLUMNS, "probe"),
+                                (("metric", "edge_member"),)))
+    left, right = st.columns(2)
+    method = left.selectbox("Method", sorted(rows["probe"].unique()), key="circuits-edge-method")
+    rows = rows[rows["probe"] == method]
+    task = right.selectbox("Task", sorted(rows[tables.TASK_COLUMN].unique()),
+                           key="circuits-edge-task")
+    mine = rows[rows[tables.TASK_COLUMN] == task]
+    model = root.manifest(run_id).get("model") or {}
+    n_heads, n_kv = int(model.get("n_heads", 1)), int(model.get("n_key_value_heads", 1))
+    st.caption(ui.literal(f"{len(mine)} edges (arrow width and colour: each edge's own score; "
+                          f"rows {n_heads}+: MLP, then key/value inputs)"))
+    ui.show_plot(circuit_graph(edge_digraph(mine["condition"], mine["value"], n_heads, n_kv),
+                               label="edge score", n_heads=n_heads + 1 + 2 * n_kv, table=table,
+                               name=safe_name(table, "edge_circuit", method, task)),
+                 key=ui.plot_key("edge-circuit", table, method, task))
+    return True
+
+
 def graphs(root: data.RunsRoot, run_id: str, infos: dict) -> None:
+    if edge_graphs(root, run_id, infos):
+        return
     found = tables.find(tables.CIRCUIT_MEMBERS, infos)
     if not found:
         _missing("circuit", tables.CIRCUIT_MEMBERS)

@@ -1,0 +1,146 @@
+"""Faithfulness curves of edge circuits and their areas, with bootstrap spread over prompts.
+
+MIB (Mueller et al. 2025, arXiv 2504.13151; its released code's ``area_under_curve``):
+
+* circuits of the top ``fraction x n_edges`` edges by ``|score|`` (rounded up, then pruned,
+  :func:`circuits.edges.patching.prune`) at fractions 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100 %;
+* faithfulness ``f(C) = (m(C) - m(empty)) / (m(model) - m(empty))`` with ``m`` the metric averaged
+  over prompts, ``m(C)`` measured by edge patching, ``empty`` = every edge patched;
+* CPR = the trapezoidal area under ``f`` over the fraction axis (linear, ``x`` from 0.001 to 1;
+  higher is better), CMD = the same area under ``|1 - f|`` (lower is better).
+
+Spread: a percentile bootstrap over prompts (resampled with replacement, ``n_boot`` times, seeded):
+each resample recomputes the three means, ``f`` at every size and both areas.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from circuits.edges.ablation import AblationSource
+from circuits.edges.eap import EdgeScores
+from circuits.edges.forward import GraphModel
+from circuits.edges.patching import circuit_metric, prune, top_edges
+from workbench.errors import InputError
+
+MIB_FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+def areas(fractions, faithfulness) -> tuple[float, float]:
+    """``(CPR, CMD)``: trapezoidal areas under ``f`` and under ``|1 - f|`` over ``fractions``
+    (MIB's convention, linear axis). Works along the last axis of ``faithfulness``."""
+    x = np.asarray(fractions, float)
+    f = np.asarray(faithfulness, float)
+    dx = np.diff(x)
+    cpr = (dx * (f[..., 1:] + f[..., :-1]) / 2).sum(-1)
+    gap = np.abs(1 - f)
+    cmd = (dx * (gap[..., 1:] + gap[..., :-1]) / 2).sum(-1)
+    return cpr, cmd
+
+
+def faithfulness_of_means(circuit: np.ndarray, model: np.ndarray, empty: np.ndarray
+                          ) -> np.ndarray:
+    """``(mean m(C) - mean m(empty)) / (mean m(model) - mean m(empty))`` over the last axis."""
+    e = empty.mean(-1)
+    return (circuit.mean(-1) - e[..., None]) / (model.mean(-1) - e)[..., None]
+
+
+def bootstrap_indices(n: int, n_boot: int, seed: int) -> np.ndarray:
+    """``[n_boot, n]`` prompt indices drawn with replacement."""
+    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+
+
+def bootstrap_mean_ci(per_prompt: np.ndarray, *, n_boot: int = 1000, level: float = 0.95,
+                      seed: int = 0, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile bootstrap interval of the mean over prompts, per column.
+
+    Args:
+        per_prompt: ``[n_prompts, n_items]`` (e.g. edge scores).
+
+    Returns:
+        ``(low, high)``, ``[n_items]`` each.
+    """
+    n = per_prompt.shape[0]
+    counts = np.stack([np.bincount(row, minlength=n) for row in
+                       bootstrap_indices(n, n_boot, seed)]).astype(float) / n  # [n_boot, n]
+    q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
+    low, high = np.empty(per_prompt.shape[1]), np.empty(per_prompt.shape[1])
+    for start in range(0, per_prompt.shape[1], chunk):
+        means = counts @ per_prompt[:, start:start + chunk]
+        low[start:start + chunk], high[start:start + chunk] = np.percentile(means, q, axis=0)
+    return low, high
+
+
+@dataclass
+class FaithfulnessCurve:
+    """Faithfulness of one method's edge circuits on one task at several sizes.
+
+    Attributes:
+        fractions: ``[k]`` requested fraction of edges.
+        n_requested, n_kept: ``[k]`` edges requested and left after pruning.
+        circuit: ``[k, n_prompts]`` metric with the circuit's edges clean, the rest ablated.
+        model, empty: ``[n_prompts]`` metric with no edge / every edge ablated.
+        faithfulness, low, high: ``[k]`` f and its bootstrap interval.
+        cpr, cmd: areas (``*_low``/``*_high`` their bootstrap intervals).
+    """
+
+    task: str
+    method: str
+    metric: str
+    ablation: str
+    fractions: np.ndarray
+    n_requested: np.ndarray
+    n_kept: np.ndarray
+    circuit: np.ndarray
+    model: np.ndarray
+    empty: np.ndarray
+    faithfulness: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    cpr: float
+    cmd: float
+    cpr_low: float
+    cpr_high: float
+    cmd_low: float
+    cmd_high: float
+
+
+def faithfulness_curve(model, task, scores: EdgeScores, *, fractions=MIB_FRACTIONS,
+                       batch_size: int = 16, n_boot: int = 1000, level: float = 0.95,
+                       seed: int = 0, graph_model: GraphModel | None = None,
+                       progress=None) -> FaithfulnessCurve:
+    """Evaluate the top-``fraction`` edge circuits of ``scores`` by edge patching (same metric and
+    ablation as the scores).
+
+    Raises:
+        InputError: fractions not increasing in (0, 1].
+    """
+    x = np.asarray(fractions, float)
+    if x.size < 2 or (np.diff(x) <= 0).any() or x[0] <= 0 or x[-1] > 1:
+        raise InputError(f"faithfulness fractions must increase within (0, 1], got {list(x)}")
+    gm = graph_model or GraphModel(model)
+    graph = gm.graph
+    requested = np.array([max(1, math.ceil(f * graph.n_edges - 1e-9)) for f in x])
+    circuits = [prune(graph, top_edges(scores.scores, k)) for k in requested]
+    everything = np.arange(graph.n_edges)
+    source = AblationSource(gm, task, scores.ablation, batch_size)
+    values = circuit_metric(model, task, [everything, np.array([], dtype=np.int64)] + circuits,
+                            metric=scores.metric, ablation=scores.ablation,
+                            batch_size=batch_size, graph_model=gm, source=source,
+                            progress=progress)
+    full, empty, circuit = values[0], values[1], values[2:]
+    f = faithfulness_of_means(circuit, full, empty)
+    cpr, cmd = areas(x, f)
+    idx = bootstrap_indices(len(task), n_boot, seed)
+    boot = faithfulness_of_means(circuit[:, idx].transpose(1, 0, 2), full[idx], empty[idx])
+    boot_cpr, boot_cmd = areas(x, boot)
+    q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
+    low, high = np.nanpercentile(boot, q, axis=0)
+    (cl, ch), (ml, mh) = np.nanpercentile(boot_cpr, q), np.nanpercentile(boot_cmd, q)
+    return FaithfulnessCurve(task.name, scores.method, scores.metric, scores.ablation, x,
+                             requested, np.array([c.size for c in circuits]), circuit, full,
+                             empty, f, low, high, float(cpr), float(cmd), float(cl), float(ch),
+                             float(ml), float(mh))

@@ -1,0 +1,333 @@
+"""``workbench circuits --level edge``: edge scores, edge circuits, faithfulness curves, overlap.
+
+Tables in ``runs/<run_id>/`` (record schema; ``probe`` = ``eap`` / ``eap-ig``; ``segment`` = task;
+edges named ``sender->receiver`` in ``condition``, e.g. ``a3.5->a7.kv1.k``; ``layer``/``head`` =
+the sender head where the sender is a head):
+
+* ``task_metrics`` (probe ``task``): the metric per prompt, ``condition`` ``clean`` / ``ablated``
+  (every edge ablated), and its mean per condition (``mean_<metric>``);
+* ``edge_scores``: ``edge_score`` (mean over prompts), ``edge_score_low`` / ``edge_score_high``
+  (bootstrap interval) per edge; ``node_score`` per sender (sum of its outgoing edges);
+* ``circuits``: ``edge_member`` (value = score) per circuit edge after pruning, ``n_edges``,
+  ``n_nodes``;
+* ``faithfulness``: ``faithfulness`` / ``faithfulness_low`` / ``faithfulness_high`` and
+  ``n_edges_requested`` / ``n_edges_kept`` per size (``condition`` ``fraction=x``); ``cpr``,
+  ``cmd`` with ``_low`` / ``_high``; ``metric_model`` / ``metric_empty`` (means);
+* ``overlap`` (two or more tasks; ``segment`` ``taskA|taskB``, ``condition`` ``edges`` or
+  ``nodes``): Jaccard, overlap coefficient, shared counts, the hypergeometric ``p_value`` and the
+  random baseline ``expected_jaccard`` (:mod:`circuits.overlap`);
+* ``method_agreement`` (two methods): ``spearman`` of the head node scores per task.
+
+Each circuit is also written as GraphML: ``edge_circuit_<method>_<task>.graphml``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from itertools import combinations
+from pathlib import Path
+
+import networkx as nx
+import numpy as np
+import pyarrow as pa
+
+from circuits.edges.ablation import UNITS as METRIC_UNITS
+from circuits.edges.ablation import check_ablation
+from circuits.edges.eap import EdgeScores, check_method, edge_scores
+from circuits.edges.faithfulness import (MIB_FRACTIONS, FaithfulnessCurve, bootstrap_mean_ci,
+                                         faithfulness_curve)
+from circuits.edges.forward import GraphModel
+from circuits.edges.patching import EdgeSelection, prune, top_edges
+from circuits.effects import spearman
+from circuits.overlap import overlap
+from workbench.errors import InputError, RunStateError
+from workbench.records import concat, conform, records, string_column
+from workbench.store import RunDir
+
+DEFAULT_EDGE_SELECT = "top_percent=1"
+UNITS = {
+    "edge_score": "metric units; first-order change of the metric when the edge is ablated",
+    "edge_score_low": "bootstrap percentile bound of edge_score",
+    "edge_score_high": "bootstrap percentile bound of edge_score",
+    "node_score": "metric units; sum of the node's outgoing edge scores",
+    "edge_member": "edge score", "n_edges": "edges", "n_nodes": "nodes",
+    "faithfulness": "(m(C) - m(empty)) / (m(model) - m(empty))",
+    "n_edges_requested": "edges", "n_edges_kept": "edges after pruning",
+    "cpr": "area under faithfulness over the edge fraction (MIB)",
+    "cmd": "area under |1 - faithfulness| over the edge fraction (MIB)",
+    "jaccard": "fraction", "overlap_coefficient": "fraction", "n_shared": "edges or nodes",
+    "expected_jaccard": "fraction (random sets of the same sizes)", "p_value": "probability",
+    "spearman": "rank correlation",
+}
+
+
+@dataclass
+class EdgeOptions:
+    methods: list[str]
+    selection: EdgeSelection
+    metric: str = "logit_diff"
+    ablation: str = "corrupted"
+    ig_steps: int = 5
+    fractions: tuple[float, ...] = MIB_FRACTIONS
+    n_boot: int = 1000
+    batch_size: int = 16
+    runs_dir: Path = Path("runs")
+    run_id: str | None = None
+    overwrite: bool = False
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+
+def check_edge_options(methods: list[str], select: str | None, *, metric: str, ablation: str,
+                       ig_steps: int, n_boot: int, batch_size: int, **run) -> EdgeOptions:
+    """Validate the edge-level command line before the model loads.
+
+    Raises:
+        InputError: an unknown method, metric, ablation or selection; a bad count.
+    """
+    if not methods or len(set(methods)) != len(methods):
+        raise InputError(f"--method: name each edge method once (eap, eap-ig), got {methods}")
+    for method in methods:
+        check_method(method, metric, ig_steps)
+    check_ablation(ablation)
+    for name, value in (("--batch-size", batch_size), ("--n-boot", n_boot)):
+        if value < 1:
+            raise InputError(f"{name} must be at least 1, got {value}")
+    return EdgeOptions(methods, EdgeSelection.parse(select or DEFAULT_EDGE_SELECT), metric,
+                       ablation, ig_steps, MIB_FRACTIONS, n_boot, batch_size, **run)
+
+
+def execute_edge_circuits(model, tasks, options: EdgeOptions) -> RunDir:
+    """Score, select, evaluate and compare edge circuits of every task; write the run."""
+    gm = GraphModel(model)
+    manifest = _manifest(model, tasks, options)
+    if (Path(options.runs_dir) / manifest["run_id"]).exists() and not options.overwrite:
+        raise RunStateError(f"run {manifest['run_id']!r} already exists; use --overwrite or "
+                            "another --run-id")
+    manifest["units"] = {**UNITS, "metric": METRIC_UNITS[options.metric]}
+    run, _ = RunDir.create(options.runs_dir, manifest["run_id"], manifest, resume=False,
+                           overwrite=options.overwrite, same_config=lambda stored: None)
+    timings: dict[str, float] = {}
+    try:
+        tables = _compute(model, gm, tasks, options, timings, run)
+        written = {}
+        for name, table in tables.items():
+            run.write_table(name, table)
+            written[name] = {"rows": table.num_rows}
+        run.update_manifest(status="complete", tables=written, timings=timings)
+    except BaseException as err:
+        run.update_manifest(status="failed", error=f"{type(err).__name__}: {err}",
+                            timings=timings)
+        raise
+    return run
+
+
+def _manifest(model, tasks, options: EdgeOptions) -> dict:
+    import datetime as dt
+    import hashlib
+    import json
+    import sys
+
+    from workbench.records import SCHEMA_VERSION
+    from workbench.run import git_state, library_versions
+
+    info = model.info
+    config = {"level": "edge", "model": info.name, "dtype": info.dtype,
+              "model_file_sha256": info.details.get("file_sha256"),
+              "prepend_bos": info.prepend_bos, **_config(options),
+              "tasks": [{"name": t.name, "sha256": t.prompt_set.sha256, "n_prompts": len(t)}
+                        for t in tasks]}
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
+    slug = info.name.rstrip("/").split("/")[-1].replace(" ", "-")
+    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return {"run_id": options.run_id or
+            f"{slug}-edge-circuits-{'+'.join(t.name for t in tasks)}-{digest}",
+            "kind": "circuits", "status": "running", "created": now, "command": sys.argv,
+            "config_key": config, "model": info.to_dict(),
+            "prompts": {"name": "+".join(t.name for t in tasks),
+                        "files": [vars(f) for t in tasks for f in t.prompt_set.files],
+                        "n_prompts": sum(len(t) for t in tasks),
+                        "prepend_bos": info.prepend_bos},
+            "probes": [{"name": m, "params": config} for m in options.methods],
+            "record_schema_version": SCHEMA_VERSION,
+            "conventions": {"segment": "task name (overlap: 'taskA|taskB')",
+                            "condition": "edge 'sender->receiver', node name, fraction=x, "
+                                         "clean|ablated, edges|nodes"},
+            "versions": library_versions(), "git": git_state(), "device": info.device,
+            "timings": {}, "tables": {}}
+
+
+def _config(options: EdgeOptions) -> dict:
+    out = asdict(options)
+    for key in ("runs_dir", "run_id", "overwrite", "progress", "extra"):
+        out.pop(key)
+    out["selection"] = str(options.selection)
+    return out
+
+
+def _compute(model, gm, tasks, options, timings, run) -> dict[str, pa.Table]:
+    graph = gm.graph
+    parts: dict[str, list[pa.Table]] = {k: [] for k in ("task_metrics", "edge_scores",
+                                                        "circuits", "faithfulness")}
+    circuits: dict[str, dict[str, np.ndarray]] = {m: {} for m in options.methods}
+    heads: dict[tuple[str, str], np.ndarray] = {}
+    for method in options.methods:
+        for task in tasks:
+            start = time.perf_counter()
+            scores = edge_scores(model, task, method=method, metric=options.metric,
+                                 ablation=options.ablation, ig_steps=options.ig_steps,
+                                 batch_size=options.batch_size, graph_model=gm)
+            timings[f"{method}.{task.name}_s"] = round(time.perf_counter() - start, 3)
+            start = time.perf_counter()
+            curve = faithfulness_curve(model, task, scores, fractions=options.fractions,
+                                       batch_size=options.batch_size, n_boot=options.n_boot,
+                                       graph_model=gm)
+            timings[f"faithfulness.{method}.{task.name}_s"] = round(time.perf_counter() - start,
+                                                                    3)
+            chosen = prune(graph, top_edges(scores.scores,
+                                            options.selection.count(scores.scores)))
+            circuits[method][task.name] = chosen
+            heads[method, task.name] = scores.head_scores()
+            probe = dict(run_id=run.run_id, probe=method)
+            if method == options.methods[0]:
+                parts["task_metrics"].append(conform(_task_rows(curve, scores), run_id=run.run_id,
+                                                     probe="task"))
+            parts["edge_scores"].append(conform(_score_rows(scores, options.n_boot), **probe))
+            parts["circuits"].append(conform(_circuit_rows(scores, chosen), **probe))
+            parts["faithfulness"].append(conform(_faith_rows(curve), **probe))
+            nx.write_graphml(graph.to_networkx(chosen, scores.scores[chosen]),
+                             run.path / f"edge_circuit_{method}_{task.name}.graphml")
+    tables = {k: concat(v) for k, v in parts.items()}
+    if len(tasks) > 1:
+        tables["overlap"] = concat([conform(_overlap_rows(graph, circuits[m]), run_id=run.run_id,
+                                            probe=m) for m in options.methods])
+    if len(options.methods) > 1:
+        rows = [records("spearman", spearman(heads[a, t.name], heads[b, t.name]),
+                        segment=t.name, condition=f"{a}~{b}")
+                for a, b in combinations(options.methods, 2) for t in tasks]
+        tables["method_agreement"] = conform(concat(rows), run_id=run.run_id, probe="agreement")
+    return tables
+
+
+def _sender_columns(graph, senders: np.ndarray) -> dict:
+    layer = np.full(len(senders), -1)
+    head = np.full(len(senders), -1)
+    for i, s in enumerate(senders):
+        h = graph.head_of(int(s))
+        if h is not None:
+            layer[i], head[i] = h
+    return dict(layer=np.where(layer >= 0, layer, None), head=np.where(head >= 0, head, None))
+
+
+def _task_rows(curve: FaithfulnessCurve, scores: EdgeScores) -> pa.Table:
+    ids = scores.prompt_ids
+    out = []
+    for condition, values in (("clean", curve.model), ("ablated", curve.empty)):
+        out += [records(scores.metric, values, prompt_id=string_column(ids, np.arange(len(ids))),
+                        segment=scores.task, condition=condition),
+                records(f"mean_{scores.metric}", values.mean(), segment=scores.task,
+                        condition=condition)]
+    return concat(out)
+
+
+def _score_rows(scores: EdgeScores, n_boot: int) -> pa.Table:
+    graph = scores.graph
+    s, _ = graph.edges
+    names = np.array(graph.edge_names())
+    low, high = bootstrap_mean_ci(scores.per_prompt, n_boot=n_boot)
+    cols = dict(segment=scores.task, condition=names, **_sender_columns(graph, s))
+    nodes = graph.node_scores(scores.scores)
+    senders = np.arange(graph.n_senders)
+    return concat([records("edge_score", scores.scores, **cols),
+                   records("edge_score_low", low, **cols),
+                   records("edge_score_high", high, **cols),
+                   records("node_score", list(nodes.values()), segment=scores.task,
+                           condition=np.array(list(nodes)), **_sender_columns(graph, senders))])
+
+
+def _circuit_rows(scores: EdgeScores, chosen: np.ndarray) -> pa.Table:
+    graph = scores.graph
+    s, r = graph.edges
+    nodes = {graph.sender_names[i] for i in s[chosen]} | \
+        {graph.receiver_node(i) for i in r[chosen]}
+    return concat([records("edge_member", scores.scores[chosen], segment=scores.task,
+                           condition=np.array(graph.edge_names(chosen), dtype=object),
+                           **_sender_columns(graph, s[chosen])),
+                   records("n_edges", len(chosen), segment=scores.task),
+                   records("n_nodes", len(nodes), segment=scores.task)])
+
+
+def _faith_rows(curve: FaithfulnessCurve) -> pa.Table:
+    cond = np.array([f"fraction={x:g}" for x in curve.fractions])
+    out = [records(name, values, segment=curve.task, condition=cond) for name, values in (
+        ("faithfulness", curve.faithfulness), ("faithfulness_low", curve.low),
+        ("faithfulness_high", curve.high), ("n_edges_requested", curve.n_requested),
+        ("n_edges_kept", curve.n_kept))]
+    out += [records(name, getattr(curve, name), segment=curve.task) for name in (
+        "cpr", "cpr_low", "cpr_high", "cmd", "cmd_low", "cmd_high")]
+    out += [records("metric_model", curve.model.mean(), segment=curve.task),
+            records("metric_empty", curve.empty.mean(), segment=curve.task)]
+    return concat(out)
+
+
+def circuit_nodes(graph, chosen: np.ndarray) -> set[tuple]:
+    """The sender nodes of a circuit's edges plus the logits if reached, as ``(name,)`` tuples."""
+    s, r = graph.edges
+    names = {graph.sender_names[i] for i in s[chosen]}
+    if (r[chosen] == graph.logits_receiver).any():
+        names.add("logits")
+    return {(n,) for n in names}
+
+
+def _overlap_rows(graph, circuits: dict[str, np.ndarray]) -> pa.Table:
+    out = []
+    s, r = graph.edges
+    for a, b in combinations(circuits, 2):
+        pair = f"{a}|{b}"
+        edge_sets = [{(int(i),) for i in circuits[x]} for x in (a, b)]
+        node_sets = [circuit_nodes(graph, circuits[x]) for x in (a, b)]
+        for level, sets, total in (("edges", edge_sets, graph.n_edges),
+                                   ("nodes", node_sets, graph.n_senders + 1)):
+            o = overlap(sets[0], sets[1], total, (a, b))
+            out += [records(metric, getattr(o, metric), segment=pair, condition=level)
+                    for metric in ("jaccard", "overlap_coefficient", "n_shared", "size_first",
+                                   "size_second", "expected_shared", "p_value",
+                                   "expected_jaccard")]
+    return concat(out)
+
+
+def edge_report(run: RunDir) -> str:
+    """Plain-text summary: faithfulness areas per method and task, overlap, agreement."""
+    faith = run.read_table("faithfulness").to_pandas()
+    circ = run.read_table("circuits").to_pandas()
+
+    def val(df, metric, **where):
+        rows = df[df.metric == metric]
+        for k, v in where.items():
+            rows = rows[rows[k] == v]
+        return float(rows.value.iloc[0]) if len(rows) else float("nan")
+
+    lines = ["edge circuits: method task: CPR [95% CI], CMD [95% CI]; circuit edges / nodes; "
+             "faithfulness by edge fraction"]
+    for (probe, task), f in faith.groupby(["probe", "segment"], sort=False):
+        c = circ[(circ.probe == probe) & (circ.segment == task)]
+        curve = f[f.metric == "faithfulness"]
+        pts = ", ".join(f"{cond.split('=')[1]}:{v:.2f}" for cond, v in
+                        zip(curve.condition, curve.value))
+        lines.append(f"  {probe} {task}: CPR {val(f, 'cpr'):.3f} [{val(f, 'cpr_low'):.3f}, "
+                     f"{val(f, 'cpr_high'):.3f}], CMD {val(f, 'cmd'):.3f} "
+                     f"[{val(f, 'cmd_low'):.3f}, {val(f, 'cmd_high'):.3f}]; "
+                     f"{int(val(c, 'n_edges'))} / {int(val(c, 'n_nodes'))}; {pts}")
+    if "overlap" in run.tables():
+        ov = run.read_table("overlap").to_pandas()
+        lines.append("overlap: level: Jaccard (random baseline), shared, p")
+        for (probe, pair, level), o in ov.groupby(["probe", "segment", "condition"], sort=False):
+            lines.append(f"  {probe} {pair} {level}: {val(o, 'jaccard'):.3f} "
+                         f"({val(o, 'expected_jaccard'):.4f}), {int(val(o, 'n_shared'))}, "
+                         f"{val(o, 'p_value'):.1e}")
+    if "method_agreement" in run.tables():
+        ag = run.read_table("method_agreement").to_pandas()
+        lines.append("method agreement (Spearman of head node scores)")
+        lines += [f"  {r.segment} {r.condition}: {r.value:.3f}" for r in ag.itertuples()]
+    return "\n".join(lines)
