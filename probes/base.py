@@ -35,6 +35,7 @@ import pyarrow as pa
 from pydantic import Field, TypeAdapter, ValidationError
 
 from workbench.errors import InputError
+from workbench.vision import IMAGE_SEGMENT
 
 
 def rule(**bounds: Any) -> Any:
@@ -111,10 +112,12 @@ class Probe:
 
     def check_prompts(self, prompts: list) -> None:
         """Raise :class:`InputError` if a prompt lacks a segment this probe needs; needs no model,
-        so callers run it before loading one (``workbench run``, ``wb.run``)."""
+        so callers run it before loading one (``workbench run``, ``wb.run``). A prompt with an
+        image has the automatic ``image`` segment (its image tokens, found when it is tokenized)."""
         for name in sorted(self.required_segments()):
             for prompt in prompts:
-                if name not in prompt.segments:
+                automatic = name == IMAGE_SEGMENT and getattr(prompt, "image", None) is not None
+                if name not in prompt.segments and not automatic:
                     raise InputError(f"{prompt.source}: prompt {prompt.id!r} has no segment "
                                      f"{name!r} (probe {self.name}, segment {name})")
 

@@ -159,7 +159,11 @@ def test_effect_and_score_sign_convention():
     denoising = HeadEffects("m", "t", "clean_into_corrupted", patched, clean, corrupted, ["a", "b"])
     assert denoising.effect.tolist() == [[1.0, 3.0]] and denoising.score.tolist() == [[0.25, 0.75]]
     table = denoising.records().to_pandas()
-    assert len(table) == 4 + 2 + 2 and set(table.segment) == {"t"}
+    # per prompt x head logit_diff, effect and score per head, and the score's bootstrap interval
+    assert len(table) == 4 + 2 + 2 + 2 + 2 and set(table.segment) == {"t"}
+    by = {m: table[table.metric == m].sort_values("head").value.to_numpy()
+          for m in ("score", "score_lo", "score_hi")}
+    assert (by["score_lo"] <= by["score"]).all() and (by["score"] <= by["score_hi"]).all()
     row = table[(table.metric == "logit_diff") & (table.prompt_id == "b") & (table["head"] == 1)]
     assert row.value.tolist() == [5.0]
     assert spearman(np.array([1.0, 2, 3, np.nan]), np.array([10.0, 30, 20, 0])) == pytest.approx(0.5)

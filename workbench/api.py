@@ -30,8 +30,9 @@ def load(spec: Any = "smollm2-135m", *, tokenizer: Any = None, device: str | Non
             (pass ``tokenizer``) or a ``TransformerBridge`` (reused as it is; its own tokenizer
             adds BOS, TransformerLens's convention: pass the Hugging Face ``tokenizer`` or
             ``prepend_bos=False`` for the records of the same model loaded by name).
-        device, dtype: ``"cpu"``/``"cuda"``, ``"float32"``/``"bfloat16"``; default: CUDA and bf16
-            when available, else CPU and fp32 (a preloaded model stays where it is).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...; default: CUDA when available, else the
+            CPU (a preloaded model stays where it is).
+        dtype: ``"float32"``, ``"bfloat16"``, ``"float16"``; default: bf16 on CUDA, else fp32.
         prepend_bos: BOS before every prompt (default: what the tokenizer does).
 
     Raises:
@@ -112,7 +113,10 @@ def run(model: Any, prompt_set: Any, probes: Sequence[Any] = ("attention_entropy
         params: ``{probe: {parameter: value}}``, as ``--param probe.parameter=value``.
         runs_dir: None (default) keeps the run in memory and writes nothing; a folder writes
             ``runs_dir/<run_id>/`` as the CLI does (``resume`` then continues it).
-        batch_size, run_id, attention, attention_mask: as the CLI options of the same names.
+        batch_size: prompts per forward (default: chosen from free memory, 8 on the CPU).
+        run_id: the run folder's name (default: derived from the configuration).
+        attention: ``auto``, ``eager`` or ``sdpa``, as ``workbench run --attention``.
+        attention_mask: a mask spec for every layer, as ``workbench run --attention-mask``.
 
     Returns:
         :class:`~workbench.results.Results`: ``results[probe]`` DataFrames,

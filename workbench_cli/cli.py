@@ -198,7 +198,7 @@ def circuits(
         None, "--mean-prompts", metavar="N", help="Corrupted prompts the ablation means average "
         "over (default: every prompt of the task file)."),
     heads: Optional[str] = typer.Option(
-        None, "--heads", metavar="L.H,...", help="Only these heads, layer.head comma-separated "
+        None, "--heads", metavar="HEADS", help="Only these heads, layer.head comma-separated "
         "(23.3,20.0): patched, kept (attribution) or path-patching senders. Default: every head."),
     spot_check: int = typer.Option(
         20, "--spot-check", metavar="K", help="Attribution: activation-patch its top K heads and "
