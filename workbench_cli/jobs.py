@@ -41,10 +41,12 @@ def circuits(model: Any, tasks: Sequence[str], *, methods: Sequence[str] = ("att
              direction: str = "corrupted_into_clean", positions: str = "all",
              batch_size: int = 16, heads_per_forward: int | None = None, stages: int = 2,
              receiver_input: str = "qkv", n_random: int = 3, mean_prompts: int | None = None,
+             heads: str | None = None, spot_check: int = 20, both_directions: bool = False,
              runs_dir: Path | str | None = None, run_id: str | None = None,
              overwrite: bool = False, progress: bool = False) -> Results:
     """``workbench circuits`` (same options, same tables): per-head effects, circuits,
-    faithfulness and overlap for ``tasks``.
+    faithfulness and overlap for ``tasks``; ``heads="23.3,20.0"`` restricts the methods to those
+    heads, ``spot_check`` and ``both_directions`` as the CLI options of the same names.
 
     Raises:
         InputError: an unknown task or method, a bad option (before the model loads).
@@ -59,7 +61,9 @@ def circuits(model: Any, tasks: Sequence[str], *, methods: Sequence[str] = ("att
         options = check_options(list(methods), select, direction=direction, positions=positions,
                                 batch_size=batch_size, heads_per_forward=heads_per_forward,
                                 stages=stages, receiver_input=receiver_input,
-                                n_random=n_random, mean_prompts=mean_prompts, runs_dir=folder,
+                                n_random=n_random, mean_prompts=mean_prompts, heads=heads,
+                                spot_check=spot_check, both_directions=both_directions,
+                                runs_dir=folder,
                                 run_id=run_id, overwrite=overwrite, progress=progress)
         loaded = _model(model)
         found = load_tasks(list(tasks), loaded, n_prompts=n_prompts, positions=positions)
