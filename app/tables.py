@@ -29,7 +29,9 @@ TASK_COLUMN = "segment"
 CIRCUIT_MEMBERS = Role(("circuits",), ("member",))
 CIRCUIT_EDGES = Role(("circuits",), ("edge",))
 RECEIVER_PREFIX = "receiver="
-HEAD_EFFECTS = Role(("head_effects",), ("score", "effect"))
+# Per-head effects: patching scores, and direct logit attribution (``--dla``: ``dla`` per prompt;
+# its head rows have a head, its MLP rows none, so the (layer x head) map shows the heads).
+HEAD_EFFECTS = Role(("head_effects", "direct_logit_attribution"), ("score", "effect", "dla"))
 FAITHFULNESS = Role(("faithfulness",), ("faithfulness", "faithfulness_normalised",
                                         "faithfulness_random", "circuit_accuracy"))
 TASK_METRICS = Role(("task_metrics",), ("mean_logit_diff", "accuracy"))

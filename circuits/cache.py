@@ -147,7 +147,8 @@ def run_blocks(model, cache: RunCache, start: int, stop: int | None = None, *, c
 
 
 def forward_from_layer(model, cache: RunCache, start: int, *, copies: int = 1,
-                       fwd_hooks: HookList = ()) -> Float[Tensor, "copies_batch vocab"]:
+                       fwd_hooks: HookList = (), hidden: Tensor | None = None
+                       ) -> Float[Tensor, "copies_batch vocab"]:
     """Run blocks ``start..L-1`` from the cached input of block ``start``, then the final norm and
     the unembedding at each prompt's last real token only.
 
@@ -156,13 +157,15 @@ def forward_from_layer(model, cache: RunCache, start: int, *, copies: int = 1,
         copies: run the batch this many times in one pass; row ``g * batch + b`` is copy ``g`` of
             prompt ``b`` (hooks tell the copies apart by row).
         fwd_hooks: bridge forward hooks active during the pass.
+        hidden: ``[copies * batch, pos, d_model]`` the input of block ``start`` (default: the
+            cached one, repeated ``copies`` times), e.g. a patched ``resid_pre``.
 
     Returns:
         ``[copies * batch, vocab]`` logits. Gradients flow when called under ``torch.enable_grad``.
     """
     bridge = model.bridge
     with bridge.hooks(fwd_hooks=list(fwd_hooks)):
-        hidden = run_blocks(model, cache, start, copies=copies)
+        hidden = run_blocks(model, cache, start, copies=copies, hidden=hidden)
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         last = hidden[rows, cache.last_pos.to(hidden.device).repeat(copies)]
         return bridge.unembed(bridge.ln_final(last[:, None]))[:, 0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from circuits.components import report_lines
 from workbench.store import RunDir
 
 PROBE = {"activation": "activation_patching", "attribution": "attribution_patching",
@@ -75,6 +76,7 @@ def report(run: RunDir) -> str:
     spot = frame("spot_check")
     if spot is not None:
         lines += spot_check_lines(spot)
+    lines += report_lines(frame("patching_grid"), frame("direct_logit_attribution"))
     ag = frame("method_agreement")
     if ag is not None:
         lines.append("method agreement (Spearman of head scores)")

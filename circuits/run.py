@@ -24,6 +24,8 @@ units in ``run.json``):
   ``worst_effect_attribution`` / ``worst_effect_activation`` with that prompt's ``prompt_id``.
 * ``directions`` (``--both-directions``; :mod:`circuits.directions`): per head of any method's
   circuit, ``score_noising``, ``score_denoising`` and ``one_direction_only`` (0/1).
+* ``patching_grid`` (``--grids``) and ``direct_logit_attribution`` (``--dla``):
+  :mod:`circuits.components`.
 * ``method_agreement`` (with two or more methods): ``spearman`` of the per-head scores (path
   patching: stage 1) per task, ``condition`` = ``"methodA~methodB"``.
 """
@@ -44,9 +46,12 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from circuits.components import UNITS as COMPONENT_UNITS
+from circuits.components import component_tables
 from circuits.directions import compare_directions
 from circuits.discovery import Faithfulness, Selection, ablation_means, faithfulness
 from circuits.effects import check_direction, check_positions, spearman
+from circuits.grids import parse_components
 from circuits.methods import METHODS, Discovery, DiscoveryOptions
 from circuits.overlap import Overlap, overlap_table
 from circuits.path_patching import check_receiver_input
@@ -92,6 +97,7 @@ UNITS = {
     "disagrees": "1 if |attribution - activation| > max(0.05, 0.5 |activation|), else 0",
     "worst_effect_attribution": "logits: estimated patched - base LD on the worst prompt",
     "worst_effect_activation": "logits: measured patched - base LD on the worst prompt",
+    **COMPONENT_UNITS,
 }
 
 
@@ -108,6 +114,8 @@ class CircuitsOptions:
     progress: bool = True
     console: Any = None  # rich Console the progress bars draw on (None: standard error)
     both_directions: bool = False  # activation-patch every circuit head noising and denoising
+    grids: tuple[str, ...] = ()  # patching grids per layer x position (circuits.grids)
+    dla: bool = False  # direct logit attribution per head and MLP (circuits.dla)
 
 
 def check_methods(methods: list[str]) -> None:
@@ -122,15 +130,18 @@ def check_options(methods: list[str], select: str, *, direction: str, positions:
                   batch_size: int, heads_per_forward: int | None, stages: int,
                   receiver_input: str, n_random: int, mean_prompts: int | None,
                   heads: str | None = None, spot_check: int = 20,
-                  both_directions: bool = False, **run: object) -> CircuitsOptions:
+                  both_directions: bool = False, grids: str | None = None, dla: bool = False,
+                  **run: object) -> CircuitsOptions:
     """Validate the command line before the model loads.
 
     ``heads``: ``None`` (every head) or a comma-separated ``layer.head`` list (``"23.3,20.0"``):
-    the heads patched (activation), kept (attribution) or used as senders (path).
+    the heads patched (activation), kept (attribution) or used as senders (path). ``grids``:
+    comma-separated components of :data:`circuits.grids.COMPONENTS` (or ``all``) to patch per
+    layer x position; ``dla``: direct logit attribution per head and MLP.
 
     Raises:
-        InputError: an unknown method, a bad selection, direction, receiver input, count or head
-            (the message names the bad item).
+        InputError: an unknown method, a bad selection, direction, receiver input, count, head or
+            grid component (the message names the bad item).
     """
     check_methods(methods)
     check_direction(direction)
@@ -146,7 +157,8 @@ def check_options(methods: list[str], select: str, *, direction: str, positions:
                                  batch_size, heads_per_forward, stages, receiver_input,
                                  parse_head_list(heads), spot_check)
     return CircuitsOptions(methods, Selection.parse(select), discovery, n_random, mean_prompts,
-                           **run, both_directions=both_directions)
+                           **run, both_directions=both_directions,
+                           grids=parse_components(grids), dla=dla)
 
 
 def parse_head_list(text: str | None) -> tuple[Head, ...] | None:
@@ -273,6 +285,8 @@ def _tables(model, tasks, found, options, timings, run_id: str, bars: CircuitsPr
             conform(_overlap_rows(o), run_id=run_id, probe=PROBE[method])
             for method in options.methods
             for o in overlap_table({t.name: found[method, t.name].circuit for t in tasks}, n_total)]
+    tables.update({name: [table] for name, table in
+                   component_tables(model, tasks, options, run_id, bars, timings).items()})
     if len(options.methods) > 1:
         tables["method_agreement"] = [conform(_agreement_rows(found, tasks, options.methods),
                                               run_id=run_id, probe="agreement")]
@@ -388,6 +402,8 @@ def _manifest(model, tasks: list[Task], options: CircuitsOptions) -> dict:
                         for t in tasks],
               "methods": options.methods, "selection": str(options.selection),
               "both_directions": options.both_directions,
+              **({"grids": list(options.grids)} if options.grids else {}),
+              **({"dla": True} if options.dla else {}),
               "discovery": asdict(options.discovery), "n_random": options.n_random,
               "mean_prompts": options.mean_prompts}
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]

@@ -135,6 +135,9 @@ def test_roles_find_tables_by_name_then_by_shape(root):
     renamed = {"my_circuits" if t == "circuits" else t: i for t, i in infos.items()}
     assert tables.find(tables.CIRCUIT_MEMBERS, renamed) == [("my_circuits", ["member"])]
     assert tables.find(tables.OVERLAP, {"probe_a": infos["probe_a"]}) == []
+    dla = data.TableInfo(10, {"dla": None, "dla_mean": None, "logit_diff": None})
+    effects = {"head_effects": infos["head_effects"], "direct_logit_attribution": dla}
+    assert tables.find(tables.HEAD_EFFECTS, effects)[1] == ("direct_logit_attribution", ["dla"])
 
 
 def test_circuit_and_overlap_shaping(root):

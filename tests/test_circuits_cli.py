@@ -94,6 +94,7 @@ def test_circuits_run_writes_every_table(capsys, two_tasks, tmp_path):
     (["--select", "top_k"], "selection 'top_k' is not method=value"),
     (["--positions", "S9"], "has no segment 'S9' (patching positions)"),
     (["--direction", "up"], "direction 'up' is not one of"),
+    (["--grids", "resid_pre,resid_mid"], "--grids: unknown component(s) 'resid_mid'"),
 ])
 def test_bad_input_exits_2_and_writes_nothing(capsys, two_tasks, tmp_path, extra, message):
     runs = tmp_path / "runs"
@@ -167,3 +168,36 @@ def test_attribution_spot_check_is_written_and_reported(capsys, two_tasks, tmp_p
     assert f"{int(flagged)} of {len(members)} heads matter in one direction only" in out
     code, _, err = cli(capsys, *args(two_tasks[:1], runs, "--spot-check", "-1"))
     assert code == 2 and "--spot-check must be at least 0" in err
+
+
+def test_grids_and_dla_are_written_reported_and_equal_the_functions(capsys, two_tasks, tmp_path):
+    from circuits.dla import direct_logit_attribution
+    from circuits.grids import patching_grid
+    from circuits.tasks import load_task
+    from workbench.models import load_model
+
+    runs = tmp_path / "runs"
+    code, out, err = cli(capsys, *args(two_tasks[:1], runs, "--select", "top_k=3",
+                                       "--spot-check", "0", "--grids", "resid_pre",
+                                       "--grids", "mlp_out", "--dla", "--batch-size", "2"))
+    assert code == 0, err
+    [(run, manifest)] = list_runs(runs)
+    assert {"patching_grid", "direct_logit_attribution"} <= set(manifest["tables"])
+    assert manifest["config_key"]["grids"] == ["resid_pre", "mlp_out"]
+    assert {"grid.resid_pre.alpha_s", "grid.mlp_out.alpha_s", "dla.alpha_s"} <= \
+        set(manifest["timings"])
+    grid = pq.read_table(run.table_path("patching_grid")).to_pandas()
+    dla = pq.read_table(run.table_path("direct_logit_attribution")).to_pandas()
+    model = load_model("tiny-llama", device="cpu")
+    task = load_task(str(two_tasks[0]), model)
+    want = patching_grid(model, task, "mlp_out", batch_size=2)
+    got = grid[(grid.metric == "score") & grid.condition.str.startswith("mlp_out")]
+    got = got.pivot_table(index="layer", columns="query_pos", values="value")
+    np.testing.assert_allclose(got.to_numpy(), want.score, atol=1e-6)
+    ref = direct_logit_attribution(model, task, batch_size=2)
+    heads = dla[(dla.metric == "dla_mean") & (dla.condition == "head")]
+    heads = heads.pivot_table(index="layer", columns="head", values="value")
+    np.testing.assert_allclose(heads.to_numpy(), ref.heads.mean(0), atol=1e-6)
+    assert "patching grids (layer @ position from the end" in out
+    assert "alpha resid_pre: L" in out and "alpha mlp_out: L" in out
+    assert "direct logit attribution (mean over prompts" in out

@@ -103,6 +103,8 @@ def linear_model():
 
 def test_eap_equals_edge_patching_on_a_linear_model(linear_model, task_path, monkeypatch):
     monkeypatch.setattr(edge_forward, "rms_norm", lambda x, weight, eps: x)
+    monkeypatch.setattr(edge_forward, "rms_norm_factors", lambda x, weight, eps: (
+        torch.ones_like(x[..., :1]), torch.ones_like(weight), torch.zeros_like(x[..., :1])))
     model = linear_model
     model.bridge.to(torch.float64)
     try:
@@ -265,3 +267,60 @@ def test_mean_and_resample_ablations_match_plain_hugging_face(tiny_llama, task_p
                                                want_mean[layer, :, h], atol=1e-4)
                     np.testing.assert_allclose(resample.per_prompt[i][s].double(),
                                                want_other[layer, :, h], atol=1e-4)
+
+
+def test_receiver_gradients_equal_gradients_at_per_receiver_copies(tiny_llama, task_path,
+                                                                    monkeypatch):
+    """The fast path (one ordinary forward, per-head projections of the gradient, the norm's
+    Jacobian by formula) equals autograd through ``block - 1`` copies of every layer's input."""
+    with float64_model(tiny_llama, monkeypatch):
+        task = load_task(str(task_path), tiny_llama)
+        gm = GraphModel(tiny_llama)
+        tb = task.batches(6)[0]
+        last = tb.clean.last_pos()
+        embeds = gm.embed(tb.clean.input_ids).double()
+
+        def metric(logits):
+            return logits[:, 5] - logits.logsumexp(-1)
+        with torch.enable_grad():
+            slow = gm.run(embeds, last, deltas=True)
+            want = torch.autograd.grad(metric(slow.logits).sum(), slow.deltas)
+        fast = gm.receiver_gradients(embeds, last, metric, outputs=True)
+        steps = [embeds, 0.3 * embeds, embeds.flip(1)]
+        mean = []
+        for e in steps:
+            with torch.enable_grad():
+                r = gm.run(e, last, deltas=True)
+                mean.append(torch.autograd.grad(metric(r.logits).sum(), r.deltas))
+        three = gm.receiver_gradients(steps, last, metric)
+
+    def layout(deltas):  # run()'s per-layer list -> [batch, receivers, pos, d_model]
+        return torch.cat([x.transpose(1, 2) for x in deltas], 1)
+    torch.testing.assert_close(three.grads, sum(layout(m) for m in mean) / 3, atol=1e-10,
+                               rtol=1e-8)
+    want = layout(want)
+    assert fast.grads.shape == want.shape == (6, gm.graph.n_receivers, *embeds.shape[1:])
+    torch.testing.assert_close(fast.grads, want, atol=1e-10, rtol=1e-8)
+    torch.testing.assert_close(fast.outs, slow.outs, atol=1e-10, rtol=1e-8)
+    with float64_model(tiny_llama, monkeypatch):
+        torch.testing.assert_close(gm.sender_outputs(embeds), slow.outs, atol=1e-10, rtol=1e-8)
+    torch.testing.assert_close(fast.values, metric(slow.logits).detach(), atol=1e-10, rtol=0)
+    assert float(want.abs().max()) > 1e-3
+
+
+def test_rms_norm_factors_give_the_vjp_of_a_central_difference():
+    """``u^T J = w * (s u) - x c <n, u>`` for the factors of :func:`rms_norm_factors`."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 8, generator=gen, dtype=torch.float64)
+    weight = torch.randn(8, generator=gen, dtype=torch.float64)
+    cot = torch.randn(2, 3, 8, generator=gen, dtype=torch.float64)
+    s, w, c = edge_forward.rms_norm_factors(x, weight, 1e-6)
+    n = edge_forward.rms_norm(x, weight, 1e-6)
+    got = w * (s * cot) - x * c * (n * cot).sum(-1, keepdim=True)
+    step = 1e-6
+    for j in range(8):
+        e = torch.zeros(8, dtype=torch.float64)
+        e[j] = step
+        dy = (edge_forward.rms_norm(x + e, weight, 1e-6)
+              - edge_forward.rms_norm(x - e, weight, 1e-6)) / (2 * step)
+        torch.testing.assert_close(got[..., j], (cot * dy).sum(-1), atol=1e-8, rtol=1e-6)

@@ -206,6 +206,9 @@ def circuits(
     both_directions: bool = typer.Option(
         False, "--both-directions", help="Also activation-patch every circuit head noising and "
         "denoising, side by side; flag heads that matter in one only."),
+    grids: list[str] = list_option([], "--grids", metavar="COMPONENT", help="Also patch per "
+                                   "layer x position: resid_pre, attn_out, mlp_out or all."),
+    dla: bool = typer.Option(False, "--dla", help="Also direct logit attribution per head/MLP."),
     device: Optional[str] = DEVICE,
     dtype: Optional[str] = DTYPE,
     prepend_bos: Optional[bool] = PREPEND_BOS,
@@ -249,8 +252,8 @@ def circuits(
                             stages=stages, receiver_input=receiver_input, n_random=n_random,
                             mean_prompts=mean_prompts, heads=heads,
                             spot_check=spot_check, both_directions=both_directions,
-                            runs_dir=runs_dir, run_id=run_id, overwrite=overwrite,
-                            progress=progress)
+                            grids=",".join(grids), dla=dla, runs_dir=runs_dir, run_id=run_id,
+                            overwrite=overwrite, progress=progress)
     loaded = _load(model, strict_parity, device=device, dtype=dtype, prepend_bos=prepend_bos)
     tasks = load_tasks(task, loaded, n_prompts=n_prompts, positions=positions)
     options.discovery = replace(options.discovery, batch_size=auto_batch_size(

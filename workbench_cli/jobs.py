@@ -42,11 +42,13 @@ def circuits(model: Any, tasks: Sequence[str], *, methods: Sequence[str] = ("att
              batch_size: int = 16, heads_per_forward: int | None = None, stages: int = 2,
              receiver_input: str = "qkv", n_random: int = 3, mean_prompts: int | None = None,
              heads: str | None = None, spot_check: int = 20, both_directions: bool = False,
+             grids: str | None = None, dla: bool = False,
              runs_dir: Path | str | None = None, run_id: str | None = None,
              overwrite: bool = False, progress: bool = False) -> Results:
     """``workbench circuits`` (same options, same tables): per-head effects, circuits,
     faithfulness and overlap for ``tasks``; ``heads="23.3,20.0"`` restricts the methods to those
-    heads, ``spot_check`` and ``both_directions`` as the CLI options of the same names.
+    heads, ``spot_check``, ``both_directions``, ``grids`` and ``dla`` as the CLI options of the
+    same names.
 
     Raises:
         InputError: an unknown task or method, a bad option (before the model loads).
@@ -63,7 +65,7 @@ def circuits(model: Any, tasks: Sequence[str], *, methods: Sequence[str] = ("att
                                 stages=stages, receiver_input=receiver_input,
                                 n_random=n_random, mean_prompts=mean_prompts, heads=heads,
                                 spot_check=spot_check, both_directions=both_directions,
-                                runs_dir=folder,
+                                grids=grids, dla=dla, runs_dir=folder,
                                 run_id=run_id, overwrite=overwrite, progress=progress)
         loaded = _model(model)
         found = load_tasks(list(tasks), loaded, n_prompts=n_prompts, positions=positions)

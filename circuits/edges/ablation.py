@@ -88,10 +88,10 @@ class AblationSource:
         if ablation in ("mean", "resample"):
             outs = {}
             for tb in task.batches(batch_size):
-                with torch.inference_mode():
-                    run = gm.run(gm.embed(tb.corrupted.input_ids), tb.corrupted.last_pos())
+                with torch.no_grad():
+                    run = gm.sender_outputs(gm.embed(tb.corrupted.input_ids))
                 for row, i in enumerate(tb.index):
-                    outs[int(i)] = run.outs[row, :, :task.clean[int(i)].n_tokens].clone()
+                    outs[int(i)] = run[row, :, :task.clean[int(i)].n_tokens].clone()
             for group in template_groups(task):
                 if ablation == "mean":
                     mean = torch.stack([outs[i] for i in group]).mean(0)
@@ -104,9 +104,9 @@ class AblationSource:
         """``[batch, n_senders, pos, d_model]`` ablated outputs of a task batch (padding: 0)."""
         gm = self.gm
         if self.ablation == "corrupted":
-            with torch.inference_mode():
-                out = gm.run(gm.embed(tb.corrupted.input_ids), tb.corrupted.last_pos()).outs
-            return out.clone() if dtype is None else out.to(dtype)
+            with torch.no_grad():
+                out = gm.sender_outputs(gm.embed(tb.corrupted.input_ids))
+            return out if dtype is None else out.to(dtype)
         b, p = tb.clean.input_ids.shape
         d = gm.w_u.shape[1]
         dtype = dtype or gm.w_u.dtype

@@ -90,39 +90,27 @@ def _batch_scores(gm: GraphModel, tb, ablated: torch.Tensor, method: str, metric
     clean_embed = gm.embed(tb.clean.input_ids).to(ablated.dtype)
     base = ablated[:, 0]
     alphas = [1.0] if method == "eap" else [k / ig_steps for k in range(ig_steps, 0, -1)]
-    grads: list[torch.Tensor] | None = None
-    clean_lp, clean_outs, clean_metric = None, None, None
-    for alpha in alphas:
-        embeds = clean_embed if alpha == 1.0 else base + alpha * (clean_embed - base)
-        with torch.enable_grad():
-            run = gm.run(embeds.detach(), last, deltas=True)
-            if alpha == 1.0:
-                clean_outs = run.outs
-                clean_lp = torch.log_softmax(run.logits.detach().double(), -1)
-            values = metric_values(metric, run.logits, tb.answer, tb.distractor, clean_lp)
-            step = torch.autograd.grad(values.sum(), run.deltas)
-        if alpha == 1.0:
-            clean_metric = values.detach().double().cpu().numpy()
-        grads = list(step) if grads is None else [a + s for a, s in zip(grads, step)]
-    grads = [x / len(alphas) for x in grads]
-    mask = tb.clean.attention_mask.to(gm.device, ablated.dtype)[:, None, :, None]
-    diff = (ablated - clean_outs) * mask  # [batch, n_senders, pos, d_model]
+    clean_lp = None
+
+    def values(logits: torch.Tensor) -> torch.Tensor:
+        nonlocal clean_lp
+        if clean_lp is None:  # the first step is the clean run (alpha = 1)
+            clean_lp = torch.log_softmax(logits.detach().double(), -1)
+        return metric_values(metric, logits, tb.answer, tb.distractor, clean_lp)
+
+    steps = [clean_embed if alpha == 1.0 else base + alpha * (clean_embed - base)
+             for alpha in alphas]  # the clean run first: it gives the outputs and clean_lp
+    run = gm.receiver_gradients([e.detach() for e in steps], last, values, outputs=True)
+    grads, clean_outs = run.grads, run.outs
+    clean_metric = run.values.double().cpu().numpy()
+    # every (sender, receiver) pair in one batched product (about twice the edges' work, but one
+    # pass over each operand); padding: outputs there are finite and their gradients exactly 0
+    diff = torch.sub(ablated, clean_outs, out=clean_outs)  # [batch, n_senders, pos, d_model]
     b, _, p, d = diff.shape
-    flat = diff.reshape(b, g.n_senders, p * d)
-    dense = torch.zeros(b, g.n_senders, g.n_receivers, dtype=torch.float64, device=gm.device)
-    for layer in range(g.n_layers):
-        attn, mlp, first = grads[2 * layer], grads[2 * layer + 1], layer * g.block
-        prefix = g.head_sender(layer, 0)
-        receivers = attn.transpose(1, 2).reshape(b, g.block - 1, p * d).transpose(1, 2)
-        dense[:, :prefix, first:first + g.block - 1] = torch.bmm(flat[:, :prefix],
-                                                                 receivers).double()
-        dense[:, :prefix + g.n_heads, first + g.block - 1] = torch.bmm(
-            flat[:, :prefix + g.n_heads], mlp.reshape(b, p * d, 1))[..., 0].double()
-    rows = torch.arange(b, device=gm.device)
-    dense[:, :, g.logits_receiver] = torch.einsum(
-        "bsd,bd->bs", diff[rows, :, last], grads[-1][rows, last, 0]).double()
+    dense = torch.bmm(diff.view(b, g.n_senders, p * d),
+                      grads.view(b, g.n_receivers, p * d).transpose(1, 2))
     s, r = g.edges
-    return dense[:, s, r].cpu().numpy(), clean_metric
+    return dense[:, s, r].double().cpu().numpy(), clean_metric
 
 
 def edge_scores(model, task, *, method: str = "eap-ig", metric: str = "logit_diff",

@@ -24,6 +24,7 @@ real token under the causal mask).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -49,6 +50,24 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     h = x.float() if dtype in (torch.float16, torch.bfloat16) else x
     h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
     return weight.to(dtype) * h.to(dtype)
+
+
+def rms_norm_factors(x: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """What the vector-Jacobian product of :func:`rms_norm` at ``x`` ``[batch, pos, d]`` needs:
+    ``(s, w, c)`` with ``s = (mean(x^2) + eps)^-1/2`` ``[batch, pos, 1]``, ``w`` the weight
+    ``[d]`` and ``c = s^2 / d`` ``[batch, pos, 1]`` (float32 or wider). For a cotangent ``u`` at
+    the norm's output, ``u^T J = w * (s u) - x * c * <n, u>`` with ``n = rms_norm(x)``; a query
+    head's ``<n, W_q g> = <q, g>`` (``q`` before its bias), so the product can be accumulated in
+    ``d_head`` space (:meth:`GraphModel.receiver_gradients`)."""
+    maths = torch.promote_types(x.dtype, torch.float32)  # float32 for half inputs, as rms_norm
+    s = torch.rsqrt(x.to(maths).pow(2).mean(-1, keepdim=True) + eps)
+    return s, weight.to(maths), s.pow(2) / x.shape[-1]
+
+
+def _full(w: Tensor) -> Tensor:
+    """A per-head projection ``[heads, d_model, d_head]`` back as the ``nn.Linear`` weight
+    ``[heads * d_head, d_model]`` (a view of it)."""
+    return w.transpose(1, 2).flatten(0, 1)
 
 
 def _rotate_half(x: Tensor) -> Tensor:
@@ -131,20 +150,25 @@ class GraphModel:
         """``[batch, pos, d_model]`` token embeddings (the ``embed`` sender's output)."""
         return self.embedding(input_ids.to(self.device))
 
-    def _attention(self, lw: Layer, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        """Head outputs ``[batch, pos, n_heads, d_model]`` from per-receiver inputs ``x``
-        ``[batch, pos, n_heads + 2 n_kv, d_model]`` (q inputs, then k, then v) or one shared
-        input ``[batch, pos, d_model]``."""
+    def _qkv(self, lw: Layer, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Query, key and value projections (before bias and rotation), ``[batch, pos, heads,
+        d_head]``, from per-receiver inputs ``x`` ``[batch, pos, n_heads + 2 n_kv, d_model]`` (q
+        inputs, then k, then v) or one shared input ``[batch, pos, d_model]``."""
         h, k = self.n_heads, self.n_kv
         n = rms_norm(x, lw.ln1, lw.ln1_eps)
         if n.dim() == 3:  # one shared input (no per-receiver change): plain projections
-            q = torch.einsum("bpd,hde->bphe", n, lw.w_q.to(n.dtype))
-            key = torch.einsum("bpd,kde->bpke", n, lw.w_k.to(n.dtype))
-            val = torch.einsum("bpd,kde->bpke", n, lw.w_v.to(n.dtype))
-        else:
-            q = torch.einsum("bphd,hde->bphe", n[:, :, :h], lw.w_q.to(n.dtype))
-            key = torch.einsum("bpkd,kde->bpke", n[:, :, h:h + k], lw.w_k.to(n.dtype))
-            val = torch.einsum("bpkd,kde->bpke", n[:, :, h + k:], lw.w_v.to(n.dtype))
+            b, p, _ = n.shape
+            return tuple(torch.nn.functional.linear(n, _full(w).to(n.dtype)).view(b, p, -1, e)
+                         for w, e in ((lw.w_q, lw.w_q.shape[2]), (lw.w_k, lw.w_k.shape[2]),
+                                      (lw.w_v, lw.w_v.shape[2])))
+        return (torch.einsum("bphd,hde->bphe", n[:, :, :h], lw.w_q.to(n.dtype)),
+                torch.einsum("bpkd,kde->bpke", n[:, :, h:h + k], lw.w_k.to(n.dtype)),
+                torch.einsum("bpkd,kde->bpke", n[:, :, h + k:], lw.w_v.to(n.dtype)))
+
+    def _attend(self, lw: Layer, q: Tensor, key: Tensor, val: Tensor, cos: Tensor, sin: Tensor
+                ) -> Tensor:
+        """``hook_z`` ``[batch, pos, head_index, d_head]`` from the projections of :meth:`_qkv`."""
+        h, k = self.n_heads, self.n_kv
         if lw.b_q is not None:
             q, key, val = q + lw.b_q, key + lw.b_k, val + lw.b_v
         c, s = cos[:, :, None], sin[:, :, None]
@@ -153,11 +177,17 @@ class GraphModel:
         key, val = key.repeat_interleave(rep, dim=2), val.repeat_interleave(rep, dim=2)
         scores = torch.einsum("bqhe,bkhe->bhqk", q, key) * self.scale
         p = scores.shape[-1]
-        causal = torch.ones(p, p, dtype=torch.bool, device=x.device).triu(1)
+        causal = torch.ones(p, p, dtype=torch.bool, device=q.device).triu(1)
         scores = scores.masked_fill(causal, float("-inf"))
         soft = torch.float32 if scores.dtype in (torch.float16, torch.bfloat16) else scores.dtype
         pattern = torch.softmax(scores, dim=-1, dtype=soft).to(q.dtype)
-        z = torch.einsum("bhqk,bkhe->bqhe", pattern, val)  # [batch, pos, head_index, d_head]
+        return torch.einsum("bhqk,bkhe->bqhe", pattern, val)
+
+    def _attention(self, lw: Layer, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        """Head outputs ``[batch, pos, n_heads, d_model]`` from per-receiver inputs ``x``
+        ``[batch, pos, n_heads + 2 n_kv, d_model]`` (q inputs, then k, then v) or one shared
+        input ``[batch, pos, d_model]``."""
+        z = self._attend(lw, *self._qkv(lw, x), cos, sin)
         return torch.einsum("bqhe,hed->bqhd", z, lw.w_o.to(z.dtype))
 
     def _mlp(self, lw: Layer, x: Tensor) -> Tensor:
@@ -241,6 +271,136 @@ class GraphModel:
         return GraphRun(logits, outs, kept)
 
 
+    def receiver_gradients(self, steps: Tensor | Sequence[Tensor], last_pos: Tensor,
+                           metric: Callable[[Tensor], Tensor], *, outputs: bool = False
+                           ) -> ReceiverGradients:
+        """``d metric.sum() / d input`` of every receiver, averaged over runs from ``steps``
+        (EAP-IG's path; one run for EAP), from ordinary forwards and backwards.
+
+        Every receiver of a layer reads the same residual ``x`` (no patch), so the per-receiver
+        gradients differ only after the shared input norm: the backward gives each query head's
+        ``g_h = d m / d q_h`` (and each key/value head's), and the gradient at that head's input
+        is ``w * W_q^h (s g_h) - x (s^2 / d) <q_h, g_h>`` (:func:`rms_norm_factors`). The
+        ``d_head``-sized terms are summed over the steps and the ``d_model``-sized gradients are
+        formed once at the end. Equal to the gradients of zero ``deltas`` at per-receiver copies of
+        every input (``run(deltas=True)``), without running the norm and projections on ``block -
+        1`` copies of the residual stream.
+
+        Args:
+            steps: ``[batch, pos, d_model]`` embeddings (the embedding sender's output), one tensor
+                or several (one run each).
+            last_pos: ``[batch]`` position whose logits ``metric`` reads.
+            metric: ``[batch, vocab]`` logits -> ``[batch]`` values (differentiable).
+            outputs: also return every sender's output in the first run (as :meth:`run` does).
+
+        Returns:
+            :class:`ReceiverGradients`: ``grads`` (the mean over the steps) ``[batch,
+            n_receivers, pos, d_model]`` (receiver order of :class:`EdgeGraph`); ``logits``,
+            ``values`` and ``outs`` of the first run.
+        """
+        steps = [steps] if isinstance(steps, Tensor) else list(steps)
+        h, k = self.n_heads, self.n_kv
+        acc: list[dict] = [{"qkv": 0.0, "coef": [], "x": [], "mlp": 0.0}
+                           for _ in self.layers]
+        last_acc: Tensor | float = 0.0
+        first_run = None
+        for i, embeds in enumerate(steps):
+            run = self._gradient_run(embeds, last_pos, metric, outputs and i == 0)
+            first_run = first_run or run
+            for layer, lw in enumerate(self.layers):
+                q, key, val, gq, gk, gv, gm = run[0][layer]
+                s, _, c = rms_norm_factors(run[1][layer], lw.ln1, lw.ln1_eps)
+                proj = torch.cat([q, key, val], 2).to(s.dtype)
+                grad = torch.cat([gq, gk, gv], 2).to(s.dtype)  # [batch, pos, h + 2k, d_head]
+                a = acc[layer]
+                a["qkv"] = a["qkv"] + s[..., None] * grad
+                a["coef"].append(c * (proj * grad).sum(-1))  # [batch, pos, h + 2k]
+                a["x"].append(run[1][layer])
+                a["mlp"] = a["mlp"] + gm
+            last_acc = last_acc + run[2]
+        n, g = len(steps), self.graph
+        x0 = acc[0]["x"][0]
+        b, p, d = x0.shape
+        grads = x0.new_empty(b, g.n_receivers, p, d)
+        with torch.no_grad():
+            for layer, (lw, a) in enumerate(zip(self.layers, acc)):
+                _, w, _ = rms_norm_factors(a["x"][0], lw.ln1, lw.ln1_eps)
+                gsum, first = a["qkv"], layer * g.block
+                coefs = torch.stack(a["coef"], -1)  # [batch, pos, receivers, steps]
+                xs = torch.stack([x.to(gsum.dtype) for x in a["x"]], 2)  # [batch, pos, steps, d]
+                at = torch.cat([torch.einsum("bphe,hde->bhpd", gsum[:, :, :h], lw.w_q.to(w.dtype)),
+                                torch.einsum("bpke,kde->bkpd", gsum[:, :, h:h + k],
+                                             lw.w_k.to(w.dtype)),
+                                torch.einsum("bpke,kde->bkpd", gsum[:, :, h + k:],
+                                             lw.w_v.to(w.dtype))], dim=1)
+                at.mul_(w).sub_(torch.einsum("bprk,bpkd->brpd", coefs, xs)).div_(n)
+                grads[:, first:first + g.block - 1] = at
+                grads[:, first + g.block - 1] = a["mlp"] / n
+            grads[:, g.logits_receiver] = last_acc / n
+        logits, values, outs = first_run[3]
+        return ReceiverGradients(grads, logits, values, outs)
+
+    def sender_outputs(self, embeds: Tensor) -> Tensor:
+        """``[batch, n_senders, pos, d_model]`` every sender's output in an unpatched run from
+        ``embeds`` (no gradients; what :meth:`run` returns as ``outs``, with plain projections)."""
+        last = torch.zeros(embeds.shape[0], dtype=torch.long, device=embeds.device)
+        return self._gradient_run(embeds, last, None, True)[3][2]
+
+    def _gradient_run(self, embeds: Tensor, last_pos: Tensor,
+                      metric: Callable[[Tensor], Tensor] | None, outputs: bool) -> tuple:
+        """One forward and backward for :meth:`receiver_gradients`: per layer ``(q, k, v, dm/dq,
+        dm/dk, dm/dv, dm/d mlp input)``, per layer the attention input ``x``, ``dm/d`` the logits'
+        input, and ``(logits, values, outs)``; with ``metric`` None a forward only (no
+        gradients)."""
+        g = self.graph
+        b, p, d = embeds.shape
+        position_ids = torch.arange(p, device=embeds.device)[None].expand(b, p)
+        cos, sin = self.rotary(embeds, position_ids)
+        cos, sin = cos.to(embeds.dtype), sin.to(embeds.dtype)
+        outs = embeds.new_empty(b, g.n_senders, p, d) if outputs else None
+        if outputs:
+            outs[:, 0] = embeds.detach()
+        leaves: list[Tensor] = []
+
+        def leaf(like: Tensor) -> Tensor | float:
+            if metric is None:
+                return 0.0
+            t = torch.zeros_like(like, requires_grad=True)
+            leaves.append(t)
+            return t
+
+        with torch.set_grad_enabled(metric is not None):
+            resid, attn_in, projections = embeds.detach(), [], []
+            for layer, lw in enumerate(self.layers):
+                attn_in.append(resid.detach())
+                q, key, val = self._qkv(lw, resid)
+                projections.append((q.detach(), key.detach(), val.detach()))
+                z = self._attend(lw, q + leaf(q), key + leaf(key), val + leaf(val), cos, sin)
+                resid = resid + torch.nn.functional.linear(
+                    z.reshape(*z.shape[:2], -1), lw.w_o.flatten(0, 1).T.to(z.dtype))
+                if lw.b_o is not None:
+                    resid = resid + lw.b_o
+                mlp = self._mlp(lw, resid + leaf(resid))
+                if outputs:
+                    start = g.head_sender(layer, 0)
+                    with torch.no_grad():
+                        outs[:, start:start + self.n_heads] = torch.einsum(
+                            "bqhe,hed->bhqd", z, lw.w_o.to(z.dtype))
+                    outs[:, start + self.n_heads] = mlp.detach()
+                resid = resid + mlp
+            final = resid + leaf(resid)
+            rows = torch.arange(b, device=embeds.device)
+            logits = torch.nn.functional.linear(
+                rms_norm(final[rows, last_pos.to(embeds.device)], self.final_norm,
+                         self.final_eps), self.w_u, self.b_u)
+            if metric is None:
+                return [], attn_in, None, (logits, None, outs)
+            values = metric(logits)
+            found = torch.autograd.grad(values.sum(), leaves)
+        per_layer = [(*projections[layer], *found[4 * layer:4 * layer + 4])
+                     for layer in range(len(self.layers))]
+        return per_layer, attn_in, found[-1], (logits.detach(), values.detach(), outs)
+
 @dataclass
 class GraphRun:
     """A :meth:`GraphModel.run`: ``logits`` ``[batch, vocab]`` at the last position, ``outs``
@@ -250,3 +410,15 @@ class GraphRun:
     logits: Tensor
     outs: Tensor
     deltas: list[Tensor]
+
+
+@dataclass
+class ReceiverGradients:
+    """A :meth:`GraphModel.receiver_gradients`: ``grads`` ``[batch, n_receivers, pos, d_model]``
+    the gradient at every receiver's input; ``logits`` ``[batch, vocab]``; ``values`` ``[batch]``
+    the metric; ``outs`` the sender outputs when asked for (else None)."""
+
+    grads: Tensor
+    logits: Tensor
+    values: Tensor
+    outs: Tensor | None
