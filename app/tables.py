@@ -32,6 +32,7 @@ RECEIVER_PREFIX = "receiver="
 # Per-head effects: patching scores, and direct logit attribution (``--dla``: ``dla`` per prompt;
 # its head rows have a head, its MLP rows none, so the (layer x head) map shows the heads).
 HEAD_EFFECTS = Role(("head_effects", "direct_logit_attribution"), ("score", "effect", "dla"))
+PATCHING_GRID = "patching_grid"  # --grids: score per (layer, query_pos = position from the end)
 FAITHFULNESS = Role(("faithfulness",), ("faithfulness", "faithfulness_normalised",
                                         "faithfulness_random", "circuit_accuracy"))
 TASK_METRICS = Role(("task_metrics",), ("mean_logit_diff", "accuracy"))

@@ -24,11 +24,10 @@ from circuits.progress import plan
 from workbench.records import concat, conform
 
 UNITS = {
-    "dla": "logits: the component's direct contribution to the logit difference (final norm's "
-           "scale frozen)",
-    "dla_mean": "logits: mean of dla over prompts",
-    "dla_lo": "logits: 2.5th percentile of a bootstrap of dla_mean over prompts",
-    "dla_hi": "logits: 97.5th percentile of a bootstrap of dla_mean over prompts",
+    "dla": "logits",  # a component's direct contribution to the LD, final norm's scale frozen
+    "dla_mean": "logits (mean over prompts)",
+    "dla_lo": "logits (2.5th bootstrap percentile of dla_mean)",
+    "dla_hi": "logits (97.5th bootstrap percentile of dla_mean)",
 }
 GRID_PROBE, DLA_PROBE = "patching_grid", "direct_logit_attribution"
 

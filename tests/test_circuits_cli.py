@@ -170,18 +170,27 @@ def test_attribution_spot_check_is_written_and_reported(capsys, two_tasks, tmp_p
     assert code == 2 and "--spot-check must be at least 0" in err
 
 
-def test_grids_and_dla_are_written_reported_and_equal_the_functions(capsys, two_tasks, tmp_path):
-    from circuits.dla import direct_logit_attribution
-    from circuits.grids import patching_grid
-    from circuits.tasks import load_task
-    from workbench.models import load_model
-
+@pytest.fixture
+def grid_run(capsys, two_tasks, tmp_path):
+    """A tiny circuits run with --grids resid_pre,mlp_out --dla: (run, manifest, report)."""
     runs = tmp_path / "runs"
     code, out, err = cli(capsys, *args(two_tasks[:1], runs, "--select", "top_k=3",
                                        "--spot-check", "0", "--grids", "resid_pre",
                                        "--grids", "mlp_out", "--dla", "--batch-size", "2"))
     assert code == 0, err
     [(run, manifest)] = list_runs(runs)
+    return run, manifest, out, runs
+
+
+def test_grids_and_dla_are_written_reported_and_equal_the_functions(grid_run, two_tasks):
+    from circuits.dla import direct_logit_attribution
+    from circuits.grids import patching_grid
+    from circuits.tasks import load_task
+    from workbench.figures.circuit_sets import grid_plot
+    from workbench.figures.registry import FIGURE_SETS
+    from workbench.models import load_model
+
+    run, manifest, out, _ = grid_run
     assert {"patching_grid", "direct_logit_attribution"} <= set(manifest["tables"])
     assert manifest["config_key"]["grids"] == ["resid_pre", "mlp_out"]
     assert {"grid.resid_pre.alpha_s", "grid.mlp_out.alpha_s", "dla.alpha_s"} <= \
@@ -191,8 +200,9 @@ def test_grids_and_dla_are_written_reported_and_equal_the_functions(capsys, two_
     model = load_model("tiny-llama", device="cpu")
     task = load_task(str(two_tasks[0]), model)
     want = patching_grid(model, task, "mlp_out", batch_size=2)
-    got = grid[(grid.metric == "score") & grid.condition.str.startswith("mlp_out")]
-    got = got.pivot_table(index="layer", columns="query_pos", values="value")
+    mine = grid[grid.condition.str.startswith("mlp_out")]
+    got = mine[mine.metric == "score"].pivot_table(index="layer", columns="query_pos",
+                                                   values="value")
     np.testing.assert_allclose(got.to_numpy(), want.score, atol=1e-6)
     ref = direct_logit_attribution(model, task, batch_size=2)
     heads = dla[(dla.metric == "dla_mean") & (dla.condition == "head")]
@@ -201,3 +211,35 @@ def test_grids_and_dla_are_written_reported_and_equal_the_functions(capsys, two_
     assert "patching grids (layer @ position from the end" in out
     assert "alpha resid_pre: L" in out and "alpha mlp_out: L" in out
     assert "direct logit attribution (mean over prompts" in out
+    # the figure: layer x position, rows labelled with the first prompt's tokens
+    tokens = pq.read_table(run.table_path("tokens")).to_pandas()
+    plot = grid_plot(mine, n_layers=4, tokens=tokens)
+    z = plot.data.pivot_table(index="layer", columns="head", values="value").to_numpy()
+    np.testing.assert_allclose(z, want.score, atol=1e-6)
+    first = task.clean[0]
+    assert plot.params["row_labels"][-1] == \
+        f"-1 {model.tokenizer.decode([first.input_ids[-1]])!r}"
+    assert {"patching_grid", "direct_logit_attribution"} <= set(FIGURE_SETS)
+
+
+def test_app_circuits_page_draws_the_grid(grid_run, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from tests.test_app import MAIN, charts, no_errors
+
+    run, _, _, runs = grid_run
+    grid = pq.read_table(run.table_path("patching_grid")).to_pandas()
+    monkeypatch.setenv("WORKBENCH_RUNS_DIR", str(runs))
+    at = AppTest.from_file(MAIN, default_timeout=60)
+    at.query_params["run"] = run.run_id
+    at.run()
+    at.switch_page("views/circuits.py").run()
+    no_errors(at)
+    at.selectbox(key="circuits-grid-condition").set_value(
+        "resid_pre; corrupted_into_clean").run()
+    chart = next(c for c in charts(at) if c["layout"]["yaxis"]["title"]["text"]
+                 == "position from the end")
+    z = np.array(chart["data"][0]["z"], dtype=float)  # [position, layer]
+    want = grid[(grid.metric == "score") & (grid.condition == "resid_pre; corrupted_into_clean")]
+    want = want.pivot_table(index="query_pos", columns="layer", values="value").to_numpy()
+    np.testing.assert_allclose(z, want, atol=1e-9)

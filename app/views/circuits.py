@@ -9,6 +9,7 @@ from app import data, tables, ui
 from app.shaping import (circuit_digraph, pair_matrix, scalar_table, shared_heads,
                          split_pairs)
 from workbench.figures import circuit_graph, heatmap_of_means, overlap_matrix
+from workbench.figures.circuit_sets import grid_plot
 from workbench.figures.plot import safe_name
 
 
@@ -135,14 +136,34 @@ def overlap(root: data.RunsRoot, run_id: str, infos: dict) -> None:
         st.dataframe(shared_heads(rows), hide_index=True, width="stretch")
 
 
+def grids(root: data.RunsRoot, run_id: str, infos: dict) -> None:
+    """Patching grids (``workbench circuits --grids``): layer x position per task and component."""
+    rows = data.frame(data.read(root.table(run_id, tables.PATCHING_GRID), data.READ_COLUMNS))
+    left, right = st.columns(2)
+    task = left.selectbox("Task", sorted(rows[tables.TASK_COLUMN].unique()),
+                          key="circuits-grid-task")
+    rows = rows[rows[tables.TASK_COLUMN] == task]
+    condition = right.selectbox("Component; direction", sorted(rows["condition"].unique()),
+                                key="circuits-grid-condition")
+    model = root.manifest(run_id).get("model") or {}
+    unit = (root.manifest(run_id).get("units") or {}).get("score")
+    ui.show_plot(grid_plot(rows[rows["condition"] == condition], n_layers=model.get("n_layers"),
+                           tokens=data.tokens(root, run_id), unit=unit,
+                           table=tables.PATCHING_GRID),
+                 key=ui.plot_key("circuits-grid", task, condition))
+
+
 root = ui.runs_root()
 st.title("Circuits")
 run_id = ui.chosen_run()
 if run_id:
     with ui.guard():
         infos = ui.infos(root, run_id)
-        for title, section in (("Circuit graph", graphs), ("Per-head effects", effects),
-                               ("Faithfulness", faithfulness), ("Overlap between tasks", overlap)):
+        sections = [("Circuit graph", graphs), ("Per-head effects", effects),
+                    ("Faithfulness", faithfulness), ("Overlap between tasks", overlap)]
+        if tables.PATCHING_GRID in infos:
+            sections.insert(2, ("Patching grids (layer x position)", grids))
+        for title, section in sections:
             st.subheader(title)
             with ui.guard():
                 section(root, run_id, infos)

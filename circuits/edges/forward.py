@@ -308,16 +308,16 @@ class GraphModel:
             run = self._gradient_run(embeds, last_pos, metric, outputs and i == 0)
             first_run = first_run or run
             for layer, lw in enumerate(self.layers):
-                q, key, val, gq, gk, gv, gm = run[0][layer]
-                s, _, c = rms_norm_factors(run[1][layer], lw.ln1, lw.ln1_eps)
+                q, key, val, gq, gk, gv, gm = run.per_layer[layer]
+                s, _, c = rms_norm_factors(run.attn_in[layer], lw.ln1, lw.ln1_eps)
                 proj = torch.cat([q, key, val], 2).to(s.dtype)
                 grad = torch.cat([gq, gk, gv], 2).to(s.dtype)  # [batch, pos, h + 2k, d_head]
                 a = acc[layer]
                 a["qkv"] = a["qkv"] + s[..., None] * grad
                 a["coef"].append(c * (proj * grad).sum(-1))  # [batch, pos, h + 2k]
-                a["x"].append(run[1][layer])
+                a["x"].append(run.attn_in[layer])
                 a["mlp"] = a["mlp"] + gm
-            last_acc = last_acc + run[2]
+            last_acc = last_acc + run.final_grad
         n, g = len(steps), self.graph
         x0 = acc[0]["x"][0]
         b, p, d = x0.shape
@@ -337,21 +337,18 @@ class GraphModel:
                 grads[:, first:first + g.block - 1] = at
                 grads[:, first + g.block - 1] = a["mlp"] / n
             grads[:, g.logits_receiver] = last_acc / n
-        logits, values, outs = first_run[3]
-        return ReceiverGradients(grads, logits, values, outs)
+        return ReceiverGradients(grads, first_run.logits, first_run.values, first_run.outs)
 
     def sender_outputs(self, embeds: Tensor) -> Tensor:
         """``[batch, n_senders, pos, d_model]`` every sender's output in an unpatched run from
         ``embeds`` (no gradients; what :meth:`run` returns as ``outs``, with plain projections)."""
         last = torch.zeros(embeds.shape[0], dtype=torch.long, device=embeds.device)
-        return self._gradient_run(embeds, last, None, True)[3][2]
+        return self._gradient_run(embeds, last, None, True).outs
 
     def _gradient_run(self, embeds: Tensor, last_pos: Tensor,
-                      metric: Callable[[Tensor], Tensor] | None, outputs: bool) -> tuple:
-        """One forward and backward for :meth:`receiver_gradients`: per layer ``(q, k, v, dm/dq,
-        dm/dk, dm/dv, dm/d mlp input)``, per layer the attention input ``x``, ``dm/d`` the logits'
-        input, and ``(logits, values, outs)``; with ``metric`` None a forward only (no
-        gradients)."""
+                      metric: Callable[[Tensor], Tensor] | None, outputs: bool) -> _Pass:
+        """One forward and backward for :meth:`receiver_gradients` (with ``metric`` None a forward
+        only, no gradients)."""
         g = self.graph
         b, p, d = embeds.shape
         position_ids = torch.arange(p, device=embeds.device)[None].expand(b, p)
@@ -394,12 +391,12 @@ class GraphModel:
                 rms_norm(final[rows, last_pos.to(embeds.device)], self.final_norm,
                          self.final_eps), self.w_u, self.b_u)
             if metric is None:
-                return [], attn_in, None, (logits, None, outs)
+                return _Pass([], attn_in, None, logits, None, outs)
             values = metric(logits)
             found = torch.autograd.grad(values.sum(), leaves)
         per_layer = [(*projections[layer], *found[4 * layer:4 * layer + 4])
                      for layer in range(len(self.layers))]
-        return per_layer, attn_in, found[-1], (logits.detach(), values.detach(), outs)
+        return _Pass(per_layer, attn_in, found[-1], logits.detach(), values.detach(), outs)
 
 @dataclass
 class GraphRun:
@@ -410,6 +407,20 @@ class GraphRun:
     logits: Tensor
     outs: Tensor
     deltas: list[Tensor]
+
+
+@dataclass
+class _Pass:
+    """One :meth:`GraphModel._gradient_run`: per layer ``(q, k, v, dm/dq, dm/dk, dm/dv, dm/d mlp
+    input)`` (projections before bias), per layer the attention input ``x``, ``dm/d`` the
+    logits' input, the logits, the metric values and the sender outputs (or None)."""
+
+    per_layer: list
+    attn_in: list[Tensor]
+    final_grad: Tensor | None
+    logits: Tensor
+    values: Tensor | None
+    outs: Tensor | None
 
 
 @dataclass

@@ -8,6 +8,10 @@
 * ``overlap``: the task x task Jaccard index of the circuits' head sets per method, each cell
   with the Jaccard index random head sets of the same sizes would have.
 * ``head_effects``: the layer x head heatmap of each task's head scores per method.
+* ``patching_grid``: the layer x position heatmap of each task's grid score per component and
+  direction (``--grids``; positions counted from the last token, labelled with a prompt's tokens).
+* ``direct_logit_attribution``: the layer x head heatmap of each task's mean direct logit
+  attribution (``--dla``).
 
 Each table's metrics are all covered: nothing else is drawn from them (a by-depth mean of the
 circuit members' scores or a heatmap of the constant ``shared`` rows would say nothing).
@@ -20,7 +24,7 @@ import pandas as pd
 
 from workbench.figures.bars import faithfulness_bars
 from workbench.figures.graph import circuit_graph
-from workbench.figures.grid import head_heatmap, overlap_matrix
+from workbench.figures.grid import head_heatmap, heatmap_of_means, overlap_matrix
 from workbench.figures.plot import Plot, safe_name
 from workbench.figures.registry import FigureOptions, RunSource, register_figure_set
 
@@ -28,8 +32,8 @@ _COLUMNS = ["probe", "metric", "layer", "head", "prompt_id", "segment", "conditi
 SHORT = {"activation_patching": "act", "attribution_patching": "attr", "path_patching": "path"}
 
 
-def _read(source: RunSource, table: str) -> pd.DataFrame:
-    return source.run.read_table(table, columns=_COLUMNS).to_pandas()
+def _read(source: RunSource, table: str, extra: tuple[str, ...] = ()) -> pd.DataFrame:
+    return source.run.read_table(table, columns=_COLUMNS + list(extra)).to_pandas()
 
 
 def _head_node(layer, head) -> str:
@@ -155,3 +159,66 @@ def head_effect_figures(source: RunSource, table: str, options: FigureOptions) -
         plot.params.update(method=method)
         plots.append(plot)
     return plots
+
+
+@register_figure_set("patching_grid", covers=("score", "score_lo", "score_hi", "effect",
+                                              "logit_diff"))
+def grid_figures(source: RunSource, table: str, options: FigureOptions) -> list[Plot]:
+    """Per task and ``condition`` (component; direction): :func:`grid_plot`."""
+    rows = _read(source, table, ("query_pos",))
+    tokens = (source.run.read_table("tokens", columns=["prompt_id", "pos", "token"]).to_pandas()
+              if "tokens" in source.run.tables() else None)
+    return [grid_plot(part, n_layers=source.n_layers, tokens=tokens,
+                      **source.labels(table, "score", "patching score"))
+            for _, part in rows.groupby(["segment", "condition"], sort=False)]
+
+
+def grid_plot(rows: pd.DataFrame, *, n_layers: int | None = None,
+              tokens: pd.DataFrame | None = None, label: str = "patching score",
+              unit: str | None = None, table: str | None = "patching_grid") -> Plot:
+    """The layer x position heatmap of one task's and condition's patching-grid ``score``
+    (fraction of the gap), positions from the end (``-1`` = last token) labelled with the token
+    of the grid's first prompt there (from ``tokens``: prompt_id, pos, token); ``n_prompts`` from
+    the per-prompt ``logit_diff`` rows.
+
+    Raises:
+        ValueError: ``rows`` holds more than one task or condition, or no ``score`` row.
+    """
+    if rows["segment"].nunique() != 1 or rows["condition"].nunique() != 1:
+        raise ValueError("a patching-grid plot takes the rows of one task and one condition")
+    task, condition = rows["segment"].iloc[0], rows["condition"].iloc[0]
+    offsets = sorted(rows["query_pos"].dropna().astype(int).unique())
+    scores = rows[rows["metric"] == "score"]
+    ld = rows[rows["metric"] == "logit_diff"]
+    counts = ld.groupby(["layer", "query_pos"]).size()
+    means = pd.DataFrame({
+        "layer": scores["layer"].astype(int).to_numpy(),
+        "head": scores["query_pos"].map({o: i for i, o in enumerate(offsets)}).to_numpy(),
+        "value": scores["value"].to_numpy(), "n_rows": 1,
+        "n_prompts": [int(counts.get((int(r.layer), int(r.query_pos)), 0))
+                      for r in scores.itertuples()]})
+    labels = [str(o) for o in offsets]
+    if tokens is not None and len(ld):
+        first = tokens[tokens["prompt_id"] == ld["prompt_id"].iloc[0]].sort_values("pos")
+        first = first["token"].tolist()
+        labels = [f"{o} {first[len(first) + o]!r}" if -len(first) <= o < 0 else str(o)
+                  for o in offsets]
+    component, _, direction = str(condition).partition("; ")
+    return heatmap_of_means(means, "score", where={"segment": task, "condition": condition},
+                            label=f"{component} {label}", unit=unit, scale="diverging",
+                            n_layers=n_layers, n_heads=len(offsets),
+                            rows="position from the end", row_labels=labels, table=table,
+                            name=safe_name(table, "grid", task, component, direction))
+
+
+@register_figure_set("direct_logit_attribution", covers=("dla", "dla_mean", "dla_lo", "dla_hi",
+                                                         "logit_diff"))
+def dla_figures(source: RunSource, table: str, options: FigureOptions) -> list[Plot]:
+    """Per task: the layer x head heatmap of ``dla`` (logits, mean over prompts)."""
+    rows = _read(source, table)
+    rows = rows[(rows["metric"] == "dla") & (rows["condition"] == "head")]
+    return [head_heatmap(part, "dla", where={"segment": task, "condition": "head"},
+                         scale="diverging", **source.grid(),
+                         **source.labels(table, "dla", "direct logit attribution"),
+                         name=safe_name(table, "heatmap", "dla", task))
+            for task, part in rows.groupby("segment", sort=False)]

@@ -42,11 +42,14 @@ def heatmap_of_means(means: pd.DataFrame, metric: str, *, where: dict | None = N
                      label: str | None = None, unit: str | None = None,
                      n_layers: int | None = None, n_heads: int | None = None,
                      scale: str = "auto", table: str | None = None, name: str | None = None,
-                     zrange: tuple[float, float] | None = None) -> Plot:
+                     zrange: tuple[float, float] | None = None, rows: str = "head",
+                     row_labels: list[str] | None = None) -> Plot:
     """The :func:`head_heatmap` of means computed elsewhere (the app aggregates a million records
     in pyarrow): ``means`` has one row per (layer, head) with ``value`` (the mean over rows),
     ``n_rows`` and ``n_prompts``. Arguments as for :func:`head_heatmap`; ``zrange`` widens the
     colour range to include these values (two heatmaps side by side on one colour scale).
+    ``rows`` names the vertical axis and ``row_labels`` its ticks when the ``head`` column holds
+    something else (a patching grid's positions: ``rows="position"``).
 
     Raises:
         ValueError: ``means`` lacks a column or is empty.
@@ -62,7 +65,9 @@ def heatmap_of_means(means: pd.DataFrame, metric: str, *, where: dict | None = N
               "scale": scale, "aggregate": "mean over rows (prompts and positions)",
               **({"zrange": [float(v) for v in zrange]} if zrange is not None else {}),
               "n_layers": int(n_layers or data["layer"].max() + 1),
-              "n_heads": int(n_heads or data["head"].max() + 1)}
+              "n_heads": int(n_heads or data["head"].max() + 1),
+              **({"rows": rows} if rows != "head" else {}),
+              **({"row_labels": [str(x) for x in row_labels]} if row_labels else {})}
     return Plot("heatmap", name or safe_name(table, "heatmap", metric, qualifier(where)), data,
                 params)
 
@@ -80,19 +85,22 @@ def draw_heatmap(data: pd.DataFrame, params: dict, width: Width) -> go.Figure:
     height = int(np.clip(plot_w * n_heads / n_layers * 1.5, 90, 0.5 * width_px(width))) + 60
     fig = base_figure(width, height=height)
     label, unit = plot_text(params["label"]), plot_text(params["unit"] or "")
+    rows = params.get("rows", "head")
     fig.add_trace(go.Heatmap(
         x=list(range(n_layers)), y=list(range(n_heads)),
         z=_grid(data, "value", (n_heads, n_layers)),
         customdata=_grid(data, "n_prompts", (n_heads, n_layers)),
         colorbar=colorbar(colorbar_title(params["label"], params["unit"],
                                          room_px=bar_room(fig))),
-        hovertemplate=(f"layer %{{x}}, head %{{y}}<br>{label}: %{{z:.4g}}"
+        hovertemplate=(f"layer %{{x}}, {plot_text(rows)} %{{y}}<br>{label}: %{{z:.4g}}"
                        f"{' ' + unit if unit else ''}<br>prompts: %{{customdata}}<extra></extra>"),
         **colour_scale(np.append(data["value"].to_numpy(), params.get("zrange") or []),
                        params["scale"])))
     fig.update_xaxes(title_text="layer", showline=False, **layer_ticks(n_layers))
-    fig.update_yaxes(title_text="head", showline=False,
-                     dtick=1 if n_heads <= 12 else None)
+    labels = params.get("row_labels")
+    fig.update_yaxes(title_text=rows, showline=False, dtick=1 if n_heads <= 12 else None,
+                     **({"tickvals": list(range(n_heads)), "ticktext": [plot_text(x) for x in labels]}
+                        if labels else {}))
     return fig
 
 
