@@ -16,8 +16,10 @@ Circuits rank edges by ``|score|``. The scores are exact for a metric linear in 
 inputs (tests: a hand-built linear model, where EAP equals edge patching).
 
 Cost per batch: EAP one ablated forward (no gradients) + one forward and backward; EAP-IG one
-ablated forward + ``m`` forwards and backwards. Gradients are taken at zero tensors added to the
-receiver inputs (:meth:`circuits.edges.forward.GraphModel.run`), never at the parameters.
+ablated forward + ``m`` forwards and backwards; then one batched product of every sender's output
+difference with every receiver's gradient. The gradients at the receiver inputs come from ordinary
+forwards and backwards (:meth:`circuits.edges.forward.GraphModel.receiver_gradients`: per-head
+gradients mapped through the shared input norm's Jacobian), never from the parameters.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ nodes). Each receiver reads its own copy of ``resid``, which allows two things t
 do not give per query head and per key/value head:
 
 * **gradients per receiver input** (EAP): a zero tensor ``delta`` ``[batch, pos, receivers, d_model]``
-  is added to the copies; ``d metric / d delta`` is the gradient at each receiver's input;
+  is added to the copies; ``d metric / d delta`` is the gradient at each receiver's input (the
+  reference; :meth:`GraphModel.receiver_gradients` gets the same from ordinary forwards);
 * **edge patching** (evaluation): receiver ``v`` reads ``resid - sum_{u not in C, u -> v}
   (out_u - ablated_u)``, with ``out_u`` the sender's output *in this run* (Hanna et al.'s
   formulation): patching every edge gives exactly the ablated (e.g. corrupted) run, none the clean
