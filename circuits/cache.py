@@ -76,7 +76,8 @@ def capture(model, batch, *, z: bool = True, block_inputs: bool = True,
                                                            with_kwargs=True))
     hooks = list(fwd_hooks)
     if z:
-        hooks += [(Z_HOOK.format(layer=layer), _keep_z(zs, layer)) for layer in range(n_layers)]
+        hooks += [(Z_HOOK.format(layer=layer), keep_activation(zs, layer))
+                  for layer in range(n_layers)]
     batch = batch.to(model.device)
     try:
         with torch.inference_mode(), bridge.hooks(fwd_hooks=hooks):
@@ -94,9 +95,10 @@ def _keep_inputs(store: list, layer: int) -> Callable:
     return pre_hook
 
 
-def _keep_z(store: list, layer: int) -> Callable:
-    def hook(z, hook):
-        store[layer] = z.detach().clone()
+def keep_activation(store: list, layer: int) -> Callable:
+    """A bridge forward hook that stores a copy of its activation in ``store[layer]``."""
+    def hook(x, hook):
+        store[layer] = x.detach().clone()
     return hook
 
 

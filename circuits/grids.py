@@ -30,7 +30,8 @@ import pyarrow as pa
 import torch
 from torch import Tensor
 
-from circuits.cache import block_input, capture, check_resume, forward_from_layer
+from circuits.cache import (block_input, capture, check_resume, forward_from_layer,
+                            keep_activation)
 from circuits.effects import HeadEffects, check_direction
 from circuits.patching import Progress, base_and_source, record_unpatched
 from circuits.tasks import Task
@@ -138,10 +139,10 @@ def _replace_at(base: Tensor, source: Tensor, positions: Tensor, copies: int) ->
     return out
 
 
-def _keep(store: list, layer: int) -> Callable:
-    def hook(x, hook):
-        store[layer] = x.detach().clone()
-    return hook
+def _keep_hooks(component: str, store: list) -> list[tuple[str, Callable]]:
+    """Hooks storing ``component`` of every layer ``l`` in ``store[l]``."""
+    return [(HOOKS[component].format(layer=layer), keep_activation(store, layer))
+            for layer in range(len(store))]
 
 
 def _patch_hook(source: Tensor, positions: Tensor, copies: int) -> Callable:
@@ -183,10 +184,9 @@ def patching_grid(model, task: Task, component: str, *,
     for i, tb in enumerate(task.batches(batch_size)):
         base_batch, source_batch = base_and_source(tb, direction)
         acts: list = [None] * n_layers
-        keep = [] if component == "resid_pre" else \
-            [(hook_name.format(layer=layer), _keep(acts, layer)) for layer in range(n_layers)]
         source = capture(model, source_batch, z=False, block_inputs=component == "resid_pre",
-                         fwd_hooks=keep)
+                         fwd_hooks=[] if component == "resid_pre" else
+                         _keep_hooks(component, acts))
         if component == "resid_pre":
             acts = [block_input(source, layer) for layer in range(n_layers)]
         base = capture(model, base_batch, z=False)
@@ -239,8 +239,7 @@ def naive_patching_grid(model, task: Task, component: str, *,
     for tb in task.batches(batch_size):
         base_batch, source_batch = base_and_source(tb, direction)
         acts: list = [None] * n_layers
-        last_logits(model, source_batch, [(hook_name.format(layer=layer), _keep(acts, layer))
-                                          for layer in range(n_layers)])
+        last_logits(model, source_batch, _keep_hooks(component, acts))
         last = base_batch.last_pos().to(model.device)
         for layer in range(n_layers):
             for c, offset in enumerate(offsets):

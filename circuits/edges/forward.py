@@ -301,7 +301,7 @@ class GraphModel:
         """
         steps = [steps] if isinstance(steps, Tensor) else list(steps)
         h, k = self.n_heads, self.n_kv
-        acc: list[dict] = [{"qkv": 0.0, "coef": [], "x": [], "mlp": 0.0}
+        acc: list[dict] = [{"qkv": 0.0, "coef": [], "x": [], "mlp": 0.0, "w": None}
                            for _ in self.layers]
         last_acc: Tensor | float = 0.0
         first_run = None
@@ -310,10 +310,11 @@ class GraphModel:
             first_run = first_run or run
             for layer, lw in enumerate(self.layers):
                 q, key, val, gq, gk, gv, gm = run.per_layer[layer]
-                s, _, c = rms_norm_factors(run.attn_in[layer], lw.ln1, lw.ln1_eps)
+                s, w, c = rms_norm_factors(run.attn_in[layer], lw.ln1, lw.ln1_eps)
                 proj = torch.cat([q, key, val], 2).to(s.dtype)
                 grad = torch.cat([gq, gk, gv], 2).to(s.dtype)  # [batch, pos, h + 2k, d_head]
                 a = acc[layer]
+                a["w"] = w
                 a["qkv"] = a["qkv"] + s[..., None] * grad
                 a["coef"].append(c * (proj * grad).sum(-1))  # [batch, pos, h + 2k]
                 a["x"].append(run.attn_in[layer])
@@ -325,8 +326,7 @@ class GraphModel:
         grads = x0.new_empty(b, g.n_receivers, p, d)
         with torch.no_grad():
             for layer, (lw, a) in enumerate(zip(self.layers, acc)):
-                _, w, _ = rms_norm_factors(a["x"][0], lw.ln1, lw.ln1_eps)
-                gsum, first = a["qkv"], layer * g.block
+                w, gsum, first = a["w"], a["qkv"], layer * g.block
                 coefs = torch.stack(a["coef"], -1)  # [batch, pos, receivers, steps]
                 xs = torch.stack([x.to(gsum.dtype) for x in a["x"]], 2)  # [batch, pos, steps, d]
                 at = torch.cat([torch.einsum("bphe,hde->bhpd", gsum[:, :, :h], lw.w_q.to(w.dtype)),
