@@ -33,7 +33,7 @@ from workbench.forward import logits as run_logits
 from workbench.interventions.hooks import attn_result
 from workbench.metrics import last_token_logits, logit_diff
 from workbench.records import concat, records, string_column
-from workbench.stats import bootstrap_interval
+from workbench.stats import N_RESAMPLES, bootstrap_mean_ci
 
 CLOSURE_TOLERANCE = 1e-3  # logits (fp32); 5e-2 in half precision
 
@@ -87,10 +87,9 @@ class DirectLogitAttribution:
             parts.append(records("dla", values.reshape(-1), **tiled, **common,
                                  prompt_id=string_column(self.prompt_ids,
                                                          np.repeat(np.arange(n), k))))
-            bounds = np.array([bootstrap_interval([values[:, j]], np.mean) for j in range(k)])
+            lo, hi = bootstrap_mean_ci(values, n_boot=N_RESAMPLES)
             parts += [records(metric, v, **cols, **common) for metric, v in
-                      (("dla_mean", values.mean(0)), ("dla_lo", bounds[:, 0]),
-                       ("dla_hi", bounds[:, 1]))]
+                      (("dla_mean", values.mean(0)), ("dla_lo", lo), ("dla_hi", hi))]
         parts.append(records("logit_diff", self.logit_diff, segment=self.task,
                              prompt_id=pa.array(self.prompt_ids)))
         return concat(parts)

@@ -6,6 +6,9 @@ both from ``scipy.stats`` (no hand-written versions).
 * :func:`bootstrap_interval`: a percentile bootstrap confidence interval of any statistic of one or
   more paired samples (``scipy.stats.bootstrap``, Efron & Tibshirani 1993), with a fixed seed so a
   figure or a table is reproducible.
+* :func:`bootstrap_mean_ci`: the same interval for the mean of many columns at once (one matrix
+  product per chunk of columns: 70,651 edge scores, or every head's DLA), where a scipy call per
+  column would be slow.
 """
 
 from __future__ import annotations
@@ -62,3 +65,29 @@ def bootstrap_interval(samples: Sequence[np.ndarray], statistic: Callable[..., n
                                  method="percentile", rng=np.random.default_rng(seed))
     interval = result.confidence_interval
     return float(interval.low), float(interval.high)
+
+
+def bootstrap_indices(n: int, n_boot: int, seed: int) -> np.ndarray:
+    """``[n_boot, n]`` prompt indices drawn with replacement."""
+    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+
+
+def bootstrap_mean_ci(per_prompt: np.ndarray, *, n_boot: int = 1000, level: float = 0.95,
+                      seed: int = 0, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile bootstrap interval of the mean over prompts, per column.
+
+    Args:
+        per_prompt: ``[n_prompts, n_items]`` (e.g. edge scores).
+
+    Returns:
+        ``(low, high)``, ``[n_items]`` each.
+    """
+    n = per_prompt.shape[0]
+    counts = np.stack([np.bincount(row, minlength=n) for row in
+                       bootstrap_indices(n, n_boot, seed)]).astype(float) / n  # [n_boot, n]
+    q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
+    low, high = np.empty(per_prompt.shape[1]), np.empty(per_prompt.shape[1])
+    for start in range(0, per_prompt.shape[1], chunk):
+        means = counts @ per_prompt[:, start:start + chunk]
+        low[start:start + chunk], high[start:start + chunk] = np.percentile(means, q, axis=0)
+    return low, high

@@ -25,6 +25,7 @@ from circuits.edges.eap import EdgeScores
 from circuits.edges.forward import GraphModel
 from circuits.edges.patching import circuit_metric, prune, top_edges
 from workbench.errors import InputError
+from workbench.stats import bootstrap_indices, bootstrap_mean_ci  # noqa: F401 (re-exported)
 
 MIB_FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
@@ -46,32 +47,6 @@ def faithfulness_of_means(circuit: np.ndarray, model: np.ndarray, empty: np.ndar
     """``(mean m(C) - mean m(empty)) / (mean m(model) - mean m(empty))`` over the last axis."""
     e = empty.mean(-1)
     return (circuit.mean(-1) - e[..., None]) / (model.mean(-1) - e)[..., None]
-
-
-def bootstrap_indices(n: int, n_boot: int, seed: int) -> np.ndarray:
-    """``[n_boot, n]`` prompt indices drawn with replacement."""
-    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
-
-
-def bootstrap_mean_ci(per_prompt: np.ndarray, *, n_boot: int = 1000, level: float = 0.95,
-                      seed: int = 0, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile bootstrap interval of the mean over prompts, per column.
-
-    Args:
-        per_prompt: ``[n_prompts, n_items]`` (e.g. edge scores).
-
-    Returns:
-        ``(low, high)``, ``[n_items]`` each.
-    """
-    n = per_prompt.shape[0]
-    counts = np.stack([np.bincount(row, minlength=n) for row in
-                       bootstrap_indices(n, n_boot, seed)]).astype(float) / n  # [n_boot, n]
-    q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
-    low, high = np.empty(per_prompt.shape[1]), np.empty(per_prompt.shape[1])
-    for start in range(0, per_prompt.shape[1], chunk):
-        means = counts @ per_prompt[:, start:start + chunk]
-        low[start:start + chunk], high[start:start + chunk] = np.percentile(means, q, axis=0)
-    return low, high
 
 
 @dataclass
