@@ -63,7 +63,7 @@ def prompts(texts_or_path: Any, segments: Sequence[dict] | None = None, *, ids: 
         InputError: an empty list, a bad field, a segment outside its text, a duplicate id, a
             ``segments``/``ids`` list of another length, or a bad file.
     """
-    from workbench.prompts import PromptSet, load_prompt_set, parse_line
+    from workbench.prompts import PromptSet, load_prompt_set, parse_line, unique
 
     if isinstance(texts_or_path, PromptSet):
         return texts_or_path
@@ -88,13 +88,9 @@ def prompts(texts_or_path: Any, segments: Sequence[dict] | None = None, *, ids: 
             raise InputError(f"prompts(): item {i} is a {type(item).__name__}; expected a string "
                              "or a dict with id and text")
         rows.append(item)
-    out, seen = [], {}
-    for i, row in enumerate(rows, start=1):
-        prompt = parse_line(json.dumps(row), f"<prompts>:{i}")
-        if prompt.id in seen:
-            raise InputError(f"<prompts>:{i}: duplicate id {prompt.id!r} (first at {seen[prompt.id]})")
-        seen[prompt.id] = f"<prompts>:{i}"
-        out.append(prompt)
+    seen: dict[str, str] = {}
+    out = [unique(parse_line(json.dumps(row), f"<prompts>:{i}"), f"<prompts>:{i}", seen)
+           for i, row in enumerate(rows, start=1)]
     return PromptSet(tuple(out), (), label=name)
 
 

@@ -179,6 +179,18 @@ def parse_line(line: str, where: str, folder: Path | None = None) -> Prompt:
                   meta=rec.meta, source=where, image=None if image is None else str(image))
 
 
+def unique(prompt: Prompt, where: str, seen: dict[str, str]) -> Prompt:
+    """``prompt``, after recording its id in ``seen`` (id -> where it was read).
+
+    Raises:
+        InputError: the id was read before (naming both places).
+    """
+    if prompt.id in seen:
+        raise InputError(f"{where}: duplicate id {prompt.id!r} (first on {seen[prompt.id]})")
+    seen[prompt.id] = where
+    return prompt
+
+
 def load_prompt_set(paths: str | Path | list[str | Path]) -> PromptSet:
     """Load and validate one or more JSONL prompt files (ids must be unique across them).
 
@@ -213,11 +225,7 @@ def load_prompt_set(paths: str | Path | list[str | Path]) -> PromptSet:
             if not line.strip():
                 continue
             where = f"{path}:{lineno}"
-            prompt = parse_line(line, where, path.parent)
-            if prompt.id in seen:
-                raise InputError(f"{where}: duplicate id {prompt.id!r} (first on {seen[prompt.id]})")
-            seen[prompt.id] = where
-            prompts.append(prompt)
+            prompts.append(unique(parse_line(line, where, path.parent), where, seen))
             count += 1
         if count == 0:
             raise InputError(f"prompt file {str(path)!r} is empty: no prompts")
