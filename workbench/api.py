@@ -122,14 +122,14 @@ def run(model: Any, prompt_set: Any, probes: Sequence[Any] = ("attention_entropy
         InputError: an unknown probe or parameter, a prompt a probe cannot use (a missing
             segment), a prompt longer than the context. RunStateError: see ``workbench run``.
     """
+    from workbench.models import as_loaded
     from workbench.plugins import make_probes
     from workbench.run import RunOptions, execute_run
 
     chosen = make_probes(list(probes), params)
     prompt_set = prompts(prompt_set)
     check_prompts(prompt_set, chosen)
-    if not hasattr(model, "bridge"):
-        model = load(model)
+    model = as_loaded(model)
     options = RunOptions(runs_dir=None if runs_dir is None else Path(runs_dir), run_id=run_id,
                          batch_size=batch_size, resume=resume, progress=progress,
                          command=["wb.run"], attention_mask=attention_mask, attention=attention)
@@ -183,12 +183,10 @@ def applied(model: Any, spec: Any, texts: Sequence[str] | str) -> Iterator[Any]:
         InputError: a bad spec (naming the field), an intervention the prompts cannot support.
     """
     from workbench.interventions import applied as apply_checked
-    from workbench.interventions import check_spec, load_spec, parse_spec
-    from workbench.interventions.spec import Spec
+    from workbench.interventions import as_spec, check_spec
     from workbench.tokens import make_batches, pad_token_id, tokenize_prompt_set
 
-    parsed = spec if isinstance(spec, Spec) else load_spec(spec) if isinstance(
-        spec, (str, Path)) else parse_spec(spec)
+    parsed = as_spec(spec)
     prompt_set = prompts([texts] if isinstance(texts, str) else texts)
     tokenized = tokenize_prompt_set(prompt_set, model.tokenizer,
                                     prepend_bos=model.info.prepend_bos, n_ctx=model.info.n_ctx)

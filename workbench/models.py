@@ -315,6 +315,13 @@ def _hf_image_processor(location: str):
 
 # --- loading --------------------------------------------------------------------------------------
 
+def as_loaded(model: Any) -> LoadedModel:
+    """``model`` when it is already loaded (a :class:`LoadedModel`: it has ``.bridge``), else
+    :func:`load_model` of it (a spec, or a preloaded Hugging Face model or bridge) with the
+    default device and dtype."""
+    return model if hasattr(model, "bridge") else load_model(model)
+
+
 def load_model(spec: Any = DEFAULT_MODEL, *, tokenizer: Any = None, device: str | None = None,
                dtype: str | None = None, prepend_bos: bool | None = None,
                device_map: str | dict | None = None) -> LoadedModel:

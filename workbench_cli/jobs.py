@@ -19,14 +19,6 @@ from typing import Any
 from workbench.results import Results
 
 
-def _model(model: Any) -> Any:
-    if hasattr(model, "bridge"):
-        return model
-    from workbench.models import load_model
-
-    return load_model(model)
-
-
 @contextlib.contextmanager
 def _folder(runs_dir: Path | str | None) -> Iterator[Path]:
     if runs_dir is not None:
@@ -55,6 +47,7 @@ def circuits(model: Any, tasks: Sequence[str], *, methods: Sequence[str] = ("att
     """
     from circuits.run import check_options, execute_circuits, load_tasks
     from circuits.tasks import resolve_task
+    from workbench.models import as_loaded
     from workbench.prompts import load_prompt_set
 
     for spec in tasks:
@@ -67,7 +60,7 @@ def circuits(model: Any, tasks: Sequence[str], *, methods: Sequence[str] = ("att
                                 spot_check=spot_check, both_directions=both_directions,
                                 grids=grids, dla=dla, runs_dir=folder,
                                 run_id=run_id, overwrite=overwrite, progress=progress)
-        loaded = _model(model)
+        loaded = as_loaded(model)
         found = load_tasks(list(tasks), loaded, n_prompts=n_prompts, positions=positions)
         return Results.of(execute_circuits(loaded, found, options))
 
@@ -84,21 +77,20 @@ def intervene(model: Any, prompt_set: Any, spec: Any, *, sweep: str | None = Non
         InputError: a bad spec, sweep or probe (before the model loads).
     """
     from workbench.api import check_prompts
-    from workbench.interventions import load_spec, parse_spec
+    from workbench.interventions import as_spec
     from workbench.interventions.evaluate import InterveneOptions, Sweep
     from workbench.interventions.evaluate import intervene as run_intervene
-    from workbench.interventions.spec import Spec
+    from workbench.models import as_loaded
     from workbench.plugins import make_probes
 
-    parsed = spec if isinstance(spec, Spec) else load_spec(spec) if isinstance(
-        spec, (str, Path)) else parse_spec(spec)
+    parsed = as_spec(spec)
     chosen = make_probes(list(probes), params) if probes else []
     check_prompts(prompt_set, chosen)
     with _folder(runs_dir) as folder:
         options = InterveneOptions(batch_size, Sweep.parse(sweep) if sweep else None, threshold,
                                    generate, n_generate, chosen, folder, run_id, overwrite,
                                    progress, ["wb.intervene"])
-        return Results.of(run_intervene(_model(model), prompt_set, parsed, options))
+        return Results.of(run_intervene(as_loaded(model), prompt_set, parsed, options))
 
 
 def atlas(model: Any = "smollm2-135m", *, out: Path | str | None = None, **options: Any) -> Any:
@@ -110,9 +102,10 @@ def atlas(model: Any = "smollm2-135m", *, out: Path | str | None = None, **optio
         InputError, RunStateError: as ``workbench atlas``.
     """
     from atlas import AtlasOptions, build_atlas
+    from workbench.models import as_loaded
 
     spec = model if isinstance(model, str) else model.info.name
     slug = spec.rstrip("/").split("/")[-1]
     opts = AtlasOptions(out=Path(out) if out else Path("runs") / f"atlas-{slug}",
                         progress=options.pop("progress", False), command=["wb.atlas"], **options)
-    return build_atlas(lambda: _model(model), opts, model_spec=spec)
+    return build_atlas(lambda: as_loaded(model), opts, model_spec=spec)

@@ -12,7 +12,8 @@ Notebook use::
 
 from workbench.interventions.check import Checked, check_spec
 from workbench.interventions.hooks import applied, intervention_hooks
-from workbench.interventions.spec import SWEEPABLE, Spec, load_spec, parse_spec, with_value
+from workbench.interventions.spec import (SWEEPABLE, Spec, as_spec, load_spec, parse_spec,
+                                          with_value)
 
-__all__ = ["SWEEPABLE", "Checked", "Spec", "applied", "check_spec", "intervention_hooks",
+__all__ = ["SWEEPABLE", "Checked", "Spec", "applied", "as_spec", "check_spec", "intervention_hooks",
            "load_spec", "parse_spec", "with_value"]

@@ -207,6 +207,18 @@ def load_spec(path: str | Path) -> Spec:
     return parse_spec(data, text, str(path))
 
 
+def as_spec(spec: object) -> Spec:
+    """A :class:`Spec` as it is, a spec file's path (:func:`load_spec`), or already-parsed data
+    such as a list of operation dicts (:func:`parse_spec`).
+
+    Raises:
+        InputError: as :func:`load_spec` / :func:`parse_spec`.
+    """
+    if isinstance(spec, Spec):
+        return spec
+    return load_spec(spec) if isinstance(spec, (str, Path)) else parse_spec(spec)
+
+
 def _describe(err: ValidationError) -> str:
     """``field 'name': message`` of the first error (the ``heads`` union: its relevant branch)."""
     errors = err.errors()
