@@ -21,8 +21,8 @@ from rich.table import Table
 from workbench_cli.commands import atlas as atlas_commands
 from workbench_cli.commands.common import (BATCH_SIZE, DEVICE, DEVICE_MAP, DTYPE, MODEL, OVERWRITE,
                                        PREPEND_BOS, PROGRESS, RUN_ID, RUNS_DIR, STRICT_PARITY,
-                                       TYPER, _load, _names, at_least_one, auto_batch_size, err,
-                                       list_option, out)
+                                       TYPER, _load, at_least_one, auto_batch_size, err,
+                                       list_option, out, split_list)
 from workbench_cli.commands.figures import figures_app
 from workbench_cli.commands.guard import check_run_target
 from workbench_cli.commands.heads import heads_app
@@ -120,7 +120,7 @@ def run(
         AttentionMask.parse(attention_mask)  # bad specs fail before the model loads
     if attention not in ATTENTION_CHOICES:
         raise InputError(f"--attention {attention!r}: choose one of {', '.join(ATTENTION_CHOICES)}")
-    names = _names(probes)
+    names = split_list(probes)
     probe_objs = make_probes(names, parse_params(param))
     prompt_set = load_prompt_set(prompts)
     check_prompts(prompt_set, probe_objs)  # segment errors come before the model loads
@@ -303,7 +303,7 @@ def intervene(
     check_run_target(runs_dir, run_id)
     parsed = load_spec(spec)
     swept = Sweep.parse(sweep) if sweep else None
-    names = _names(probes)
+    names = split_list(probes)
     options = InterveneOptions(batch_size or 1, swept, threshold, generate, n_generate,
                                make_probes(names, parse_params(param)) if names else [],
                                runs_dir, run_id, overwrite, progress, sys.argv)

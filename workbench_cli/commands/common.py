@@ -117,11 +117,6 @@ RUN_ID = typer.Option(None, "--run-id", metavar="NAME",
                            "find it).")
 
 
-def _names(text: str | list[str]) -> list[str]:
-    """``"a, b,"`` or ``["a", "b,c"]`` -> the names of a list option (:func:`split_list`)."""
-    return split_list(text)
-
-
 def auto_batch_size(batch_size: int | None, loaded, prompts: Iterable[str | int]) -> int:
     """``batch_size`` when given, else the rule of ``workbench run`` for ``prompts`` (texts, or
     token counts): :func:`workbench.memory.plan_batch` for the longest one with eager attention
