@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from circuits.patching import Progress, activation_patching
 from circuits.tasks import Task
-from workbench.heads import Head
+from workbench.heads import Head, head_columns
 from workbench.records import concat, records
 
 MATTERS = 0.05  # |score| at least this fraction of the clean - corrupted gap: the head matters
@@ -47,8 +47,7 @@ class DirectionScores:
 
     def records(self) -> pa.Table:
         """Rows per head: ``score_noising``, ``score_denoising``, ``one_direction_only`` (0/1)."""
-        layer = np.array([h[0] for h in self.heads], dtype=np.int64)
-        head = np.array([h[1] for h in self.heads], dtype=np.int64)
+        layer, head = head_columns(self.heads)
         common = dict(layer=layer, head=head, segment=self.task, condition="both directions")
         return concat([records("score_noising", self.noising, **common),
                        records("score_denoising", self.denoising, **common),

@@ -59,7 +59,7 @@ from circuits.progress import CircuitsProgress, plan
 from circuits.report import PROBE, report  # noqa: F401 (report: the CLI's entry point)
 from circuits.tasks import Task, load_task
 from workbench.errors import InputError, RunStateError
-from workbench.heads import Head, check_heads, format_head, parse_head
+from workbench.heads import Head, check_heads, format_head, head_columns, parse_head
 from workbench.metrics import accuracy
 from workbench.records import (PROMPTS_SCHEMA, SCHEMA_VERSION, TOKENS_SCHEMA, concat, conform,
                                records, string_column)
@@ -336,8 +336,7 @@ def _task_rows(effects) -> pa.Table:
 
 
 def _circuit_rows(result: Discovery) -> pa.Table:
-    layer = np.array([h[0] for h in result.circuit], dtype=np.int64)
-    head = np.array([h[1] for h in result.circuit], dtype=np.int64)
+    layer, head = head_columns(result.circuit)
     parts = [records("member", result.scores[layer, head] if len(layer) else [], layer=layer,
                      head=head, segment=result.task),
              records("size", len(result.circuit), segment=result.task)]

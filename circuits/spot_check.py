@@ -21,7 +21,7 @@ from circuits.effects import HeadEffects
 from circuits.patching import Progress, activation_patching
 from circuits.tasks import Task
 from workbench.errors import InputError
-from workbench.heads import Head
+from workbench.heads import Head, head_columns
 from workbench.records import concat, records, string_column
 
 ATOL, RTOL = 0.05, 0.5  # fractions of the clean - corrupted gap
@@ -56,8 +56,7 @@ class SpotCheck:
         """Rows per head: ``score_attribution``, ``score_activation``, ``disagrees`` (0/1),
         ``worst_effect_attribution`` and ``worst_effect_activation`` (``prompt_id`` = that
         prompt); ``condition`` = ``"spot check"``."""
-        layer = np.array([h[0] for h in self.heads], dtype=np.int64)
-        head = np.array([h[1] for h in self.heads], dtype=np.int64)
+        layer, head = head_columns(self.heads)
         common = dict(layer=layer, head=head, segment=self.task, condition="spot check")
         worst = string_column(self.worst_prompt, np.arange(len(self.heads)))
         return concat([
@@ -84,7 +83,7 @@ def spot_check(model, task: Task, estimate: HeadEffects, *, k: int = 20,
     measured = activation_patching(model, task, direction=estimate.direction, positions=positions,
                                    heads=heads, heads_per_forward=heads_per_forward,
                                    batch_size=batch_size, progress=progress)
-    rows, cols = np.array(heads, dtype=np.int64).reshape(-1, 2).T
+    rows, cols = head_columns(heads)
     est_effect = estimate.patched[:, rows, cols] - estimate.base[:, None]  # [prompt, k]
     act_effect = measured.patched[:, rows, cols] - measured.base[:, None]
     worst = np.abs(est_effect - act_effect).argmax(0)

@@ -13,6 +13,8 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Callable
 
+import numpy as np
+
 from workbench.errors import InputError
 
 Head = tuple[int, int]
@@ -56,6 +58,13 @@ def check_heads(heads: Iterable[Head], n_layers: int, n_heads: int, where: str =
 
 def all_heads(n_layers: int, n_heads: int) -> list[Head]:
     return [(layer, head) for layer in range(n_layers) for head in range(n_heads)]
+
+
+def head_columns(heads: Iterable[Head]) -> tuple[np.ndarray, np.ndarray]:
+    """``(layer, head)``: two int64 arrays of the heads' coordinates, in order (record columns,
+    or indices into a ``[n_layers, n_heads]`` array)."""
+    pairs = np.array(list(heads), dtype=np.int64).reshape(-1, 2)
+    return pairs[:, 0], pairs[:, 1]
 
 
 def by_layer(heads: Iterable[Head]) -> dict[int, list[int]]:
