@@ -59,7 +59,7 @@ from circuits.progress import CircuitsProgress, plan
 from circuits.report import PROBE, report  # noqa: F401 (report: the CLI's entry point)
 from circuits.tasks import Task, load_task
 from workbench.errors import InputError, RunStateError
-from workbench.heads import Head, check_heads, format_head, head_columns, parse_head
+from workbench.heads import Head, check_heads, format_head, head_columns, parse_heads
 from workbench.metrics import accuracy
 from workbench.records import (PROMPTS_SCHEMA, SCHEMA_VERSION, TOKENS_SCHEMA, concat, conform,
                                records, string_column)
@@ -169,18 +169,14 @@ def parse_head_list(text: str | None) -> tuple[Head, ...] | None:
     """
     if text is None:
         return None
-    heads = set()
-    for item in text.split(","):
-        if not item.strip():
-            continue
-        try:
-            heads.add(parse_head(item.strip()))
-        except InputError as err:
-            raise InputError(f"--heads: {err}") from None
+    try:
+        heads = parse_heads(text)
+    except InputError as err:
+        raise InputError(f"--heads: {err}") from None
     if not heads:
         raise InputError(f"--heads: no head given in {text!r}; write layer.head items separated "
                          "by commas (23.3,20.0)")
-    return tuple(sorted(heads))
+    return tuple(heads)
 
 
 def check_head_range(model, options: CircuitsOptions) -> None:
