@@ -22,7 +22,7 @@ from workbench_cli.commands import atlas as atlas_commands
 from workbench_cli.commands.common import (BATCH_SIZE, DEVICE, DEVICE_MAP, DTYPE, MODEL, OVERWRITE,
                                        PREPEND_BOS, PROGRESS, RUN_ID, RUNS_DIR, STRICT_PARITY,
                                        TYPER, _load, at_least_one, auto_batch_size, err,
-                                       list_option, out, split_list)
+                                       list_option, out)
 from workbench_cli.commands.figures import figures_app
 from workbench_cli.commands.guard import check_run_target
 from workbench_cli.commands.heads import heads_app
@@ -120,8 +120,7 @@ def run(
         AttentionMask.parse(attention_mask)  # bad specs fail before the model loads
     if attention not in ATTENTION_CHOICES:
         raise InputError(f"--attention {attention!r}: choose one of {', '.join(ATTENTION_CHOICES)}")
-    names = split_list(probes)
-    probe_objs = make_probes(names, parse_params(param))
+    probe_objs = make_probes(probes, parse_params(param))  # list_option split the commas
     prompt_set = load_prompt_set(prompts)
     check_prompts(prompt_set, probe_objs)  # segment errors come before the model loads
     if resume:  # a finished run answers from its manifest: no model load, no parity check
@@ -303,9 +302,8 @@ def intervene(
     check_run_target(runs_dir, run_id)
     parsed = load_spec(spec)
     swept = Sweep.parse(sweep) if sweep else None
-    names = split_list(probes)
     options = InterveneOptions(batch_size or 1, swept, threshold, generate, n_generate,
-                               make_probes(names, parse_params(param)) if names else [],
+                               make_probes(probes, parse_params(param)) if probes else [],
                                runs_dir, run_id, overwrite, progress, sys.argv)
     prompt_set = load_prompt_set(prompts)
     check_prompts(prompt_set, options.probes)

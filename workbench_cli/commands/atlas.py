@@ -15,8 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from workbench_cli.commands.common import (BATCH_SIZE, DEVICE, DTYPE, MODEL, PREPEND_BOS, PROGRESS,
-                                       STRICT_PARITY, TYPER, _load, err, list_option, out,
-                                       split_list)
+                                       STRICT_PARITY, TYPER, _load, err, list_option, out)
 from workbench.errors import InputError
 
 DATA = Path(__file__).resolve().parents[2] / "data"
@@ -99,7 +98,7 @@ def atlas(
     options = AtlasOptions(out=out_dir or Path("runs") / f"atlas-{slug}", natural=natural,
                            repeated=repeated, context=context, tasks=tuple(task),
                            n_prompts=n_prompts, thorough=thorough, circuit_size=circuit_size,
-                           thresholds=_thresholds(threshold), skip=tuple(split_list(skip)),
+                           thresholds=_thresholds(threshold), skip=tuple(skip),
                            batch_size=batch_size, resume=resume, overwrite=overwrite,
                            progress=progress, command=sys.argv)
     from atlas.roles import ROLES
