@@ -20,9 +20,9 @@ from rich.table import Table
 
 from workbench_cli.commands import atlas as atlas_commands
 from workbench_cli.commands.common import (BATCH_SIZE, DEVICE, DEVICE_MAP, DTYPE, MODEL, OVERWRITE,
-                                       PREPEND_BOS, PROGRESS, RUN_ID, RUNS_DIR, STRICT_PARITY,
-                                       TYPER, _load, at_least_one, auto_batch_size, err,
-                                       list_option, out)
+                                       PREPEND_BOS, PROGRESS, RESUME, RUN_ID, RUNS_DIR,
+                                       STRICT_PARITY, TYPER, _load, at_least_one,
+                                       auto_batch_size, check_resume, err, list_option, out)
 from workbench_cli.commands.figures import figures_app
 from workbench_cli.commands.guard import check_run_target
 from workbench_cli.commands.heads import heads_app
@@ -113,9 +113,7 @@ def run(
     from workbench.prompts import load_prompt_set
     from workbench.run import RunOptions, execute_run
 
-    if resume and overwrite:
-        raise InputError("--resume and --overwrite contradict each other; choose one")
-    check_run_target(runs_dir, run_id)
+    check_resume(runs_dir, run_id, resume, overwrite)
     if attention_mask is not None:
         AttentionMask.parse(attention_mask)  # bad specs fail before the model loads
     if attention not in ATTENTION_CHOICES:
@@ -214,6 +212,7 @@ def circuits(
     runs_dir: Path = RUNS_DIR,
     run_id: Optional[str] = RUN_ID,
     overwrite: bool = OVERWRITE,
+    resume: bool = RESUME,
     strict_parity: bool = STRICT_PARITY,
     progress: bool = PROGRESS,
 ) -> None:
@@ -221,7 +220,10 @@ def circuits(
     from circuits.run import (CircuitsOptions, check_options, execute_circuits, load_tasks,
                               report)
 
-    check_run_target(runs_dir, run_id)
+    check_resume(runs_dir, run_id, resume, overwrite)
+    if resume and level == "edge":
+        raise InputError("--resume: edge-level runs cannot resume yet; rerun without --resume "
+                         "(and --overwrite to replace the interrupted run)")
     positions = ",".join(positions)  # the circuits package takes the comma form
     if level not in ("node", "edge"):
         raise InputError(f"--level {level!r} is not one of node, edge")
@@ -252,7 +254,7 @@ def circuits(
                             mean_prompts=mean_prompts, heads=heads,
                             spot_check=spot_check, both_directions=both_directions,
                             grids=",".join(grids), dla=dla, runs_dir=runs_dir, run_id=run_id,
-                            overwrite=overwrite, progress=progress)
+                            overwrite=overwrite, progress=progress, resume=resume)
     loaded = _load(model, strict_parity, device=device, dtype=dtype, prepend_bos=prepend_bos)
     tasks = load_tasks(task, loaded, n_prompts=n_prompts, positions=positions)
     options.discovery = replace(options.discovery, batch_size=auto_batch_size(
@@ -289,6 +291,7 @@ def intervene(
     runs_dir: Path = RUNS_DIR,
     run_id: Optional[str] = RUN_ID,
     overwrite: bool = OVERWRITE,
+    resume: bool = RESUME,
     strict_parity: bool = STRICT_PARITY,
     progress: bool = PROGRESS,
 ) -> None:
@@ -299,12 +302,12 @@ def intervene(
     from workbench.interventions.evaluate import InterveneOptions, Sweep, intervene, report
     from workbench.prompts import load_prompt_set
 
-    check_run_target(runs_dir, run_id)
+    check_resume(runs_dir, run_id, resume, overwrite)
     parsed = load_spec(spec)
     swept = Sweep.parse(sweep) if sweep else None
     options = InterveneOptions(batch_size or 1, swept, threshold, generate, n_generate,
                                make_probes(probes, parse_params(param)) if probes else [],
-                               runs_dir, run_id, overwrite, progress, sys.argv)
+                               runs_dir, run_id, overwrite, progress, sys.argv, resume)
     prompt_set = load_prompt_set(prompts)
     check_prompts(prompt_set, options.probes)
     loaded = _load(model, strict_parity, device=device, dtype=dtype, prepend_bos=prepend_bos)
@@ -376,6 +379,9 @@ def graph(
         raise InputError(f"--matrix {matrix!r}: choose attention, product or rollout")
     if out_path.suffix not in GRAPH_FORMATS:
         raise InputError(f"--out {out_path}: the file must end in {' or '.join(GRAPH_FORMATS)}")
+    from workbench.inputs import check_output_file
+
+    check_output_file(out_path, "--out")  # before the model loads
     mask = AttentionMask.parse(attention_mask) if attention_mask else None
     loaded = load_model(model, device=device)
     layer = loaded.info.n_layers + layer if layer < 0 else layer
