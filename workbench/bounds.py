@@ -43,7 +43,7 @@ class Bound:
     high: float | None
     low_open: bool = False
     high_open: bool = False
-    optional: bool = True
+    optional: bool = False
     why: str = ""  # what the option is, for the docs table
 
     def describe(self) -> str:
@@ -63,7 +63,7 @@ class Bound:
         if value is None:
             if self.optional:
                 return None
-            raise InputError(f"{name}: a value is required ({self.describe()})")
+            raise InputError(f"{name}{sep}None: a value is required ({self.describe()})")
         if isinstance(value, (list, tuple)):
             return type(value)(self.check(v, name, sep) for v in value)
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -96,13 +96,14 @@ def echo(value: Any, limit: int = MAX_ECHO) -> str:
     return f"{text[:keep]}...({len(text):,} characters)"
 
 
-def count(low: int, high: int, why: str = "", optional: bool = True) -> Bound:
+def count(low: int, high: int, why: str = "", optional: bool = False) -> Bound:
     return Bound(int, low, high, optional=optional, why=why)
 
 
 def real(low: float | None, high: float | None, why: str = "", *, low_open: bool = False,
-         high_open: bool = False) -> Bound:
-    return Bound(float, low, high, low_open=low_open, high_open=high_open, why=why)
+         high_open: bool = False, optional: bool = False) -> Bound:
+    return Bound(float, low, high, low_open=low_open, high_open=high_open, optional=optional,
+                 why=why)
 
 
 MAX_PROMPTS = 1_000_000
@@ -110,15 +111,17 @@ MAX_BATCH = 4096
 MAX_HEADS = 100_000  # heads of any model this tool can load (SmolLM2: 270)
 
 BOUNDS: dict[str, Bound] = {
-    "--batch-size": count(1, MAX_BATCH, "prompts per forward pass"),
-    "--n-prompts": count(1, MAX_PROMPTS, "prompts used"),
-    "--top": count(1, MAX_HEADS, "heads listed per metric"),
+    "--batch-size": count(1, MAX_BATCH, "prompts per forward pass", optional=True),
+    "--n-prompts": count(1, MAX_PROMPTS, "prompts used", optional=True),
+    "--top": count(1, MAX_HEADS, "heads listed per metric", optional=True),
     "circuits --n-boot": count(1, 100_000, "bootstrap resamples"),
     "circuits --ig-steps": count(1, 1_000, "EAP-IG integration steps"),
-    "circuits --heads-per-forward": count(1, MAX_HEADS, "heads patched per forward"),
+    "circuits --heads-per-forward": count(1, MAX_HEADS, "heads patched per forward",
+                                          optional=True),
     "circuits --stages": count(1, 64, "path patching stages"),
     "circuits --n-random": count(0, 10_000, "random circuits for the baseline"),
-    "circuits --mean-prompts": count(1, MAX_PROMPTS, "prompts the ablation means average"),
+    "circuits --mean-prompts": count(1, MAX_PROMPTS, "prompts the ablation means average",
+                                     optional=True),
     "circuits --spot-check": count(0, MAX_HEADS, "attribution heads re-measured"),
     "intervene --threshold": real(0, 1e6, "critical_sigma degradation", low_open=True),
     "intervene --generate": count(0, 4096, "greedy tokens per condition"),
@@ -126,8 +129,8 @@ BOUNDS: dict[str, Bound] = {
     "graph --layer": count(-MAX_HEADS, MAX_HEADS, "layer (negative: from the end)"),
     "graph --threshold": real(0, 1, "edge weight cut-off"),
     "app --port": count(1, 65_535, "TCP port"),
-    "sweep --workers": count(1, 4096, "Ray actors"),
-    "sweep --gpus-per-worker": real(0, 1024, "GPUs per Ray actor"),
+    "sweep --workers": count(1, 4096, "Ray actors", optional=True),
+    "sweep --gpus-per-worker": real(0, 1024, "GPUs per Ray actor", optional=True),
     "atlas --circuit-size": count(1, MAX_HEADS, "heads per circuit"),
     "figures --dpi": count(10, 2400, "PNG resolution"),
     "heads prune --step": real(0, 1, "fraction of heads removed per step", low_open=True),
@@ -160,3 +163,64 @@ def check(command: str, **values: Any) -> dict[str, Any]:
         bound = lookup(command, option)
         out[name] = value if bound is None else bound.check(value, name, "=")
     return out
+
+
+def names(value: Any, name: str, *, allow_empty: bool = True) -> list[str]:
+    """A list argument of the API as the CLI's list options read it: a string is one item (or
+    several, comma-separated: ``"ioi,induction"``), never its characters; a list or tuple of
+    strings (or paths) is taken as it is.
+
+    Raises:
+        InputError: ``None`` or another type (``5``, a dict), an item that is not a string or a
+            path, or no item where one is needed.
+    """
+    from pathlib import PurePath
+
+    if isinstance(value, (str, PurePath)):
+        items = [part.strip() for part in str(value).split(",") if part.strip()]
+    elif isinstance(value, (list, tuple)):
+        bad = [v for v in value if not isinstance(v, (str, PurePath))]
+        if bad:
+            raise InputError(f"{name}=: expected strings, got {echo(bad[0])} "
+                             f"({type(bad[0]).__name__})")
+        items = [str(v) for v in value]
+    else:
+        raise InputError(f"{name}={echo(value)}: expected a string or a list of strings, got a "
+                         f"{type(value).__name__}")
+    if not items and not allow_empty:
+        raise InputError(f"{name}=: give at least one")
+    return items
+
+
+def mapping(value: Any, name: str) -> dict:
+    """A dict argument of the API (``None`` is an empty dict).
+
+    Raises:
+        InputError: anything else (a string, a list).
+    """
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InputError(f"{name}={echo(value)}: expected a dict, got a {type(value).__name__}")
+    return value
+
+
+def flag(value: Any, name: str) -> bool:
+    """A boolean argument of the API. Raises :class:`InputError` for anything but a bool."""
+    if not isinstance(value, bool):
+        raise InputError(f"{name}={echo(value)}: expected True or False")
+    return value
+
+
+def text(value: Any, name: str, *, optional: bool = True) -> str | None:
+    """A string argument of the API (``None`` allowed when ``optional``).
+
+    Raises:
+        InputError: another type.
+    """
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise InputError(f"{name}={echo(value)}: expected a string, got a "
+                         f"{type(value).__name__}")
+    return value

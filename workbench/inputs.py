@@ -104,7 +104,8 @@ def expect(data: Any, kind: type | tuple[type, ...], path: str | Path, what: str
 SYSTEM_DIRS = ("/proc", "/sys", "/dev")
 
 
-def _system(resolved: Path) -> str | None:
+def system_tree(resolved: Path) -> str | None:
+    """The system tree (/proc, /sys, /dev but /dev/shm) that ``resolved`` lies in, or None."""
     shm = Path("/dev/shm")  # a memory-backed folder, fine for output
     if resolved == shm or shm in resolved.parents:
         return None
@@ -123,7 +124,7 @@ def check_output_dir(path: str | Path, option: str) -> Path:
     """
     path = Path(path)
     resolved = Path(os.path.realpath(path))
-    system = _system(resolved)
+    system = system_tree(resolved)
     if system:
         raise InputError(f"{option} {path}: resolves to {resolved}, inside {system}; choose "
                          "another place")
@@ -142,7 +143,7 @@ def check_output_dir(path: str | Path, option: str) -> Path:
 
 def check_output_file(path: str | Path, option: str) -> Path:
     """``path`` if a file can be written there: not a folder, not under a system tree, and its
-    folder exists or can be made, writable.
+    folder exists and is writable.
 
     Raises:
         InputError: as :func:`check_output_dir`, or ``path`` is a folder.
@@ -151,11 +152,14 @@ def check_output_file(path: str | Path, option: str) -> Path:
     if str(path).endswith(("/", os.sep)) or path.is_dir():
         raise InputError(f"{option} {path}: is a folder; give a file name")
     resolved = Path(os.path.realpath(path))
-    system = _system(resolved)
+    system = system_tree(resolved)
     if system:
         raise InputError(f"{option} {path}: resolves to {resolved}, inside {system}; choose "
                          "another place")
     if resolved.exists() and not os.access(resolved, os.W_OK):
         raise InputError(f"{option} {path}: exists and is not writable")
+    if not resolved.parent.is_dir():
+        raise InputError(f"{option} {path}: the folder {path.parent} does not exist; make it "
+                         "first")
     check_output_dir(resolved.parent, option)
     return path

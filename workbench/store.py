@@ -187,10 +187,14 @@ class RunDir:
     def stopped(self, err: BaseException, **changes: Any) -> None:
         """Record why the writer stopped: ``interrupted`` for Ctrl-C or SIGTERM (a
         ``KeyboardInterrupt``; the run continues with ``--resume``), else ``failed`` with the
-        error; ``changes`` (e.g. ``timings``) go into the manifest too. Releases the lock, also
+        error; ``changes`` (e.g. ``timings``) go into the manifest too. A new run stopped by bad
+        input (an :class:`InputError` found after the folder was made) before anything but its
+        manifest was written is removed: bad input writes nothing. Releases the lock, also
         when the manifest cannot be written (a full disk): the caller re-raises ``err``."""
         try:
-            if isinstance(err, KeyboardInterrupt):
+            if isinstance(err, InputError) and self.state == "new" and self._holds_nothing():
+                shutil.rmtree(self.path, ignore_errors=True)  # bad input found late: no run
+            elif isinstance(err, KeyboardInterrupt):
                 self.update_manifest(status=INTERRUPTED, finished=None, **changes)
             else:
                 self.update_manifest(status="failed", error=f"{type(err).__name__}: {err}",
@@ -199,6 +203,19 @@ class RunDir:
             pass
         finally:
             self.release()
+
+    def _holds_nothing(self) -> bool:
+        """Whether the folder holds only its manifest (and empty or temporary folders)."""
+        try:
+            for child in self.path.iterdir():
+                if child.name == MANIFEST or child.name.endswith(".tmp"):
+                    continue
+                if child.is_dir() and not child.is_symlink() and not any(child.rglob("*.*")):
+                    continue
+                return False
+        except OSError:
+            return False
+        return True
 
     def release(self) -> None:
         """Release the writer's lock (if this object holds it)."""

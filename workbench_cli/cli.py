@@ -404,9 +404,18 @@ def app_command(runs_dir: Path, host: str, port: int) -> list[str]:
     """
     import importlib.util
 
+    from workbench.inputs import system_tree
+
     if not runs_dir.is_dir():
         raise InputError(f"--runs-dir {runs_dir}: not a folder (make runs with `workbench run "
                          "--runs-dir ...`)")
+    tree = system_tree(Path(os.path.realpath(runs_dir)))
+    if tree:
+        raise InputError(f"--runs-dir {runs_dir}: inside {tree}, which holds no runs; give the "
+                         "folder holding runs")
+    if not host or any(c.isspace() or c in "/\\\x00" for c in host) or len(host) > 253:
+        raise InputError(f"--host {host[:80]!r}: not a host name or address (127.0.0.1, "
+                         "0.0.0.0, a name)")
     if not 1 <= port <= 65535:
         raise InputError(f"--port {port}: expected 1 to 65535")
     spec = importlib.util.find_spec("app")  # locates the package; runs nothing of it
