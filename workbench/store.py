@@ -113,6 +113,18 @@ def parquet_rows(path: Path) -> int:
         raise RunStateError(f"{path} cannot be read as a table ({_reason(err)})") from None
 
 
+def parquet_columns(path: Path) -> list[str]:
+    """The column names of a parquet file, from its footer.
+
+    Raises:
+        RunStateError: as :func:`read_parquet`.
+    """
+    try:
+        return list(pq.read_schema(path).names)
+    except (OSError, pa.ArrowException, ValueError) as err:
+        raise RunStateError(f"{path} cannot be read as a table ({_reason(err)})") from None
+
+
 def _reason(err: BaseException) -> str:
     text = getattr(err, "strerror", None) or str(err) or type(err).__name__
     return " ".join(text.split())[:200]
@@ -403,7 +415,7 @@ class RunDir:
             RunStateError: the run has no table of that name.
         """
         path = self.table_path(name)
-        if not path.exists():
+        if not path.exists() and not path.is_symlink():
             raise RunStateError(f"run {self.run_id!r} has no table {name!r} "
                                 f"(it has: {', '.join(self.tables()) or 'none'})")
         return read_parquet(path, columns=columns, filters=filters)
