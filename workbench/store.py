@@ -182,6 +182,8 @@ class RunDir:
             return read_manifest_file(self.manifest_path)
         except (FileNotFoundError, NotADirectoryError):
             raise RunStateError(f"{self.path} is not a run directory (no {MANIFEST})") from None
+        except OSError as err:  # a name too long, a symlink loop, no permission
+            raise RunStateError(f"{self.manifest_path} cannot be read ({err.strerror})") from None
 
     def write_manifest(self, manifest: dict) -> None:
         atomic_write_json(self.manifest_path, manifest)

@@ -125,8 +125,9 @@ def open_browser(browser: Path | None = None) -> None:
     if _server["running"]:
         return
     path = str(browser or find_browser())
+    _quiet_browser_thread()
     kaleido.start_sync_server(path=path, mathjax=False, silence_warnings=True)
-    _server.update(running=True, path=path)
+    _server.update(running=True, path=path, error=None)
     if not _server.get("atexit"):
         atexit.register(close_browser)
         _server["atexit"] = True
@@ -192,6 +193,30 @@ def render(figure: go.Figure | Plot, fmt: str, *, width: Width = "single", dpi: 
     return normalise(data, fmt, uid=uid)
 
 
+def _quiet_browser_thread() -> None:
+    """Keep the error that ends kaleido's browser thread (Chromium failed to start) for
+    :func:`_server_call`'s one-line message instead of a traceback on stderr. Idempotent."""
+    import threading
+
+    import kaleido
+
+    if _server.get("hooked"):
+        return
+    import logging
+
+    logging.getLogger("choreographer").setLevel(logging.ERROR)  # its watchdog's shutdown note
+    previous = threading.excepthook
+
+    def hook(args) -> None:
+        if args.thread is getattr(getattr(kaleido, "_global_server", None), "_thread", None):
+            _server["error"] = args.exc_value
+            return
+        previous(args)
+
+    threading.excepthook = hook
+    _server["hooked"] = True
+
+
 class BrowserFailed(WorkbenchError):
     """The headless browser stopped or never started (Chromium crashed, or cannot run here)."""
 
@@ -228,8 +253,10 @@ def _server_call(spec: dict, opts: dict) -> bytes:
             _server["running"] = False
             with contextlib.suppress(Exception):
                 server._initialized = False  # its thread is dead: let a later open start anew
+            why = _server.get("error")
+            why = f": {str(why.args[0] if why.args else why)[:200]}" if why else ""
             raise BrowserFailed("the headless browser for figure export stopped or did not "
-                                f"start (Chromium at {_server.get('path') or 'its path'}); "
+                                f"start (Chromium at {_server.get('path') or 'its path'}{why}); "
                                 f"{INSTALL_HINT}")
     if "error" in answer:
         raise answer["error"]

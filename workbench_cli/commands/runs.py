@@ -113,7 +113,11 @@ def runs_show(ctx: typer.Context,
     """Show a run's manifest summary and its headline numbers."""
     from workbench.summary import describe_run
 
+    from workbench.manifest import check_run_id
+
     path = Path(run_id)
+    if "/" not in run_id and run_id not in (".", ".."):  # a run id: a bounded plain name
+        check_run_id(run_id, "RUN_ID")
     if not (path / "run.json").exists():
         path = Path(runs_dir or ctx.obj) / run_id
     from workbench.store import RunDir
