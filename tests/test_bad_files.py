@@ -244,3 +244,14 @@ def test_a_failed_atlas_is_not_compared(tmp_path, capsys):
                                             "status": "failed"})
     code, line = one_line(capsys, ["atlas", "compare", str(folder), str(folder)])
     assert code == 2 and "failed, not complete" in line
+
+
+def test_bad_input_found_after_the_run_folder_leaves_no_run(tmp_path, capsys):
+    """`atlas --device mps` stopped with "nothing written" but left <out>/run.json marked failed:
+    a new run stopped by bad input before writing anything is removed."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["atlas", "--model", "tiny-llama", "--device", "mps", "--out",
+              str(tmp_path / "runs" / "atlas"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "error: --device 'mps'" in err and "Traceback" not in err
+    assert not (tmp_path / "runs" / "atlas").exists()

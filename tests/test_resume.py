@@ -14,6 +14,7 @@ this process.
 from __future__ import annotations
 
 import json
+import math
 import signal
 import subprocess
 import sys
@@ -73,8 +74,11 @@ def tables(run: RunDir) -> dict[str, pd.DataFrame]:
     return {name: run.read_table(name).to_pandas() for name in manifest["tables"]}
 
 
-def check_contract(argv: list[str], tmp_path: Path, how: int, monkeypatch, capsys) -> RunDir:
-    """The whole contract for one command line (``argv`` without --runs-dir)."""
+def check_contract(argv: list[str], tmp_path: Path, how: int, monkeypatch, capsys, *,
+                   reruns: bool = False) -> RunDir:
+    """The contract for one command line (``argv`` without --runs-dir); ``reruns``: also a plain
+    rerun (refused: use --resume) and a resume of the finished run (returned as it is), the
+    same code for every command (:meth:`RunDir.create`), so one command checks them."""
     runs, clean = tmp_path / "runs", tmp_path / "clean"
     stopped = stop_after_first_phase([*argv, "--runs-dir", str(runs)], runs, how)
     [(run, manifest)] = list_runs(runs)
@@ -83,8 +87,9 @@ def check_contract(argv: list[str], tmp_path: Path, how: int, monkeypatch, capsy
         assert stopped.returncode == 130 and "Traceback" not in stopped.stderr
         assert "--resume" in stopped.stderr.splitlines()[-1]
         assert json.loads(run.manifest_path.read_text())["status"] == "interrupted"
-    assert cli(*argv, "--runs-dir", str(runs)) == 2  # a plain rerun: use --resume
-    assert "rerun with --resume" in capsys.readouterr().err
+    if reruns:
+        assert cli(*argv, "--runs-dir", str(runs)) == 2  # a plain rerun: use --resume
+        assert "rerun with --resume" in capsys.readouterr().err
     reused: list[str] = []
     load = Phases.load
     monkeypatch.setattr(Phases, "load",
@@ -100,9 +105,10 @@ def check_contract(argv: list[str], tmp_path: Path, how: int, monkeypatch, capsy
     for name in resumed:
         pd.testing.assert_frame_equal(resumed[name], uninterrupted[name], check_exact=True,
                                       obj=name)
-    capsys.readouterr()
-    assert cli(*argv, "--runs-dir", str(runs), "--resume") == 0  # finished: returned as it is
-    assert run.read_manifest()["resumed"] == 1
+    if reruns:
+        capsys.readouterr()
+        assert cli(*argv, "--runs-dir", str(runs), "--resume") == 0  # finished: as it is
+        assert run.read_manifest()["resumed"] == 1
     return run
 
 
@@ -141,7 +147,7 @@ def test_heads_resume(tmp_path, monkeypatch, capsys, command, extra, how):
 def test_heads_importance_sigterm_is_interrupted(tmp_path, monkeypatch, capsys):
     prompts = lm_prompt_file(tmp_path / "p.jsonl")
     argv = ["heads", "importance", *COMMON, "--prompts", str(prompts), "-b", "2"]
-    check_contract(argv, tmp_path, signal.SIGTERM, monkeypatch, capsys)
+    check_contract(argv, tmp_path, signal.SIGTERM, monkeypatch, capsys, reruns=True)
 
 
 def test_a_changed_configuration_is_not_resumed(tmp_path, capsys):
@@ -151,3 +157,38 @@ def test_a_changed_configuration_is_not_resumed(tmp_path, capsys):
     assert cli(*argv, "-b", "2") == 0
     assert cli(*argv, "-b", "3", "--resume") == 2
     assert "another configuration (batch_size differ)" in capsys.readouterr().err
+
+
+def test_phase_values_round_trip_without_pickle(tmp_path):
+    """What the phases hold comes back equal (types, dtypes, devices, NaN), and decoding builds
+    only dataclasses of the workbench's packages."""
+    import numpy as np
+    import pyarrow as pa
+    import torch
+
+    from pruning.prune import Curve
+    from workbench.store import RunDir
+
+    run, _ = RunDir.create(tmp_path, "r", {"run_id": "r", "status": "running"}, resume=False,
+                           overwrite=False, same_config=lambda s: None)
+    value = {"curve": Curve("random-0", [0, 2], np.arange(6.0).reshape(2, 3)),
+             (("t", 3), 15): [torch.arange(4, dtype=torch.bfloat16) / 3, (1, "a", None)],
+             "table": pa.table({"x": [1.0, 2.0], "s": ["a", None]}), "nan": float("nan"),
+             "scalar": np.float32(1.5), "objects": np.array([(0, 1), (2, 3)], dtype=object)}
+    phases = Phases(run)
+    phases.save("all", value)
+    back = Phases(run).load("all")
+    assert isinstance(back["curve"], Curve) and back["curve"].counts == [0, 2]
+    assert np.array_equal(back["curve"].values, value["curve"].values)
+    tensor, plain = back[(("t", 3), 15)]
+    assert tensor.dtype == torch.bfloat16 and torch.equal(tensor, value[(("t", 3), 15)][0])
+    assert plain == (1, "a", None)
+    assert back["table"].equals(value["table"]) and math.isnan(back["nan"])
+    assert back["scalar"].dtype == np.float32 and back["scalar"] == 1.5
+    assert back["objects"].shape == (2, 2) and back["objects"].tolist() == [[0, 1], [2, 3]]
+    assert not list(run.path.rglob("*.pkl"))
+    path = Phases(run).path("all") / "value.json"
+    path.write_text(json.dumps({"__dataclass__": "subprocess:Popen", "fields": {}}))
+    with pytest.raises(ValueError, match="outside the workbench's packages"):
+        Phases(run).load("all")
+    assert Phases(run).run("all", lambda: 7) == 7  # an unreadable phase is computed again

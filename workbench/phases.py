@@ -60,7 +60,8 @@ class _Encoder:
             return {"__scalar__": name}
         if isinstance(obj, np.ndarray):
             if obj.dtype == object:
-                return {"__objects__": [self(x) for x in obj.tolist()], "shape": list(obj.shape)}
+                return {"__objects__": [self(x) for x in obj.ravel(order="C")],
+                        "shape": list(obj.shape)}
             name = self._file("a", ".npy")
             np.save(self.folder / name, obj, allow_pickle=False)
             return {"__array__": name}
