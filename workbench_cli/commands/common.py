@@ -126,10 +126,11 @@ RUN_ID = typer.Option(None, "--run-id", metavar="NAME",
 
 def check_resume(runs_dir: Path, run_id: str | None, resume: bool, overwrite: bool) -> None:
     """The checks every command that writes a run makes first: ``--resume`` with
-    ``--overwrite``, a ``--runs-dir`` that cannot hold runs, a bad ``--run-id``.
+    ``--overwrite``, a ``--runs-dir`` that cannot hold runs, a bad ``--run-id``, a named run that
+    exists without ``--resume`` or ``--overwrite``.
 
     Raises:
-        InputError: one of those (before the model loads).
+        InputError, RunStateError: one of those (before the model loads).
     """
     from workbench.errors import InputError
     from workbench.manifest import check_run_id, check_runs_dir
@@ -138,6 +139,11 @@ def check_resume(runs_dir: Path, run_id: str | None, resume: bool, overwrite: bo
         raise InputError("--resume and --overwrite contradict each other; choose one")
     check_runs_dir(runs_dir)
     check_run_id(run_id)
+    if run_id is not None and not (resume or overwrite) and (Path(runs_dir) / run_id).exists():
+        from workbench.errors import RunStateError
+
+        raise RunStateError(f"run {run_id!r} already exists in {runs_dir}; rerun with --resume "
+                            "to continue it or --overwrite to start again")
 
 
 def auto_batch_size(batch_size: int | None, loaded, prompts: Iterable[str | int]) -> int:
