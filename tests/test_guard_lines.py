@@ -9,6 +9,7 @@ import errno
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -78,3 +79,17 @@ def test_the_interrupted_hint_names_resume_only_where_it_exists(argv, resumable)
     from workbench_cli.commands.guard import _resumable
 
     assert _resumable(app, argv) is resumable
+
+
+def test_the_app_refuses_system_folders_and_bad_hosts(tmp_path, capsys):
+    """`app --runs-dir /proc` was served; `runs --runs-dir <file>` said "no runs", exit 0."""
+    from workbench.errors import InputError
+    from workbench_cli.cli import app_command
+
+    with pytest.raises(InputError, match="inside /proc"):
+        app_command(Path("/proc"), "127.0.0.1", 8501)
+    with pytest.raises(InputError, match="--host"):
+        app_command(tmp_path, "a host", 8501)
+    (tmp_path / "a_file").write_text("x")
+    code, lines = run_cli(capsys, "runs", "--runs-dir", str(tmp_path / "a_file"))
+    assert code == 2 and "not a folder" in lines[0]

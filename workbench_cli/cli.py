@@ -27,6 +27,7 @@ from workbench_cli.commands.figures import figures_app
 from workbench_cli.commands.guard import check_run_target
 from workbench_cli.commands.heads import heads_app
 from workbench_cli.commands.runs import runs_app
+from workbench_cli.commands.serve import app_command
 from workbench.errors import InputError
 
 app = typer.Typer(**TYPER, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -393,41 +394,6 @@ def graph(
     out.print(f"wrote {out_path}: {g.number_of_nodes()} nodes, {g.number_of_edges()} edges above "
               f"{threshold}; centre nodes {centre_nodes(g)}; hops to the first token: max "
               f"{max(hops)}, {g.number_of_nodes() - len(hops)} position(s) unreachable")
-
-
-def app_command(runs_dir: Path, host: str, port: int) -> list[str]:
-    """The ``streamlit run`` command line that serves the app on ``host:port`` for ``runs_dir``.
-
-    Raises:
-        InputError: ``runs_dir`` is not a folder, ``port`` is out of range, or the app package
-            (``app/main.py``) is not installed.
-    """
-    import importlib.util
-
-    from workbench.inputs import system_tree
-
-    if not runs_dir.is_dir():
-        raise InputError(f"--runs-dir {runs_dir}: not a folder (make runs with `workbench run "
-                         "--runs-dir ...`)")
-    tree = system_tree(Path(os.path.realpath(runs_dir)))
-    if tree:
-        raise InputError(f"--runs-dir {runs_dir}: inside {tree}, which holds no runs; give the "
-                         "folder holding runs")
-    if not host or any(c.isspace() or c in "/\\\x00" for c in host) or len(host) > 253:
-        raise InputError(f"--host {host[:80]!r}: not a host name or address (127.0.0.1, "
-                         "0.0.0.0, a name)")
-    if not 1 <= port <= 65535:
-        raise InputError(f"--port {port}: expected 1 to 65535")
-    spec = importlib.util.find_spec("app")  # locates the package; runs nothing of it
-    main = Path(next(iter(spec.submodule_search_locations)), "main.py") if spec and \
-        spec.submodule_search_locations else None
-    if main is None or not main.is_file():
-        raise InputError("the app package (app/main.py) is not installed with the workbench")
-    return [sys.executable, "-m", "streamlit", "run", str(main), "--server.address", host,
-            "--server.port", str(port), "--server.headless", "true",
-            "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
-            "--client.toolbarMode", "minimal",
-            "--", "--runs-dir", str(runs_dir.resolve())]
 
 
 @app.command("app")
