@@ -1,8 +1,11 @@
 """Running the typer app so that every failure is one line and an exit code, never a traceback.
 
 Exit codes: 0 done; 2 bad input (a usage error, an unknown option or command, a bad value, an
-:class:`~workbench.errors.InputError`); 1 any other failure; 130 interrupted (Ctrl-C or SIGTERM,
-which is turned into the same ``KeyboardInterrupt`` so a run marks itself ``interrupted``).
+:class:`~workbench.errors.InputError`); 1 any other failure (an ``OSError`` of the environment, a
+full disk or a vanished folder, is one line naming the file); 130 interrupted (Ctrl-C or SIGTERM,
+which is turned into the same ``KeyboardInterrupt`` so a run marks itself ``interrupted``; the
+line says "rerun with --resume" only for commands that have it). Every error line is one line of
+bounded length (a megabyte of input is cut in the middle).
 
 Typer ships its own copies of click's exception classes (``typer._click.exceptions``) next to
 click's; both families are handled.
