@@ -201,6 +201,8 @@ def test_corrupted_tables_are_one_line_everywhere(tmp_path, capsys, how):
         wb.open_run(run)
     code, line = one_line(capsys, ["runs", "show", str(run)])
     assert code == 2 and "probe.parquet" in line
+    code, line = one_line(capsys, ["figures", "--run", str(run), "--no-progress"])
+    assert code == 2 and "probe.parquet" in line
     try:
         main(["runs", "--runs-dir", str(run.parent)])
     except SystemExit as exc:
