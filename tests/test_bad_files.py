@@ -257,3 +257,22 @@ def test_bad_input_found_after_the_run_folder_leaves_no_run(tmp_path, capsys):
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "error: --device 'mps'" in err and "Traceback" not in err
     assert not (tmp_path / "runs" / "atlas").exists()
+
+
+@pytest.mark.parametrize("command", ["run", "circuits", "intervene", "heads importance",
+                                     "heads prune", "heads learn-gates"])
+def test_every_run_writer_checks_its_runs_dir_and_run_id_first(tmp_path, capsys, no_model,
+                                                               command):
+    """`heads` checked --runs-dir after loading the model; a taken --run-id was found after the
+    load in every command but `run`."""
+    good = write_jsonl(tmp_path / "good.jsonl", [{"id": "a", "text": "Hello there"}])
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps([{"op": "scale_head", "heads": ["0.0"], "alpha": 0.5}]))
+    inputs = {"circuits": ["--task", "ioi"], "intervene": ["-p", str(good), "--spec", str(spec)]}
+    argv = [*command.split(), "--model", "tiny-llama", *inputs.get(command, ["-p", str(good)])]
+    code, line = one_line(capsys, [*argv, "--runs-dir", "/proc/workbench-runs"])
+    assert code == 2 and "/proc" in line
+    (tmp_path / "runs" / "taken").mkdir(parents=True)
+    code, line = one_line(capsys, [*argv, "--runs-dir", str(tmp_path / "runs"), "--run-id",
+                                   "taken"])
+    assert code == 2 and "already exists" in line and "--resume" in line
