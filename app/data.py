@@ -26,7 +26,7 @@ from workbench.errors import InputError, RunStateError
 from workbench.figures.shapes import parse_sweep
 from workbench.manifest import read_manifest_file
 from workbench.runlock import RUNNING, live_status
-from workbench.store import MANIFEST, META_TABLES
+from workbench.store import MANIFEST, META_TABLES, parquet_rows, read_parquet
 
 RUNS_ENV = "WORKBENCH_RUNS_DIR"
 STRINGS = ("metric", "prompt_id", "segment", "condition")
@@ -221,11 +221,8 @@ def scan(ref: TableRef, columns: tuple[str, ...], where: Where = ()) -> pa.Table
     Raises:
         RunStateError: the file is not a readable parquet table with these columns.
     """
-    try:
-        table = pq.read_table(ref.path, columns=list(columns), filters=_filter(where),
-                              read_dictionary=[c for c in columns if c in STRINGS])
-    except (OSError, pa.ArrowException) as err:
-        raise RunStateError(f"{Path(ref.path).name} cannot be read: {err}") from None
+    table = read_parquet(Path(ref.path), columns=list(columns), filters=_filter(where),
+                         read_dictionary=[c for c in columns if c in STRINGS])
     return table.unify_dictionaries()
 
 
@@ -381,19 +378,12 @@ def _meta(root: RunsRoot, run_id: str, name: str) -> pd.DataFrame | None:
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def _read_meta(ref: TableRef) -> pd.DataFrame:
-    try:
-        return pq.read_table(ref.path).to_pandas()
-    except (OSError, pa.ArrowException) as err:
-        raise RunStateError(f"{Path(ref.path).name} cannot be read: {err}") from None
+    return read_parquet(Path(ref.path)).to_pandas()
 
 
 def table_rows(ref: TableRef) -> int:
     """Rows of a parquet table from its footer (no data read)."""
-    try:
-        with pq.ParquetFile(ref.path) as parquet:
-            return parquet.metadata.num_rows
-    except (OSError, pa.ArrowException) as err:
-        raise RunStateError(f"{Path(ref.path).name} cannot be read: {err}") from None
+    return parquet_rows(Path(ref.path))
 
 
 def where_of(variant: dict) -> Where:

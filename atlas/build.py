@@ -62,12 +62,26 @@ def open_atlas(path: Path) -> Atlas:
     """
     import json
 
+    from workbench.store import read_parquet
+
     path = Path(path)
     parquet, doc = path / "atlas.parquet", path / "atlas.json"
     if not parquet.is_file() or not doc.is_file():
         raise RunStateError(f"{path} holds no finished atlas (atlas.parquet and atlas.json); "
                             "make one with `workbench atlas --out ...`")
-    return Atlas(path, pd.read_parquet(parquet), json.loads(doc.read_text()))
+    if (path / MANIFEST).exists():  # a failed or interrupted rebuild leaves stale tables
+        status = RunDir(path).live_status()
+        if status != "complete":
+            raise RunStateError(f"{path}: the atlas is {status}, not complete (its tables may "
+                                "be stale); finish it with `workbench atlas --resume`")
+    try:
+        meta = json.loads(doc.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise RunStateError(f"{doc} cannot be read as JSON ({err})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict):
+        raise RunStateError(f"{doc} is not an atlas description (expected an object with "
+                            "model, roles, runs)")
+    return Atlas(path, read_parquet(parquet).to_pandas(), meta)
 
 
 def build_atlas(load: Callable[[], Any], options: AtlasOptions, *, model_spec: str,
@@ -93,11 +107,8 @@ def build_atlas(load: Callable[[], Any], options: AtlasOptions, *, model_spec: s
         timings["total_s"] = round(time.perf_counter() - start, 3)
         run.update_manifest(status="complete", finished=_now(), timings=timings,
                             model=atlas.doc["model"], runs=atlas.doc["runs"])
-    except KeyboardInterrupt:
-        run.update_manifest(status="interrupted", finished=None)
-        raise
     except BaseException as err:
-        run.update_manifest(status="failed", error=f"{type(err).__name__}: {err}")
+        run.stopped(err)  # interrupted, failed, or (bad input, nothing written) removed
         raise
     return atlas
 

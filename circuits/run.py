@@ -58,13 +58,14 @@ from circuits.path_patching import check_receiver_input
 from circuits.progress import CircuitsProgress, plan
 from circuits.report import PROBE, report  # noqa: F401 (report: the CLI's entry point)
 from circuits.tasks import Task, load_task
-from workbench.errors import InputError, RunStateError
+from workbench.errors import InputError
 from workbench.heads import Head, check_heads, format_head, head_columns, parse_heads
 from workbench.metrics import accuracy
 from workbench.records import (PROMPTS_SCHEMA, SCHEMA_VERSION, TOKENS_SCHEMA, concat, conform,
                                records, string_column)
 from workbench.run import git_state, library_versions
-from workbench.store import RunDir
+from workbench.phases import Phases
+from workbench.store import RunDir, same_config_key
 from workbench.tokens import prompt_rows, token_rows
 
 UNITS = {
@@ -116,6 +117,7 @@ class CircuitsOptions:
     both_directions: bool = False  # activation-patch every circuit head noising and denoising
     grids: tuple[str, ...] = ()  # patching grids per layer x position (circuits.grids)
     dla: bool = False  # direct logit attribution per head and MLP (circuits.dla)
+    resume: bool = False  # continue an interrupted run: finished phases reused (workbench.phases)
 
 
 def check_methods(methods: list[str]) -> None:
@@ -203,7 +205,8 @@ def execute_circuits(model, tasks: list[Task], options: CircuitsOptions) -> RunD
 
     Raises:
         InputError: an unknown method or duplicate task, before the run directory is created.
-        RunStateError: the run exists and ``overwrite`` is off.
+        RunStateError: the run exists and neither ``resume`` nor ``overwrite`` is on, or it was
+            made with another configuration (``resume``: its finished phases are reused).
     """
     check_methods(options.methods)
     check_head_range(model, options)
@@ -213,16 +216,17 @@ def execute_circuits(model, tasks: list[Task], options: CircuitsOptions) -> RunD
     for task in tasks:
         check_positions(task, options.discovery.positions)
     manifest = _manifest(model, tasks, options)
-    if (Path(options.runs_dir) / manifest["run_id"]).exists() and not options.overwrite:
-        raise RunStateError(f"run {manifest['run_id']!r} already exists; use --overwrite or "
-                            "another --run-id")
-    run, _ = RunDir.create(options.runs_dir, manifest["run_id"], manifest, resume=False,
-                           overwrite=options.overwrite, same_config=lambda stored: None)
+    run, state = RunDir.create(options.runs_dir, manifest["run_id"], manifest,
+                               resume=options.resume, overwrite=options.overwrite,
+                               same_config=same_config_key(manifest["config_key"]))
+    if state == "complete":
+        return run
     timings: dict[str, float] = {}
+    phases = Phases(run)  # finished phases, reused by --resume
     try:
         with CircuitsProgress(options.progress, options.console) as bars:
-            found = _discover_all(model, tasks, options, timings, bars)
-            tables = _tables(model, tasks, found, options, timings, run.run_id, bars)
+            found = _discover_all(model, tasks, options, timings, bars, phases)
+            tables = _tables(model, tasks, found, options, timings, run.run_id, bars, phases)
         clean = [c for t in tasks for c in t.clean]
         run.write_table("prompts", pa.table(prompt_rows(clean), schema=PROMPTS_SCHEMA))
         run.write_table("tokens", pa.table(token_rows(clean, model.tokenizer), schema=TOKENS_SCHEMA))
@@ -233,20 +237,20 @@ def execute_circuits(model, tasks: list[Task], options: CircuitsOptions) -> RunD
                              "metrics": sorted(set(table.column("metric").to_pylist()))}
         run.update_manifest(status="complete", finished=_now(), tables=written, timings=timings)
     except BaseException as err:
-        run.update_manifest(status="failed", error=f"{type(err).__name__}: {err}",
-                            timings=timings)
+        run.stopped(err, timings=timings)  # Ctrl-C / SIGTERM: interrupted, else failed
         raise
+    phases.drop()
     return run
 
 
-def _discover_all(model, tasks, options, timings, bars: CircuitsProgress
+def _discover_all(model, tasks, options, timings, bars: CircuitsProgress, phases=Phases(None)
                   ) -> dict[tuple[str, str], Discovery]:
     found = {}
     for method in options.methods:
         for task in tasks:
             with bars.phase(f"{method} {task.name}", "heads x batches") as phase:
-                result = METHODS[method](model, task, options.selection, options.discovery,
-                                         progress=phase)
+                result = phases.run(f"discovery {method} {task.name}", lambda: METHODS[method](
+                    model, task, options.selection, options.discovery, progress=phase))
             found[method, task.name] = result
             timings[f"{method}.{task.name}_s"] = round(result.seconds, 3)
     if options.both_directions:
@@ -255,19 +259,20 @@ def _discover_all(model, tasks, options, timings, bars: CircuitsProgress
             heads = sorted({h for m in options.methods for h in found[m, task.name].circuit})
             with bars.phase(f"both directions {task.name}", "heads x batches") as phase:
                 plan(phase, 2 * len(heads) * len(task.batches(d.batch_size)))
-                found["directions", task.name] = compare_directions(
-                    model, task, heads, positions=d.positions, batch_size=d.batch_size,
-                    heads_per_forward=d.heads_per_forward, progress=phase)
+                found["directions", task.name] = phases.run(
+                    f"directions {task.name}", lambda: compare_directions(
+                        model, task, heads, positions=d.positions, batch_size=d.batch_size,
+                        heads_per_forward=d.heads_per_forward, progress=phase))
     return found
 
 
-def _tables(model, tasks, found, options, timings, run_id: str, bars: CircuitsProgress
-            ) -> dict[str, pa.Table]:
+def _tables(model, tasks, found, options, timings, run_id: str, bars: CircuitsProgress,
+            phases=Phases(None)) -> dict[str, pa.Table]:
     tables: dict[str, list[pa.Table]] = {"task_metrics": [], "head_effects": [], "circuits": [],
                                          "faithfulness": []}
     for task in tasks:
         with bars.phase(f"faithfulness {task.name}", "batches") as phase:
-            _task_tables(model, task, found, options, timings, run_id, tables, phase)
+            _task_tables(model, task, found, options, timings, run_id, tables, phase, phases)
     checks = [conform(found[m, t.name].spot_check.records(), run_id=run_id, probe=PROBE[m])
               for m in options.methods for t in tasks if found[m, t.name].spot_check is not None]
     if checks:
@@ -281,20 +286,21 @@ def _tables(model, tasks, found, options, timings, run_id: str, bars: CircuitsPr
             conform(_overlap_rows(o), run_id=run_id, probe=PROBE[method])
             for method in options.methods
             for o in overlap_table({t.name: found[method, t.name].circuit for t in tasks}, n_total)]
-    tables.update({name: [table] for name, table in
-                   component_tables(model, tasks, options, run_id, bars, timings).items()})
+    tables.update({name: [table] for name, table in phases.run("components", lambda: (
+        component_tables(model, tasks, options, run_id, bars, timings))).items()})
     if len(options.methods) > 1:
         tables["method_agreement"] = [conform(_agreement_rows(found, tasks, options.methods),
                                               run_id=run_id, probe="agreement")]
     return {name: concat(parts) for name, parts in tables.items()}
 
 
-def _task_tables(model, task, found, options, timings, run_id, tables, phase) -> None:
+def _task_tables(model, task, found, options, timings, run_id, tables, phase,
+                 phases=Phases(None)) -> None:
     """Task metrics, head effects, circuits and faithfulness rows of one task (into ``tables``),
     advancing ``phase`` per batch of the ablation means and of every faithfulness pass."""
     effects = found[options.methods[0], task.name].effects[0]
     tables["task_metrics"].append(conform(_task_rows(effects), run_id=run_id, probe="task"))
-    means = _ablation_means(model, task, options, phase)
+    means = phases.run(f"means {task.name}", lambda: _ablation_means(model, task, options, phase))
     plan(phase, len(options.methods) * (3 + options.n_random)
          * len(task.batches(options.discovery.batch_size)))
     for method in options.methods:
@@ -303,8 +309,9 @@ def _task_tables(model, task, found, options, timings, run_id, tables, phase) ->
                                    for e in result.effects]
         tables["circuits"].append(conform(_circuit_rows(result), run_id=run_id, probe=probe))
         start = time.perf_counter()
-        faith = faithfulness(model, task, result.circuit, means=means, n_random=options.n_random,
-                             batch_size=options.discovery.batch_size, progress=phase)
+        faith = phases.run(f"faithfulness {method} {task.name}", lambda: faithfulness(
+            model, task, result.circuit, means=means, n_random=options.n_random,
+            batch_size=options.discovery.batch_size, progress=phase))
         timings[f"faithfulness.{method}.{task.name}_s"] = round(time.perf_counter() - start, 3)
         tables["faithfulness"].append(conform(_faith_rows(faith, task.name), run_id=run_id,
                                               probe=probe))

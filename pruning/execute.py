@@ -1,7 +1,10 @@
 """The three ``workbench heads`` jobs, each writing one run (tables: :mod:`pruning.run`).
 
 Every input is checked (objective, prompts, modes, lambdas, split) before the run directory is
-created; a job that fails afterwards leaves its run marked ``failed``.
+created; a job that fails afterwards leaves its run marked ``failed`` (``interrupted`` after
+Ctrl-C or SIGTERM). Each finished phase (the importance, each removal order's curve, each
+lambda's gates) is kept in the run folder (:mod:`workbench.phases`), so ``--resume`` after a kill
+redoes only the unfinished phase; a resumed complete run is returned as it is.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ from pruning.prune import (check_mode, evaluate, head_means, importance_order, p
                            random_order, removal_counts)
 from pruning.run import (HeadsOptions, Timer, curve_table, finish_run, gates_table,
                          importance_table, start_run, write_spec)
+from workbench.bounds import lookup
 from workbench.errors import InputError
+from workbench.phases import Phases
 from workbench.store import RunDir
 
 
@@ -33,18 +38,26 @@ def _bar(enabled: bool, description: str, total: int) -> Iterator[Callable[[int]
 
 
 @contextlib.contextmanager
-def _failing(run: RunDir) -> Iterator[None]:
+def _failing(run: RunDir) -> Iterator[Phases]:
+    """The run's phases; an error marks the run ``failed`` (Ctrl-C/SIGTERM: ``interrupted``),
+    completion drops the kept phases."""
+    phases = Phases(run)
     try:
-        yield
+        yield phases
     except BaseException as err:
-        run.update_manifest(status="failed", error=f"{type(err).__name__}: {err}")
+        run.stopped(err)
         raise
+    phases.drop()
 
 
-def _importance(model, data: PromptData, options: HeadsOptions, timer: Timer):
+def _importance(model, data: PromptData, options: HeadsOptions, timer: Timer,
+                phases: Phases):
     """Every head's importance on ``data`` with a progress bar over prompts (timed)."""
-    with _bar(options.progress, "importance (prompts)", len(data.ids)) as step:
-        imp = head_importance(model, data, batch_size=options.batch_size, progress=step)
+    def compute():
+        with _bar(options.progress, "importance (prompts)", len(data.ids)) as step:
+            return head_importance(model, data, batch_size=options.batch_size, progress=step)
+
+    imp = phases.run("importance", compute)
     timer.lap("importance")
     return imp
 
@@ -52,9 +65,11 @@ def _importance(model, data: PromptData, options: HeadsOptions, timer: Timer):
 def run_importance(model, data: PromptData, prompt_set, options: HeadsOptions) -> RunDir:
     """Michel importance of every head on ``data`` (table ``head_importance``)."""
     run = start_run(model, data, prompt_set, "importance", options)
+    if run.state == "complete":
+        return run
     timer = Timer()
-    with _failing(run):
-        imp = _importance(model, data, options, timer)
+    with _failing(run) as phases:
+        imp = _importance(model, data, options, timer, phases)
         tables = {"head_importance": importance_table(imp, data.objective.metric)}
         return finish_run(run, model, data, tables, timer.timings)
 
@@ -62,11 +77,9 @@ def run_importance(model, data: PromptData, prompt_set, options: HeadsOptions) -
 def check_prune(mode: str, step: float, seeds: int, tolerance: float) -> None:
     """Raises :class:`InputError` for a bad mode, step, seed count or tolerance."""
     check_mode(mode)
+    for name, value in (("--step", step), ("--seeds", seeds), ("--tolerance", tolerance)):
+        lookup("heads prune", name).check(value, name)  # the CLI's bounds (workbench.bounds)
     removal_counts(1, step)
-    if seeds < 1:
-        raise InputError(f"--seeds must be at least 1, got {seeds}")
-    if tolerance <= 0:
-        raise InputError(f"--tolerance must be positive, got {tolerance}")
 
 
 def run_prune(model, data: PromptData, prompt_set, options: HeadsOptions, *, mode: str = "zero",
@@ -78,17 +91,21 @@ def run_prune(model, data: PromptData, prompt_set, options: HeadsOptions, *, mod
     n_total = info.n_layers * info.n_heads
     counts = removal_counts(n_total, step)
     run = start_run(model, data, prompt_set, "prune", options)
+    if run.state == "complete":
+        return run
     timer = Timer()
-    with _failing(run):
-        imp = _importance(model, data, options, timer)
-        means = head_means(model, data, options.batch_size) if mode == "mean" else None
+    with _failing(run) as phases:
+        imp = _importance(model, data, options, timer, phases)
+        means = phases.run("means", lambda: head_means(model, data, options.batch_size)) \
+            if mode == "mean" else None
         orders = [("importance", importance_order(imp.normalised))] + [
             (f"random-{s}", random_order(info.n_layers, info.n_heads, s)) for s in range(seeds)]
         curves = []
         with _bar(options.progress, "pruning curve (steps)", len(counts) * len(orders)) as adv:
             for name, order in orders:
-                curves.append(pruning_curve(model, data, order, counts, name, means=means,
-                                            batch_size=options.batch_size, progress=adv))
+                curves.append(phases.run(f"curve {name}", lambda: pruning_curve(
+                    model, data, order, counts, name, means=means,
+                    batch_size=options.batch_size, progress=adv)))
         timer.lap("curves")
         table, fractions = curve_table(curves, data.ids, data.objective, n_total, tolerance)
         tables = {"head_importance": importance_table(imp, data.objective.metric),
@@ -100,6 +117,7 @@ def check_lambdas(lambdas: list[float]) -> list[float]:
     """Raises :class:`InputError` for no lambda, a negative one or a repeated one."""
     if not lambdas:
         raise InputError("--lambda: give at least one value")
+    lookup("heads learn-gates", "--lambda").check(list(lambdas), "--lambda")
     if any(v < 0 for v in lambdas) or len(set(lambdas)) != len(lambdas):
         raise InputError(f"--lambda values must be distinct and >= 0, got {lambdas}")
     return list(lambdas)
@@ -115,16 +133,25 @@ def run_learn(model, data: PromptData, prompt_set, options: HeadsOptions, *,
     train_ids, eval_ids = split_prompts(data.ids, eval_fraction, split_seed)
     train, held_out = data.subset(train_ids), data.subset(eval_ids)
     run = start_run(model, data, prompt_set, "learn-gates", options)
+    if run.state == "complete":
+        return run, {float(k): v for k, v in (run.read_manifest().get("specs") or {}).items()}
     timer = Timer()
-    with _failing(run):
-        base = evaluate(model, held_out, _ones(model), None, options.batch_size)
+    with _failing(run) as phases:
+        base = phases.run("baseline", lambda: evaluate(model, held_out, _ones(model), None,
+                                                       options.batch_size))
         learned, specs = [], {}
         for lam in lambdas:
             config = GateTraining(lam, training.steps, training.lr, training.batch_size,
                                   training.init, training.seed, training.distribution)
-            with _bar(options.progress, f"gates lambda={lam:g} (steps)", config.steps) as adv:
-                item = train_gates(model, train, config, progress=adv)
-            evaluate_gates(model, held_out, item, options.batch_size)
+
+            def train_one(config=config, lam=lam):
+                with _bar(options.progress, f"gates lambda={lam:g} (steps)",
+                          config.steps) as adv:
+                    item = train_gates(model, train, config, progress=adv)
+                evaluate_gates(model, held_out, item, options.batch_size)
+                return item
+
+            item = phases.run(f"gates lambda={lam!r}", train_one)
             learned.append(item)
             specs[lam] = str(write_spec(run, item, gates_spec(item.gates)))
             timer.lap(f"train_lambda={lam:g}")

@@ -36,11 +36,10 @@ from pruning.importance import Importance
 from pruning.learn import LearnedGates
 from pruning.objectives import PromptData, degradation
 from pruning.prune import Curve, removable_fraction
-from workbench.errors import RunStateError
 from workbench.records import (PROMPTS_SCHEMA, SCHEMA_VERSION, TOKENS_SCHEMA, concat, conform,
                                records, string_column)
 from workbench.run import git_state, library_versions
-from workbench.store import RunDir, atomic_write_json
+from workbench.store import RunDir, atomic_write_json, same_config_key
 from workbench.tokens import prompt_rows, token_rows
 
 
@@ -53,6 +52,7 @@ class HeadsOptions:
     batch_size: int = 8
     command: list[str] | None = None
     params: dict = field(default_factory=dict)  # the command's parameters, for the manifest
+    resume: bool = False  # continue an interrupted run (finished phases reused: workbench.phases)
 
 
 def units(metric: str, unit: str) -> dict[str, str]:
@@ -70,10 +70,12 @@ def units(metric: str, unit: str) -> dict[str, str]:
 
 def start_run(model, data: PromptData, prompt_set, command: str, options: HeadsOptions
               ) -> RunDir:
-    """Create the run directory with its manifest (``status`` running).
+    """Create the run directory with its manifest (``status`` running), or reopen it with
+    ``options.resume`` (``run.state``: ``"resumed"``, or ``"complete"``: nothing to do).
 
     Raises:
-        RunStateError: the run exists and ``overwrite`` is off.
+        RunStateError: the run exists and neither ``resume`` nor ``overwrite`` is on, or it was
+            made with another configuration.
     """
     obj = data.objective
     config = {"command": command, "model": model.info.name, "prompts": prompt_set.sha256,
@@ -81,8 +83,7 @@ def start_run(model, data: PromptData, prompt_set, command: str, options: HeadsO
     digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
     slug = model.info.name.rstrip("/").split("/")[-1].replace(" ", "-")
     run_id = options.run_id or f"{slug}-heads-{command}-{prompt_set.name}-{digest[:8]}"
-    if (Path(options.runs_dir) / run_id).exists() and not options.overwrite:
-        raise RunStateError(f"run {run_id!r} already exists; use --overwrite or another --run-id")
+    config["batch_size"] = options.batch_size  # the batches' sums: part of the numbers
     manifest = {
         "run_id": run_id, "kind": "heads", "status": "running", "created": _now(),
         "finished": None, "command": options.command or sys.argv, "model": model.info.to_dict(),
@@ -94,9 +95,10 @@ def start_run(model, data: PromptData, prompt_set, command: str, options: HeadsO
                   **options.params},
         "probes": [], "units": units(obj.metric, obj.unit),
         "record_schema_version": SCHEMA_VERSION, "versions": library_versions(),
-        "git": git_state(), "device": model.info.device, "timings": {}, "tables": {}}
-    run, _ = RunDir.create(options.runs_dir, run_id, manifest, resume=False,
-                           overwrite=options.overwrite, same_config=lambda stored: None)
+        "git": git_state(), "device": model.info.device, "timings": {}, "tables": {},
+        "config_key": config}
+    run, _ = RunDir.create(options.runs_dir, run_id, manifest, resume=options.resume,
+                           overwrite=options.overwrite, same_config=same_config_key(config))
     return run
 
 

@@ -28,7 +28,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import (BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError,
                       field_validator)
 
@@ -136,11 +135,9 @@ def load_spec(path: Path) -> SweepSpec:
     Raises:
         InputError: the file is missing or not YAML, or :func:`parse_spec` rejects it.
     """
+    from workbench.inputs import expect, parse_document, read_text
+
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"sweep file {path} not found") from None
-    except yaml.YAMLError as err:
-        raise InputError(f"{path}: not valid YAML: {err}") from None
+    raw = parse_document(read_text(path, "sweep file"), path, "sweep file", fmt="yaml")
+    expect(raw, dict, path, "sweep file", "a mapping with name, models, prompt_sets and jobs")
     return parse_spec(raw, path.resolve().parent, str(path))

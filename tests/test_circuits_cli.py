@@ -167,7 +167,7 @@ def test_attribution_spot_check_is_written_and_reported(capsys, two_tasks, tmp_p
     flagged = both[both.metric == "one_direction_only"].value.sum()
     assert f"{int(flagged)} of {len(members)} heads matter in one direction only" in out
     code, _, err = cli(capsys, *args(two_tasks[:1], runs, "--spot-check", "-1"))
-    assert code == 2 and "--spot-check must be at least 0" in err
+    assert code == 2 and "--spot-check -1: expected an integer in [0, 100000]" in err
 
 
 @pytest.fixture

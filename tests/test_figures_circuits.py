@@ -122,7 +122,7 @@ panels:
     ("width: triple\npanels: [{sidecar: a.json}]", "width: Input should be 'single' or 'double'"),
     ("panels: [{run: runs/fixture, figure: nope}]", "panels.0.figure: run "),
     ("columns: 1\npanels: [{sidecar: a.json, span: 2}]", "panels.0.span: 2 is more than columns"),
-    ("panels: [\n  {", "line 2: not valid YAML"),
+    ("panels: [\n  {", "not valid YAML at line 2"),
 ])
 def test_compose_spec_errors_are_one_line(tmp_path, capsys, body, message):
     make_run(tmp_path / "runs", metrics=("score",))

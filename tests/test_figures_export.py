@@ -135,7 +135,7 @@ def test_missing_browser_is_named(tmp_path, capsys, monkeypatch):
 @pytest.mark.parametrize("extra, message", [
     (["--format", "eps"], "--format 'eps': expected a comma-separated subset of pdf, svg, png"),
     (["--width", "triple"], "--width 'triple': expected one of single, double"),
-    (["--dpi", "0"], "--dpi 0: expected 10 to 2400"),
+    (["--dpi", "0"], "--dpi 0: expected an integer in [10, 2400]"),
     (["--tables", "nope"], "--tables: run 'fixture' has no table(s) ['nope']; it has probe_a"),
     (["--prompt", "zz"], "--prompt: run 'fixture' has no prompt(s) ['zz']"),
     (["--heads", "9.0"], "--heads: head 9.0 is outside the model's 4 layers x 3 heads"),

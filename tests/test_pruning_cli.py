@@ -111,12 +111,12 @@ def test_learned_spec_reproduces_the_held_out_metric(tmp_path, prompts, tiny_lla
 @pytest.mark.parametrize("args, message", [
     (["importance", "--objective", "perplexity"], "--objective 'perplexity'"),
     (["prune", "--ablation", "resample"], "--ablation 'resample'"),
-    (["prune", "--step", "0"], "--step must be in (0, 1]"),
-    (["prune", "--seeds", "0"], "--seeds must be at least 1"),
-    (["learn-gates", "--lambda", "-1"], "--lambda values must be distinct and >= 0"),
-    (["learn-gates", "--eval-fraction", "1.5"], "--eval-fraction must be in (0, 1)"),
-    (["learn-gates", "--steps", "0"], "--steps must be at least 1"),
-    (["importance", "--n-prompts", "0"], "--n-prompts must be at least 1"),
+    (["prune", "--step", "0"], "--step 0.0: expected a finite number in (0, 1]"),
+    (["prune", "--seeds", "0"], "--seeds 0: expected an integer in [1, 1000]"),
+    (["learn-gates", "--lambda", "-1"], "--lambda -1.0: expected a finite number in [0, 1000000]"),
+    (["learn-gates", "--eval-fraction", "1.5"], "--eval-fraction 1.5: expected a finite number in (0, 1)"),
+    (["learn-gates", "--steps", "0"], "--steps 0: expected an integer in [1, 1000000]"),
+    (["importance", "--n-prompts", "0"], "--n-prompts 0: expected an integer in [1, 1000000]"),
 ])
 def test_bad_options_exit_2_and_write_nothing(tmp_path, prompts, capsys, args, message):
     with pytest.raises(SystemExit) as exit_:

@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from workbench.bounds import echo
 from workbench.errors import InputError
 from workbench.results import Results, open_run
 
@@ -67,9 +68,16 @@ def prompts(texts_or_path: Any, segments: Sequence[dict] | None = None, *, ids: 
 
     if isinstance(texts_or_path, PromptSet):
         return texts_or_path
+    if isinstance(texts_or_path, str) and not Path(texts_or_path).suffix == ".jsonl" \
+            and not Path(texts_or_path).exists():
+        raise InputError(f"prompts {echo(texts_or_path)}: no such file; a prompt set is a JSONL "
+                         "path or a list of texts (for one text: [text])")
     if isinstance(texts_or_path, (str, Path)) and not (isinstance(texts_or_path, str)
                                                          and "\n" in texts_or_path):
         return load_prompt_set(texts_or_path)
+    if not isinstance(texts_or_path, (list, tuple)):
+        raise InputError(f"prompts {echo(texts_or_path)}: expected a JSONL path, a list of "
+                         f"texts or dicts, or a PromptSet; got a {type(texts_or_path).__name__}")
     items = list(texts_or_path)
     if items and all(isinstance(i, (str, Path)) for i in items) and all(
             str(i).endswith(".jsonl") for i in items):
@@ -122,11 +130,21 @@ def run(model: Any, prompt_set: Any, probes: Sequence[Any] = ("attention_entropy
         InputError: an unknown probe or parameter, a prompt a probe cannot use (a missing
             segment), a prompt longer than the context. RunStateError: see ``workbench run``.
     """
+    from workbench.bounds import check, flag, mapping, text
+    from workbench.manifest import check_run_id
     from workbench.models import as_loaded
     from workbench.plugins import make_probes
     from workbench.run import RunOptions, execute_run
 
-    chosen = make_probes(list(probes), params)
+    check("run", batch_size=batch_size)
+    for name, value in (("resume", resume), ("progress", progress)):
+        flag(value, name)
+    check_run_id(text(run_id, "run_id"), "run_id=")
+    text(attention, "attention", optional=False)
+    text(attention_mask, "attention_mask")
+    if runs_dir is not None and not isinstance(runs_dir, (str, Path)):
+        raise InputError(f"runs_dir={echo(runs_dir)}: expected a folder path or None")
+    chosen = make_probes(probe_list(probes), mapping(params, "params"))
     prompt_set = prompts(prompt_set)
     check_prompts(prompt_set, chosen)
     model = as_loaded(model)
@@ -135,6 +153,24 @@ def run(model: Any, prompt_set: Any, probes: Sequence[Any] = ("attention_entropy
                          command=["wb.run"], attention_mask=attention_mask, attention=attention)
     return Results.of(execute_run(model, prompt_set, chosen, options,
                                   load_seconds=model.info.load_seconds))
+
+
+def probe_list(probes: Any) -> list[Any]:
+    """``probes`` of :func:`run` / ``wb.intervene`` as a list: a string is one probe name (or
+    several, comma-separated), never its characters; a list may mix names and probe objects.
+
+    Raises:
+        InputError: ``None``, a number, a dict, or an item that is neither a name nor a probe.
+    """
+    if isinstance(probes, str):
+        return [p.strip() for p in probes.split(",") if p.strip()]
+    if not isinstance(probes, (list, tuple)):
+        raise InputError(f"probes={echo(probes)}: expected a probe name or a list of them, got a "
+                         f"{type(probes).__name__}")
+    bad = [p for p in probes if not isinstance(p, str) and not hasattr(p, "name")]
+    if bad:
+        raise InputError(f"probes=: {echo(bad[0])} is neither a probe name nor a probe")
+    return list(probes)
 
 
 def check_prompts(prompt_set: Any, probes: Sequence[Any]) -> None:
@@ -210,12 +246,12 @@ def atlas(model: Any = "smollm2-135m", **options: Any) -> Any:
     return _job("atlas", model, **options)
 
 
-def circuits(model: Any, tasks: Sequence[str], **options: Any) -> Results:
+def circuits(model: Any, tasks: Sequence[str] | str, **options: Any) -> Results:
     """Circuit discovery (``workbench circuits``) for ``tasks`` (shipped names or JSONL files):
     per-head effects, circuits, faithfulness, overlap. Options as the CLI's (``methods``,
     ``select``, ``n_prompts`` ...); ``runs_dir`` None works in a temporary folder and returns the
     results in memory. Runs the ``circuits`` job of the ``workbench.jobs`` entry points."""
-    return _job("circuits", model, list(tasks), **options)
+    return _job("circuits", model, tasks, **options)  # a string is one task, not characters
 
 
 def intervene(model: Any, prompt_set: Any, spec: Any, **options: Any) -> Results:

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from workbench._callable import make_callable
 from workbench.errors import InputError
+from workbench.inputs import read_input
 
 
 class _PromptLine(BaseModel):
@@ -207,12 +208,7 @@ def load_prompt_set(paths: str | Path | list[str | Path]) -> PromptSet:
     seen: dict[str, str] = {}
     for raw in paths:
         path = Path(raw)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise InputError(f"prompt file {str(path)!r} does not exist") from None
-        except IsADirectoryError:
-            raise InputError(f"prompt file {str(path)!r} is a folder, not a JSONL file") from None
+        data = read_input(path, "prompt file")  # the one reader of input files
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as err:

@@ -159,8 +159,12 @@ def open_run(path: Path | str) -> Results:
     """A run folder written by the CLI or :meth:`Results.save`, read into :class:`Results`.
 
     Raises:
-        RunStateError: ``path`` is not a run folder (no valid ``run.json``).
+        InputError: ``path`` is not a path. RunStateError: ``path`` is not a run folder (no valid
+            ``run.json``), or a table of it cannot be read (truncated, empty, not parquet).
     """
+    from workbench.errors import InputError
     from workbench.store import RunDir
 
+    if not isinstance(path, (str, Path)):
+        raise InputError(f"open_run({path!r}): expected a run folder's path")
     return Results.of(RunDir.open(Path(path)))

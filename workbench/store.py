@@ -86,6 +86,50 @@ def write_parquet(path: Path, table: pa.Table) -> None:
         raise
 
 
+def read_parquet(path: Path, **options: Any) -> pa.Table:
+    """``pyarrow.parquet.read_table(path, **options)``: the one reader of run tables (the CLI,
+    ``wb.open_run``, the figures and the app all read through it).
+
+    Raises:
+        RunStateError: the file is missing, truncated, empty, not parquet, a symlink loop, or
+            lacks the columns asked for (one line naming the file).
+    """
+    try:
+        return pq.read_table(path, **options)
+    except (OSError, pa.ArrowException, ValueError) as err:
+        raise RunStateError(f"{path} cannot be read as a table ({_reason(err)})") from None
+
+
+def parquet_rows(path: Path) -> int:
+    """The rows of a parquet file from its footer (no data read).
+
+    Raises:
+        RunStateError: as :func:`read_parquet`.
+    """
+    try:
+        with pq.ParquetFile(path) as parquet:
+            return parquet.metadata.num_rows
+    except (OSError, pa.ArrowException, ValueError) as err:
+        raise RunStateError(f"{path} cannot be read as a table ({_reason(err)})") from None
+
+
+def parquet_columns(path: Path) -> list[str]:
+    """The column names of a parquet file, from its footer.
+
+    Raises:
+        RunStateError: as :func:`read_parquet`.
+    """
+    try:
+        return list(pq.read_schema(path).names)
+    except (OSError, pa.ArrowException, ValueError) as err:
+        raise RunStateError(f"{path} cannot be read as a table ({_reason(err)})") from None
+
+
+def _reason(err: BaseException) -> str:
+    text = getattr(err, "strerror", None) or str(err) or type(err).__name__
+    return " ".join(text.split())[:200]
+
+
 @contextlib.contextmanager
 def atomic_dir(final: Path) -> Iterator[Path]:
     """Yield a temporary folder beside ``final``; on success rename it to ``final``.
@@ -138,6 +182,8 @@ class RunDir:
             return read_manifest_file(self.manifest_path)
         except (FileNotFoundError, NotADirectoryError):
             raise RunStateError(f"{self.path} is not a run directory (no {MANIFEST})") from None
+        except OSError as err:  # a name too long, a symlink loop, no permission
+            raise RunStateError(f"{self.manifest_path} cannot be read ({err.strerror})") from None
 
     def write_manifest(self, manifest: dict) -> None:
         atomic_write_json(self.manifest_path, manifest)
@@ -151,6 +197,39 @@ class RunDir:
         if changes.get("status", "running") != "running":
             self.release()
         return manifest
+
+    def stopped(self, err: BaseException, **changes: Any) -> None:
+        """Record why the writer stopped: ``interrupted`` for Ctrl-C or SIGTERM (a
+        ``KeyboardInterrupt``; the run continues with ``--resume``), else ``failed`` with the
+        error; ``changes`` (e.g. ``timings``) go into the manifest too. A new run stopped by bad
+        input (an :class:`InputError` found after the folder was made) before anything but its
+        manifest was written is removed: bad input writes nothing. Releases the lock, also
+        when the manifest cannot be written (a full disk): the caller re-raises ``err``."""
+        try:
+            if isinstance(err, InputError) and self.state == "new" and self._holds_nothing():
+                shutil.rmtree(self.path, ignore_errors=True)  # bad input found late: no run
+            elif isinstance(err, KeyboardInterrupt):
+                self.update_manifest(status=INTERRUPTED, finished=None, **changes)
+            else:
+                self.update_manifest(status="failed", error=f"{type(err).__name__}: {err}",
+                                     **changes)
+        except (OSError, RunStateError):
+            pass
+        finally:
+            self.release()
+
+    def _holds_nothing(self) -> bool:
+        """Whether the folder holds only its manifest (and empty or temporary folders)."""
+        try:
+            for child in self.path.iterdir():
+                if child.name == MANIFEST or child.name.endswith(".tmp"):
+                    continue
+                if child.is_dir() and not child.is_symlink() and not any(child.rglob("*.*")):
+                    continue
+                return False
+        except OSError:
+            return False
+        return True
 
     def release(self) -> None:
         """Release the writer's lock (if this object holds it)."""
@@ -307,7 +386,7 @@ class RunDir:
         for index in self.done_batches():
             path = self._parts() / f"b{index:05d}" / f"{name}.parquet"
             if path.exists():
-                out.append(pq.read_table(path))
+                out.append(read_parquet(path))
         return out
 
     def part_table_names(self) -> list[str]:
@@ -338,13 +417,52 @@ class RunDir:
             RunStateError: the run has no table of that name.
         """
         path = self.table_path(name)
-        if not path.exists():
+        if not path.exists() and not path.is_symlink():
             raise RunStateError(f"run {self.run_id!r} has no table {name!r} "
                                 f"(it has: {', '.join(self.tables()) or 'none'})")
-        return pq.read_table(path, columns=columns, filters=filters)
+        return read_parquet(path, columns=columns, filters=filters)
+
+    def check_tables(self, manifest: dict | None = None) -> str | None:
+        """None when every table the manifest lists is there with the rows it says (read from
+        the parquet footers: no data read), else a sentence naming the first that is not
+        (missing, truncated, not parquet, another row count)."""
+        manifest = self.read_manifest() if manifest is None else manifest
+        for name, entry in (manifest.get("tables") or {}).items():
+            path = self.table_path(name)
+            try:
+                rows = parquet_rows(path)
+            except RunStateError as err:
+                return f"table {name!r} is unreadable: {err}"
+            expected = entry.get("rows") if isinstance(entry, dict) else None
+            if isinstance(expected, int) and rows != expected:
+                return f"table {name!r} has {rows:,} rows, its manifest says {expected:,}"
+        return None
 
 
 UNREADABLE = "unreadable"
+CORRUPTED = "corrupted"  # complete, but a table is missing, unreadable or of another length
+
+
+def same_config_key(key: dict) -> Callable[[dict], str | None]:
+    """A ``same_config`` for :meth:`RunDir.create`: None when the stored manifest's
+    ``config_key`` equals ``key`` (compared as the JSON the manifest holds), else a sentence
+    naming the fields that differ."""
+    import json
+
+    from workbench.manifest import json_text
+
+    wanted = json.loads(json_text(key))
+
+    def differs(stored: dict) -> str | None:
+        old = stored.get("config_key")
+        if old == wanted:
+            return None
+        if not isinstance(old, dict):
+            return "its manifest has no configuration to compare"
+        fields = sorted(k for k in set(old) | set(wanted) if old.get(k) != wanted.get(k))
+        return f"it was made with another configuration ({', '.join(fields)} differ)"
+
+    return differs
 
 
 def _count(value: Any) -> int:
@@ -355,8 +473,10 @@ def list_runs(runs_dir: Path) -> list[tuple[RunDir, dict]]:
     """Every run under ``runs_dir`` with its manifest, newest first.
 
     ``status`` is the live one (a ``running`` run whose writer is gone reads ``interrupted``); a
-    folder whose ``run.json`` cannot be read or validated is listed with status ``unreadable`` and
-    the reason in ``error``.
+    folder whose ``run.json`` cannot be read or validated is listed with status ``unreadable``,
+    and a complete run whose tables do not match its manifest (missing, truncated, not parquet,
+    another row count: :meth:`RunDir.check_tables`) with status ``corrupted``, the reason in
+    ``error``.
     """
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
@@ -370,7 +490,10 @@ def list_runs(runs_dir: Path) -> list[tuple[RunDir, dict]]:
             except RunStateError as err:
                 manifest = {"run_id": child.name, "status": UNREADABLE, "error": str(err)}
             else:
-                manifest = {**manifest, "status": run.live_status(manifest)}
+                status = run.live_status(manifest)
+                problem = run.check_tables(manifest) if status == "complete" else None
+                manifest = {**manifest, "status": CORRUPTED if problem else status,
+                            **({"error": problem} if problem else {})}
             out.append((run, manifest))
     out.sort(key=lambda item: str(item[1].get("created") or ""), reverse=True)
     return out

@@ -5,11 +5,10 @@ from __future__ import annotations
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from rich.console import Console
 from rich.table import Table
 
-from workbench.store import META_TABLES, RunDir
+from workbench.store import META_TABLES, RunDir, parquet_columns
 
 KEY_COLUMNS = ("segment", "condition", "query_pos", "key_pos", "dim")  # besides layer and head
 
@@ -46,7 +45,7 @@ def describe_run(run: RunDir, console: Console, top: int = 3) -> None:
     for name, meta in m.get("tables", {}).items():
         if name in META_TABLES:
             continue
-        present = set(pq.read_schema(run.table_path(name)).names)  # older runs may lack some
+        present = set(parquet_columns(run.table_path(name)))  # older runs may lack some
         table = run.read_table(name, columns=["metric", "layer", "head", "prompt_id", "value",
                                               *[c for c in KEY_COLUMNS if c in present]])
         console.print(f"\n[bold]{name}[/]: {meta.get('rows', 0):,} records")

@@ -20,13 +20,14 @@ from rich.table import Table
 
 from workbench_cli.commands import atlas as atlas_commands
 from workbench_cli.commands.common import (BATCH_SIZE, DEVICE, DEVICE_MAP, DTYPE, MODEL, OVERWRITE,
-                                       PREPEND_BOS, PROGRESS, RUN_ID, RUNS_DIR, STRICT_PARITY,
-                                       TYPER, _load, at_least_one, auto_batch_size, err,
-                                       list_option, out)
+                                       PREPEND_BOS, PROGRESS, RESUME, RUN_ID, RUNS_DIR,
+                                       STRICT_PARITY, TYPER, _load, at_least_one,
+                                       auto_batch_size, check_resume, err, list_option, out)
 from workbench_cli.commands.figures import figures_app
 from workbench_cli.commands.guard import check_run_target
 from workbench_cli.commands.heads import heads_app
 from workbench_cli.commands.runs import runs_app
+from workbench_cli.commands.serve import app_command
 from workbench.errors import InputError
 
 app = typer.Typer(**TYPER, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -113,9 +114,7 @@ def run(
     from workbench.prompts import load_prompt_set
     from workbench.run import RunOptions, execute_run
 
-    if resume and overwrite:
-        raise InputError("--resume and --overwrite contradict each other; choose one")
-    check_run_target(runs_dir, run_id)
+    check_resume(runs_dir, run_id, resume, overwrite)
     if attention_mask is not None:
         AttentionMask.parse(attention_mask)  # bad specs fail before the model loads
     if attention not in ATTENTION_CHOICES:
@@ -214,6 +213,7 @@ def circuits(
     runs_dir: Path = RUNS_DIR,
     run_id: Optional[str] = RUN_ID,
     overwrite: bool = OVERWRITE,
+    resume: bool = RESUME,
     strict_parity: bool = STRICT_PARITY,
     progress: bool = PROGRESS,
 ) -> None:
@@ -221,7 +221,10 @@ def circuits(
     from circuits.run import (CircuitsOptions, check_options, execute_circuits, load_tasks,
                               report)
 
-    check_run_target(runs_dir, run_id)
+    check_resume(runs_dir, run_id, resume, overwrite)
+    if resume and level == "edge":
+        raise InputError("--resume: edge-level runs cannot resume yet; rerun without --resume "
+                         "(and --overwrite to replace the interrupted run)")
     positions = ",".join(positions)  # the circuits package takes the comma form
     if level not in ("node", "edge"):
         raise InputError(f"--level {level!r} is not one of node, edge")
@@ -252,7 +255,7 @@ def circuits(
                             mean_prompts=mean_prompts, heads=heads,
                             spot_check=spot_check, both_directions=both_directions,
                             grids=",".join(grids), dla=dla, runs_dir=runs_dir, run_id=run_id,
-                            overwrite=overwrite, progress=progress)
+                            overwrite=overwrite, progress=progress, resume=resume)
     loaded = _load(model, strict_parity, device=device, dtype=dtype, prepend_bos=prepend_bos)
     tasks = load_tasks(task, loaded, n_prompts=n_prompts, positions=positions)
     options.discovery = replace(options.discovery, batch_size=auto_batch_size(
@@ -289,6 +292,7 @@ def intervene(
     runs_dir: Path = RUNS_DIR,
     run_id: Optional[str] = RUN_ID,
     overwrite: bool = OVERWRITE,
+    resume: bool = RESUME,
     strict_parity: bool = STRICT_PARITY,
     progress: bool = PROGRESS,
 ) -> None:
@@ -299,12 +303,12 @@ def intervene(
     from workbench.interventions.evaluate import InterveneOptions, Sweep, intervene, report
     from workbench.prompts import load_prompt_set
 
-    check_run_target(runs_dir, run_id)
+    check_resume(runs_dir, run_id, resume, overwrite)
     parsed = load_spec(spec)
     swept = Sweep.parse(sweep) if sweep else None
     options = InterveneOptions(batch_size or 1, swept, threshold, generate, n_generate,
                                make_probes(probes, parse_params(param)) if probes else [],
-                               runs_dir, run_id, overwrite, progress, sys.argv)
+                               runs_dir, run_id, overwrite, progress, sys.argv, resume)
     prompt_set = load_prompt_set(prompts)
     check_prompts(prompt_set, options.probes)
     loaded = _load(model, strict_parity, device=device, dtype=dtype, prepend_bos=prepend_bos)
@@ -376,6 +380,9 @@ def graph(
         raise InputError(f"--matrix {matrix!r}: choose attention, product or rollout")
     if out_path.suffix not in GRAPH_FORMATS:
         raise InputError(f"--out {out_path}: the file must end in {' or '.join(GRAPH_FORMATS)}")
+    from workbench.inputs import check_output_file
+
+    check_output_file(out_path, "--out")  # before the model loads
     mask = AttentionMask.parse(attention_mask) if attention_mask else None
     loaded = load_model(model, device=device)
     layer = loaded.info.n_layers + layer if layer < 0 else layer
@@ -387,32 +394,6 @@ def graph(
     out.print(f"wrote {out_path}: {g.number_of_nodes()} nodes, {g.number_of_edges()} edges above "
               f"{threshold}; centre nodes {centre_nodes(g)}; hops to the first token: max "
               f"{max(hops)}, {g.number_of_nodes() - len(hops)} position(s) unreachable")
-
-
-def app_command(runs_dir: Path, host: str, port: int) -> list[str]:
-    """The ``streamlit run`` command line that serves the app on ``host:port`` for ``runs_dir``.
-
-    Raises:
-        InputError: ``runs_dir`` is not a folder, ``port`` is out of range, or the app package
-            (``app/main.py``) is not installed.
-    """
-    import importlib.util
-
-    if not runs_dir.is_dir():
-        raise InputError(f"--runs-dir {runs_dir}: not a folder (make runs with `workbench run "
-                         "--runs-dir ...`)")
-    if not 1 <= port <= 65535:
-        raise InputError(f"--port {port}: expected 1 to 65535")
-    spec = importlib.util.find_spec("app")  # locates the package; runs nothing of it
-    main = Path(next(iter(spec.submodule_search_locations)), "main.py") if spec and \
-        spec.submodule_search_locations else None
-    if main is None or not main.is_file():
-        raise InputError("the app package (app/main.py) is not installed with the workbench")
-    return [sys.executable, "-m", "streamlit", "run", str(main), "--server.address", host,
-            "--server.port", str(port), "--server.headless", "true",
-            "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
-            "--client.toolbarMode", "minimal",
-            "--", "--runs-dir", str(runs_dir.resolve())]
 
 
 @app.command("app")

@@ -13,6 +13,7 @@ from workbench.figures.plot import Plot
 from workbench.figures.registry import FigureOptions, RunSource, run_figures
 from workbench.figures.style import WIDTHS_IN
 from workbench.heads import parse_heads
+from workbench.inputs import check_output_dir
 from workbench.store import RunDir
 
 
@@ -55,6 +56,7 @@ def plan_figures(run_path: Path, out_dir: Path | None, formats: str | list[str],
     if profile not in PROFILE_SCALES:
         raise InputError(f"--profile {profile!r}: expected one of {', '.join(PROFILE_SCALES)}")
     run = RunDir.open(run_path)
+    check_output_dir(out_dir or run.path / "figures", "--out")  # before any figure is drawn
     source = RunSource(run)
     options = FigureOptions(prompts=tuple(prompts or ()), heads=tuple(parse_heads(heads)),
                             tables=_check_tables(source, tables), headline=dict(headline or {}),

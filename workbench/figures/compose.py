@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Literal
 
 import plotly.graph_objects as go
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from workbench.errors import InputError
@@ -84,15 +83,12 @@ def load_spec(path: Path) -> ComposeSpec:
         InputError: the file is missing, not YAML, or not a valid spec (one line naming the
             field and the problem).
     """
+    from workbench.inputs import expect, parse_document, read_text
+
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"compose spec {path} does not exist") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise InputError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    raw = parse_document(read_text(path, "compose spec"), path, "compose spec", fmt="yaml")
+    if raw is not None:
+        expect(raw, dict, path, "compose spec", "a mapping with out, width, columns, panels")
     try:
         spec = ComposeSpec.model_validate(raw if raw is not None else {})
     except ValidationError as e:
@@ -197,7 +193,10 @@ def compose(spec: ComposeSpec, out: Path | None = None, *, spec_path: Path | Non
     Raises:
         InputError: see :func:`panel_plots`. BrowserNotFound: no Chromium.
     """
+    from workbench.inputs import check_output_file
+
     target = Path(out or spec.out or (spec_path or Path("figure.yaml")).with_suffix(".pdf"))
+    check_output_file(target, "--out")  # before the panels are drawn
     plots = panel_plots(spec, headline)
     written = []
     with export_session():

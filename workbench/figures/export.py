@@ -124,9 +124,10 @@ def open_browser(browser: Path | None = None) -> None:
 
     if _server["running"]:
         return
-    kaleido.start_sync_server(path=str(browser or find_browser()), mathjax=False,
-                              silence_warnings=True)
-    _server["running"] = True
+    path = str(browser or find_browser())
+    _quiet_browser_thread()
+    kaleido.start_sync_server(path=path, mathjax=False, silence_warnings=True)
+    _server.update(running=True, path=path, error=None)
     if not _server.get("atexit"):
         atexit.register(close_browser)
         _server["atexit"] = True
@@ -185,11 +186,81 @@ def render(figure: go.Figure | Plot, fmt: str, *, width: Width = "single", dpi: 
     opts = {"format": fmt, "width": fig.layout.width or 700, "height": fig.layout.height or 500,
             "scale": dpi / PX_PER_IN if fmt == "png" else 1}
     if _server["running"]:
-        data = kaleido.calc_fig_sync(spec, opts=opts)
+        data = _server_call(spec, opts)
     else:
         kopts = {"path": str(browser or find_browser()), "mathjax": False}
         data = kaleido.calc_fig_sync(spec, opts=opts, kopts=kopts)
     return normalise(data, fmt, uid=uid)
+
+
+def _quiet_browser_thread() -> None:
+    """Keep the error that ends kaleido's browser thread (Chromium failed to start) for
+    :func:`_server_call`'s one-line message instead of a traceback on stderr. Idempotent."""
+    import threading
+
+    import kaleido
+
+    if _server.get("hooked"):
+        return
+    import logging
+
+    logging.getLogger("choreographer").setLevel(logging.ERROR)  # its watchdog's shutdown note
+    previous = threading.excepthook
+
+    def hook(args) -> None:
+        if args.thread is getattr(getattr(kaleido, "_global_server", None), "_thread", None):
+            _server["error"] = args.exc_value
+            return
+        previous(args)
+
+    threading.excepthook = hook
+    _server["hooked"] = True
+
+
+class BrowserFailed(WorkbenchError):
+    """The headless browser stopped or never started (Chromium crashed, or cannot run here)."""
+
+
+def _server_call(spec: dict, opts: dict) -> bytes:
+    """``kaleido.calc_fig_sync`` on the shared server, waiting only while its browser thread
+    lives: kaleido runs the browser in a background thread whose start-up error (Chromium fails
+    to launch) never reaches the caller, which would wait for an answer forever.
+
+    Raises:
+        BrowserFailed: the browser thread is gone (the server is closed).
+    """
+    import threading
+
+    import kaleido
+
+    server = getattr(kaleido, "_global_server", None)
+    worker = getattr(server, "_thread", None)
+    if worker is None:  # another kaleido: no thread to watch
+        return kaleido.calc_fig_sync(spec, opts=opts)
+    answer: dict = {}
+
+    def call() -> None:
+        try:
+            answer["data"] = kaleido.calc_fig_sync(spec, opts=opts)
+        except BaseException as err:  # noqa: BLE001 - handed to the caller below
+            answer["error"] = err
+
+    caller = threading.Thread(target=call, daemon=True)
+    caller.start()
+    while caller.is_alive():
+        caller.join(0.2)
+        if caller.is_alive() and not worker.is_alive():
+            _server["running"] = False
+            with contextlib.suppress(Exception):
+                server._initialized = False  # its thread is dead: let a later open start anew
+            why = _server.get("error")
+            why = f": {str(why.args[0] if why.args else why)[:200]}" if why else ""
+            raise BrowserFailed("the headless browser for figure export stopped or did not "
+                                f"start (Chromium at {_server.get('path') or 'its path'}{why}); "
+                                f"{INSTALL_HINT}")
+    if "error" in answer:
+        raise answer["error"]
+    return answer["data"]
 
 
 def _figure_uid(spec: dict) -> bytes:

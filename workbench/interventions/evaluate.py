@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from workbench.errors import InputError, RunStateError
+from workbench.errors import InputError
 from workbench.forward import last_logits
 from workbench.heads import by_layer, format_head
 from workbench.interventions.check import Checked, check_spec
@@ -45,7 +45,8 @@ from workbench.metrics import answer_token_ids, kl_divergence, logit_diff
 from workbench.records import (PROMPTS_SCHEMA, SCHEMA_VERSION, TOKENS_SCHEMA, concat, conform,
                                records)
 from workbench.run import git_state, library_versions
-from workbench.store import RunDir
+from workbench.phases import Phases
+from workbench.store import RunDir, same_config_key
 from workbench.tokens import (TokenizedPrompt, make_batches, pad_token_id, prompt_rows,
                               token_rows, tokenize_prompt_set)
 
@@ -105,6 +106,7 @@ class InterveneOptions:
     overwrite: bool = False
     progress: bool = True
     command: list[str] | None = None
+    resume: bool = False  # continue an interrupted run: finished batches reused
 
     def __post_init__(self) -> None:
         """Raises InputError for a non-finite or non-positive ``threshold``, a ``batch_size``
@@ -163,7 +165,8 @@ def intervene(model, prompt_set, spec: Spec, options: InterveneOptions) -> RunDi
 
     Raises:
         InputError: a bad spec, sweep or prompt set (see :func:`check_spec`, :meth:`Sweep.parse`).
-        RunStateError: the run exists and ``overwrite`` is off.
+        RunStateError: the run exists and neither ``resume`` nor ``overwrite`` is on, or it was
+            made with another configuration (``resume`` reuses its finished batches).
         EditNotApplied: the model ignores an edit the spec makes.
     """
     tokenized = tokenize_prompt_set(prompt_set, model.tokenizer,
@@ -177,15 +180,18 @@ def intervene(model, prompt_set, spec: Spec, options: InterveneOptions) -> RunDi
                          "of the same length, which a growing prompt does not have")
     probes = [p.prepare(model, tokenized) for p in options.probes]
     manifest = _manifest(model, prompt_set, tokenized, checked, options)
-    if (Path(options.runs_dir) / manifest["run_id"]).exists() and not options.overwrite:
-        raise RunStateError(f"run {manifest['run_id']!r} already exists; use --overwrite or "
-                            "another --run-id")
-    run, _ = RunDir.create(options.runs_dir, manifest["run_id"], manifest, resume=False,
-                           overwrite=options.overwrite, same_config=lambda stored: None)
+    run, state = RunDir.create(options.runs_dir, manifest["run_id"], manifest,
+                               resume=options.resume, overwrite=options.overwrite,
+                               same_config=same_config_key(manifest["config_key"]))
+    if state == "complete":
+        return run
+    phases = Phases(run)  # finished batches and generations, reused by --resume
     try:
         verified = verify_edits(model, checked.kinds)
-        tables = _evaluate(model, tokenized, conds, answers, probes, options, run.run_id)
-        generations = _generations(model, tokenized, conds, options)
+        tables = _evaluate(model, tokenized, conds, answers, probes, options, run.run_id,
+                           phases)
+        generations = phases.run("generations", lambda: _generations(model, tokenized, conds,
+                                                                     options))
         tables["prompts"] = pa.table(prompt_rows(tokenized), schema=PROMPTS_SCHEMA)
         tables["tokens"] = pa.table(token_rows(tokenized, model.tokenizer), schema=TOKENS_SCHEMA)
         written = {}
@@ -197,13 +203,14 @@ def intervene(model, prompt_set, spec: Spec, options: InterveneOptions) -> RunDi
         run.update_manifest(status="complete", finished=_now(), tables=written,
                             verification=verified, generations=generations)
     except BaseException as err:
-        run.update_manifest(status="failed", error=f"{type(err).__name__}: {err}")
+        run.stopped(err)  # Ctrl-C / SIGTERM: interrupted (resumable), else failed
         raise
+    phases.drop()
     return run
 
 
-def _evaluate(model, tokenized, conds, answers: bool, probes, options, run_id: str
-              ) -> dict[str, pa.Table]:
+def _evaluate(model, tokenized, conds, answers: bool, probes, options, run_id: str,
+              phases: Phases | None = None) -> dict[str, pa.Table]:
     from rich.progress import Progress
 
     batches = make_batches(tokenized, options.batch_size, pad_token_id(model.tokenizer))
@@ -212,8 +219,15 @@ def _evaluate(model, tokenized, conds, answers: bool, probes, options, run_id: s
     one = _one_head(conds[0][1])
     with Progress(disable=not options.progress, transient=True) as bar:
         task = bar.add_task("intervene", total=len(batches))
-        for batch in batches:
-            rows += _batch_records(model, batch, conds, answers, probes, one, probe_rows)
+        for index, batch in enumerate(batches):
+            def compute(batch=batch):
+                mine: dict[str, list[pa.Table]] = {}
+                return _batch_records(model, batch, conds, answers, probes, one, mine), mine
+
+            found, theirs = (phases or Phases(None)).run(f"batch {index}", compute)
+            rows += found
+            for name, parts in theirs.items():
+                probe_rows.setdefault(name, []).extend(parts)
             bar.advance(task)
     table = concat(rows)
     table = pa.concat_tables([table, _summaries(table, conds, options, one)])
@@ -369,7 +383,13 @@ def _manifest(model, prompt_set, tokenized, checked: Checked, options) -> dict:
                                                 "values": list(options.sweep.values)}
     digest = hashlib.sha256(f"{spec.text}|{sweep}|{prompt_set.sha256}".encode()).hexdigest()
     run_id = options.run_id or f"intervene-{model.info.name}-{prompt_set.name}-{digest[:8]}"
-    return {
+    config = {"model": model.info.name, "dtype": model.info.dtype,
+              "prepend_bos": model.info.prepend_bos, "prompts": prompt_set.sha256,
+              "spec": spec.text, "sweep": sweep, "threshold": options.threshold,
+              "batch_size": options.batch_size, "generate": options.generate,
+              "n_generate": options.n_generate,
+              "probes": [{"name": p.name, "params": p.params()} for p in options.probes]}
+    return {"config_key": config,
         "run_id": run_id, "kind": "intervention", "status": "running", "created": _now(),
         "finished": None, "command": options.command or sys.argv, "model": model.info.to_dict(),
         "prompts": {"name": prompt_set.name, "files": [vars(f) for f in prompt_set.files],

@@ -15,11 +15,9 @@ Parameters a sweep can vary (``--sweep alpha=0,1,2``): :data:`SWEEPABLE`.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from workbench.errors import InputError
@@ -194,17 +192,11 @@ def load_spec(path: str | Path) -> Spec:
     Raises:
         InputError: a missing or unparsable file, or an invalid spec (see :func:`parse_spec`).
     """
+    from workbench.inputs import parse_document, read_text
+
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise InputError(f"spec {path}: cannot read it ({err.strerror})") from None
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as err:
-        raise InputError(f"spec {path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}:"
-                         f" {str(err).splitlines()[0]}") from None
-    return parse_spec(data, text, str(path))
+    text = read_text(path, "spec")
+    return parse_spec(parse_document(text, path, "spec"), text, str(path))
 
 
 def as_spec(spec: object) -> Spec:

@@ -42,7 +42,36 @@ def _thresholds(items: list[str]) -> dict[str, float]:
             raise InputError(f"--threshold {item!r} is not of the form role=number "
                              "(e.g. sink=0.5)")
         found[role.strip()] = number
-    return found
+    return check_thresholds(found)
+
+
+def check_thresholds(thresholds: object, where: str = "--threshold") -> dict[str, float]:
+    """Role thresholds as the CLI and ``wb.atlas(thresholds=...)`` take them: known roles, finite
+    numbers, and for a ``top_k`` role (the N best-ranked heads) a whole number of heads >= 1.
+
+    Raises:
+        InputError: another type, an unknown role, a value that is not finite, a top-k count
+            that is not a positive whole number (``context=0.5`` used to label 0 heads "top 0.5").
+    """
+    import math
+    import numbers
+
+    from atlas.roles import ROLES
+    from workbench.bounds import MAX_HEADS, echo, mapping
+
+    out = {}
+    for role, value in mapping(thresholds, "thresholds").items():
+        if role not in ROLES:
+            raise InputError(f"{where} for unknown role {echo(role)}; roles: {', '.join(ROLES)}")
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) \
+                or not math.isfinite(value):
+            raise InputError(f"{where} {role}={echo(value)}: expected a finite number")
+        if ROLES[role].rule == "top_k" and not (float(value).is_integer()
+                                                and 1 <= value <= MAX_HEADS):
+            raise InputError(f"{where} {role}={value:g}: the {role} role labels the top N heads;"
+                             f" N must be a whole number from 1 to {MAX_HEADS}")
+        out[role] = float(value)
+    return out
 
 
 @app.callback()

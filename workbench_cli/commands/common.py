@@ -37,7 +37,11 @@ class FullHelpGroup(TyperGroup):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        for command in self.commands.values():
+        from workbench_cli.commands.bounds import install
+
+        install(self, self.name or "")  # numeric options: workbench.bounds, checked while parsing
+        for name, command in self.commands.items():
+            install(command, f"{self.name or ''} {name}")
             for param in command.params:
                 if isinstance(param, TyperArgument) and param.metavar:
                     param.display_type_rich = lambda ctx: None  # typer has no switch for this
@@ -112,9 +116,34 @@ DEVICE_MAP = typer.Option(
 BATCH_SIZE = typer.Option(None, "--batch-size", "-b", metavar="N", callback=at_least_one,
                           help="Prompts per forward pass (default: chosen from free memory, 8 on "
                                "the CPU).")
+RESUME = typer.Option(False, "--resume", help="Continue an interrupted run: its finished parts "
+                      "are reused, the result equals an uninterrupted run's (a finished run is "
+                      "returned as it is).")
 RUN_ID = typer.Option(None, "--run-id", metavar="NAME",
                       help="Run folder name (default: derived from the configuration, so reruns "
                            "find it).")
+
+
+def check_resume(runs_dir: Path, run_id: str | None, resume: bool, overwrite: bool) -> None:
+    """The checks every command that writes a run makes first: ``--resume`` with
+    ``--overwrite``, a ``--runs-dir`` that cannot hold runs, a bad ``--run-id``, a named run that
+    exists without ``--resume`` or ``--overwrite``.
+
+    Raises:
+        InputError, RunStateError: one of those (before the model loads).
+    """
+    from workbench.errors import InputError
+    from workbench.manifest import check_run_id, check_runs_dir
+
+    if resume and overwrite:
+        raise InputError("--resume and --overwrite contradict each other; choose one")
+    check_runs_dir(runs_dir)
+    check_run_id(run_id)
+    if run_id is not None and not (resume or overwrite) and (Path(runs_dir) / run_id).exists():
+        from workbench.errors import RunStateError
+
+        raise RunStateError(f"run {run_id!r} already exists in {runs_dir}; rerun with --resume "
+                            "to continue it or --overwrite to start again")
 
 
 def auto_batch_size(batch_size: int | None, loaded, prompts: Iterable[str | int]) -> int:

@@ -97,7 +97,11 @@ def compose_cmd(
     """Compose one PDF (and a PNG preview) from chosen figures, lettered a, b, c ..."""
     from workbench.figures.compose import compose, load_spec
 
+    from workbench.inputs import check_output_file
+
     start = time.perf_counter()
+    if out_path is not None:
+        check_output_file(out_path, "--out")  # before the spec's panels are read and drawn
     parsed = load_spec(spec)
     written = compose(parsed, out_path, spec_path=spec, headline=probe_headlines())
     out.print(f"[green]wrote[/] {len(parsed.panels)} panels to "

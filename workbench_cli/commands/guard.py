@@ -1,8 +1,11 @@
 """Running the typer app so that every failure is one line and an exit code, never a traceback.
 
 Exit codes: 0 done; 2 bad input (a usage error, an unknown option or command, a bad value, an
-:class:`~workbench.errors.InputError`); 1 any other failure; 130 interrupted (Ctrl-C or SIGTERM,
-which is turned into the same ``KeyboardInterrupt`` so a run marks itself ``interrupted``).
+:class:`~workbench.errors.InputError`); 1 any other failure (an ``OSError`` of the environment, a
+full disk or a vanished folder, is one line naming the file); 130 interrupted (Ctrl-C or SIGTERM,
+which is turned into the same ``KeyboardInterrupt`` so a run marks itself ``interrupted``; the
+line says "rerun with --resume" only for commands that have it). Every error line is one line of
+bounded length (a megabyte of input is cut in the middle).
 
 Typer ships its own copies of click's exception classes (``typer._click.exceptions``) next to
 click's; both families are handled.
@@ -42,8 +45,45 @@ def _click_families() -> list:
     return families
 
 
+MAX_LINE = 1000  # characters of an error line; a word longer than MAX_WORD is cut in the middle
+MAX_WORD = 120
+
+
+def _cut(word: str, limit: int) -> str:
+    if len(word) <= limit:
+        return word
+    return f"{word[:limit * 2 // 3]}...{word[-(limit // 3 - 3):]} ({len(word):,} characters)"
+
+
 def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
+    """``text`` on one line, with runs of whitespace as one space, every word of more than
+    :data:`MAX_WORD` characters cut in the middle and the whole at most :data:`MAX_LINE`
+    characters (an error never echoes a megabyte of input)."""
+    line = " ".join(_cut(word, MAX_WORD) for word in str(text).split())
+    return _cut(line, MAX_LINE) if len(line) > MAX_LINE else line
+
+
+def _resumable(app: Callable, argv: list[str] | None) -> bool:
+    """Whether the command that ``argv`` invokes takes ``--resume`` (so the interrupted line may
+    say "rerun with --resume")."""
+    try:
+        import typer
+
+        command = typer.main.get_command(app)
+        for word in list(sys.argv[1:] if argv is None else argv):
+            sub = getattr(command, "commands", {}).get(word)
+            if sub is not None:
+                command = sub
+        return any("--resume" in getattr(p, "opts", ()) for p in command.params)
+    except Exception:  # noqa: BLE001 - only the wording of a message depends on it
+        return False
+
+
+def _interrupted(app: Callable, argv: list[str] | None) -> None:
+    hint = ("rerun the same command with --resume to continue" if _resumable(app, argv)
+            else "nothing was kept; rerun the same command")
+    err.print(f"[yellow]interrupted[/]: {hint}", soft_wrap=True)
+    sys.exit(INTERRUPTED)
 
 
 def _print_error(message: str) -> None:
@@ -105,18 +145,17 @@ def run_guarded(app: Callable, argv: list[str] | None) -> None:
         _print_error(str(e))
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
-        err.print("[yellow]interrupted[/]: rerun the same command with --resume to continue",
-                  soft_wrap=True)
-        sys.exit(INTERRUPTED)
+        _interrupted(app, argv)
+    except OSError as e:  # the environment: a full disk, a read-only or vanished folder ...
+        _print_error(os_error(e))
+        sys.exit(1)
     except Exception as e:  # click / typer usage errors; anything else is a bug: re-raise
         for click_exc, usage, exit_, abort in families:
             if isinstance(e, exit_):
                 sys.exit(e.exit_code)
             if isinstance(e, abort):
                 if isinstance(e.__cause__, KeyboardInterrupt):
-                    err.print("[yellow]interrupted[/]: rerun the same command with --resume to "
-                              "continue", soft_wrap=True)
-                    sys.exit(INTERRUPTED)
+                    _interrupted(app, argv)
                 err.print("[yellow]aborted[/]", soft_wrap=True)
                 sys.exit(1)
             if isinstance(e, usage):
@@ -129,6 +168,14 @@ def run_guarded(app: Callable, argv: list[str] | None) -> None:
                 _print_error(e.format_message())
                 sys.exit(e.exit_code or 1)
         raise
+
+
+def os_error(e: OSError) -> str:
+    """An operating-system error as one sentence: what failed, on which file (``No space left
+    on device: runs/x/a.parquet``)."""
+    what = e.strerror or type(e).__name__
+    where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
+    return f"{what}: {where}" if where else f"{what} ({e})"
 
 
 def check_run_target(runs_dir: Path, run_id: str | None = None) -> None:

@@ -16,8 +16,8 @@ import typer
 from rich.markup import escape
 
 from workbench_cli.commands.common import (BATCH_SIZE, DEVICE, DTYPE, MODEL, OVERWRITE, PREPEND_BOS,
-                                       PROGRESS, RUN_ID, RUNS_DIR, STRICT_PARITY, TYPER, _load,
-                                       auto_batch_size, list_option, out)
+                                       PROGRESS, RESUME, RUN_ID, RUNS_DIR, STRICT_PARITY, TYPER,
+                                       _load, auto_batch_size, check_resume, list_option, out)
 from workbench.errors import InputError
 
 heads_app = typer.Typer(**TYPER, no_args_is_help=True,
@@ -43,8 +43,7 @@ def _prepare(model, prompts: list[Path], objective: str, n_prompts, device, dtyp
     from workbench.prompts import load_prompt_set
 
     check_objective(objective)
-    if n_prompts is not None and n_prompts < 1:
-        raise InputError(f"--n-prompts must be at least 1, got {n_prompts}")
+    check_resume(options.runs_dir, options.run_id, options.resume, options.overwrite)
     prompt_set = load_prompt_set(prompts)
     loaded = _load(model, strict_parity, device=device, dtype=dtype, prepend_bos=prepend_bos)
     data = prepare(loaded, prompt_set, objective, n_prompts)
@@ -53,10 +52,11 @@ def _prepare(model, prompts: list[Path], objective: str, n_prompts, device, dtyp
     return loaded, prompt_set, data
 
 
-def _options(runs_dir, run_id, overwrite, progress, batch_size, params):
+def _options(runs_dir, run_id, overwrite, progress, batch_size, params, resume=False):
     from pruning.run import HeadsOptions
 
-    return HeadsOptions(runs_dir, run_id, overwrite, progress, batch_size, sys.argv, params)
+    return HeadsOptions(runs_dir, run_id, overwrite, progress, batch_size, sys.argv, params,
+                        resume)
 
 
 @heads_app.command("importance")
@@ -65,11 +65,12 @@ def importance(model: str = MODEL, prompts: list[Path] = PROMPTS, objective: str
                device: Optional[str] = DEVICE, dtype: Optional[str] = DTYPE,
                prepend_bos: Optional[bool] = PREPEND_BOS, runs_dir: Path = RUNS_DIR,
                run_id: Optional[str] = RUN_ID, overwrite: bool = OVERWRITE,
+               resume: bool = RESUME,
                strict_parity: bool = STRICT_PARITY, progress: bool = PROGRESS) -> None:
     """Michel et al. importance E_x |dL/dg_h| of every head (one forward + backward per batch)."""
     from pruning.execute import run_importance
 
-    options = _options(runs_dir, run_id, overwrite, progress, batch_size, {})
+    options = _options(runs_dir, run_id, overwrite, progress, batch_size, {}, resume)
     loaded, prompt_set, data = _prepare(model, prompts, objective, n_prompts, device, dtype,
                                         prepend_bos, strict_parity, options)
     run = run_importance(loaded, data, prompt_set, options)
@@ -96,7 +97,7 @@ def prune(model: str = MODEL, prompts: list[Path] = PROMPTS, objective: str = OB
           batch_size: Optional[int] = BATCH, device: Optional[str] = DEVICE,
           dtype: Optional[str] = DTYPE,
           prepend_bos: Optional[bool] = PREPEND_BOS, runs_dir: Path = RUNS_DIR,
-          run_id: Optional[str] = RUN_ID, overwrite: bool = OVERWRITE,
+          run_id: Optional[str] = RUN_ID, overwrite: bool = OVERWRITE, resume: bool = RESUME,
           strict_parity: bool = STRICT_PARITY, progress: bool = PROGRESS) -> None:
     """Pruning curve: remove heads by increasing importance (and at random), step by step."""
     from pruning.execute import check_prune, run_prune
@@ -105,7 +106,7 @@ def prune(model: str = MODEL, prompts: list[Path] = PROMPTS, objective: str = OB
     options = _options(runs_dir, run_id, overwrite, progress, batch_size,
                        {"ablation": ablation, "step": step, "seeds": seeds,
                         "tolerance": tolerance, "order": "normalised importance, estimated "
-                        "once (not re-estimated after each step)"})
+                        "once (not re-estimated after each step)"}, resume)
     loaded, prompt_set, data = _prepare(model, prompts, objective, n_prompts, device, dtype,
                                         prepend_bos, strict_parity, options)
     run = run_prune(loaded, data, prompt_set, options, mode=ablation, step=step, seeds=seeds,
@@ -135,8 +136,8 @@ def learn_gates(model: str = MODEL, prompts: list[Path] = PROMPTS, objective: st
                 batch_size: Optional[int] = BATCH, device: Optional[str] = DEVICE,
                 dtype: Optional[str] = DTYPE, prepend_bos: Optional[bool] = PREPEND_BOS,
                 runs_dir: Path = RUNS_DIR, run_id: Optional[str] = RUN_ID,
-                overwrite: bool = OVERWRITE, strict_parity: bool = STRICT_PARITY,
-                progress: bool = PROGRESS) -> None:
+                overwrite: bool = OVERWRITE, resume: bool = RESUME,
+                strict_parity: bool = STRICT_PARITY, progress: bool = PROGRESS) -> None:
     """Train hard-concrete L0 gates (model frozen) per lambda; write specs for `intervene`."""
     from pruning.execute import check_lambdas, frontier_lines, run_learn
     from pruning.learn import GateTraining, split_prompts
@@ -147,7 +148,7 @@ def learn_gates(model: str = MODEL, prompts: list[Path] = PROMPTS, objective: st
     options = _options(runs_dir, run_id, overwrite, progress, batch_size,
                        {"lambdas": lambdas, "steps": steps, "lr": lr, "seed": seed,
                         "eval_fraction": eval_fraction, "init_log_alpha": training.init,
-                        "hard_concrete": vars(training.distribution)})
+                        "hard_concrete": vars(training.distribution)}, resume)
     loaded, prompt_set, data = _prepare(model, prompts, objective, n_prompts, device, dtype,
                                         prepend_bos, strict_parity, options)
     run, specs = run_learn(loaded, data, prompt_set, options, lambdas=lambdas,

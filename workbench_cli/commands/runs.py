@@ -68,8 +68,11 @@ def runs_columns(rows: list[dict[str, str]], width: int) -> list[str]:
 
 def _list_runs(runs_dir: Path) -> None:
     """The runs table, newest first (an unreadable run is listed and its error printed)."""
+    from workbench.errors import InputError
     from workbench.store import list_runs
 
+    if runs_dir.exists() and not runs_dir.is_dir():
+        raise InputError(f"--runs-dir {runs_dir}: not a folder; give the folder holding runs")
     found = list_runs(runs_dir)
     if not found:
         out.print(f"no runs under {runs_dir}")
@@ -82,8 +85,9 @@ def _list_runs(runs_dir: Path) -> None:
                          justify="right" if name == "records" else "left")
     for row, (run, m) in zip(rows, found):  # list_runs: validated manifests or "unreadable"
         table.add_row(*[escape(row[name]) for name in kept])
-        if m.get("status") == "unreadable":
-            err.print(f"[yellow]unreadable[/]: {escape(str(m.get('error')))}", soft_wrap=True)
+        if m.get("status") in ("unreadable", "corrupted"):
+            err.print(f"[yellow]{m['status']}[/]: {escape(run.run_id)}: "
+                      f"{escape(str(m.get('error')))}", soft_wrap=True)
     out.print(table, soft_wrap=False)
     if len(kept) < len(COLUMNS):
         left_out = ", ".join(c for c in COLUMNS if c not in kept)
@@ -109,7 +113,11 @@ def runs_show(ctx: typer.Context,
     """Show a run's manifest summary and its headline numbers."""
     from workbench.summary import describe_run
 
+    from workbench.manifest import check_run_id
+
     path = Path(run_id)
+    if "/" not in run_id and run_id not in (".", ".."):  # a run id: a bounded plain name
+        check_run_id(run_id, "RUN_ID")
     if not (path / "run.json").exists():
         path = Path(runs_dir or ctx.obj) / run_id
     from workbench.store import RunDir
