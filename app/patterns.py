@@ -8,6 +8,7 @@ import streamlit as st
 
 from app import data, ui
 from workbench.figures import attention_pattern
+from workbench.heads import format_head
 
 
 def pattern_metrics(infos: dict) -> list[tuple[str, str]]:
@@ -40,7 +41,7 @@ def stored_pattern(root: data.RunsRoot, run_id: str, infos: dict, layer: int, he
                           (("metric", metric), *where, ("layer", layer), ("head", head)))
     prompt_ids = sorted(str(p) for p in pc.unique(head_rows["prompt_id"]).to_pylist() if p)
     if not prompt_ids:
-        st.info(f"No pattern records for layer {layer}, head {head}; the probe stored other "
+        st.info(f"No pattern records for {format_head((layer, head))}; the probe stored other "
                 "heads.")
         return False
     prompt_id = st.selectbox("Prompt", prompt_ids, key=f"{prefix}-pattern-prompt")

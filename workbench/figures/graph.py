@@ -12,6 +12,7 @@ import plotly.graph_objects as go
 from plotly.colors import sample_colorscale
 
 from workbench.figures.plot import Plot, drawer, safe_name
+from workbench.heads import format_head
 from workbench.figures.style import (INK, TICK_PT, Width, bar_room, base_figure, categorical,
                                      colorbar, colorbar_title, colour_scale, plot_text, pt)
 
@@ -39,7 +40,7 @@ def _node_rows(graph: nx.DiGraph, value: str, n_heads: int | None) -> list[dict]
     for node, attrs in graph.nodes(data=True):
         head = heads[node]
         if head:
-            x, y, label = head[0], head[1], f"L{head[0]}H{head[1]}"
+            x, y, label = head[0], head[1], format_head(head)
         else:  # embeddings / logits and the like sit before the first or after the last layer
             x = min(layers) - 1 if graph.in_degree(node) == 0 else max(layers) + 1
             y, label = mid, str(node)

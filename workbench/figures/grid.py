@@ -86,14 +86,17 @@ def draw_heatmap(data: pd.DataFrame, params: dict, width: Width) -> go.Figure:
     fig = base_figure(width, height=height)
     label, unit = plot_text(params["label"]), plot_text(params["unit"] or "")
     rows = params.get("rows", "head")
+    # one value per head (no prompt ids, e.g. mean_* metrics): no "prompts: 0" in the hover
+    prompts = "<br>prompts: %{customdata}" if (data["n_prompts"] > 0).any() else ""
+    where = "L%{x}H%{y}" if rows == "head" else f"layer %{{x}}, {plot_text(rows)} %{{y}}"
     fig.add_trace(go.Heatmap(
         x=list(range(n_layers)), y=list(range(n_heads)),
         z=_grid(data, "value", (n_heads, n_layers)),
         customdata=_grid(data, "n_prompts", (n_heads, n_layers)),
         colorbar=colorbar(colorbar_title(params["label"], params["unit"],
                                          room_px=bar_room(fig))),
-        hovertemplate=(f"layer %{{x}}, {plot_text(rows)} %{{y}}<br>{label}: %{{z:.4g}}"
-                       f"{' ' + unit if unit else ''}<br>prompts: %{{customdata}}<extra></extra>"),
+        hovertemplate=(f"{where}<br>{label}: %{{z:.4g}}"
+                       f"{' ' + unit if unit else ''}{prompts}<extra></extra>"),
         **colour_scale(np.append(data["value"].to_numpy(), params.get("zrange") or []),
                        params["scale"])))
     fig.update_xaxes(title_text="layer", showline=False, **layer_ticks(n_layers))
