@@ -9,8 +9,9 @@ JavaScript, nothing fetched):
   hovering a token colours where it attends (one strip) and what attends to it (the other), with
   no round trip to the server.
 
-Weights travel as uint16 (``round(w * 65535)``, so shown to 1e-4) in base64; tokens as JSON
-strings, put on the page with ``textContent`` (never parsed as HTML: a ``<script>`` token shows as
+Weights travel as uint16 (``round(w * 65535)``, so shown to 1e-4): the model view's as one binary
+payload (:func:`pack`: no base64, no JSON for 4.4 M weights at 128 tokens), the token view's in
+base64; tokens as JSON strings, put on the page with ``textContent`` (never parsed as HTML: a ``<script>`` token shows as
 text). The colour map is the figures' sequential scale (Viridis), sampled in Python.
 """
 
@@ -36,14 +37,40 @@ def _lut() -> list[list[int]]:
     return [[round(c * 255) if c <= 1 else round(c) for c in rgb] for rgb in colours]
 
 
+def quantize(weights) -> np.ndarray:
+    """``weights`` (any shape, values in [0, 1]) as little-endian uint16 ``round(w * 65535)``.
+
+    Raises:
+        ValueError: a value outside [0, 1] (1e-6 of float slack) or not finite.
+    """
+    w = np.array(weights, dtype=np.float32)  # a copy, scaled in place below
+    lo, hi = (float(w.min()), float(w.max())) if w.size else (0.0, 0.0)
+    if not (np.isfinite(lo) and np.isfinite(hi)) or lo < -1e-6 or hi > 1 + 1e-6:
+        raise ValueError(f"attention weights must be finite and in [0, 1], got [{lo}, {hi}]")
+    np.clip(w, 0, 1, out=w)
+    np.multiply(w, 65535, out=w)
+    np.add(w, 0.5, out=w)
+    return w.astype("<u2")
+
+
 def encode_weights(weights) -> str:
-    """``weights`` (any shape, values in [0, 1]) as base64 of little-endian uint16 ``w * 65535``
-    (C order). Raises ValueError on values outside [0, 1] or not finite."""
-    w = np.asarray(weights, dtype=np.float64)
-    if not np.isfinite(w).all() or (w < -1e-6).any() or (w > 1 + 1e-6).any():
-        raise ValueError("attention weights must be finite and in [0, 1]")
-    q = np.round(np.clip(w, 0, 1) * 65535).astype("<u2")
-    return base64.b64encode(q.tobytes()).decode("ascii")
+    """:func:`quantize` as base64 (C order)."""
+    return base64.b64encode(quantize(weights).tobytes()).decode("ascii")
+
+
+def pack(header: dict, weights: np.ndarray) -> bytes:
+    """One binary payload: the header's JSON length (uint32, little-endian), the JSON (UTF-8,
+    padded with spaces to an even length) and the uint16 weights (no base64, no JSON)."""
+    text = json.dumps(header).encode("utf-8")
+    text += b" " * (len(text) % 2)
+    return len(text).to_bytes(4, "little") + text + weights.astype("<u2").tobytes()
+
+
+def unpack(payload: bytes) -> tuple[dict, np.ndarray]:
+    """:func:`pack` read back: (header, uint16 weights, flat)."""
+    size = int.from_bytes(payload[:4], "little")
+    return (json.loads(payload[4:4 + size]),
+            np.frombuffer(payload[4 + size:], dtype="<u2"))
 
 
 def labels(tokens: list[str]) -> list[str]:
@@ -51,12 +78,16 @@ def labels(tokens: list[str]) -> list[str]:
     return [f"{i}:{token_label(t)}" for i, t in enumerate(tokens)]
 
 
-def model_view_data(patterns, tokens: list[str], scale: str = "per head") -> dict:
-    """The payload of :func:`model_view`: ``patterns`` ``[layer, head, query_pos, key_pos]``.
+def model_view_data(patterns, tokens: list[str], scale: str = "per head") -> bytes:
+    """The payload of :func:`model_view` (:func:`pack`): a header (``n_layers``, ``n_heads``,
+    ``n``, ``tokens`` as ``pos:token``, ``scale``, ``floor``, ``lut``, ``causal``) and
+    ``patterns`` ``[layer, head, query_pos, key_pos]`` quantized (:func:`quantize`): when every
+    weight above the diagonal is 0 (a causal model), only each head's lower triangle, row by row
+    (``causal`` true).
 
     Raises:
         ValueError: not 4-D, not square, a token count that does not match, more than
-            :data:`MAX_TOKENS` tokens, an unknown scale.
+            :data:`MAX_TOKENS` tokens, an unknown scale, weights outside [0, 1].
     """
     p = np.asarray(patterns)
     if p.ndim != 4 or p.shape[2] != p.shape[3] or p.shape[2] != len(tokens):
@@ -66,51 +97,74 @@ def model_view_data(patterns, tokens: list[str], scale: str = "per head") -> dic
         raise ValueError(f"{len(tokens)} tokens: the all-heads view draws at most {MAX_TOKENS}")
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
-    return {"n_layers": int(p.shape[0]), "n_heads": int(p.shape[1]), "n": int(p.shape[2]),
-            "tokens": labels(tokens), "weights": encode_weights(p), "scale": scale,
-            "floor": LOG_FLOOR, "lut": _lut()}
+    n = p.shape[2]
+    q = quantize(p)
+    upper = np.triu_indices(n, 1)
+    causal = not q[..., upper[0], upper[1]].any()
+    header = {"n_layers": int(p.shape[0]), "n_heads": int(p.shape[1]), "n": int(n),
+              "tokens": labels(tokens), "scale": scale, "floor": LOG_FLOOR, "lut": _lut(),
+              "causal": bool(causal)}
+    if causal:  # only the lower triangle, row by row (half the bytes)
+        lower = np.tril_indices(n)
+        q = q[..., lower[0], lower[1]]
+    return pack(header, q)
 
+
+_DECODE_JS = r"""
+function decode(text) {
+  if (Uint8Array.fromBase64) return new Uint16Array(Uint8Array.fromBase64(text).buffer);
+  const raw = atob(text), bytes = new Uint8Array(raw.length);
+  for (let i = 0; i < raw.length; i++) bytes[i] = raw.charCodeAt(i);
+  return new Uint16Array(bytes.buffer);
+}
+"""
 
 _MODEL_JS = r"""
 export default function(component) {
-  const { data, parentElement, setTriggerValue } = component;
-  if (!data) return;
+  const { parentElement, setTriggerValue } = component;
+  const payload = component.data;
+  if (!payload || !payload.byteLength) return;
   const t0 = performance.now();
   parentElement.replaceChildren();
+  const bytes = new Uint8Array(payload.buffer, payload.byteOffset, payload.byteLength);
+  const size = new DataView(bytes.buffer, bytes.byteOffset, 4).getUint32(0, true);
+  const data = JSON.parse(new TextDecoder().decode(bytes.subarray(4, 4 + size)));
+  const start = bytes.byteOffset + 4 + size, count = (bytes.byteLength - 4 - size) / 2;
+  const w = start % 2 === 0 ? new Uint16Array(bytes.buffer, start, count)
+                            : new Uint16Array(bytes.slice(4 + size).buffer);
   const L = data.n_layers, H = data.n_heads, n = data.n, lut = data.lut;
-  const raw = atob(data.weights);
-  const bytes = new Uint8Array(raw.length);
-  for (let i = 0; i < raw.length; i++) bytes[i] = raw.charCodeAt(i);
-  const w = new Uint16Array(bytes.buffer);
-  const per = n * n;
-  const maxOf = new Float32Array(L * H);
-  for (let h = 0; h < L * H; h++) {
-    let m = 1; const base = h * per;
-    for (let i = 0; i < per; i++) if (w[base + i] > m) m = w[base + i];
-    maxOf[h] = m;
-  }
-  const logLo = Math.log(data.floor);
-  const shade = (v, h) => {
-    if (data.scale === "per head") return Math.round(255 * v / maxOf[h]);
-    if (data.scale === "log") {
-      const x = v / 65535; if (x <= data.floor) return 0;
-      return Math.round(255 * (Math.log(x) - logLo) / -logLo);
-    }
-    return Math.round(255 * v / 65535);
-  };
+  const per = data.causal ? n * (n + 1) / 2 : n * n;  // weights stored per head
+  const weight = (h, q, k) => data.causal ? (k > q ? 0 : w[h * per + q * (q + 1) / 2 + k])
+                                          : w[h * per + q * n + k];
   const gap = Math.max(1, Math.round(n / 24));
   const cellW = n + gap;
   const img = new ImageData(H * cellW, L * cellW);
-  const px = img.data;
-  px.fill(255);
+  const px = new Uint32Array(img.data.buffer);
+  px.fill(0xffffffff);
+  const packed = new Uint32Array(256);  // the colour map as RGBA words (little-endian ABGR)
+  for (let i = 0; i < 256; i++) packed[i] = (255 << 24 | lut[i][2] << 16 | lut[i][1] << 8 | lut[i][0]) >>> 0;
+  const index = new Uint8Array(65536);  // weight (uint16) -> colour index, for log and linear
+  const logLo = Math.log(data.floor);
+  for (let v = 0; v < 65536; v++) {
+    const x = v / 65535;
+    index[v] = data.scale === "log" ? (x <= data.floor ? 0 : Math.round(255 * (Math.log(x) - logLo) / -logLo))
+                                    : Math.round(255 * x);
+  }
+  const rowW = H * cellW, perHead = data.scale === "per head";
   for (let l = 0; l < L; l++) for (let hd = 0; hd < H; hd++) {
-    const h = l * H + hd, base = h * per;
+    const base = (l * H + hd) * per;
+    let m = 1;
+    for (let i = 0; i < per; i++) if (w[base + i] > m) m = w[base + i];
+    const f = 255 / m;
     for (let q = 0; q < n; q++) {
-      let row = ((l * cellW + q) * H * cellW + hd * cellW) * 4;
-      for (let k = 0; k < n; k++, row += 4) {
-        const c = lut[Math.max(0, Math.min(255, shade(w[base + q * n + k], h)))];
-        px[row] = c[0]; px[row + 1] = c[1]; px[row + 2] = c[2]; px[row + 3] = 255;
+      const o = (l * cellW + q) * rowW + hd * cellW;
+      const s = data.causal ? base + q * (q + 1) / 2 : base + q * n;
+      const last = data.causal ? q : n - 1;
+      for (let k = 0; k <= last; k++) {
+        const v = w[s + k];
+        px[o + k] = packed[perHead ? Math.min(255, Math.round(v * f)) : index[v]];
       }
+      for (let k = last + 1; k < n; k++) px[o + k] = packed[0];
     }
   }
   const wrap = document.createElement("div");
@@ -153,7 +207,7 @@ export default function(component) {
   canvas.addEventListener("mousemove", (ev) => {
     const p = at(ev);
     if (!p) { tip.style.display = "none"; return; }
-    const v = w[(p.l * H + p.hd) * per + p.q * n + p.k] / 65535;
+    const v = weight(p.l * H + p.hd, p.q, p.k) / 65535;
     tip.textContent = "L" + p.l + "H" + p.hd + " \u00b7 query " + data.tokens[p.q] +
       " \u2192 key " + data.tokens[p.k] + " \u00b7 weight " + v.toFixed(4) + " (click to open)";
     tip.style.display = "block";
@@ -207,16 +261,13 @@ def token_view_data(pattern, tokens: list[str]) -> dict:
             "lut": _lut()}
 
 
-_TOKEN_JS = r"""
+_TOKEN_JS = _DECODE_JS + r"""
 export default function(component) {
   const { data, parentElement } = component;
   if (!data) return;
   parentElement.replaceChildren();
   const n = data.n, lut = data.lut;
-  const raw = atob(data.weights);
-  const bytes = new Uint8Array(raw.length);
-  for (let i = 0; i < raw.length; i++) bytes[i] = raw.charCodeAt(i);
-  const w = new Uint16Array(bytes.buffer);
+  const w = decode(data.weights);
   const box = document.createElement("div");
   box.className = "tv";
   parentElement.appendChild(box);
