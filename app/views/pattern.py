@@ -118,15 +118,14 @@ try:
 except WorkbenchError:
     pass
 default = st.session_state.get("pattern-model-default") or default  # from the Atlas page
-if st.session_state.pop("pattern-autorun", False):  # from the head page: run at once
-    if default in ui.model_choices(default):
+autorun = None
+if st.session_state.pop("pattern-autorun", False):  # from the head page: run it at once
+    if default in ui.model_choices(default):  # (a model that can be loaded here)
         st.session_state["pattern-model"] = default
-    st.session_state.setdefault("pattern-prompt", EXAMPLE)
-    st.session_state["pattern-heads"] = ""
-    autorun = {"model": default, "prompt": st.session_state["pattern-prompt"], "heads": "",
-               "alpha": 0.0}
-else:
-    autorun = None
+        st.session_state.setdefault("pattern-prompt", EXAMPLE)
+        st.session_state["pattern-heads"] = ""
+        autorun = {"model": default, "prompt": st.session_state["pattern-prompt"], "heads": "",
+                   "alpha": 0.0}
 with ui.guard():
     inputs = form(default) or autorun
     if inputs:
