@@ -68,8 +68,8 @@ def clickable(fig: go.Figure) -> go.Figure:
             xaxis=trace.xaxis, yaxis=trace.yaxis,
             customdata=np.stack([z[iy, ix].astype(object), cd[iy, ix]], axis=-1),
             hovertemplate=_hover(trace.hovertemplate),
-            marker={"symbol": "square", "size": size, "opacity": 0, "color": "black"},
-            selected={"marker": {"opacity": 0}}, unselected={"marker": {"opacity": 0}}))
+            marker={"symbol": "square", "size": size, "opacity": 0.01, "color": "white"},
+            selected={"marker": {"opacity": 0.01}}, unselected={"marker": {"opacity": 0.01}}))
         trace.hoverinfo = "skip"
         trace.hovertemplate = None
     for overlay in overlays:

@@ -104,6 +104,7 @@ def pick_head(means: pd.DataFrame, keys: tuple[str, str]) -> tuple[int, int]:
         st.session_state[keys[1]] = heads[0]
     head = right.selectbox("Head", heads, key=keys[1])
     st.query_params["head"] = format_head((layer, head))
+    st.session_state["heads-query-head"] = (int(layer), int(head))  # not a new address
     return int(layer), int(head)
 
 
