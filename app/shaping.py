@@ -229,3 +229,17 @@ def compare_by_depth(a: pd.DataFrame, b: pd.DataFrame, n_layers_a: int, n_layers
         out["b - a"] = out["b mean"] - out["a mean"]
         rows.append(out)
     return pd.DataFrame(rows).round({"a mean": 4, "b mean": 4, "b - a": 4})
+
+
+def sweep_order(info, first: tuple[str, ...] = ()) -> tuple[list, list[str]]:
+    """``[(metric, variant)]`` of the table's sweeps, the headline metrics (``first``, then the
+    ``mean_*`` summaries) first; a per-prompt metric whose ``mean_`` summary is also swept is
+    left out (the same curve twice), and named in the second list."""
+    metrics = [m for m, mi in info.metrics.items() if mi.sweeps]
+    twins = [m for m in metrics if f"mean_{m}" in metrics]
+    kept = [m for m in metrics if m not in twins]
+    rank = {m: (0, first.index(m)) if m in first else (1, 0) if m.startswith("mean_") else (2, 0)
+            for m in kept}
+    ordered = sorted(kept, key=lambda m: (*rank[m], m))
+    found = [(m, s) for m in ordered for s in info.metrics[m].sweeps]
+    return list(dict.fromkeys((m, tuple(sorted(s.items()))) for m, s in found)), twins

@@ -129,8 +129,9 @@ def overlap(root: data.RunsRoot, run_id: str, infos: dict) -> None:
                            f"{tables.PAIR_SEPARATOR}B')."))
         return
     units = root.manifest(run_id).get("units") or {}
+    bounded = metric in tables.OVERLAP.metrics  # Jaccard, overlap coefficient: in [0, 1]
     ui.show_plot(overlap_matrix(matrix, metric=metric, unit=units.get(metric), baseline=baseline,
-                                table=table),
+                                table=table, zmax=1.0 if bounded else None),
                  key=ui.plot_key("overlap", table, metric))
     pairs = split_pairs(rows[rows["layer"].isna()])
     per_pair = pairs.pivot_table(index=["task_a", "task_b"], columns="metric", values="value")

@@ -187,6 +187,9 @@ def _arc(x0: float, x1: float) -> tuple[np.ndarray, np.ndarray]:
     return x0 + (x1 - x0) * t, abs(x1 - x0) / 2 * 4 * t * (1 - t)
 
 
+MAX_TOKEN_TICKS = 80  # token labels under an arc diagram before they are thinned
+
+
 @drawer("digraph")
 def draw_weighted_graph(data: pd.DataFrame, params: dict, width: Width) -> go.Figure:
     nodes, edges = data[data["element"] == "node"], data[data["element"] == "edge"]
@@ -221,11 +224,12 @@ def draw_weighted_graph(data: pd.DataFrame, params: dict, width: Width) -> go.Fi
                 "colorbar": colorbar(colorbar_title(params["label"], params["unit"],
                                                 room_px=bar_room(fig)))}))
     fig.add_trace(go.Scatter(x=nodes["x"], y=np.zeros(len(nodes)), mode="markers",
-                             marker={"size": 4, "color": INK}, hoverinfo="skip"))
-    step = -(-len(nodes) // 40)
+                             marker={"size": 4, "color": INK}, hoverinfo="text",
+                             hovertext=[plot_text(t) for t in nodes["label"]]))
+    step = -(-len(nodes) // MAX_TOKEN_TICKS)  # every token up to 80 (then every other ...)
     ticks = nodes.iloc[::step]
     fig.update_xaxes(tickmode="array", tickvals=ticks["x"].tolist(), tickangle=-90,
                      ticktext=[plot_text(t) for t in ticks["label"]], showline=False,
-                     tickfont={"size": pt(TICK_PT - 1)})
+                     tickfont={"size": pt(TICK_PT - 1 if len(ticks) <= 40 else TICK_PT - 2)})
     fig.update_yaxes(visible=False, rangemode="tozero")
     return fig
