@@ -125,7 +125,7 @@ export default function(component) {
   const payload = component.data;
   if (!payload || !payload.byteLength) return;
   const t0 = performance.now();
-  parentElement.replaceChildren();
+  parentElement.querySelectorAll(".mv-wrap").forEach((e) => e.remove());  // a redraw (keeps <style>)
   const bytes = new Uint8Array(payload.buffer, payload.byteOffset, payload.byteLength);
   const size = new DataView(bytes.buffer, bytes.byteOffset, 4).getUint32(0, true);
   const data = JSON.parse(new TextDecoder().decode(bytes.subarray(4, 4 + size)));
@@ -265,7 +265,7 @@ _TOKEN_JS = _DECODE_JS + r"""
 export default function(component) {
   const { data, parentElement } = component;
   if (!data) return;
-  parentElement.replaceChildren();
+  parentElement.querySelectorAll(".tv").forEach((e) => e.remove());  // a redraw (keeps <style>)
   const n = data.n, lut = data.lut;
   const w = decode(data.weights);
   const box = document.createElement("div");
@@ -279,7 +279,8 @@ export default function(component) {
     const head = document.createElement("span"); head.className = "tv-title";
     head.textContent = title; row.appendChild(head);
     const spans = data.tokens.map((t, i) => {
-      const s = document.createElement("span"); s.className = "tv-tok"; s.textContent = t;
+      const s = document.createElement("span"); s.className = "tv-tok";
+      s.textContent = t.slice(t.indexOf(":") + 1); s.title = t;
       s.setAttribute("data-pos", String(i)); row.appendChild(s); return s;
     });
     box.appendChild(row); return spans;

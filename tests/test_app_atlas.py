@@ -165,6 +165,8 @@ at = AppTest.from_file({MAIN!r}, default_timeout=60)
 at.query_params["compare"] = "atlas-deeper"
 at.run()
 assert not at.exception and at.title[0].value == "Atlas", at.exception
+at.switch_page("views/head.py").run()
+assert not at.exception and at.title[0].value.startswith("Head L"), at.exception
 print("torch" in sys.modules)
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
