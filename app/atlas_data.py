@@ -120,28 +120,6 @@ def top_heads(atlas: AtlasDoc, role: str, k: int = 10) -> pd.DataFrame:
         "roles": h["roles"].fillna("").astype(str).to_numpy() if "roles" in h else ""})
 
 
-def evidence(atlas: AtlasDoc, layer: int, head: int) -> pd.DataFrame:
-    """One head across every measured role: score, rank of all heads, label, the rule and
-    threshold that decide it, and where the score comes from (part run, table, metric)."""
-    row = atlas.heads[(atlas.heads["layer"] == layer) & (atlas.heads["head"] == head)]
-    if row.empty:
-        raise RunStateError(f"the atlas has no head {head_label(layer, head)}")
-    row = row.iloc[0]
-    runs, total = atlas.part_runs(), len(atlas.heads)
-    out = []
-    for role in atlas.roles():
-        name = role["name"]
-        rank = row[f"{name}_rank"]
-        out.append({
-            "role": role.get("label", name), "score": round(float(row[f"{name}_score"]), 4),
-            "rank": f"{int(rank)} of {total}" if pd.notna(rank) else "",
-            "held": bool(row[name]),
-            "rule": f"{role.get('rule', '')} {role.get('threshold', '')}".strip(),
-            "run": runs.get(str(role.get("source")), str(role.get("source", ""))),
-            "table · metric": f"{role.get('table', '')} · {role.get('metric', '')}"})
-    return pd.DataFrame(out)
-
-
 def default_head(atlas: AtlasDoc) -> tuple[int, int]:
     """The top induction head when the atlas measured induction, else the top head of its
     first measured role."""

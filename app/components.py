@@ -11,8 +11,9 @@ JavaScript, nothing fetched):
 
 Weights travel as uint16 (``round(w * 65535)``, so shown to 1e-4): the model view's as one binary
 payload (:func:`pack`: no base64, no JSON for 4.4 M weights at 128 tokens), the token view's in
-base64; tokens as JSON strings, put on the page with ``textContent`` (never parsed as HTML: a ``<script>`` token shows as
-text). The colour map is the figures' sequential scale (Viridis), sampled in Python.
+base64; tokens as JSON strings, put on the page with ``textContent`` (never parsed as HTML: a
+``<script>`` token shows as text). The colour map is the figures' sequential scale (Viridis),
+sampled in Python.
 """
 
 from __future__ import annotations

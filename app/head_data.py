@@ -78,7 +78,7 @@ def roles(atlas: AtlasDoc, layer: int, head: int) -> pd.DataFrame:
         own = row.get(f"{name}_head_effect") if f"{name}_head_effect" in row.index else None
         out.append({
             "role": role.get("label", name), "score": _num(row[f"{name}_score"], ".4g"),
-            "rank": f"{int(rank)} of {total}" if pd.notna(rank) else "",
+            "rank": _rank(atlas, role, row, rank, total),
             "held": "yes" if bool(row[name]) else "no",
             "rule": f"{role.get('rule', '')} {role.get('threshold', '')}".strip()
                     + (f" (ceiling {_num(role['ceiling'])})" if role.get("ceiling") else ""),
@@ -87,6 +87,19 @@ def roles(atlas: AtlasDoc, layer: int, head: int) -> pd.DataFrame:
             "this head ablated": (NOT_IN_ATLAS if own is None else
                                   (_num(own) or "not tested (not a top head of the role)"))})
     return pd.DataFrame(out)
+
+
+def _rank(atlas: AtlasDoc, role: dict, row: pd.Series, rank: object, total: int) -> str:
+    """"r of N"; for a circuit role (rule ``member``: held = in the circuit, whatever the sign of
+    the head's patching score) the rank by |score|, so that a negative name mover in the circuit
+    does not read "rank 263 of 270, held"."""
+    if pd.isna(rank):
+        return ""
+    if role.get("rule") != "member":
+        return f"{int(rank)} of {total}"
+    scores = atlas.heads[f"{role['name']}_score"].abs()
+    mine = abs(float(row[f"{role['name']}_score"]))
+    return f"{int((scores > mine).sum()) + 1} of {total} by |score|"
 
 
 def ioi_class(atlas: AtlasDoc, layer: int, head: int) -> tuple[str, str] | None:

@@ -141,3 +141,29 @@ def test_stored_pattern_matrix_for_the_token_view():
     assert labels == ["a", "b"] and np.array_equal(matrix, p)
     assert pattern_matrix(rows.assign(value=[2.0, 0, 1]), tokens, "x") == (None, [])
     assert len(PATTERN_TOKENS) == 4
+
+
+def test_circuit_roles_rank_by_magnitude(tmp_path):
+    """A circuit member with a large negative score (a negative name mover) ranks near the top
+    by |score|, not "263 of 270" by signed score (issue 27 item 9)."""
+    import json
+
+    from tests.app_fixture import make_atlas
+
+    folder = make_atlas(tmp_path, "atlas-circuit")
+    heads = pd.read_parquet(folder / "atlas.parquet")
+    scores = np.linspace(-0.2, 0.1, len(heads))
+    scores[0] = -0.9  # L0H0: the strongest effect, negative
+    heads["ioi_circuit_score"] = scores
+    heads["ioi_circuit_rank"] = pd.Series(-scores).rank(method="first").astype("Int64")
+    heads["ioi_circuit"] = np.arange(len(heads)) == 0
+    heads.to_parquet(folder / "atlas.parquet", index=False)
+    doc = json.loads((folder / "atlas.json").read_text())
+    doc["roles"].append({"name": "ioi_circuit", "label": "IOI circuit head", "rule": "member",
+                         "threshold": 20, "source": "circuits", "table": "head_effects",
+                         "metric": "score"})
+    (folder / "atlas.json").write_text(json.dumps(doc))
+    atlas = load_atlas(RunsRoot(tmp_path), "atlas-circuit")
+    row = head_data.roles(atlas, 0, 0).set_index("role").loc["IOI circuit head"]
+    assert row["rank"] == f"1 of {len(heads)} by |score|" and row["held"] == "yes"
+    assert int(heads.loc[0, "ioi_circuit_rank"]) == len(heads)  # its signed rank: the last

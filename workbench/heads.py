@@ -1,7 +1,8 @@
 """Attention-head sets and the hooks that rescale heads.
 
-A head is ``(layer, head_index)``, shown as ``"L9H6"`` (:func:`format_head`) and typed as ``"L9H6"``,
-``"9.6"`` or ``"9:6"`` on the command line and in specs (:func:`parse_head` reads all three).
+A head is ``(layer, head_index)``, shown as ``"L9H6"`` (:func:`format_head`) and typed as
+``"L9H6"``, ``"9.6"`` or ``"9:6"`` on the command line and in specs (:func:`parse_head` reads all
+three).
 Head hooks act on ``blocks.{layer}.attn.hook_z`` ``[batch, pos, head_index, d_head]`` (the per-head
 output before W_O, so scaling head h there scales exactly its contribution ``z_h W_O^h``) or on
 ``hook_result`` ``[batch, pos, head_index, d_model]`` (needs ``set_use_attn_result(True)``).
@@ -36,7 +37,8 @@ def parse_head(text: str) -> Head:
 
 
 def parse_heads(items: str | Iterable[str | Head]) -> list[Head]:
-    """A comma-separated string or an iterable of ``"L.H"`` strings / pairs -> sorted unique heads."""
+    """A comma-separated string or an iterable of head strings (any style :func:`parse_head`
+    reads) / pairs -> sorted unique heads."""
     if isinstance(items, str):
         items = [s for s in items.split(",") if s.strip()]
     heads = {tuple(x) if not isinstance(x, str) else parse_head(x) for x in items}
@@ -54,7 +56,8 @@ def check_heads(heads: Iterable[Head], n_layers: int, n_heads: int, where: str =
     for layer, head in heads:
         if not (0 <= layer < n_layers and 0 <= head < n_heads):
             prefix = f"{where}: " if where else ""
-            raise InputError(f"{prefix}head {format_head((layer, head))} is out of range: the model has "
+            raise InputError(f"{prefix}head {format_head((layer, head))} is out of range: the "
+                             f"model has "
                              f"{n_layers} layers (0-{n_layers - 1}) x {n_heads} heads "
                              f"(0-{n_heads - 1})")
 
