@@ -95,10 +95,21 @@ def highlight(fig: go.Figure, layer: int, head: int, xy: tuple[str, str] = ("lay
     """``fig`` with the chosen head outlined (a black square with a white rim) on every panel
     ``axes`` (pairs of axis ids such as ``("x2", "y2")``; default: the first panel)."""
     coords = {"layer": layer, "head": head}
+    size = _cell_size(fig)
     for xaxis, yaxis in axes or [("x", "y")]:
         fig.add_trace(go.Scatter(
             x=[coords[xy[0]]], y=[coords[xy[1]]], mode="markers", xaxis=xaxis, yaxis=yaxis,
             hoverinfo="skip", showlegend=False, name="chosen head",
-            marker={"symbol": "square-open", "size": 14, "color": "black",
+            marker={"symbol": "square-open", "size": size, "color": "black",
                     "line": {"width": 2.5, "color": "black"}}))
     return fig
+
+
+def _cell_size(fig: go.Figure) -> float:
+    """The outline's size in pixels: a cell's (the first scatter's square markers, else a
+    heatmap cell), from 8 to 30."""
+    for trace in fig.data:
+        if isinstance(trace, go.Scatter) and trace.marker is not None \
+                and isinstance(trace.marker.size, (int, float)):
+            return float(np.clip(trace.marker.size, 8, 30))
+    return 14.0
