@@ -40,6 +40,17 @@ def _cell_px(fig: go.Figure, trace: go.Heatmap, nx: int, ny: int) -> float:
     return float(max(4.0, min(plot_w * fx / max(nx, 1), plot_h * fy / max(ny, 1))))
 
 
+def _keep_range(fig: go.Figure, axis_id: str, values: np.ndarray) -> None:
+    """Pin an axis to its cells' extent (half a cell beyond the first and last), as the heatmap
+    alone draws it; a range already set, or a reversed axis, is respected."""
+    name = ("xaxis" if axis_id.startswith("x") else "yaxis") + axis_id[1:]
+    axis = fig.layout[name]
+    if axis.range is not None or not len(values):
+        return
+    lo, hi = float(np.min(values)) - 0.5, float(np.max(values)) + 0.5
+    axis.range = [hi, lo] if axis.autorange == "reversed" else [lo, hi]
+
+
 def clickable(fig: go.Figure) -> go.Figure:
     """``fig`` with an invisible, selectable square marker on every finite cell of each heatmap
     trace (same axes, same hover text); the heatmaps themselves stop answering hovers. Heatmaps
@@ -63,6 +74,8 @@ def clickable(fig: go.Figure) -> go.Figure:
         if not len(ix):
             continue
         size = _cell_px(fig, trace, nx, ny)
+        _keep_range(fig, trace.xaxis or "x", xs)  # the markers must not widen the axes
+        _keep_range(fig, trace.yaxis or "y", ys)
         overlays.append(go.Scatter(
             x=xs[ix], y=ys[iy], mode="markers", name=OVERLAY_NAME, showlegend=False,
             xaxis=trace.xaxis, yaxis=trace.yaxis,

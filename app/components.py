@@ -220,6 +220,9 @@ export default function(component) {
     const p = at(ev);
     if (p) setTriggerValue("clicked", { layer: p.l, head: p.hd });
   });
+  // where thumbnail (l, h) is, in canvas pixels (for tests): left + (h * cell, l * cell), n_px wide
+  canvas.setAttribute("data-geometry", JSON.stringify({left, top, cell: cellW * scale,
+                                                       n_px: n * scale, width: canvas.width}));
   canvas.setAttribute("data-draw-ms", String(Math.round(performance.now() - t0)));
 }
 """

@@ -186,13 +186,19 @@ def test_researcher_path_in_chromium(served, tmp_path_factory):
             canvas.wait_for(timeout=60_000)
             settle(page)
             size = canvas.bounding_box()
-            spot = {"x": size["width"] * 0.55, "y": size["height"] * 0.3}
+            geo = json.loads(canvas.get_attribute("data-geometry"))
+            css = size["width"] / geo["width"]  # canvas pixels -> page pixels
+            target = (min(2, int(top["layer"])), 1)  # a thumbnail: (layer, head)
+            spot = {"x": (geo["left"] + target[1] * geo["cell"] + geo["n_px"] * 0.6) * css,
+                    "y": (geo["top"] + target[0] * geo["cell"] + geo["n_px"] * 0.8) * css}
             canvas.hover(position=spot)
             tip = page.locator("[data-testid='model-view-tip']")
             text = tip.inner_text()
             found = re.match(r"L(\d+)H(\d+) · query (\d+):.* → key (\d+):.* · weight ([\d.]+)",
                              text)
             assert found, text
+            assert tuple(map(int, found.groups()[:2])) == target
+            assert int(found.group(4)) <= int(found.group(3))  # causal: a key at or before
             page.screenshot(path=str(shots / "4-all-heads.png"), full_page=True)
             canvas.click(position=spot)
             page.get_by_text("Attention from token").wait_for(timeout=60_000)

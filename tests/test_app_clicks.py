@@ -61,6 +61,9 @@ def test_heatmap_cells_are_clickable_points(runs, monkeypatch):
     assert overlay["hovertemplate"].startswith("L%{x}H%{y}<br>")
     assert "%{customdata[0]" in overlay["hovertemplate"]
     assert fig["layout"]["margin"]["t"] >= 28  # room for the toolbar above the colour bar
+    # the markers do not widen the axes past the cells
+    assert fig["layout"]["xaxis"]["range"] == [-0.5, N_LAYERS - 0.5]
+    assert fig["layout"]["yaxis"]["range"] == [-0.5, N_HEADS - 0.5]
 
 
 def test_head_in_the_address_is_chosen_and_outlined(runs, monkeypatch):
