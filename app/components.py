@@ -3,8 +3,9 @@ JavaScript, nothing fetched):
 
 * :func:`model_view`: every head's pattern as a thumbnail, a layer per row (BertViz's model view,
   Vig 2019, arXiv 1906.05714), drawn as one canvas: labelled by layer and head; hovering shows the
-  head, the query and key tokens and the weight; clicking a thumbnail returns its head. Colour per
-  thumbnail (each head's own maximum), on a log scale, or linear from 0 to 1.
+  head, the query and key tokens and the weight; clicking a thumbnail returns its head. Colour on a
+  log scale (0.001 to 1, the default), per thumbnail (0 to the head's largest weight on keys after
+  the first: key 0 is the usual attention sink and would leave the rest dark), or linear from 0 to 1.
 * :func:`token_view`: the prompt's tokens (CircuitsVis's coloured tokens, Cooney & Nanda 2023);
   hovering a token colours where it attends (one strip) and what attends to it (the other), with
   no round trip to the server.
@@ -28,7 +29,7 @@ from plotly.colors import sample_colorscale
 from workbench.figures.shapes import token_label
 from workbench.figures.style import SEQUENTIAL
 
-SCALES = ("per head", "log", "linear")
+SCALES = ("log", "per head", "linear")
 LOG_FLOOR = 1e-3  # the log scale's lowest colour: weights at or below 0.001
 MAX_TOKENS = 512  # a bound on what is sent to the browser (30 x 9 x 512^2 x 2 bytes = 141 MB)
 
@@ -79,7 +80,7 @@ def labels(tokens: list[str]) -> list[str]:
     return [f"{i}:{token_label(t)}" for i, t in enumerate(tokens)]
 
 
-def model_view_data(patterns, tokens: list[str], scale: str = "per head") -> bytes:
+def model_view_data(patterns, tokens: list[str], scale: str = "log") -> bytes:
     """The payload of :func:`model_view` (:func:`pack`): a header (``n_layers``, ``n_heads``,
     ``n``, ``tokens`` as ``pos:token``, ``scale``, ``floor``, ``lut``, ``causal``) and
     ``patterns`` ``[layer, head, query_pos, key_pos]`` quantized (:func:`quantize`): when every
@@ -154,8 +155,12 @@ export default function(component) {
   const rowW = H * cellW, perHead = data.scale === "per head";
   for (let l = 0; l < L; l++) for (let hd = 0; hd < H; hd++) {
     const base = (l * H + hd) * per;
-    let m = 1;
-    for (let i = 0; i < per; i++) if (w[base + i] > m) m = w[base + i];
+    let m = 1;  // the head's largest weight on keys after the first (key 0 is the usual sink
+    for (let q = 1; q < n; q++) {  // and would leave everything else dark)
+      const s = data.causal ? base + q * (q + 1) / 2 : base + q * n;
+      for (let k = 1; k <= (data.causal ? q : n - 1); k++) if (w[s + k] > m) m = w[s + k];
+    }
+    if (n === 1) m = Math.max(1, w[base]);
     const f = 255 / m;
     for (let q = 0; q < n; q++) {
       const o = (l * cellW + q) * rowW + hd * cellW;
@@ -238,7 +243,7 @@ _MODEL_CSS = """
 _model = None
 
 
-def model_view(patterns, tokens: list[str], *, scale: str = "per head",
+def model_view(patterns, tokens: list[str], *, scale: str = "log",
                key: str = "model-view", on_click=None):
     """Draw the all-heads view; returns the component's result (``.clicked`` is ``{"layer",
     "head"}`` on the rerun after a click). ``on_click()`` runs as that rerun's callback."""

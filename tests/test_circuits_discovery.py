@@ -151,7 +151,7 @@ def test_circuit_graph_and_path_discovery(tiny_llama, task_path):
     assert found.graph().graph["edge_weight"].startswith("path-patching score of the sender "
                                                          "through this receiver alone")
     graph = found.graph()
-    assert set(graph.nodes) == {f"{l}.{h}" for l, h in found.circuit} | {"logits"}
+    assert set(graph.nodes) == {format_head(h) for h in found.circuit} | {"logits"}
     assert graph.number_of_edges() == len(found.edges)
 
 

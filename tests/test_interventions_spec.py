@@ -141,7 +141,7 @@ def test_spec_text_is_stored_verbatim(tiny_llama, tmp_path, small_prompts):
                     InterveneOptions(runs_dir=tmp_path / "runs", progress=False))
     manifest = run.read_manifest()
     assert manifest["intervention"]["spec_text"] == text
-    assert manifest["intervention"]["heads"] == [["1.0"]]
+    assert manifest["intervention"]["heads"] == [[format_head((1, 0))]]
     assert json.dumps(manifest)  # serialisable
     assert manifest["status"] == "complete"
 

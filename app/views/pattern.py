@@ -101,8 +101,9 @@ def all_heads(result) -> None:
             st.session_state[VIEW_KEY] = VIEWS[0]
 
     scale = st.radio("Colour", SCALES, horizontal=True, key="pattern-all-scale",
-                     help="per head: each thumbnail from 0 to its own largest weight (legible at "
-                          "128 tokens); log: 0.001 to 1 on a log scale; linear: 0 to 1.")
+                     help="log: 0.001 to 1 on a log scale (legible at 128 tokens); per head: "
+                          "each thumbnail from 0 to its own largest weight on keys after the "
+                          "first (key 0 is the usual sink); linear: 0 to 1.")
     st.caption("Every head on this prompt, a layer per row (BertViz's model view). Hover: the "
                "head, the query and key tokens and the weight; click a thumbnail to enlarge it.")
     model_view(result.before, result.tokens, scale=scale, key="pattern-all", on_click=enlarge)
