@@ -5,7 +5,7 @@ JavaScript, nothing fetched):
   Vig 2019, arXiv 1906.05714), drawn as one canvas: labelled by layer and head; hovering shows the
   head, the query and key tokens and the weight; clicking a thumbnail returns its head. Colour on a
   log scale (0.001 to 1, the default), per thumbnail (0 to the head's largest weight on keys after
-  the first: key 0 is the usual attention sink and would leave the rest dark), or linear from 0 to 1.
+  the first: key 0 is the usual attention sink and would leave the rest dark), or linear (0 to 1).
 * :func:`token_view`: the prompt's tokens (CircuitsVis's coloured tokens, Cooney & Nanda 2023);
   hovering a token colours where it attends (one strip) and what attends to it (the other), with
   no round trip to the server.
