@@ -83,12 +83,12 @@ def one_head(result, tokens: pd.DataFrame) -> None:
             ui.show_plot(attention_text(result.tokens, patterns[layer, head, query], query,
                                         f"{format_head((layer, head))}: attention from "
                                         f"{labels[query]}",
-                                        name=f"live-text-L{layer}H{head}-{side}"),
+                                        name=f"live-text-{format_head((layer, head))}-{side}"),
                          key=f"pattern-text-{side}-{layer}-{head}-{query}")
             token_view(patterns[layer, head], result.tokens, key=f"pattern-tokens-{side}")
             ui.show_plot(attention_pattern(records(patterns, layer, head), tokens, "attn",
                                            "live", layer, head,
-                                           name=f"live-pattern-L{layer}H{head}-{side}"),
+                                           name=f"live-pattern-{format_head((layer, head))}-{side}"),
                          key=f"pattern-one-{side}-{layer}-{head}")
 
 

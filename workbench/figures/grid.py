@@ -8,6 +8,7 @@ import plotly.graph_objects as go
 
 from workbench.figures.plot import Plot, drawer, safe_name
 from workbench.figures.shapes import group_mean, qualifier, select, token_label
+from workbench.heads import format_head
 from workbench.figures.style import (CHAR_EM, TICK_PT, Width, bar_room, base_figure, colorbar,
                                      colorbar_title, colour_scale, layer_ticks, plot_text, pt,
                                      width_px)
@@ -134,7 +135,7 @@ def attention_pattern(records, tokens: pd.DataFrame, metric: str, prompt_id: str
                              "tokens table")
     params = {"metric": metric, "label": label or metric, "unit": unit, "where": where or {},
               "prompt_id": prompt_id, "layer": int(layer), "head": int(head), "scale": scale}
-    stem = name or safe_name(table, "pattern", metric, prompt_id, f"L{layer}H{head}",
+    stem = name or safe_name(table, "pattern", metric, prompt_id, format_head((layer, head)),
                              qualifier(where))
     return Plot("pattern", stem, data, params)
 
