@@ -16,6 +16,7 @@ import streamlit as st
 from app.data import RunEntry, RunsRoot
 from atlas.findings import BANDS, band as depth_band, head_name as head_label  # torch-free
 from workbench.errors import RunStateError
+from workbench.heads import parse_head
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,30 @@ def atlas_ids(entries: list[RunEntry]) -> list[str]:
     return [e.run_id for e in entries if (e.manifest or {}).get("kind") == "atlas"]
 
 
+TINY_PREFIXES = ("tiny-", "random", "synthetic-tiny")
+
+
+def preferred_atlas(entries: list[RunEntry], wanted: str | None = None) -> str | None:
+    """The atlas to open: ``wanted`` when it is an atlas; else the atlas of a real model first
+    (not a tiny random test model: names starting ``tiny-`` / ``random``), the largest model
+    (layers x heads) first, then the newest. None when the runs folder has no atlas."""
+    atlases = [e for e in entries if (e.manifest or {}).get("kind") == "atlas"]
+    if wanted in {e.run_id for e in atlases}:
+        return wanted
+    if not atlases:
+        return None
+
+    def order(item: tuple[int, RunEntry]) -> tuple:
+        i, entry = item
+        model = (entry.manifest or {}).get("model") or {}
+        name = str(model.get("name") or "").lower()
+        size = int(model.get("n_layers") or 0) * int(model.get("n_heads") or 0)
+        status = (entry.manifest or {}).get("status")
+        return (status != "complete", name.startswith(TINY_PREFIXES), -size, i)
+
+    return sorted(enumerate(atlases), key=order)[0][1].run_id
+
+
 def load_atlas(root: RunsRoot, run_id: str) -> AtlasDoc:
     """The atlas in run folder ``run_id``.
 
@@ -77,9 +102,8 @@ def _read(parquet: str, _stamp: int, doc: str, _doc_stamp: int) -> tuple[pd.Data
 
 
 def parse_label(label: str) -> tuple[int, int]:
-    """``"L14H3"`` -> (14, 3)."""
-    layer, head = label.removeprefix("L").split("H")
-    return int(layer), int(head)
+    """``"L14H3"`` (or ``"14.3"``) -> (14, 3)."""
+    return parse_head(label)
 
 
 def top_heads(atlas: AtlasDoc, role: str, k: int = 10) -> pd.DataFrame:
@@ -94,28 +118,6 @@ def top_heads(atlas: AtlasDoc, role: str, k: int = 10) -> pd.DataFrame:
         "score": h[f"{role}_score"].astype("float64").round(4).to_numpy(),
         "held": h[role].astype(bool).to_numpy(),
         "roles": h["roles"].fillna("").astype(str).to_numpy() if "roles" in h else ""})
-
-
-def evidence(atlas: AtlasDoc, layer: int, head: int) -> pd.DataFrame:
-    """One head across every measured role: score, rank of all heads, label, the rule and
-    threshold that decide it, and where the score comes from (part run, table, metric)."""
-    row = atlas.heads[(atlas.heads["layer"] == layer) & (atlas.heads["head"] == head)]
-    if row.empty:
-        raise RunStateError(f"the atlas has no head {head_label(layer, head)}")
-    row = row.iloc[0]
-    runs, total = atlas.part_runs(), len(atlas.heads)
-    out = []
-    for role in atlas.roles():
-        name = role["name"]
-        rank = row[f"{name}_rank"]
-        out.append({
-            "role": role.get("label", name), "score": round(float(row[f"{name}_score"]), 4),
-            "rank": f"{int(rank)} of {total}" if pd.notna(rank) else "",
-            "held": bool(row[name]),
-            "rule": f"{role.get('rule', '')} {role.get('threshold', '')}".strip(),
-            "run": runs.get(str(role.get("source")), str(role.get("source", ""))),
-            "table · metric": f"{role.get('table', '')} · {role.get('metric', '')}"})
-    return pd.DataFrame(out)
 
 
 def default_head(atlas: AtlasDoc) -> tuple[int, int]:

@@ -386,6 +386,18 @@ def table_rows(ref: TableRef) -> int:
     return parquet_rows(Path(ref.path))
 
 
+def with_heads(ref: TableRef, metric: str, variants: tuple[dict, ...]) -> list[dict]:
+    """The ``variants`` of ``metric`` that have at least one row with a layer and a head (a DLA
+    table's ``condition = attn_bias`` rows have neither and cannot fill a head grid)."""
+    out = []
+    for variant in variants or ({},):
+        rows = read(ref, ("layer", "head"), (("metric", metric), *where_of(variant)))
+        valid = pc.and_(pc.is_valid(rows["layer"]), pc.is_valid(rows["head"]))
+        if rows.num_rows and pc.any(valid).as_py():
+            out.append(variant)
+    return out
+
+
 def where_of(variant: dict) -> Where:
     """A variant dict (``{"segment": "IO"}``) as a hashable filter."""
     return tuple(sorted(variant.items()))
@@ -393,4 +405,4 @@ def where_of(variant: dict) -> Where:
 
 __all__ = ["COORDINATES", "MetricInfo", "OutsideRunsFolder", "RunEntry", "RunsRoot", "TableInfo",
            "TableRef", "check_name", "frame", "head_means", "prompts", "read", "records", "scan",
-           "table_info", "table_rows", "tokens", "unit_means", "where_of"]
+           "table_info", "table_rows", "tokens", "unit_means", "where_of", "with_heads"]

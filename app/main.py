@@ -22,11 +22,13 @@ if str(APP_DIR.parent) not in sys.path:  # `streamlit run app/main.py` from anyw
     sys.path.insert(0, str(APP_DIR.parent))
 
 from app import ui  # noqa: E402
-from app.atlas_data import atlas_ids  # noqa: E402
+from app.atlas_data import atlas_ids, preferred_atlas  # noqa: E402
 from app.data import RUNS_ENV, RunsRoot, check_name  # noqa: E402
 from workbench.errors import WorkbenchError  # noqa: E402
 
 ATLAS_PAGE = ("views/atlas.py", "Atlas", ":material/apps:")
+HEAD_PAGE = ("views/head.py", "Head", ":material/center_focus_strong:")
+REMEMBERED = "sidebar-remembered"  # the sidebar's choices, kept across page switches
 PAGES = (("views/runs.py", "Runs", ":material/folder_open:"),
          ("views/heads.py", "Heads", ":material/grid_on:"),
          ("views/layers.py", "Layers", ":material/stacked_line_chart:"),
@@ -71,22 +73,33 @@ def sidebar(root: RunsRoot) -> None:
         st.sidebar.error(ui.literal(f"The runs folder {root.given} does not exist."))
     for key, param in ((ui.RUN_KEY, "run"), (ui.COMPARE_KEY, "compare")):
         wanted = from_query(root, param, available)
-        if wanted and key not in st.session_state:
+        # the address wins when it changed (a link, a page switch, a typed URL), not when it
+        # still shows the run a widget has just replaced
+        if wanted and (key not in st.session_state
+                       or wanted != st.session_state.get(f"{REMEMBERED}-url-{key}")):
             st.session_state[key] = wanted
+        st.session_state[f"{REMEMBERED}-url-{key}"] = wanted
+        if key not in st.session_state and st.session_state.get(f"{REMEMBERED}-{key}"):
+            st.session_state[key] = st.session_state[f"{REMEMBERED}-{key}"]  # after a page switch
         if st.session_state.get(key) not in available + [ui.NO_RUN]:
             st.session_state.pop(key, None)
     if not available:
         st.sidebar.info("No runs yet.")
         return
-    if ui.RUN_KEY not in st.session_state:  # the newest finished run, not one still running
-        done = [e.run_id for e in entries if e.manifest is not None
+    if ui.RUN_KEY not in st.session_state:  # an atlas of a real model, else the newest finished
+        done = [e.run_id for e in entries if e.manifest is not None  # run, not one running
                 and e.manifest.get("status") not in ("running", "interrupted", "failed")]
-        st.session_state[ui.RUN_KEY] = (done or available)[0]
+        st.session_state[ui.RUN_KEY] = preferred_atlas(entries) or (done or available)[0]
     run = st.sidebar.selectbox("Run", available, key=ui.RUN_KEY)
+    st.session_state[f"{REMEMBERED}-{ui.RUN_KEY}"] = run
+    st.session_state[f"{REMEMBERED}-url-{ui.RUN_KEY}"] = run
     others = [ui.NO_RUN] + [r for r in available if r != run]
     if st.session_state.get(ui.COMPARE_KEY) not in others:
         st.session_state[ui.COMPARE_KEY] = ui.NO_RUN
     compare = st.sidebar.selectbox("Compare with", others, key=ui.COMPARE_KEY)
+    st.session_state[f"{REMEMBERED}-{ui.COMPARE_KEY}"] = compare
+    st.session_state[f"{REMEMBERED}-url-{ui.COMPARE_KEY}"] = (None if compare == ui.NO_RUN
+                                                             else compare)
     st.query_params["run"] = run
     if compare != ui.NO_RUN:
         st.query_params["compare"] = compare
@@ -100,7 +113,8 @@ def main() -> None:
     st.set_page_config(page_title="Attention Workbench", page_icon="🔍", layout="wide")
     st.session_state[ui.ROOT_KEY] = runs_dir()
     root = ui.runs_root()
-    listed = (ATLAS_PAGE, *PAGES) if atlas_ids(root.runs()) else (*PAGES, ATLAS_PAGE)
+    listed = ((ATLAS_PAGE, HEAD_PAGE, *PAGES) if atlas_ids(root.runs())
+              else (*PAGES, ATLAS_PAGE, HEAD_PAGE))
     pages = [st.Page(str(APP_DIR / path), title=title, icon=icon, default=(i == 0))
              for i, (path, title, icon) in enumerate(listed)]
     page = st.navigation(pages)

@@ -3,11 +3,14 @@ by the Heads and Atlas pages."""
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow.compute as pc
 import streamlit as st
 
 from app import data, ui
+from app.components import token_view
 from workbench.figures import attention_pattern
+from workbench.heads import format_head
 
 
 def pattern_metrics(infos: dict) -> list[tuple[str, str]]:
@@ -40,7 +43,7 @@ def stored_pattern(root: data.RunsRoot, run_id: str, infos: dict, layer: int, he
                           (("metric", metric), *where, ("layer", layer), ("head", head)))
     prompt_ids = sorted(str(p) for p in pc.unique(head_rows["prompt_id"]).to_pylist() if p)
     if not prompt_ids:
-        st.info(f"No pattern records for layer {layer}, head {head}; the probe stored other "
+        st.info(f"No pattern records for {format_head((layer, head))}; the probe stored other "
                 "heads.")
         return False
     prompt_id = st.selectbox("Prompt", prompt_ids, key=f"{prefix}-pattern-prompt")
@@ -48,7 +51,31 @@ def stored_pattern(root: data.RunsRoot, run_id: str, infos: dict, layer: int, he
     rows = data.records(root.table(run_id, table), metric,
                         (*where, ("layer", layer), ("head", head), ("prompt_id", prompt_id)))
     unit = (root.manifest(run_id).get("units") or {}).get(metric)
+    matrix, labels = pattern_matrix(rows, tokens, prompt_id)
+    if matrix is not None:
+        st.caption("Hover a token: where it attends (top strip) and what attends to it (bottom).")
+        token_view(matrix, labels, key=ui.plot_key(f"{prefix}-tokens", table, metric, prompt_id,
+                                                  layer, head))
     ui.show_plot(attention_pattern(rows, tokens, metric, prompt_id, layer, head, unit=unit,
                                    table=table),
                  key=ui.plot_key(f"{prefix}-pattern", table, metric, prompt_id, layer, head))
     return True
+
+
+def pattern_matrix(rows, tokens, prompt_id: str) -> tuple[np.ndarray | None, list[str]]:
+    """One head's stored pattern on one prompt as a ``[query_pos, key_pos]`` matrix over the
+    prompt's tokens (the mean of rows of the same cell; 0 where nothing is stored), and the
+    tokens; ``(None, [])`` when the values are not attention weights in [0, 1] or a position
+    has no token."""
+    mine = tokens[tokens["prompt_id"] == prompt_id].sort_values("pos")
+    labels = [str(t) for t in mine["token"]]
+    n = len(labels)
+    cells = rows.groupby(["query_pos", "key_pos"], as_index=False)["value"].mean()
+    q, k = cells["query_pos"].astype(int).to_numpy(), cells["key_pos"].astype(int).to_numpy()
+    v = cells["value"].to_numpy(dtype=float)
+    if not n or not len(v) or q.max() >= n or k.max() >= n or not np.isfinite(v).all() \
+            or v.min() < 0 or v.max() > 1:
+        return None, []
+    matrix = np.zeros((n, n))
+    matrix[q, k] = v
+    return matrix, labels

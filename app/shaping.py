@@ -14,7 +14,7 @@ from app.tables import PAIR_SEPARATOR, RECEIVER_PREFIX, TASK_COLUMN
 from workbench.errors import InputError
 from workbench.figures.shapes import group_mean
 from workbench.graphs import attention_graph
-from workbench.heads import parse_head
+from workbench.heads import format_head, parse_head
 from workbench.stats import spearman
 
 
@@ -82,18 +82,13 @@ def pair_matrix(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def shared_heads(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per pair of tasks, the shared heads (rows with layer and head) as ``"L.H"`` strings."""
+    """Per pair of tasks, the shared heads (rows with layer and head), written by
+    :func:`~workbench.heads.format_head` in (layer, head) order."""
     pairs = split_pairs(rows.dropna(subset=["layer", "head"]))
-    pairs = pairs.assign(head_name=pairs["layer"].astype(int).astype(str) + "."
-                         + pairs["head"].astype(int).astype(str))
+    pairs = pairs.assign(head_name=[format_head(h) for h in zip(pairs["layer"], pairs["head"])])
     out = pairs.groupby(["task_a", "task_b"], sort=True)["head_name"].agg(
-        n_shared="size", heads=lambda h: ", ".join(sorted(h, key=_head_order)))
+        n_shared="size", heads=lambda h: ", ".join(sorted(h, key=parse_head)))
     return out.reset_index()
-
-
-def _head_order(name: str) -> tuple[int, int]:
-    layer, head = name.split(".")
-    return int(layer), int(head)
 
 
 def scalar_table(rows: pd.DataFrame) -> pd.DataFrame:
@@ -206,8 +201,8 @@ def compare_heads(a: pd.DataFrame, b: pd.DataFrame) -> tuple[pd.DataFrame, dict]
         worst = diff["value"].abs().idxmax()
         stats["mean |a - b|"] = f"{diff['value'].abs().mean():.4g}"
         layer, head = int(diff.loc[worst, "layer"]), int(diff.loc[worst, "head"])
-        stats["largest |a - b|"] = (f"{abs(diff.loc[worst, 'value']):.4g} at layer {layer}, "
-                                    f"head {head}")
+        stats["largest |a - b|"] = (f"{abs(diff.loc[worst, 'value']):.4g} at "
+                                    f"{format_head((layer, head))}")
     return diff, stats
 
 
@@ -234,3 +229,17 @@ def compare_by_depth(a: pd.DataFrame, b: pd.DataFrame, n_layers_a: int, n_layers
         out["b - a"] = out["b mean"] - out["a mean"]
         rows.append(out)
     return pd.DataFrame(rows).round({"a mean": 4, "b mean": 4, "b - a": 4})
+
+
+def sweep_order(info, first: tuple[str, ...] = ()) -> tuple[list, list[str]]:
+    """``[(metric, variant)]`` of the table's sweeps, the headline metrics (``first``, then the
+    ``mean_*`` summaries) first; a per-prompt metric whose ``mean_`` summary is also swept is
+    left out (the same curve twice), and named in the second list."""
+    metrics = [m for m, mi in info.metrics.items() if mi.sweeps]
+    twins = [m for m in metrics if f"mean_{m}" in metrics]
+    kept = [m for m in metrics if m not in twins]
+    rank = {m: (0, first.index(m)) if m in first else (1, 0) if m.startswith("mean_") else (2, 0)
+            for m in kept}
+    ordered = sorted(kept, key=lambda m: (*rank[m], m))
+    found = [(m, s) for m in ordered for s in info.metrics[m].sweeps]
+    return list(dict.fromkeys((m, tuple(sorted(s.items()))) for m, s in found)), twins

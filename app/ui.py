@@ -105,9 +105,10 @@ def variant_label(variant: dict) -> str:
     return ", ".join(f"{k} = {v}" for k, v in variant.items()) or "all rows"
 
 
-def pick_variant(info: MetricInfo, key: str) -> tuple:
-    """A selectbox over a metric's segment/condition variants; the chosen one as a filter."""
-    variants = list(info.variants) or [{}]
+def pick_variant(info: MetricInfo, key: str, variants: list[dict] | None = None) -> tuple:
+    """A selectbox over a metric's segment/condition variants (or the given subset of them, e.g.
+    :func:`app.data.with_heads`); the chosen one as a filter."""
+    variants = list(info.variants if variants is None else variants) or [{}]
     if len(variants) == 1:
         return where_of(variants[0])
     chosen = st.selectbox("Segment / condition", range(len(variants)), key=key,
@@ -124,24 +125,35 @@ def show_prompt(root: RunsRoot, run_id: str, prompt_id: str) -> None:
 
 
 def show_plot(plot: Plot, key: str, on_click: Callable[[int, int], None] | None = None,
-              xy: tuple[str, str] = ("layer", "head")) -> None:
+              xy: tuple[str, str] = ("layer", "head"),
+              chosen: tuple[int, int] | None = None) -> None:
     """The figure as drawn for papers (the chosen column width) and its PNG / SVG / PDF
     downloads, rendered only when clicked by the same export as ``workbench figures``.
 
-    With ``on_click``, clicking a cell calls ``on_click(layer, head)`` before the page reruns;
+    With ``on_click``, clicking a cell (of a heatmap too: :func:`app.clicks.clickable`) calls
+    ``on_click(layer, head)`` before the page reruns, and nothing fades when a point is selected;
     ``xy`` names what the figure's x and y axes are (``("head", "layer")`` for the atlas grid).
+    ``chosen`` (layer, head) is outlined on every panel; the chart is keyed by it, so a head
+    chosen elsewhere (a table, a picker) moves the outline and clears the old selection.
     """
+    from app.clicks import clickable, highlight, no_fading
+
     width = st.session_state.get(WIDTH_KEY, "double")
-    chart_key = f"chart-{key}"
+    chart_key = f"chart-{key}" + (f"-{chosen[0]}-{chosen[1]}" if chosen else "")
     extra: dict = {}
+    fig = on_screen(plot.figure(width))
     if on_click is not None:
         def clicked() -> None:
             head = clicked_head(st.session_state.get(chart_key), xy)
             if head is not None:
                 on_click(*head)
         extra = {"on_select": clicked, "selection_mode": "points"}
-    st.plotly_chart(on_screen(plot.figure(width)), width="content", theme=None, key=chart_key,
-                    config={"displaylogo": False}, **extra)
+        fig = no_fading(clickable(fig))
+    if chosen is not None:
+        panels = list(dict.fromkeys((t.xaxis or "x", t.yaxis or "y") for t in fig.data))
+        fig = highlight(fig, *chosen, xy=xy, axes=panels)
+    st.plotly_chart(fig, width="content", theme=None, key=chart_key,
+                    config=CHART_CONFIG, **extra)
     problem = _browser_problem()
     if problem:
         st.caption(literal(f"Downloads need a browser for export: {problem}"))
@@ -154,12 +166,19 @@ def show_plot(plot: Plot, key: str, on_click: Callable[[int, int], None] | None 
                                width="content")
 
 
+CHART_CONFIG = {"displaylogo": False}
 SCREEN_TICK_PX = 11  # tick labels on screen; the paper figures use 7 pt (about 9 px)
+MODEBAR_PX = 28  # room above the plot for plotly's toolbar (it covered a colour bar's top ticks)
 
 
 def on_screen(fig):
-    """``fig`` with axis tick labels at least :data:`SCREEN_TICK_PX` pixels, for reading on a
-    screen; the downloads keep the paper sizes."""
+    """``fig`` with axis tick labels at least :data:`SCREEN_TICK_PX` pixels and
+    :data:`MODEBAR_PX` more room on top for the toolbar, for reading on a screen; the downloads
+    keep the paper sizes."""
+    margin_t = fig.layout.margin.t if fig.layout.margin.t is not None else 100
+    fig.layout.margin.t = margin_t + MODEBAR_PX
+    if fig.layout.height:
+        fig.layout.height = fig.layout.height + MODEBAR_PX
     for name in list(fig.layout):
         if name.startswith(("xaxis", "yaxis")):
             axis = fig.layout[name]

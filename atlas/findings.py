@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from atlas.roles import ROLES
+from workbench.heads import format_head
 
 BANDS = ("early", "middle", "late")
 
@@ -29,7 +30,8 @@ def band_ranges(n_layers: int) -> list[str]:
 
 
 def head_name(layer: int, head: int) -> str:
-    return f"L{int(layer)}H{int(head)}"
+    """The head as :func:`workbench.heads.format_head` writes it (``L9H6``)."""
+    return format_head((layer, head))
 
 
 def _role_doc(doc: dict, name: str) -> dict:
@@ -154,10 +156,10 @@ def _position_line(mass: dict, level: float = 0.9) -> str:
         if not values.size:
             continue
         above = np.nonzero(values >= level)[0]
-        where = f"depth {int(above[0])}" if above.size else f"never (max {values.max():.2f})"
-        parts.append(f"{where} ({names[cond]})")
+        parts.append(f"at depth {int(above[0])} ({names[cond]})" if above.size else
+                     f"never by the {names[cond]} (max {values.max():.2f})")
     return (f"position bias: the last token's cumulative attention on token 0 reaches {level:g} "
-            f"at {' and '.join(parts)}")
+            f"{'; '.join(parts)}")
 
 
 def _circuit_lines(heads, doc, circuits) -> list[str]:

@@ -21,6 +21,7 @@ import pyarrow as pa
 from circuits.dla import direct_logit_attribution
 from circuits.grids import grid_offsets, patching_grid
 from circuits.progress import plan
+from workbench.heads import format_head
 from workbench.records import concat, conform
 
 UNITS = {
@@ -88,7 +89,7 @@ def report_lines(grid, dla, top: int = 8) -> list[str]:
             wide = wide.reindex(wide.dla_mean.abs().sort_values(ascending=False).index)[:top]
             ld = dla[(dla.metric == "logit_diff") & (dla.segment == task)].value.mean()
             lines.append(f"  {task} (mean LD {ld:.3f}): " + ", ".join(
-                (f"{int(layer)}.{int(head)}" if kind == "head" else f"MLP{int(layer)}")
+                (format_head((layer, head)) if kind == "head" else f"MLP{int(layer)}")
                 + f" {r.dla_mean:+.3f} [{r.dla_lo:+.3f}, {r.dla_hi:+.3f}]"
                 for (kind, layer, head), r in wide.iterrows()))
     return lines

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from circuits.components import report_lines
+from workbench.heads import format_head
 from workbench.store import RunDir
 
 PROBE = {"activation": "activation_patching", "attribution": "attribution_patching",
@@ -35,7 +36,7 @@ def report(run: RunDir) -> str:
     for (probe, task), _ in faith.groupby(["probe", "segment"], sort=False):
         c, f = circ[(circ.probe == probe) & (circ.segment == task)], \
             faith[(faith.probe == probe) & (faith.segment == task)]
-        heads = ", ".join(f"{int(r.layer)}.{int(r.head)}" for r in c[c.metric == "member"]
+        heads = ", ".join(f"{format_head((r.layer, r.head))}" for r in c[c.metric == "member"]
                           .itertuples())
         method = next(k for k, v in PROBE.items() if v == probe)
         lines.append(f"  {probe} {task}: {int(value(c, 'size'))} heads, "
@@ -51,7 +52,7 @@ def report(run: RunDir) -> str:
         if len(edges):
             lines.append("    edges (sender -> receiver: the sender's score through that receiver "
                          "alone): " + ", ".join(
-                             f"{int(r.layer)}.{int(r.head)}->{r.condition.split('=', 1)[1]} "
+                             f"{format_head((r.layer, r.head))}->{r.condition.split('=', 1)[1]} "
                              f"{r.value:+.3f}" for r in edges.itertuples()))
     ov = frame("overlap")
     if ov is not None:
@@ -71,7 +72,7 @@ def report(run: RunDir) -> str:
             lines.append(f"  {task}: {int(wide.one_direction_only.sum())} of {len(wide)} heads "
                          "matter in one direction only")
             lines.append("    " + ", ".join(
-                f"{int(l)}.{int(h)} {r.score_noising:+.3f}/{r.score_denoising:+.3f}"
+                f"{format_head((l, h))} {r.score_noising:+.3f}/{r.score_denoising:+.3f}"
                 f"{'!' if r.one_direction_only else ''}" for (l, h), r in wide.iterrows()))
     spot = frame("spot_check")
     if spot is not None:
@@ -96,7 +97,7 @@ def spot_check_lines(spot) -> list[str]:
         for (layer, head), r in wide.sort_values("score_attribution", key=abs,
                                                  ascending=False).iterrows():
             flag = "  DISAGREES" if r.disagrees else ""
-            lines.append(f"    {int(layer)}.{int(head)}: {r.score_attribution:+.3f} vs "
+            lines.append(f"    {format_head((layer, head))}: {r.score_attribution:+.3f} vs "
                          f"{r.score_activation:+.3f}; worst prompt "
                          f"{worst.prompt_id[(layer, head)]}: {r.worst_effect_attribution:+.2f} vs "
                          f"{r.worst_effect_activation:+.2f}{flag}")
@@ -110,5 +111,5 @@ def _score_lines(effects, probe: str, task: str, top: int = 10) -> list[str]:
     wide = rows[rows.condition == first].pivot_table(index=["layer", "head"], columns="metric",
                                                      values="value")
     wide = wide.reindex(wide.score.abs().sort_values(ascending=False).index)[:top]
-    return ["    " + ", ".join(f"{int(l)}.{int(h)} {r.score:+.3f} [{r.score_lo:+.3f}, "
+    return ["    " + ", ".join(f"{format_head((l, h))} {r.score:+.3f} [{r.score_lo:+.3f}, "
                                f"{r.score_hi:+.3f}]" for (l, h), r in wide.iterrows())]

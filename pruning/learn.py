@@ -32,6 +32,7 @@ from pruning.gates import HardConcrete, gate_hooks
 from pruning.objectives import PromptData, metric_values, training_loss
 from pruning.prune import evaluate
 from workbench.errors import InputError
+from workbench.heads import format_head
 from workbench.tokens import make_batches
 
 
@@ -165,7 +166,7 @@ def gates_spec(gates: np.ndarray, point: str = "hook_z") -> list[dict]:
     for flat in range(gates.size):
         value = float(np.float32(gates.flat[flat]))
         if value != 1.0:
-            groups.setdefault(value, []).append(f"{flat // n_heads}.{flat % n_heads}")
+            groups.setdefault(value, []).append(format_head(divmod(flat, n_heads)))
     if not groups:
         return [{"op": "scale_head", "heads": {"select": "all"}, "alpha": 1.0, "point": point}]
     return [{"op": "scale_head", "heads": heads, "alpha": alpha, "point": point}

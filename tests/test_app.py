@@ -21,6 +21,7 @@ from tests.app_fixture import (ALPHAS, CIRCUITS, SCRIPT_TEXT, SCRIPT_TOKEN, make
                                overlap_sets)
 from tests.conftest import ROOT
 from tests.figure_fixture import N_HEADS, N_LAYERS, PROMPTS
+from workbench.heads import format_head
 
 MAIN = str(ROOT / "app" / "main.py")
 PAGES = ("views/runs.py", "views/heads.py", "views/layers.py", "views/position.py",
@@ -148,7 +149,8 @@ def test_heads_page(open_app, runs):
     for (layer, head), value in means.items():
         assert z[head, layer] == pytest.approx(value, abs=1e-12)
     assert np.all(np.array(heat["customdata"]) == len(PROMPTS))
-    assert "prompts: %{customdata}" in heat["hovertemplate"]
+    overlay = next(t for t in charts(at)[0]["data"] if t.get("name") == "click-cells")
+    assert "prompts: %{customdata[1]}" in overlay["hovertemplate"]  # hover on the clickable cells
     box(at, "Layer").set_value(2).run()
     box(at, "Head").set_value(1).run()
     no_errors(at)
@@ -239,7 +241,7 @@ def test_circuits_page(open_app):
     shared = at.dataframe[-1].value.set_index(["task_a", "task_b"])
     for (a, b), (_, heads) in overlap_sets().items():
         if heads:
-            assert shared.loc[(a, b), "heads"] == ", ".join(f"{x}.{y}" for x, y in heads)
+            assert shared.loc[(a, b), "heads"] == ", ".join(map(format_head, heads))
     faith = at.dataframe[0].value
     assert faith.loc[("faithfulness", ""), "ioi"] == pytest.approx(0.8)
     assert faith.loc[("logit_diff", "circuit"), "induction"] == pytest.approx(4.4)

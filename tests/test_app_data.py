@@ -15,6 +15,7 @@ from app import data, shaping, tables
 from tests.app_fixture import CIRCUITS, make_app_runs, overlap_sets
 from tests.figure_fixture import PROMPTS, fixture_table, make_run
 from workbench.errors import RunStateError
+from workbench.heads import format_head
 from workbench.records import conform, records
 
 
@@ -185,7 +186,7 @@ def test_compare_heads_statistics():
     assert diff.value.tolist() == [-0.5, 1.0, -2.0] and diff.n_prompts.tolist() == [2, 1, 2]
     assert stats["Spearman rank correlation"] == pytest.approx(0.5)  # ranks (1,2,3) vs (2,1,3)
     assert stats["mean |a - b|"] == f"{3.5 / 3:.4g}"  # rounded for the page
-    assert stats["largest |a - b|"] == "2 at layer 1, head 0"  # unsigned (issue 15 defect 4)
+    assert stats["largest |a - b|"] == f"2 at {format_head((1, 0))}"  # unsigned (issue 15 defect 4)
 
 
 def test_compare_by_depth_thirds():

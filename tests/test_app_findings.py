@@ -10,6 +10,7 @@ import pytest
 from app.headline import KNOWN
 from app.ui import clicked_head
 from tests.test_app import box, charts, no_errors, open_app, raw, runs, texts  # noqa: F401
+from workbench.heads import format_head
 
 
 def test_headline_table_equals_the_probe_classes():
@@ -110,7 +111,7 @@ def test_compare_runs_on_one_colour_range_rounded(open_app, runs):
     diff = a.value.mean() - b.value.mean()
     stats = at.dataframe[-1].value.iloc[0]
     (layer, head), worst = diff.abs().idxmax(), diff.abs().max()
-    assert stats["largest |a - b|"] == f"{worst:.4g} at layer {layer}, head {head}"
+    assert stats["largest |a - b|"] == f"{worst:.4g} at {format_head((layer, head))}"
     assert len(str(stats["Spearman rank correlation"])) <= 6
 
 
@@ -201,11 +202,12 @@ def test_eight_sweeps_have_a_picker_and_the_default_run_is_finished(tmp_path, mo
 
 
 def test_position_graph_caption_names_the_head(open_app):
-    """Defect 12: the caption says "layer L, head H"."""
+    """Defect 12: the caption names the head (as format_head writes it)."""
     at = open_app("views/position.py", run="fixture")
     box(at, "Head").set_value(1).run()
+    layer = box(at, "Layer").value
     captions = [c.replace("\\", "") for c in texts(at, "caption")]
-    assert any(", head 1" in c and "layer" in c for c in captions), captions
+    assert any(c.endswith(f", {format_head((layer, 1))}") for c in captions), captions
 
 
 def test_position_page_scales_and_a_graph_with_edges_by_default(open_app):

@@ -15,6 +15,7 @@ from app.live import LiveSpec, run_live
 from tests.conftest import ROOT
 from workbench.errors import InputError
 from workbench.models import encode
+from workbench.heads import format_head
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 HEADS = ((1, 0), (2, 3))
@@ -76,7 +77,7 @@ def test_live_numbers_match_hugging_face(which, request):
 
 
 def test_live_bad_input(tiny_gpt2):
-    with pytest.raises(InputError, match="head 9.0 is out of range"):
+    with pytest.raises(InputError, match=f"head {format_head((9, 0))} is out of range"):
         run_live(tiny_gpt2, LiveSpec(PROMPT, ((9, 0),), 0.0))
     with pytest.raises(InputError, match="both an answer and a distractor"):
         run_live(tiny_gpt2, LiveSpec(PROMPT, ((0, 0),), 0.0, answer=" Mary"))
@@ -112,7 +113,7 @@ def test_live_page_runs_and_saves_a_run(tmp_path, monkeypatch, tiny_gpt2):
     assert not at.exception and at.success
     manifest = json.loads((runs / "live-test" / "run.json").read_text())
     assert manifest["kind"] == "live_intervention" and manifest["status"] == "complete"
-    assert manifest["intervention"]["heads"] == ["1.0", "2.3"]
+    assert manifest["intervention"]["heads"] == [format_head((1, 0)), format_head((2, 3))]
     table = pq.read_table(runs / "live-test" / "live_intervention.parquet").to_pandas()
     saved = table[(table.metric == "logit_diff") & (table.condition == "alpha=0.5")]
     assert saved.value.iloc[0] == pytest.approx(expected.logit_diff["alpha=0.5"], abs=1e-9)

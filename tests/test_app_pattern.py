@@ -46,6 +46,8 @@ def reference(prompt, heads=(), alpha=1.0):
 
 
 def test_live_pattern_of_a_typed_prompt(page):
+    from app.components import unpack
+
     at = submit(page)
     assert not at.exception and not at.error, [e.value for e in at.error]
     want = reference(PROMPT)
@@ -59,10 +61,16 @@ def test_live_pattern_of_a_typed_prompt(page):
     colours = np.array(text["data"][0]["z"], dtype=float).ravel()
     assert np.allclose(colours[:n], want[1, 2, query], atol=1e-6)
     assert PROMPT in [c.value for c in at.code]
-    # all heads: one thumbnail per head
+    # all heads: one canvas of every head's pattern (quantized to 1/65535, lower triangle)
     at.radio(key="pattern-view").set_value("All heads").run()
-    grid = charts(at)[0]
-    assert len(grid["data"]) == want.shape[0] * want.shape[1]
+    assert not at.exception
+    (view,) = at.get("bidi_component")[-1:]
+    header, weights = unpack(view.proto.bytes)
+    assert (header["n_layers"], header["n_heads"], header["n"]) == want.shape[:3]
+    assert header["causal"] and header["tokens"][0].startswith("0:")
+    lower = np.tril_indices(n)
+    assert np.allclose(weights.reshape(*want.shape[:2], -1) / 65535,
+                       want[..., lower[0], lower[1]], atol=1 / 65535)
 
 
 def test_before_and_after_an_intervention_and_errors_clear_the_result(page):

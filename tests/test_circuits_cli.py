@@ -13,6 +13,7 @@ from tests.conftest import write_jsonl
 from tests.test_run import cli
 from workbench.records import RECORD_SCHEMA
 from workbench.store import list_runs
+from workbench.heads import format_head
 
 
 @pytest.fixture
@@ -132,8 +133,8 @@ def test_heads_option_patches_only_the_chosen_heads(capsys, two_tasks, tmp_path)
 
 
 @pytest.mark.parametrize("heads, message", [
-    ("1.2,x", "--heads: head 'x' is not of the form layer.head"),
-    ("1.2,9.0", "--heads: head 9.0 is out of range"),
+    ("1.2,x", "--heads: head 'x' is not of the form L9H6"),
+    ("1.2,9.0", f"--heads: head {format_head((9, 0))} is out of range"),
     (",", "--heads: no head given"),
 ])
 def test_bad_heads_are_refused_naming_the_item(capsys, two_tasks, tmp_path, heads, message):

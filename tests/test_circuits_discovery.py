@@ -19,6 +19,7 @@ from circuits.tasks import load_task
 from tests.circuit_tasks import tiny_ioi_file, tiny_ioi_rows
 from tests.conftest import write_jsonl
 from workbench.errors import InputError
+from workbench.heads import format_head
 
 
 @pytest.fixture(scope="module")
@@ -129,9 +130,10 @@ def test_faithfulness_bounds_and_a_hand_made_ablation(tiny_llama, task_path):
 def test_circuit_graph_and_path_discovery(tiny_llama, task_path):
     graph = circuit_graph([(1, 2), (3, 0)], np.arange(16.0).reshape(4, 4),
                           [((1, 2), (3, 0), 0.5), ((3, 0), "logits", 0.25)])
-    assert sorted(graph.nodes) == ["1.2", "3.0", "logits"]
-    assert graph.nodes["1.2"] == {"layer": 1, "head": 2, "score": 6.0}
-    assert graph.edges["1.2", "3.0"]["weight"] == 0.5
+    a, b = format_head((1, 2)), format_head((3, 0))
+    assert sorted(graph.nodes) == sorted([a, b, "logits"])
+    assert graph.nodes[a] == {"layer": 1, "head": 2, "score": 6.0}
+    assert graph.edges[a, b]["weight"] == 0.5
     task = load_task(str(task_path), tiny_llama)
     top5 = Selection("top_k", 5)
     found = METHODS["path"](tiny_llama, task, top5, DiscoveryOptions(stages=2))
@@ -149,7 +151,7 @@ def test_circuit_graph_and_path_discovery(tiny_llama, task_path):
     assert found.graph().graph["edge_weight"].startswith("path-patching score of the sender "
                                                          "through this receiver alone")
     graph = found.graph()
-    assert set(graph.nodes) == {f"{l}.{h}" for l, h in found.circuit} | {"logits"}
+    assert set(graph.nodes) == {format_head(h) for h in found.circuit} | {"logits"}
     assert graph.number_of_edges() == len(found.edges)
 
 

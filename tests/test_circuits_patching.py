@@ -13,6 +13,7 @@ from circuits.tasks import load_task
 from tests.circuit_tasks import tiny_ioi_file
 from workbench.errors import InputError, WorkbenchError
 from workbench.metrics import logit_diff
+from workbench.heads import format_head
 
 DIRECTIONS = ["corrupted_into_clean", "clean_into_corrupted"]
 
@@ -176,7 +177,7 @@ def test_bad_positions_and_directions_fail_before_any_forward(tiny_llama, tiny_t
         activation_patching(tiny_llama, task, positions="S9")
     with pytest.raises(InputError, match="direction 'sideways' is not one of"):
         activation_patching(tiny_llama, task, direction="sideways")
-    with pytest.raises(InputError, match="head 4.0 is out of range"):
+    with pytest.raises(InputError, match=f"head {format_head((4, 0))} is out of range"):
         activation_patching(tiny_llama, task, heads=[(4, 0)])
     mask = position_mask(task.batches(5)[0].clean, "last")
     assert mask.sum(1).tolist() == [1] * 5

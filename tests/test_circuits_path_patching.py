@@ -11,6 +11,7 @@ from circuits.patching import activation_patching
 from circuits.tasks import load_task
 from tests.circuit_tasks import tiny_ioi_file
 from workbench.errors import InputError
+from workbench.heads import format_head
 
 
 @pytest.fixture(scope="module")
@@ -114,5 +115,5 @@ def test_bad_receivers_are_refused(tiny_llama, task_path):
         path_patching(tiny_llama, task, receivers=[(2, 0)], receiver_input="qx")
     with pytest.raises(InputError, match="at least one receiver head"):
         path_patching(tiny_llama, task, receivers=[])
-    with pytest.raises(InputError, match="head 9.0 is out of range"):
+    with pytest.raises(InputError, match=f"head {format_head((9, 0))} is out of range"):
         path_patching(tiny_llama, task, receivers=[(9, 0)])

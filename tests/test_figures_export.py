@@ -15,6 +15,7 @@ from tests.test_run import cli
 from workbench.figures import RunSource, export_session, find_browser, head_heatmap, render
 from workbench.figures import export as export_module
 from workbench.figures.export import BrowserNotFound
+from workbench.heads import format_head
 
 
 def png_size(data: bytes) -> tuple[int, int]:
@@ -138,8 +139,9 @@ def test_missing_browser_is_named(tmp_path, capsys, monkeypatch):
     (["--dpi", "0"], "--dpi 0: expected an integer in [10, 2400]"),
     (["--tables", "nope"], "--tables: run 'fixture' has no table(s) ['nope']; it has probe_a"),
     (["--prompt", "zz"], "--prompt: run 'fixture' has no prompt(s) ['zz']"),
-    (["--heads", "9.0"], "--heads: head 9.0 is outside the model's 4 layers x 3 heads"),
-    (["--heads", "x"], "head 'x' is not of the form layer.head"),
+    (["--heads", "9.0"],
+     f"--heads: head {format_head((9, 0))} is outside the model's 4 layers x 3 heads"),
+    (["--heads", "x"], "head 'x' is not of the form L9H6"),
 ])
 def test_bad_options_fail_before_writing(tmp_path, capsys, extra, message):
     run = make_run(tmp_path / "runs")

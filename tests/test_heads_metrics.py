@@ -21,15 +21,19 @@ from workbench.prompts import load_prompt_set
 from workbench.records import records
 from workbench.run import RunOptions, execute_run
 from workbench.tokens import make_batches, tokenize_prompt_set
+from workbench.heads import format_head
 
 
 def test_parse_heads():
     assert parse_head("9.6") == (9, 6) == parse_head("L9H6") == parse_head(" 9:6 ")
     assert parse_heads("3.1, 0.2,3.1") == [(0, 2), (3, 1)]
     assert parse_heads([(1, 1), "0.0"]) == [(0, 0), (1, 1)]
-    with pytest.raises(InputError, match="not of the form layer.head"):
+    assert format_head((9, 6)) == "L9H6" and parse_head(format_head((18, 6))) == (18, 6)
+    assert parse_head("l18h6") == parse_head(" L18 H6 ") == (18, 6)
+    with pytest.raises(InputError, match="not of the form L9H6"):
         parse_head("nine")
-    with pytest.raises(InputError, match="spec.json: head 4.0 is out of range: the model has 4"):
+    with pytest.raises(InputError, match=f"spec.json: head {format_head((4, 0))} is out of "
+                                         "range: the model has 4"):
         check_heads([(4, 0)], 4, 4, where="spec.json")
 
 

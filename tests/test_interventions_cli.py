@@ -8,6 +8,7 @@ import pytest
 
 from workbench_cli.cli import main
 from workbench.store import RunDir
+from workbench.heads import format_head
 
 
 def test_intervene_cli_sweep_and_generations(tmp_path, small_prompts, capsys):
@@ -34,7 +35,7 @@ def test_intervene_cli_sweep_and_generations(tmp_path, small_prompts, capsys):
 
 
 @pytest.mark.parametrize("spec, sweep, message", [
-    ([{"op": "scale_head", "heads": ["9.0"]}], None, "head 9.0 is out of range"),
+    ([{"op": "scale_head", "heads": ["9.0"]}], None, f"head {format_head((9, 0))} is out of range"),
     ([{"op": "nudge", "heads": ["1.0"]}], None, "unknown operation 'nudge'"),
     ([{"op": "scale_head", "heads": ["1.0"]}], "sigma=1,2", "no operation of the spec has"),
     ([{"op": "mask_keys", "heads": ["1.0"], "segments": ["passage"]}], None,

@@ -17,6 +17,7 @@ from workbench.interventions.spec import Selector
 from workbench.interventions.targets import image_centric_heads, resolve_heads, top_k_heads
 from workbench.prompts import load_prompt_set
 from workbench.tokens import tokenize_prompt_set
+from workbench.heads import format_head
 
 
 def tokenized(model, path):
@@ -45,8 +46,8 @@ def test_bad_specs_name_the_operation_and_field(ops, message):
 
 @pytest.mark.parametrize("op, message", [
     ({"op": "scale_head", "heads": ["0.1", "4.0"]}, "operation 0 (scale_head): field 'heads': "
-     "head 4.0 is out of range"),
-    ({"op": "ablate_head", "heads": ["0.9"]}, "head 0.9 is out of range"),
+     f"head {format_head((4, 0))} is out of range"),
+    ({"op": "ablate_head", "heads": ["0.9"]}, f"head {format_head((0, 9))} is out of range"),
     ({"op": "redistribute_attention", "heads": ["1.0"], "target_segment": "names"},
      "field 'target_segment': prompt 'b'"),
     ({"op": "redistribute_attention", "heads": ["3.0"], "target_segment": "names"},
@@ -120,7 +121,7 @@ def test_selectors(tmp_path):
     pq.write_table(pa.Table.from_pandas(frame), run / "head_effects.parquet")
     sel = Selector(select="top_k", run=str(run), table="head_effects", metric="score", k=1)
     assert resolve_heads(sel, 2, 2, "here") == [(0, 1)]
-    with pytest.raises(InputError, match="here: head 1.1 is out of range"):
+    with pytest.raises(InputError, match=f"here: head {format_head((1, 1))} is out of range"):
         resolve_heads(Selector(select="top_k", run=str(run), table="head_effects",
                                metric="other", k=1), 1, 2, "here")
     rand = resolve_heads(Selector(select="random", k=3, seed=1), 4, 4, "x")
@@ -140,7 +141,7 @@ def test_spec_text_is_stored_verbatim(tiny_llama, tmp_path, small_prompts):
                     InterveneOptions(runs_dir=tmp_path / "runs", progress=False))
     manifest = run.read_manifest()
     assert manifest["intervention"]["spec_text"] == text
-    assert manifest["intervention"]["heads"] == [["1.0"]]
+    assert manifest["intervention"]["heads"] == [[format_head((1, 0))]]
     assert json.dumps(manifest)  # serialisable
     assert manifest["status"] == "complete"
 

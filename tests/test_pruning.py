@@ -18,6 +18,7 @@ from pruning.prune import (evaluate, head_means, importance_order, removable_fra
 from tests.pruning_fixture import lm_prompt_file
 from tests.float64 import float64_model
 from workbench.forward import logits
+from workbench.heads import format_head
 from workbench.prompts import load_prompt_set
 
 @pytest.fixture
@@ -210,9 +211,10 @@ def test_gates_spec_groups_values_and_round_trips(tiny_llama, lm_data):
     gates[0, 1] = gates[2, 3] = 0.0
     gates[1, 1] = np.float32(0.37)
     spec = gates_spec(gates)
-    assert spec == [{"op": "scale_head", "heads": ["0.1", "2.3"], "alpha": 0.0, "point": "hook_z"},
-                    {"op": "scale_head", "heads": ["1.1"], "alpha": float(np.float32(0.37)),
-                     "point": "hook_z"}]
+    assert spec == [{"op": "scale_head", "heads": [format_head((0, 1)), format_head((2, 3))],
+                     "alpha": 0.0, "point": "hook_z"},
+                    {"op": "scale_head", "heads": [format_head((1, 1))],
+                     "alpha": float(np.float32(0.37)), "point": "hook_z"}]
     checked = check_spec(tiny_llama, parse_spec(spec), list(lm_data.tokenized))
     batch = lm_data.batches(8)[0]
     with applied(tiny_llama, checked, batch):

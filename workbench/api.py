@@ -16,6 +16,7 @@ from typing import Any
 
 from workbench.bounds import echo
 from workbench.errors import InputError
+from workbench.heads import format_head
 from workbench.results import Results, open_run
 
 
@@ -198,7 +199,7 @@ def show_pattern(model: Any, text: str, layer: int, head: int, *, max_tokens: in
     from workbench.figures.grid import attention_pattern
 
     res = run(model, prompts([text]), ["attention_pattern"],
-              params={"attention_pattern": {"heads": f"{layer}.{head}", "n_prompts": 1,
+              params={"attention_pattern": {"heads": format_head((layer, head)), "n_prompts": 1,
                                             "max_tokens": max_tokens}})
     return attention_pattern(res["attention_pattern"], res["tokens"], "pattern", "p0", layer,
                              head, unit=res.units.get("pattern")).figure()

@@ -1,6 +1,8 @@
 """Attention-head sets and the hooks that rescale heads.
 
-A head is ``(layer, head_index)``, written ``"L.H"`` on the command line and in specs (``"9.6"``).
+A head is ``(layer, head_index)``, shown as ``"L9H6"`` (:func:`format_head`) and typed as
+``"L9H6"``, ``"9.6"`` or ``"9:6"`` on the command line and in specs (:func:`parse_head` reads all
+three).
 Head hooks act on ``blocks.{layer}.attn.hook_z`` ``[batch, pos, head_index, d_head]`` (the per-head
 output before W_O, so scaling head h there scales exactly its contribution ``z_h W_O^h``) or on
 ``hook_result`` ``[batch, pos, head_index, d_model]`` (needs ``set_use_attn_result(True)``).
@@ -23,19 +25,20 @@ _HEAD_RE = re.compile(r"^\s*L?(\d+)\s*[.H:]\s*(\d+)\s*$", re.IGNORECASE)
 
 
 def parse_head(text: str) -> Head:
-    """``"9.6"``, ``"L9H6"`` or ``"9:6"`` -> ``(9, 6)``.
+    """``"L9H6"``, ``"9.6"`` or ``"9:6"`` -> ``(9, 6)`` (case and spaces ignored: ``"l9h6"``).
 
     Raises:
         InputError: the text is not a layer.head pair.
     """
     match = _HEAD_RE.match(str(text))
     if not match:
-        raise InputError(f"head {text!r} is not of the form layer.head (e.g. 9.6)")
+        raise InputError(f"head {text!r} is not of the form L9H6 (or layer.head: 9.6)")
     return int(match.group(1)), int(match.group(2))
 
 
 def parse_heads(items: str | Iterable[str | Head]) -> list[Head]:
-    """A comma-separated string or an iterable of ``"L.H"`` strings / pairs -> sorted unique heads."""
+    """A comma-separated string or an iterable of head strings (any style :func:`parse_head`
+    reads) / pairs -> sorted unique heads."""
     if isinstance(items, str):
         items = [s for s in items.split(",") if s.strip()]
     heads = {tuple(x) if not isinstance(x, str) else parse_head(x) for x in items}
@@ -43,7 +46,9 @@ def parse_heads(items: str | Iterable[str | Head]) -> list[Head]:
 
 
 def format_head(head: Head) -> str:
-    return f"{head[0]}.{head[1]}"
+    """``(9, 6)`` -> ``"L9H6"``: how every page, table, figure and message writes a head (parsed
+    back by :func:`parse_head`)."""
+    return f"L{int(head[0])}H{int(head[1])}"
 
 
 def check_heads(heads: Iterable[Head], n_layers: int, n_heads: int, where: str = "") -> None:
@@ -51,7 +56,8 @@ def check_heads(heads: Iterable[Head], n_layers: int, n_heads: int, where: str =
     for layer, head in heads:
         if not (0 <= layer < n_layers and 0 <= head < n_heads):
             prefix = f"{where}: " if where else ""
-            raise InputError(f"{prefix}head {layer}.{head} is out of range: the model has "
+            raise InputError(f"{prefix}head {format_head((layer, head))} is out of range: the "
+                             f"model has "
                              f"{n_layers} layers (0-{n_layers - 1}) x {n_heads} heads "
                              f"(0-{n_heads - 1})")
 

@@ -8,6 +8,7 @@ import pyarrow.compute as pc
 from rich.console import Console
 from rich.table import Table
 
+from workbench.heads import format_head
 from workbench.store import META_TABLES, RunDir, parquet_columns
 
 KEY_COLUMNS = ("segment", "condition", "query_pos", "key_pos", "dim")  # besides layer and head
@@ -85,7 +86,8 @@ def head_extremes(table: pa.Table, metric: str, top: int = 3) -> str | None:
     def label(r) -> str:
         key = ", ".join(f"{k}={r[k]:g}" if isinstance(r[k], float) else f"{k}={r[k]}"
                         for k in keys if not pd.isna(r[k]))
-        return f"L{int(r['layer'])}H{int(r['head'])}{f' ({key})' if key else ''}={r['value']:.3f}"
+        head = format_head((r["layer"], r["head"]))
+        return f"{head}{f' ({key})' if key else ''}={r['value']:.3f}"
 
     records = ordered.to_dict("records")
     return (f"{metric}: highest {', '.join(map(label, records[:top]))}; "

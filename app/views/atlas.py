@@ -1,8 +1,8 @@
-"""Atlas: what every head of a model does, from ``workbench atlas``. The role grid (click a head),
-the atlas's findings, the top heads of each role, and one head's evidence across the atlas's part
-runs: its score and rank on every role and its attention pattern on example prompts (from a part
-run that stores patterns; else on the Live pattern page). A second atlas chosen in the sidebar is
-compared by relative depth."""
+"""Atlas: what every head of a model does, from ``workbench atlas``. The role grid (each head
+shaded by its score on the role's own scale, the heads that hold the role outlined; click a head to
+open its page), the atlas's findings, the top heads of each role (click a row to open the head), a
+head picker, and a second atlas chosen in the sidebar compared by relative depth. The head page
+(``views/head.py``) shows one head's evidence."""
 
 from __future__ import annotations
 
@@ -10,35 +10,46 @@ import streamlit as st
 
 from app import atlas_data as ad
 from app import ui
-from app.patterns import pattern_metrics, stored_pattern
 from workbench.figures import atlas_grid
+from workbench.heads import format_head
 
 HEAD_KEY = "atlas-head"
+OPEN_KEY = "atlas-open-head"  # set by a click, acted on after the figure is drawn
 TOP_K = 10
+HEAD_PAGE = "views/head.py"
 
 
 def choose_atlas(root) -> str | None:
-    """The chosen run when it is an atlas, else the newest atlas of the runs folder."""
-    ids = ad.atlas_ids(root.runs())
-    if not ids:
+    """The chosen run when it is an atlas, else the atlas of a real model (ad.preferred_atlas)."""
+    entries = root.runs()
+    if not ad.atlas_ids(entries):
         st.info("This runs folder has no atlas. Make one with: workbench atlas --model "
                 "smollm2-135m --out <runs folder>/atlas-smollm2")
         return None
-    chosen = st.session_state.get(ui.RUN_KEY)
-    return chosen if chosen in ids else ids[0]
+    return ad.preferred_atlas(entries, st.session_state.get(ui.RUN_KEY))
 
 
 def select(layer: int, head: int) -> None:
-    """Select head ``layer.head`` (a click on the grid)."""
-    st.session_state[HEAD_KEY] = ad.head_label(layer, head)
+    """A click on the grid: open that head's page (after the page has drawn)."""
+    st.session_state[HEAD_KEY] = format_head((layer, head))
+    st.session_state[OPEN_KEY] = format_head((layer, head))
 
 
-def grid(atlas: ad.AtlasDoc) -> None:
+def open_head(atlas_id: str, label: str) -> None:
+    """Go to the head page of ``label`` in atlas ``atlas_id`` (a new browser history entry)."""
+    st.switch_page(HEAD_PAGE, query_params={"run": atlas_id, "head": label})
+
+
+def grid(atlas: ad.AtlasDoc, chosen: tuple[int, int]) -> None:
     st.caption(ui.literal(f"{atlas.model}: {atlas.n_layers} layers x {atlas.n_heads} heads. "
-                          "Colour: rank in the role (yellow = first, dark = last); a white dot: "
-                          "the head holds the role. Click a head to see its evidence."))
+                          "Shade: the head's score on the role's own scale (fraction of the "
+                          "pattern's ceiling, share of attention, 1 - normalised entropy, or "
+                          "score / the role's largest); outlined: the head holds the role "
+                          "(the atlas's rule and threshold); black square: the chosen head. "
+                          "Click a head to open its page."))
     ui.show_plot(atlas_grid(atlas.heads, atlas.roles(), name=f"{atlas.run_id}-atlas"),
-                 key=ui.plot_key("atlas", atlas.run_id), on_click=select, xy=("head", "layer"))
+                 key=ui.plot_key("atlas", atlas.run_id), on_click=select, xy=("head", "layer"),
+                 chosen=chosen)
 
 
 def findings(atlas: ad.AtlasDoc) -> None:
@@ -57,57 +68,35 @@ def top_tables(atlas: ad.AtlasDoc) -> None:
     doc = next(r for r in roles if r["name"] == role)
     st.caption(ui.literal(f"Top {TOP_K} heads by {doc.get('table')} · {doc.get('metric')} "
                           f"(held: {doc.get('rule')} {doc.get('threshold')}). "
-                          f"{doc.get('reason') or ''}"))
+                          f"{doc.get('reason') or ''} Click a row to open the head."))
     top = ad.top_heads(atlas, role, TOP_K)
-    event = st.dataframe(top, hide_index=True, width="stretch", key="atlas-top",
+    event = st.dataframe(top, hide_index=True, width="stretch", key=f"atlas-top-{role}",
                          on_select="rerun", selection_mode="single-row")
     rows = (event.get("selection") or {}).get("rows") if isinstance(event, dict) else \
         getattr(getattr(event, "selection", None), "rows", None)
     if rows:
         label = str(top.iloc[rows[0]]["head"])
-        if st.session_state.get("atlas-top-picked") != label:
-            st.session_state["atlas-top-picked"] = label
+        if st.session_state.get("atlas-top-picked") != (role, label):
+            st.session_state["atlas-top-picked"] = (role, label)
             st.session_state[HEAD_KEY] = label
+            st.session_state[OPEN_KEY] = label
 
 
-def pick_head(atlas: ad.AtlasDoc) -> tuple[int, int]:
-    """The head picker; default: the top induction head."""
-    labels = [ad.head_label(la, he) for la, he in zip(atlas.heads["layer"], atlas.heads["head"])]
+def chosen_head(atlas: ad.AtlasDoc) -> tuple[int, int]:
+    """The chosen head (default: the top induction head)."""
+    labels = {format_head(h) for h in zip(atlas.heads["layer"], atlas.heads["head"])}
     if st.session_state.get(HEAD_KEY) not in labels:
-        st.session_state[HEAD_KEY] = ad.head_label(*ad.default_head(atlas))
-    label = st.selectbox("Head", labels, key=HEAD_KEY)
-    return ad.parse_label(label)
+        st.session_state[HEAD_KEY] = format_head(ad.default_head(atlas))
+    return ad.parse_label(st.session_state[HEAD_KEY])
 
 
-def head_evidence(root, atlas: ad.AtlasDoc, layer: int, head: int) -> None:
-    st.subheader(f"Head {ad.head_label(layer, head)} (layer {layer}, head {head})")
-    st.dataframe(ad.evidence(atlas, layer, head), hide_index=True, width="stretch")
-    available = {r.run_id for r in root.runs() if r.manifest is not None}
-    with_patterns = []
-    for part, run_id in atlas.part_runs().items():
-        if run_id in available:
-            infos = ui.infos(root, run_id)
-            if pattern_metrics(infos):
-                with_patterns.append((part, run_id, infos))
-    if not with_patterns:
-        st.info("None of the atlas's part runs stores attention patterns: see this head's "
-                "pattern on any prompt, computed live with the model.")
-        if st.button(f"Live pattern of {ad.head_label(layer, head)}", key="atlas-live"):
-            live_pattern(atlas, layer, head)
-        return
-    st.markdown("**Attention pattern on the example prompts**")
-    part, run_id, infos = with_patterns[0]
-    st.caption(ui.literal(f"from part run {run_id} ({part})"))
-    stored_pattern(root, run_id, infos, layer, head, "atlas")
-
-
-def live_pattern(atlas: ad.AtlasDoc, layer: int, head: int) -> None:
-    """Open the Live pattern page on this head with the atlas's model chosen."""
-    st.session_state["pattern-layer"], st.session_state["pattern-head"] = layer, head
-    st.session_state["pattern-view"] = "One head"
-    spec = atlas.doc.get("model_spec") or atlas.model
-    st.session_state["pattern-model-default"] = spec
-    st.switch_page("views/pattern.py")
+def pick_head(atlas: ad.AtlasDoc) -> None:
+    """A head picker and the button that opens its page."""
+    labels = [format_head(h) for h in zip(atlas.heads["layer"], atlas.heads["head"])]
+    left, right = st.columns([1, 3], vertical_alignment="bottom")
+    label = left.selectbox("Head", labels, key=HEAD_KEY)
+    if right.button(f"Open the page of {label}", key="atlas-open"):
+        st.session_state[OPEN_KEY] = label
 
 
 def compare(root, atlas: ad.AtlasDoc, other_id: str) -> None:
@@ -131,12 +120,13 @@ if atlas_id:
         atlas = ad.load_atlas(root, atlas_id)
         st.code(atlas_id, language=None)
         findings(atlas)
-        grid(atlas)
+        grid(atlas, chosen_head(atlas))
         top_tables(atlas)
-        layer, head = pick_head(atlas)
-        with ui.guard():
-            head_evidence(root, atlas, layer, head)
+        pick_head(atlas)
         other = ui.compared_run()
         if other and other in ad.atlas_ids(root.runs()):
             with ui.guard():
                 compare(root, atlas, other)
+    wanted = st.session_state.pop(OPEN_KEY, None)
+    if wanted:
+        open_head(atlas_id, wanted)

@@ -83,9 +83,16 @@ def effects(root: data.RunsRoot, run_id: str, infos: dict) -> None:
     choice = left.selectbox("Effect", range(len(options)), key="circuits-effect",
                             format_func=lambda i: f"{options[i][0]} · {options[i][1]}")
     table, metric = options[choice]
-    with right:
-        where = ui.pick_variant(infos[table].metrics[metric], key="circuits-effect-variant")
-    means = data.head_means(root.table(run_id, table), metric, where)
+    info = infos[table].metrics[metric]
+    ref = root.table(run_id, table)
+    variants = data.with_heads(ref, metric, info.variants)
+    if not variants:
+        st.info(ui.literal(f"{table} · {metric} has no per-head rows."))
+        return
+    with right:  # only variants with heads (DLA's attn_bias, constant and embed rows have none)
+        where = ui.pick_variant(info, key=f"circuits-effect-variant-{table}-{metric}",
+                                variants=variants)
+    means = data.head_means(ref, metric, where)
     manifest = root.manifest(run_id)
     model = manifest.get("model") or {}
     ui.show_plot(heatmap_of_means(means, metric, where=dict(where), scale="diverging",
@@ -122,8 +129,9 @@ def overlap(root: data.RunsRoot, run_id: str, infos: dict) -> None:
                            f"{tables.PAIR_SEPARATOR}B')."))
         return
     units = root.manifest(run_id).get("units") or {}
+    bounded = metric in tables.OVERLAP.metrics  # Jaccard, overlap coefficient: in [0, 1]
     ui.show_plot(overlap_matrix(matrix, metric=metric, unit=units.get(metric), baseline=baseline,
-                                table=table),
+                                table=table, zmax=1.0 if bounded else None),
                  key=ui.plot_key("overlap", table, metric))
     pairs = split_pairs(rows[rows["layer"].isna()])
     per_pair = pairs.pivot_table(index=["task_a", "task_b"], columns="metric", values="value")

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import data, tables, ui
+from app import data, headline, tables, ui
+from app.shaping import sweep_order
 from workbench.figures import dose_response
 
 MAX_SWEEPS = 6
@@ -33,7 +34,11 @@ def stored(root: data.RunsRoot, run_id: str, table: str) -> None:
 
 
 def sweeps(root: data.RunsRoot, run_id: str, table: str, info: data.TableInfo) -> None:
-    found = [(m, s) for m, mi in info.metrics.items() for s in mi.sweeps]
+    keyed, twins = sweep_order(info, headline.headline(root.manifest(run_id), table))
+    found = [(m, dict(s)) for m, s in keyed]
+    if twins:
+        st.caption(ui.literal(f"Not drawn twice: {', '.join(twins)} (drawn as its mean_ "
+                              "summary)."))
     if not found:
         st.info(ui.literal(f"Table {table} has no sweep (conditions of the form name=number, "
                            "e.g. alpha=0.5)."))

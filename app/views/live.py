@@ -10,7 +10,7 @@ import streamlit as st
 
 from app import data, ui
 from workbench.errors import WorkbenchError
-from workbench.heads import parse_heads
+from workbench.heads import format_head, parse_heads
 
 RESULT_KEY = "live-result"
 SWEEP = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
@@ -51,7 +51,7 @@ def run(inputs: dict) -> None:
 
 def show(result) -> None:
     spec = result.spec
-    heads = ", ".join(f"{layer}.{head}" for layer, head in spec.heads)
+    heads = ", ".join(map(format_head, spec.heads))
     st.caption(ui.literal(f"{result.model['name']}: heads {heads} scaled by alpha = "
                           f"{spec.alpha:g} at attn.{spec.point}, on the prompt:"))
     st.code(spec.prompt, language=None, wrap_lines=True)

@@ -13,8 +13,9 @@ import streamlit as st
 
 from app import ui
 from workbench.errors import WorkbenchError
-from workbench.figures import attention_pattern, attention_text, pattern_grid
-from workbench.heads import parse_heads
+from workbench.figures import attention_pattern, attention_text
+from app.components import SCALES, model_view, token_view
+from workbench.heads import format_head, parse_heads
 
 RESULT_KEY = "pattern-result"
 LAYER_KEY, HEAD_KEY, VIEW_KEY, QUERY_KEY = ("pattern-layer", "pattern-head", "pattern-view",
@@ -28,8 +29,8 @@ def form(default_model: str | None) -> dict | None:
         model = st.selectbox("Model", ui.model_choices(default_model), key="pattern-model")
         prompt = st.text_area("Prompt", EXAMPLE, key="pattern-prompt")
         left, right = st.columns(2)
-        heads = left.text_input("Intervention: heads to scale (optional, layer.head, "
-                                "comma-separated)", "", key="pattern-heads")
+        heads = left.text_input("Intervention: heads to scale (optional, e.g. L9H6, L10H7)",
+                                "", key="pattern-heads")
         alpha = right.number_input("Weight alpha (0 = ablation)", 0.0, 10.0, 0.0, 0.25,
                                    key="pattern-alpha")
         if not st.form_submit_button("Show attention"):
@@ -77,36 +78,35 @@ def one_head(result, tokens: pd.DataFrame) -> None:
         with column:
             if len(sides) > 1:
                 st.caption(side if side == "before" else ui.literal(
-                    f"after: heads {', '.join(f'{la}.{he}' for la, he in result.heads)} x "
+                    f"after: heads {', '.join(map(format_head, result.heads))} x "
                     f"{result.alpha:g}"))
             ui.show_plot(attention_text(result.tokens, patterns[layer, head, query], query,
-                                        f"layer {layer}, head {head}: attention from "
+                                        f"{format_head((layer, head))}: attention from "
                                         f"{labels[query]}",
-                                        name=f"live-text-L{layer}H{head}-{side}"),
+                                        name=f"live-text-{format_head((layer, head))}-{side}"),
                          key=f"pattern-text-{side}-{layer}-{head}-{query}")
+            token_view(patterns[layer, head], result.tokens, key=f"pattern-tokens-{side}")
             ui.show_plot(attention_pattern(records(patterns, layer, head), tokens, "attn",
                                            "live", layer, head,
-                                           name=f"live-pattern-L{layer}H{head}-{side}"),
+                                           name=f"live-pattern-{format_head((layer, head))}-{side}"),
                          key=f"pattern-one-{side}-{layer}-{head}")
 
 
 def all_heads(result) -> None:
-    n_heads = result.before.shape[1]
-
     def enlarge() -> None:
-        event = st.session_state.get("chart-pattern-all")
-        points = ((event or {}).get("selection") or {}).get("points") or []
-        if points and points[0].get("curve_number") is not None:
-            layer, head = divmod(int(points[0]["curve_number"]), n_heads)
-            st.session_state[LAYER_KEY], st.session_state[HEAD_KEY] = layer, head
+        clicked = (st.session_state.get("pattern-all") or {}).get("clicked")
+        if clicked:
+            st.session_state[LAYER_KEY] = int(clicked["layer"])
+            st.session_state[HEAD_KEY] = int(clicked["head"])
             st.session_state[VIEW_KEY] = VIEWS[0]
 
-    st.caption("Every head on this prompt, a layer per row (colour 0 to 1). Click a head to "
-               "enlarge it.")
-    width = st.session_state.get(ui.WIDTH_KEY, "double")
-    st.plotly_chart(pattern_grid(result.before, result.tokens).figure(width), theme=None,
-                    key="chart-pattern-all", on_select=enlarge, selection_mode="points",
-                    width="content", config={"displaylogo": False})
+    scale = st.radio("Colour", SCALES, horizontal=True, key="pattern-all-scale",
+                     help="log: 0.001 to 1 on a log scale (legible at 128 tokens); per head: "
+                          "each thumbnail from 0 to its own largest weight on keys after the "
+                          "first (key 0 is the usual sink); linear: 0 to 1.")
+    st.caption("Every head on this prompt, a layer per row (BertViz's model view). Hover: the "
+               "head, the query and key tokens and the weight; click a thumbnail to enlarge it.")
+    model_view(result.before, result.tokens, scale=scale, key="pattern-all", on_click=enlarge)
 
 
 st.title("Live pattern")
@@ -119,8 +119,16 @@ try:
 except WorkbenchError:
     pass
 default = st.session_state.get("pattern-model-default") or default  # from the Atlas page
+autorun = None
+if st.session_state.pop("pattern-autorun", False):  # from the head page: run it at once
+    if default in ui.model_choices(default):  # (a model that can be loaded here)
+        st.session_state["pattern-model"] = default
+        st.session_state.setdefault("pattern-prompt", EXAMPLE)
+        st.session_state["pattern-heads"] = ""
+        autorun = {"model": default, "prompt": st.session_state["pattern-prompt"], "heads": "",
+                   "alpha": 0.0}
 with ui.guard():
-    inputs = form(default)
+    inputs = form(default) or autorun
     if inputs:
         try:
             compute(inputs)

@@ -9,6 +9,7 @@ from app import data, ui
 from app.shaping import attention_digraph
 from workbench.figures import position_profile, weighted_graph
 from workbench.figures.plot import safe_name
+from workbench.heads import format_head
 
 MEAN_OVER_HEADS = "mean over heads"
 PROFILE_SCALES = {"linear": "linear", "log": "log scale", "no-key0": "exclude key 0"}
@@ -62,9 +63,10 @@ def graph(root: data.RunsRoot, run_id: str, infos: dict) -> None:
                           help="Default: the weight that keeps the strongest 2 x (tokens) edges.")
     ui.show_prompt(root, run_id, prompt_id)
     digraph = attention_digraph(rows, tokens, prompt_id, threshold)
+    whose = (f"layer {layer}, mean over heads" if head == MEAN_OVER_HEADS
+             else format_head((layer, head)))
     st.caption(ui.literal(f"{digraph.number_of_edges()} edges key -> query (self-loops not "
-                          f"drawn) of prompt {prompt_id}, layer {layer}, "
-                          f"{head if head == MEAN_OVER_HEADS else f'head {head}'}"))
+                          f"drawn) of prompt {prompt_id}, {whose}"))
     which = "mean" if head == MEAN_OVER_HEADS else f"H{head}"
     unit = (root.manifest(run_id).get("units") or {}).get(metric)
     ui.show_plot(weighted_graph(digraph, label=metric, unit=unit, node_label="token", table=table,

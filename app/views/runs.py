@@ -8,7 +8,7 @@ import json
 import pandas as pd
 import streamlit as st
 
-from app import data, ui
+from app import data, headline, ui
 from app.shaping import (compare_by_depth, compare_heads, manifest_facts, runs_overview,
                            same_grid)
 from workbench.figures import heatmap_of_means
@@ -55,16 +55,22 @@ def compare(root: data.RunsRoot, run_a: str, run_b: str) -> None:
                 "is nothing to compare head by head.")
         return
     table = st.selectbox("Table", list(common), key="compare-table")
-    metric = st.selectbox("Metric", ui.patterns_last(infos_a[table], common[table]),
-                          key="compare-metric")
+    metric = st.selectbox("Metric", headline.order(
+        ui.patterns_last(infos_a[table], common[table]),
+        headline.headline(root.manifest(run_a), table)), key="compare-metric")
     where = ui.pick_variant(infos_a[table].metrics[metric], key="compare-variant")
     means_a = data.head_means(root.table(run_a, table), metric, where)
     means_b = data.head_means(root.table(run_b, table), metric, where)
     unit = (root.manifest(run_a).get("units") or {}).get(metric)
     models = [root.manifest(r).get("model") or {} for r in (run_a, run_b)]
     values = pd.concat([means_a["value"], means_b["value"]])
-    zrange = (float(values.min()), float(values.max())) if len(values) else None
-    st.caption("Both heatmaps on one colour range.")
+    ranges = ("one for both", "each its own")
+    shared = st.radio("Colour range", ranges, horizontal=True, key="compare-range",
+                      index=0 if same_grid(*models) else 1,
+                      help="One range makes the two heatmaps comparable cell by cell; each its "
+                           "own keeps a model whose values are all small from washing out "
+                           "(the default when the models differ).") == ranges[0]
+    zrange = (float(values.min()), float(values.max())) if len(values) and shared else None
     left, right = st.columns(2)
     for column, run_id, means, grid in ((left, run_a, means_a, models[0]),
                                         (right, run_b, means_b, models[1])):

@@ -27,6 +27,7 @@ from workbench.figures.graph import circuit_graph
 from workbench.figures.grid import head_heatmap, heatmap_of_means, overlap_matrix
 from workbench.figures.plot import Plot, safe_name
 from workbench.figures.registry import FigureOptions, RunSource, register_figure_set
+from workbench.heads import format_head, parse_head
 
 _COLUMNS = ["probe", "metric", "layer", "head", "prompt_id", "segment", "condition", "value"]
 SHORT = {"activation_patching": "act", "attribution_patching": "attr", "path_patching": "path"}
@@ -37,15 +38,14 @@ def _read(source: RunSource, table: str, extra: tuple[str, ...] = ()) -> pd.Data
 
 
 def _head_node(layer, head) -> str:
-    return f"L{int(layer)}H{int(head)}"
+    return format_head((layer, head))
 
 
 def _receiver(condition: str) -> str:
     target = str(condition).split("=", 1)[-1]
     if target == "logits":
         return "logits"
-    layer, _, head = target.partition(".")
-    return _head_node(layer, head)
+    return _head_node(*parse_head(target))  # stored as 9.6 (older runs) or L9H6
 
 
 def circuit_plot(rows: pd.DataFrame, method: str, task: str, *, units: dict,

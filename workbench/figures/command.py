@@ -12,7 +12,7 @@ from workbench.figures.lines import PROFILE_SCALES
 from workbench.figures.plot import Plot
 from workbench.figures.registry import FigureOptions, RunSource, run_figures
 from workbench.figures.style import WIDTHS_IN
-from workbench.heads import parse_heads
+from workbench.heads import format_head, parse_heads
 from workbench.inputs import check_output_dir
 from workbench.store import RunDir
 
@@ -96,5 +96,5 @@ def _check_patterns(source: RunSource, options: FigureOptions) -> None:
     for layer, head in options.heads:
         if (source.n_layers and layer >= source.n_layers) or (source.n_heads and
                                                               head >= source.n_heads):
-            raise InputError(f"--heads: head {layer}.{head} is outside the model's "
+            raise InputError(f"--heads: head {format_head((layer, head))} is outside the model's "
                              f"{source.n_layers} layers x {source.n_heads} heads")

@@ -12,6 +12,7 @@ import plotly.graph_objects as go
 from plotly.colors import sample_colorscale
 
 from workbench.figures.plot import Plot, drawer, safe_name
+from workbench.heads import format_head
 from workbench.figures.style import (INK, TICK_PT, Width, bar_room, base_figure, categorical,
                                      colorbar, colorbar_title, colour_scale, plot_text, pt)
 
@@ -39,7 +40,7 @@ def _node_rows(graph: nx.DiGraph, value: str, n_heads: int | None) -> list[dict]
     for node, attrs in graph.nodes(data=True):
         head = heads[node]
         if head:
-            x, y, label = head[0], head[1], f"L{head[0]}H{head[1]}"
+            x, y, label = head[0], head[1], format_head(head)
         else:  # embeddings / logits and the like sit before the first or after the last layer
             x = min(layers) - 1 if graph.in_degree(node) == 0 else max(layers) + 1
             y, label = mid, str(node)
@@ -186,6 +187,9 @@ def _arc(x0: float, x1: float) -> tuple[np.ndarray, np.ndarray]:
     return x0 + (x1 - x0) * t, abs(x1 - x0) / 2 * 4 * t * (1 - t)
 
 
+MAX_TOKEN_TICKS = 80  # token labels under an arc diagram before they are thinned
+
+
 @drawer("digraph")
 def draw_weighted_graph(data: pd.DataFrame, params: dict, width: Width) -> go.Figure:
     nodes, edges = data[data["element"] == "node"], data[data["element"] == "edge"]
@@ -220,11 +224,12 @@ def draw_weighted_graph(data: pd.DataFrame, params: dict, width: Width) -> go.Fi
                 "colorbar": colorbar(colorbar_title(params["label"], params["unit"],
                                                 room_px=bar_room(fig)))}))
     fig.add_trace(go.Scatter(x=nodes["x"], y=np.zeros(len(nodes)), mode="markers",
-                             marker={"size": 4, "color": INK}, hoverinfo="skip"))
-    step = -(-len(nodes) // 40)
+                             marker={"size": 4, "color": INK}, hoverinfo="text",
+                             hovertext=[plot_text(t) for t in nodes["label"]]))
+    step = -(-len(nodes) // MAX_TOKEN_TICKS)  # every token up to 80 (then every other ...)
     ticks = nodes.iloc[::step]
     fig.update_xaxes(tickmode="array", tickvals=ticks["x"].tolist(), tickangle=-90,
                      ticktext=[plot_text(t) for t in ticks["label"]], showline=False,
-                     tickfont={"size": pt(TICK_PT - 1)})
+                     tickfont={"size": pt(TICK_PT - 1 if len(ticks) <= 40 else TICK_PT - 2)})
     fig.update_yaxes(visible=False, rangemode="tozero")
     return fig

@@ -8,6 +8,7 @@ import plotly.graph_objects as go
 
 from workbench.figures.plot import Plot, drawer, safe_name
 from workbench.figures.shapes import group_mean, qualifier, select, token_label
+from workbench.heads import format_head
 from workbench.figures.style import (CHAR_EM, TICK_PT, Width, bar_room, base_figure, colorbar,
                                      colorbar_title, colour_scale, layer_ticks, plot_text, pt,
                                      width_px)
@@ -86,14 +87,17 @@ def draw_heatmap(data: pd.DataFrame, params: dict, width: Width) -> go.Figure:
     fig = base_figure(width, height=height)
     label, unit = plot_text(params["label"]), plot_text(params["unit"] or "")
     rows = params.get("rows", "head")
+    # one value per head (no prompt ids, e.g. mean_* metrics): no "prompts: 0" in the hover
+    prompts = "<br>prompts: %{customdata}" if (data["n_prompts"] > 0).any() else ""
+    where = "L%{x}H%{y}" if rows == "head" else f"layer %{{x}}, {plot_text(rows)} %{{y}}"
     fig.add_trace(go.Heatmap(
         x=list(range(n_layers)), y=list(range(n_heads)),
         z=_grid(data, "value", (n_heads, n_layers)),
         customdata=_grid(data, "n_prompts", (n_heads, n_layers)),
         colorbar=colorbar(colorbar_title(params["label"], params["unit"],
                                          room_px=bar_room(fig))),
-        hovertemplate=(f"layer %{{x}}, {plot_text(rows)} %{{y}}<br>{label}: %{{z:.4g}}"
-                       f"{' ' + unit if unit else ''}<br>prompts: %{{customdata}}<extra></extra>"),
+        hovertemplate=(f"{where}<br>{label}: %{{z:.4g}}"
+                       f"{' ' + unit if unit else ''}{prompts}<extra></extra>"),
         **colour_scale(np.append(data["value"].to_numpy(), params.get("zrange") or []),
                        params["scale"])))
     fig.update_xaxes(title_text="layer", showline=False, **layer_ticks(n_layers))
@@ -131,7 +135,7 @@ def attention_pattern(records, tokens: pd.DataFrame, metric: str, prompt_id: str
                              "tokens table")
     params = {"metric": metric, "label": label or metric, "unit": unit, "where": where or {},
               "prompt_id": prompt_id, "layer": int(layer), "head": int(head), "scale": scale}
-    stem = name or safe_name(table, "pattern", metric, prompt_id, f"L{layer}H{head}",
+    stem = name or safe_name(table, "pattern", metric, prompt_id, format_head((layer, head)),
                              qualifier(where))
     return Plot("pattern", stem, data, params)
 

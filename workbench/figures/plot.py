@@ -20,6 +20,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from workbench.figures.style import Width
+from workbench.heads import format_head
 
 Drawer = Callable[[pd.DataFrame, dict, Width], go.Figure]
 DRAWERS: dict[str, Drawer] = {}
@@ -72,7 +73,7 @@ def describe(plot: "Plot") -> str:
     if p.get("prompt_id") is not None:
         where = {"prompt_id": p["prompt_id"], **where}
     if p.get("layer") is not None and p.get("head") is not None:
-        where = {"head": f"L{p['layer']}H{p['head']}", **where}
+        where = {"head": format_head((p["layer"], p["head"])), **where}
     if where:
         parts.append(", ".join(f"{k}={v}" for k, v in where.items()))
     if p.get("heads_chosen_by"):

@@ -68,7 +68,7 @@ def draw_pruning_curve(data: pd.DataFrame, params: dict, width: Width) -> go.Fig
                                  y=np.concatenate([rand["hi"], rand["lo"].to_numpy()[::-1]]),
                                  fill="toself", fillcolor=translucent(categorical(1)),
                                  line={"width": 0}, hoverinfo="skip", mode="lines",
-                                 name=f"random ({int(rand['n'].max())} orders)"))
+                                 name=_orders(int(rand["n"].max()))))
         fig.add_trace(go.Scatter(x=x, y=rand["mean"], mode="lines", name="random mean",
                                  line={"color": categorical(1), "width": 1, "dash": "dash"}))
     imp = data[data["order"] == "importance"].sort_values("fraction")
@@ -78,10 +78,16 @@ def draw_pruning_curve(data: pd.DataFrame, params: dict, width: Width) -> go.Fig
                              hovertemplate="%{x:.0%} removed: %{y:.4g}<extra></extra>"))
     fig.add_hline(y=params["threshold"], line={"color": "#777777", "width": LINE_PX,
                                                "dash": "dot"})
-    fig.update_xaxes(title_text="heads removed (fraction)", tickformat=".0%", range=[0, 1])
+    fig.update_xaxes(title_text="heads removed (fraction)", tickformat=".0%",
+                     range=[-0.02, 1.02], tickvals=[0, 0.25, 0.5, 0.75, 1])  # 100 % shown
     fig.update_yaxes(title_text=axis_title(params["label"], params["unit"],
                                            room_px=fig.layout.height - 70))
     return fig
+
+
+def _orders(n: int) -> str:
+    """The random band's legend entry: its number of orders, singular for one."""
+    return f"random (min-max of {n} orders)" if n > 1 else "random (1 order)"
 
 
 def gate_frontier(records, metric: str, *, label: str | None = None, unit: str | None = None,

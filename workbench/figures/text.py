@@ -10,6 +10,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from workbench.figures.plot import Plot, drawer
+from workbench.heads import format_head
 from workbench.figures.shapes import token_label
 from workbench.figures.style import (INK, SEQUENTIAL, TICK_PT, Width, colorbar, plot_text, pt,
                                      width_px)
@@ -78,7 +79,7 @@ def draw_pattern_grid(data: pd.DataFrame, params: dict, width: Width) -> go.Figu
         fig.add_trace(go.Heatmap(
             z=z, x=labels, y=labels, zmin=0.0, zmax=1.0, colorscale=SEQUENTIAL,
             showscale=bool(layer == 0 and head == 0), colorbar=colorbar("attention"),
-            hovertemplate=(f"layer {layer}, head {head}<br>query %{{y}}<br>key %{{x}}<br>"
+            hovertemplate=(f"{format_head((layer, head))}<br>query %{{y}}<br>key %{{x}}<br>"
                            "%{z:.3f}<extra></extra>")), row=int(layer) + 1, col=int(head) + 1)
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False, autorange="reversed")

@@ -19,6 +19,7 @@ from workbench_cli.commands.common import (BATCH_SIZE, DEVICE, DTYPE, MODEL, OVE
                                        PROGRESS, RESUME, RUN_ID, RUNS_DIR, STRICT_PARITY, TYPER,
                                        _load, auto_batch_size, check_resume, list_option, out)
 from workbench.errors import InputError
+from workbench.heads import format_head
 
 heads_app = typer.Typer(**TYPER, no_args_is_help=True,
                         help="Head importance (Michel et al.), pruning curves and learned L0 "
@@ -77,7 +78,7 @@ def importance(model: str = MODEL, prompts: list[Path] = PROMPTS, objective: str
     frame = run.read_table("head_importance").to_pandas()
     top = frame[frame.metric == "importance_norm"].nlargest(5, "value")
     out.print("most important heads (normalised): " + ", ".join(
-        f"{int(r.layer)}.{int(r.head)} ({r.value:.3f})" for r in top.itertuples()))
+        f"{format_head((r.layer, r.head))} ({r.value:.3f})" for r in top.itertuples()))
     out.print(f"[green]complete[/]: {escape(str(run.path))}")
 
 
