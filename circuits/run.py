@@ -26,6 +26,8 @@ units in ``run.json``):
   circuit, ``score_noising``, ``score_denoising`` and ``one_direction_only`` (0/1).
 * ``patching_grid`` (``--grids``) and ``direct_logit_attribution`` (``--dla``):
   :mod:`circuits.components`.
+* ``ioi_classes`` (``--ioi-classes``; :mod:`circuits.ioi_classes`): the IOI head classes and
+  their evidence (path-patching scores per stage, attention, copy scores, backup effects).
 * ``method_agreement`` (with two or more methods): ``spearman`` of the per-head scores (path
   patching: stage 1) per task, ``condition`` = ``"methodA~methodB"``.
 """
@@ -48,6 +50,7 @@ import torch
 
 from circuits.components import UNITS as COMPONENT_UNITS
 from circuits.components import component_tables
+from circuits.ioi_classes import UNITS as IOI_UNITS
 from circuits.directions import compare_directions
 from circuits.discovery import Faithfulness, Selection, ablation_means, faithfulness
 from circuits.effects import check_direction, check_positions, spearman
@@ -97,7 +100,7 @@ UNITS = {
     "disagrees": "1 if |attribution - activation| > max(0.05, 0.5 |activation|), else 0",
     "worst_effect_attribution": "logits: estimated patched - base LD on the worst prompt",
     "worst_effect_activation": "logits: measured patched - base LD on the worst prompt",
-    **COMPONENT_UNITS,
+    **COMPONENT_UNITS, **IOI_UNITS,
 }
 
 
@@ -116,6 +119,7 @@ class CircuitsOptions:
     both_directions: bool = False  # activation-patch every circuit head noising and denoising
     grids: tuple[str, ...] = ()  # patching grids per layer x position (circuits.grids)
     dla: bool = False  # direct logit attribution per head and MLP (circuits.dla)
+    ioi_classes: tuple[str, ...] = ()  # tasks whose IOI head classes are found (circuits.ioi_run)
 
 
 def check_methods(methods: list[str]) -> None:
@@ -131,13 +135,14 @@ def check_options(methods: list[str], select: str, *, direction: str, positions:
                   receiver_input: str, n_random: int, mean_prompts: int | None,
                   heads: str | None = None, spot_check: int = 20,
                   both_directions: bool = False, grids: str | None = None, dla: bool = False,
-                  **run: object) -> CircuitsOptions:
+                  ioi_classes: tuple[str, ...] = (), **run: object) -> CircuitsOptions:
     """Validate the command line before the model loads.
 
     ``heads``: ``None`` (every head) or a comma-separated ``layer.head`` list (``"23.3,20.0"``):
     the heads patched (activation), kept (attribution) or used as senders (path). ``grids``:
     comma-separated components of :data:`circuits.grids.COMPONENTS` (or ``all``) to patch per
-    layer x position; ``dla``: direct logit attribution per head and MLP.
+    layer x position; ``dla``: direct logit attribution per head and MLP; ``ioi_classes``: the
+    tasks whose IOI head classes are found (:mod:`circuits.ioi_run`).
 
     Raises:
         InputError: an unknown method, a bad selection, direction, receiver input, count, head or
@@ -158,7 +163,8 @@ def check_options(methods: list[str], select: str, *, direction: str, positions:
                                  parse_head_list(heads), spot_check)
     return CircuitsOptions(methods, Selection.parse(select), discovery, n_random, mean_prompts,
                            **run, both_directions=both_directions,
-                           grids=parse_components(grids), dla=dla)
+                           grids=parse_components(grids), dla=dla,
+                           ioi_classes=tuple(ioi_classes))
 
 
 def parse_head_list(text: str | None) -> tuple[Head, ...] | None:
@@ -198,6 +204,13 @@ def load_tasks(specs: list[str], model, *, n_prompts: int | None, positions: str
     return tasks
 
 
+def check_ioi_tasks(tasks: list[Task], options: CircuitsOptions) -> None:
+    """Refuse (one line) ``--ioi-classes`` for a task that is not run or lacks the IOI positions."""
+    from circuits.ioi_run import check_ioi_tasks as check
+
+    check(tasks, options.ioi_classes)
+
+
 def execute_circuits(model, tasks: list[Task], options: CircuitsOptions) -> RunDir:
     """Run every method on every task, then faithfulness, overlap and agreement; write the run.
 
@@ -212,6 +225,7 @@ def execute_circuits(model, tasks: list[Task], options: CircuitsOptions) -> RunD
         raise InputError(f"a task is named twice: {', '.join(names)}")
     for task in tasks:
         check_positions(task, options.discovery.positions)
+    check_ioi_tasks(tasks, options)
     manifest = _manifest(model, tasks, options)
     if (Path(options.runs_dir) / manifest["run_id"]).exists() and not options.overwrite:
         raise RunStateError(f"run {manifest['run_id']!r} already exists; use --overwrite or "
@@ -283,6 +297,10 @@ def _tables(model, tasks, found, options, timings, run_id: str, bars: CircuitsPr
             for o in overlap_table({t.name: found[method, t.name].circuit for t in tasks}, n_total)]
     tables.update({name: [table] for name, table in
                    component_tables(model, tasks, options, run_id, bars, timings).items()})
+    if options.ioi_classes:
+        from circuits.ioi_run import ioi_tables
+
+        tables.update(ioi_tables(model, tasks, options, run_id, bars, timings))
     if len(options.methods) > 1:
         tables["method_agreement"] = [conform(_agreement_rows(found, tasks, options.methods),
                                               run_id=run_id, probe="agreement")]
@@ -399,6 +417,7 @@ def _manifest(model, tasks: list[Task], options: CircuitsOptions) -> dict:
               "both_directions": options.both_directions,
               **({"grids": list(options.grids)} if options.grids else {}),
               **({"dla": True} if options.dla else {}),
+              **({"ioi_classes": list(options.ioi_classes)} if options.ioi_classes else {}),
               "discovery": asdict(options.discovery), "n_random": options.n_random,
               "mean_prompts": options.mean_prompts}
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]

@@ -34,13 +34,13 @@ def circuits(model: Any, tasks: Sequence[str], *, methods: Sequence[str] = ("att
              batch_size: int = 16, heads_per_forward: int | None = None, stages: int = 2,
              receiver_input: str = "qkv", n_random: int = 3, mean_prompts: int | None = None,
              heads: str | None = None, spot_check: int = 20, both_directions: bool = False,
-             grids: str | None = None, dla: bool = False,
+             grids: str | None = None, dla: bool = False, ioi_classes: bool = False,
              runs_dir: Path | str | None = None, run_id: str | None = None,
              overwrite: bool = False, progress: bool = False) -> Results:
     """``workbench circuits`` (same options, same tables): per-head effects, circuits,
     faithfulness and overlap for ``tasks``; ``heads="23.3,20.0"`` restricts the methods to those
-    heads, ``spot_check``, ``both_directions``, ``grids`` and ``dla`` as the CLI options of the
-    same names.
+    heads, ``spot_check``, ``both_directions``, ``grids``, ``dla`` and ``ioi_classes`` as the CLI
+    options of the same names.
 
     Raises:
         InputError: an unknown task or method, a bad option (before the model loads).
@@ -50,15 +50,20 @@ def circuits(model: Any, tasks: Sequence[str], *, methods: Sequence[str] = ("att
     from workbench.models import as_loaded
     from workbench.prompts import load_prompt_set
 
-    for spec in tasks:
-        load_prompt_set(resolve_task(spec)[1])
+    prompt_sets = {resolve_task(spec)[0]: load_prompt_set(resolve_task(spec)[1]) for spec in tasks}
+    if ioi_classes:
+        from circuits.ioi_run import check_ioi_prompts
+
+        check_ioi_prompts(prompt_sets)
     with _folder(runs_dir) as folder:
         options = check_options(list(methods), select, direction=direction, positions=positions,
                                 batch_size=batch_size, heads_per_forward=heads_per_forward,
                                 stages=stages, receiver_input=receiver_input,
                                 n_random=n_random, mean_prompts=mean_prompts, heads=heads,
                                 spot_check=spot_check, both_directions=both_directions,
-                                grids=grids, dla=dla, runs_dir=folder,
+                                grids=grids, dla=dla,
+                                ioi_classes=tuple(prompt_sets) if ioi_classes else (),
+                                runs_dir=folder,
                                 run_id=run_id, overwrite=overwrite, progress=progress)
         loaded = as_loaded(model)
         found = load_tasks(list(tasks), loaded, n_prompts=n_prompts, positions=positions)

@@ -1,0 +1,371 @@
+"""IOI head classes: each measurement against an independent computation (plain Hugging Face
+forwards and hooks, finite differences), the class rules on evidence built by hand, and a tiny
+model whose heads' OV circuits are set by hand so the copy scores are known by construction."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from circuits.ioi_classes import CLASSES, IOICriteria, classify, ioi_classes
+from circuits.ioi_evidence import (ATTENTION, attention_scores, copy_scores, direct_effects,
+                                   ioi_positions, name_residuals, path_estimates)
+from circuits.tasks import load_task
+from tests.float64 import float64_model
+from tests.hf_reference import tiny_hf
+from tests.ioi_class_tasks import tiny_ioi_class_file
+from workbench.errors import InputError
+
+
+@pytest.fixture(scope="module")
+def task_path(tmp_path_factory):
+    return tiny_ioi_class_file(tmp_path_factory.mktemp("ioi"), n=6)
+
+
+@pytest.fixture(scope="module")
+def hf_llama():
+    return tiny_hf("llama").double()
+
+
+def test_positions_are_the_names_and_the_token_after_s1(tiny_llama, task_path):
+    task = load_task(str(task_path), tiny_llama)
+    pos = ioi_positions(task)
+    decode = tiny_llama.tokenizer.decode
+    for i, tok in enumerate(task.clean):
+        p = tok.prompt
+        assert decode([tok.input_ids[pos["IO"][i]]]) == p.answer
+        assert decode([tok.input_ids[pos["S1"][i]]]) == p.distractor
+        assert decode([tok.input_ids[pos["S2"][i]]]) == p.distractor
+        assert pos["S1+1"][i] == pos["S1"][i] + 1  # single-token names
+        assert pos["END"][i] == tok.n_tokens - 1
+        assert pos["S1"][i] < pos["S2"][i]
+
+
+def test_a_task_without_the_positions_is_refused(tiny_llama, tmp_path):
+    from tests.circuit_tasks import tiny_ioi_file
+
+    task = load_task(str(tiny_ioi_file(tmp_path, n=2)), tiny_llama)  # only the IO segment
+    with pytest.raises(InputError, match="has no segment 'S1'; the IOI head classes need"):
+        ioi_positions(task)
+
+
+def test_attention_scores_match_hugging_face(tiny_llama, hf_llama, task_path):
+    task = load_task(str(task_path), tiny_llama)
+    pos = ioi_positions(task)
+    got = attention_scores(tiny_llama, task, pos, batch_size=4)  # padded batches
+    for i, tok in enumerate(task.clean):
+        with torch.inference_mode():
+            out = hf_llama(input_ids=torch.as_tensor(tok.input_ids)[None], output_attentions=True)
+        for name, (query, keys) in ATTENTION.items():
+            want = np.stack([sum(a[0, :, pos[query][i], pos[k][i]].numpy() for k in keys)
+                             for a in out.attentions])  # [layer, head]
+            np.testing.assert_allclose(got[name][i], want, atol=1e-5)
+    assert got["END->IO"].std() > 0.01  # real, varied patterns
+
+
+def _hf_name_residual(hf, ids):
+    with torch.inference_mode():
+        return hf(input_ids=torch.as_tensor(ids)[None], output_hidden_states=True
+                  ).hidden_states[1][0]
+
+
+def _hf_copy_score(hf, task, pos, layer, head, k=5):
+    """Independent: HF modules applied one by one (input_layernorm, v_proj, o_proj, norm,
+    lm_head), top-k by sorting the whole vocabulary."""
+    cfg = hf.config
+    d_head = cfg.hidden_size // cfg.num_attention_heads
+    group = cfg.num_attention_heads // cfg.num_key_value_heads
+    attn = hf.model.layers[layer].self_attn
+    hits = negative = total = 0
+    for i, tok in enumerate(task.clean):
+        resid = _hf_name_residual(hf, tok.input_ids)
+        for name in ("IO", "S1", "S2"):
+            p = pos[name][i]
+            with torch.inference_mode():
+                x = hf.model.layers[layer].input_layernorm(resid[p][None])
+                v = attn.v_proj(x)[:, (head // group) * d_head:(head // group + 1) * d_head]
+                z = torch.zeros(1, cfg.num_attention_heads * d_head, dtype=v.dtype)
+                z[:, head * d_head:(head + 1) * d_head] = v
+                o = attn.o_proj(z)
+                logits = hf.lm_head(hf.model.norm(o))[0]
+            order = torch.argsort(logits, descending=True)
+            hits += int(tok.input_ids[p] in order[:k].tolist())
+            negative += int(tok.input_ids[p] in order[-k:].tolist())
+            total += 1
+    return hits / total, negative / total
+
+
+def test_copy_scores_match_hugging_face(tiny_llama, hf_llama, task_path, monkeypatch):
+    task = load_task(str(task_path), tiny_llama)
+    pos = ioi_positions(task)
+    heads = [(1, 0), (2, 3), (3, 1)]
+    with float64_model(tiny_llama, monkeypatch):
+        resid, tokens = name_residuals(tiny_llama, task, pos, batch_size=4)
+        got = copy_scores(tiny_llama, heads, resid, tokens, k=5)
+    for head in heads:
+        assert got[head] == pytest.approx(_hf_copy_score(hf_llama, task, pos, *head))
+
+
+def _set_copying_heads(model, hf, name_ids):
+    """Hand-set weights: block 0 writes nothing (so the residual after it is the embedding),
+    each name's embedding and unembedding is a basis vector, and head 2.0's OV maps each name's
+    basis vector onto itself while head 2.1 (same key/value head) maps it onto minus itself."""
+    targets = [model.bridge.original_model, hf] if hasattr(model.bridge, "original_model") \
+        else [hf]
+    for m in targets:
+        with torch.no_grad():
+            layers = m.model.layers
+            layers[0].self_attn.o_proj.weight.zero_()
+            layers[0].mlp.down_proj.weight.zero_()
+            m.model.embed_tokens.weight.mul_(0.01)
+            m.lm_head.weight.mul_(0.01)
+            layers[2].input_layernorm.weight.fill_(1.0)
+            m.model.norm.weight.fill_(1.0)
+            v = layers[2].self_attn.v_proj.weight  # [kv * d_head, d_model]
+            o = layers[2].self_attn.o_proj.weight  # [d_model, heads * d_head]
+            v[:16].zero_()
+            o[:, :32].zero_()
+            for j, token in enumerate(name_ids):
+                m.model.embed_tokens.weight[token].zero_()
+                m.model.embed_tokens.weight[token, j] = 1.0
+                m.lm_head.weight[token].zero_()
+                m.lm_head.weight[token, j] = 1.0
+                v[j, j] = 1.0  # kv head 0, value dim j <- residual dim j
+                o[j, j] = 1.0  # head 0 writes value dim j to residual dim j
+                o[j, 16 + j] = -1.0  # head 1 writes minus it
+
+
+def test_copy_scores_known_by_construction(task_path, monkeypatch):
+    from workbench.models import load_model
+
+    model = load_model("tiny-llama", device="cpu")  # a fresh copy: its weights are edited
+    hf = tiny_hf("llama")
+    names = sorted({int(t) for t in model.tokenizer([" Mary", " John", " Alice", " Bob",
+                                                     " Sarah", " Tom"])["input_ids"]
+                    for t in t})
+    _set_copying_heads(model, hf, names)
+    task = load_task(str(task_path), model)
+    pos = ioi_positions(task)
+    resid, tokens = name_residuals(model, task, pos, batch_size=4)
+    got = copy_scores(model, [(2, 0), (2, 1), (2, 2)], resid, tokens, k=5)
+    assert got[(2, 0)] == (1.0, 0.0)  # copies every name
+    assert got[(2, 1)] == (0.0, 1.0)  # writes minus every name: a negative copier
+    assert got[(2, 2)] == pytest.approx(_hf_copy_score(hf.double(), task, pos, 2, 2))
+
+
+def _frozen_reference(model, tb, sender, alpha, receivers, kinds):
+    """LD of path patching ``sender`` with ``z_clean + alpha (z_corr - z_clean)``, by full
+    forwards with hand-written hooks (two steps as in Wang et al.)."""
+    from tests.test_circuits_path_patching import all_z, full_forward
+
+    clean_z, corrupted_z = all_z(model, tb.clean), all_z(model, tb.corrupted)
+
+    def freeze(layer):
+        def hook(z, hook):
+            out = clean_z[layer].clone()
+            if layer == sender[0]:
+                h = sender[1]
+                out[:, :, h] = clean_z[layer][:, :, h] + alpha * (corrupted_z[layer][:, :, h]
+                                                                 - clean_z[layer][:, :, h])
+            return out
+        return hook
+    step1 = [(f"blocks.{l}.attn.hook_z", freeze(l)) for l in range(model.info.n_layers)]
+
+    def ld(last):  # in the model's dtype (float64 here), not metrics.logit_diff's float32
+        rows = torch.arange(last.shape[0])
+        return (last[rows, tb.answer] - last[rows, tb.distractor]).numpy()
+    if receivers == "logits":
+        return ld(full_forward(model, tb.clean, step1))
+    kept = {}
+    for layer, _ in receivers:
+        for kind in kinds:
+            step1.append((f"blocks.{layer}.attn.hook_{kind}",
+                          lambda t, hook, key=(layer, kind): kept.__setitem__(key, t.clone())))
+    full_forward(model, tb.clean, step1)
+    per_kv = model.info.n_heads // model.info.n_key_value_heads
+    step2 = []
+    for layer, head in receivers:
+        for kind in kinds:
+            index = head if kind == "q" else head // per_kv
+
+            def hook(t, hook, key=(layer, kind), index=index):
+                t = t.clone()
+                t[:, :, index] = kept[key][:, :, index]
+                return t
+            step2.append((f"blocks.{layer}.attn.hook_{kind}", hook))
+    return ld(full_forward(model, tb.clean, step2))
+
+
+@pytest.mark.parametrize("receivers,kinds", [("logits", ""), ([(3, 1), (2, 2)], "q"),
+                                             ([(3, 0)], "kv")])
+def test_path_estimates_are_the_derivative_of_path_patching(tiny_llama, task_path, monkeypatch,
+                                                           receivers, kinds):
+    """The estimate is d LD / d alpha at alpha = 0 of path patching with the patch scaled by
+    alpha: a central finite difference of the hand-hooked reference, in float64."""
+    task = load_task(str(task_path), tiny_llama)
+    eps = 1e-4
+    with float64_model(tiny_llama, monkeypatch):
+        got = path_estimates(tiny_llama, task, receivers, kinds or "qkv", batch_size=6)
+        tb = task.batches(6)[0]
+        for sender in [(0, 1), (1, 2), (2, 3)]:
+            if receivers != "logits" and sender[0] >= max(l for l, _ in receivers):
+                continue
+            up = _frozen_reference(tiny_llama, tb, sender, eps, receivers, kinds)
+            down = _frozen_reference(tiny_llama, tb, sender, -eps, receivers, kinds)
+            want = (up - down) / (2 * eps)
+            np.testing.assert_allclose(got[tb.index, sender[0], sender[1]], want, rtol=1e-4,
+                                       atol=1e-7)
+            assert np.abs(want).max() > 1e-3
+    if receivers != "logits":
+        assert (got[:, 3] == 0).all()  # the receivers' layer and later cannot reach them
+
+
+def _hf_direct_effects(hf, task, ablate=()):
+    """Independent: the HF model with ``o_proj``'s input (the heads' z, concatenated) hooked; a
+    head's direct effect at END is its slice through o_proj, the final norm's weight and frozen
+    scale, and W_U[answer] - W_U[distractor]; knocked-out heads take the corrupted prompt's z."""
+    cfg = hf.config
+    d_head = cfg.hidden_size // cfg.num_attention_heads
+    n_layers, n_heads = cfg.num_hidden_layers, cfg.num_attention_heads
+    out = np.zeros((len(task), n_layers, n_heads))
+    for i in range(len(task)):
+        z_corr, z, final = {}, {}, {}
+
+        def keep(store, layer):
+            def pre(module, args):
+                store[layer] = args[0][0].clone()
+            return pre
+
+        def knock(layer):
+            def pre(module, args):
+                x = args[0].clone()
+                for l, h in ablate:
+                    if l == layer:
+                        x[0, :, h * d_head:(h + 1) * d_head] = \
+                            z_corr[layer][:, h * d_head:(h + 1) * d_head]
+                z[layer] = x[0].clone()
+                return (x,)
+            return pre
+        for store, ids in ((z_corr, task.corrupted[i].input_ids),):
+            handles = [hf.model.layers[l].self_attn.o_proj.register_forward_pre_hook(
+                keep(store, l)) for l in range(n_layers)]
+            with torch.inference_mode():
+                hf(input_ids=torch.as_tensor(ids)[None])
+            for h in handles:
+                h.remove()
+        handles = [hf.model.layers[l].self_attn.o_proj.register_forward_pre_hook(knock(l))
+                   for l in range(n_layers)]
+        handles.append(hf.model.norm.register_forward_pre_hook(
+            lambda module, args: final.__setitem__("x", args[0][0].clone())))
+        with torch.inference_mode():
+            hf(input_ids=torch.as_tensor(task.clean[i].input_ids)[None])
+        for h in handles:
+            h.remove()
+        end = task.clean[i].n_tokens - 1
+        x = final["x"][end]
+        scale = torch.sqrt(x.pow(2).mean() + hf.model.norm.variance_epsilon)
+        u = hf.lm_head.weight[int(task.answer[i])] - hf.lm_head.weight[int(task.distractor[i])]
+        direction = u * hf.model.norm.weight / scale
+        for l in range(n_layers):
+            w_o = hf.model.layers[l].self_attn.o_proj.weight
+            for h in range(n_heads):
+                zh = z[l][end, h * d_head:(h + 1) * d_head]
+                out[i, l, h] = float((w_o[:, h * d_head:(h + 1) * d_head] @ zh) @ direction)
+    return out
+
+
+@pytest.mark.parametrize("ablate", [(), ((2, 1), (3, 0))])
+def test_direct_effects_match_hugging_face(tiny_llama, hf_llama, task_path, monkeypatch, ablate):
+    task = load_task(str(task_path), tiny_llama)
+    with float64_model(tiny_llama, monkeypatch):
+        got = direct_effects(tiny_llama, task, ablate=list(ablate), batch_size=4)
+    want = _hf_direct_effects(hf_llama, task, ablate)
+    np.testing.assert_allclose(got, want, atol=1e-8)
+    if ablate:
+        plain = _hf_direct_effects(hf_llama, task)
+        assert np.abs(want[:, 3] - plain[:, 3]).max() > 1e-3  # the knockout changes layer 3
+
+
+# --- the class rules on hand-built evidence ---------------------------------------------------
+
+L, H = 6, 4
+
+
+def _evidence():
+    """Evidence for a 6-layer, 4-head model where one head of each class meets its rule and a
+    decoy next to it fails exactly one condition."""
+    zero = np.zeros((L, H))
+    nan = np.full((L, H), np.nan)
+    att = {name: zero.copy() for name in ATTENTION}
+    path = {s: (nan.copy(), nan.copy(), nan.copy()) for s in
+            ("name_mover", "s_inhibition", "induction", "previous_token")}
+    copy = {}
+
+    def put(stage, head, score, lo, hi):
+        for j, v in enumerate((score, lo, hi)):
+            path[stage][j][head] = v
+    # name movers: 5.0 yes; 5.1 attends S more than IO; 5.2 does not copy; 4.3 interval spans 0
+    for head, io, s, c in (((5, 0), .5, .1, .9), ((5, 1), .1, .5, .9), ((5, 2), .5, .1, .2),
+                           ((4, 3), .5, .1, .9)):
+        att["END->IO"][head], att["END->S"][head] = io, s
+        copy[head] = (c, 0.0)
+    put("name_mover", (5, 0), .3, .2, .4)
+    put("name_mover", (5, 1), .3, .2, .4)
+    put("name_mover", (5, 2), .3, .2, .4)
+    put("name_mover", (4, 3), .3, -.1, .6)
+    # negative name mover 5.3
+    att["END->IO"][5, 3], att["END->S"][5, 3] = .4, .1
+    copy[(5, 3)] = (0.0, .8)
+    put("name_mover", (5, 3), -.2, -.3, -.1)
+    # S-inhibition 3.0 (END->S2); decoy 3.1 attends IO more than S2
+    for head, s2, io in (((3, 0), .4, .1), ((3, 1), .3, .35)):
+        att["END->S2"][head], att["END->IO"][head] = s2, io
+        put("s_inhibition", head, .1, .05, .15)
+    # induction 2.0 (S2->S1+1), duplicate token 2.1 (S2->S1); decoy 2.2 path below min_path
+    att["S2->S1+1"][2, 0], att["S2->S1"][2, 0] = .5, .1
+    att["S2->S1"][2, 1], att["S2->S1+1"][2, 1] = .6, .05
+    att["S2->S1+1"][2, 2] = .5
+    put("induction", (2, 0), .05, .01, .1)
+    put("induction", (2, 1), .04, .01, .08)
+    put("induction", (2, 2), .01, .001, .02)
+    # previous token 1.0; decoy 1.1 attends S1+1->S1 too little
+    att["S1+1->S1"][1, 0], att["S1+1->S1"][1, 1] = .7, .05
+    put("previous_token", (1, 0), .03, .01, .05)
+    put("previous_token", (1, 1), .03, .01, .05)
+    # backup: 4.0 rises and attends IO; 4.1 rises but attends S; 4.2 interval spans 0
+    mean, lo, hi = zero.copy(), zero.copy(), zero.copy()
+    for head, rise, low, io, s in (((4, 0), .3, .1, .3, .1), ((4, 1), .3, .1, .1, .3),
+                                   ((4, 2), .3, -.1, .3, .1)):
+        mean[head], lo[head], hi[head] = rise, low, rise + .2
+        att["END->IO"][head], att["END->S"][head] = io, s
+    return path, att, copy, (mean, lo, hi)
+
+
+def test_classify_picks_the_head_built_for_each_class():
+    path, att, copy, backup = _evidence()
+    got = classify(path, att, copy, backup, IOICriteria(min_path=0.02, min_attention=0.1,
+                                                        min_copy=0.5, min_backup=0.05))
+    assert got == {(5, 0): "name_mover", (5, 3): "negative_name_mover", (3, 0): "s_inhibition",
+                   (2, 0): "induction", (2, 1): "duplicate_token", (1, 0): "previous_token",
+                   (4, 0): "backup_name_mover"}
+    assert set(got.values()) == set(CLASSES)  # every class's rule is exercised
+
+
+@pytest.mark.parametrize("cut,value,lost", [
+    ("min_path", 0.35, (5, 0)), ("min_path", 0.25, (5, 3)), ("min_copy", 0.95, (5, 0)),
+    ("min_attention", 0.45, (3, 0)), ("min_attention", 0.55, (2, 0)),
+    ("min_attention", 0.65, (2, 1)), ("min_attention", 0.75, (1, 0)),
+    ("min_backup", 0.35, (4, 0)), ("min_path", 0.045, (2, 1))])
+def test_each_cut_off_decides(cut, value, lost):
+    path, att, copy, backup = _evidence()
+    criteria = IOICriteria(**{"min_path": 0.02, "min_attention": 0.1, "min_copy": 0.5,
+                              "min_backup": 0.05, cut: value})
+    assert lost not in classify(path, att, copy, backup, criteria)
+
+
+def test_bad_criteria_are_refused():
+    with pytest.raises(InputError, match="min_path must be a number in \\[0, 1\\], got nan"):
+        IOICriteria(min_path=float("nan"))
+    with pytest.raises(InputError, match="n_candidates must be in \\[1, 1000\\], got 0"):
+        IOICriteria(n_candidates=0)
