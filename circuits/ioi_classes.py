@@ -226,11 +226,10 @@ def _candidates(estimate: np.ndarray, n: int, sign: int = 0) -> list[Head]:
 def _stage(model, task: Task, name: str, receivers, kinds: str, criteria: IOICriteria,
            batch_size: int, sign: int = 0) -> Stage:
     n_layers, n_heads = model.info.n_layers, model.info.n_heads
-    if receivers != "logits" and not receivers:
-        return Stage(name, [], kinds, np.full((n_layers, n_heads), np.nan), None)
-    gap = None
+    reach = n_layers if receivers == "logits" else max((l for l, _ in receivers), default=0)
+    if reach == 0:  # no receivers, or all in layer 0: no sender can reach them
+        return Stage(name, list(receivers), kinds, np.full((n_layers, n_heads), np.nan), None)
     est = path_estimates(model, task, receivers, kinds or "qkv", batch_size=batch_size)
-    reach = n_layers if receivers == "logits" else max(layer for layer, _ in receivers)
     est_mean = est.mean(0)
     est_mean[reach:] = np.nan
     senders = _candidates(est_mean, criteria.n_candidates, sign)
@@ -355,8 +354,36 @@ def ioi_classes(model, task: Task, criteria: IOICriteria | None = None, *, batch
     return result
 
 
+def criterion_text(name: str, criteria: IOICriteria) -> str:
+    """One line stating the rule of class ``name`` with its cut-offs (the atlas and docs)."""
+    c = criteria
+    path = "interval excluding 0 (95% bootstrap over prompts)"
+    return {
+        "name_mover": f"path patching to the logits >= {c.min_path:g} of the gap, {path}; "
+                      f"attention END->IO > END->S1+S2; OV copy score >= {c.min_copy:g} "
+                      f"(name in the top {c.top_k})",
+        "negative_name_mover": f"path patching to the logits <= -{c.min_path:g} of the gap, "
+                               f"{path}; attention END->IO > END->S1+S2; negative copy score "
+                               f">= {c.min_copy:g} (name in the bottom {c.top_k})",
+        "s_inhibition": f"path patching to the name movers' queries >= {c.min_path:g} of the "
+                        f"gap, {path}; attention END->S2 >= {c.min_attention:g} and > END->IO",
+        "induction": f"path patching to the S-inhibition heads' keys and values >= "
+                     f"{c.min_path:g} of the gap, {path}; attention S2->S1+1 >= "
+                     f"{c.min_attention:g} and > S2->S1",
+        "duplicate_token": f"path patching to the S-inhibition heads' keys and values >= "
+                           f"{c.min_path:g} of the gap, {path}; attention S2->S1 >= "
+                           f"{c.min_attention:g} and > S2->S1+1",
+        "previous_token": f"path patching to the induction heads' keys >= {c.min_path:g} of the "
+                          f"gap, {path}; attention S1+1->S1 >= {c.min_attention:g}",
+        "backup_name_mover": f"not a name mover; direct logit attribution rises by >= "
+                             f"{c.min_backup:g} logits, {path}, when the name movers' z is "
+                             "replaced by the p_ABC one; attention END->IO > END->S1+S2",
+    }[name]
+
+
 def criteria_dict(criteria: IOICriteria) -> dict:
     return asdict(criteria)
 
 
-__all__ = ["ATTENTION", "CLASSES", "IOIClasses", "IOICriteria", "classify", "ioi_classes"]
+__all__ = ["ATTENTION", "CLASSES", "IOIClasses", "IOICriteria", "classify", "criterion_text",
+           "ioi_classes"]

@@ -245,6 +245,8 @@ def path_estimates(model, task: Task, receivers: str | Sequence[Head], kinds: st
     n_layers, n_heads = model.info.n_layers, model.info.n_heads
     out = np.zeros((len(task), n_layers, n_heads))
     slots = {} if receivers == "logits" else _receiver_slots(model, receivers, kinds)
+    if receivers != "logits" and max((l for l, _ in receivers), default=0) == 0:
+        return out  # nothing can reach receivers in layer 0
     for tb in task.batches(batch_size):
         corrupted = capture(model, tb.corrupted, block_inputs=False)
         batch = tb.clean.to(model.device)

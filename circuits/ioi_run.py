@@ -29,6 +29,11 @@ from workbench.heads import format_head
 from workbench.records import concat, conform
 
 
+def has_ioi_segments(prompt_set) -> bool:
+    """Every prompt has the segments ``IO``, ``S1`` and ``S2`` (no model needed)."""
+    return all(all(s in (p.segments or {}) for s in SEGMENTS) for p in prompt_set.prompts)
+
+
 def check_ioi_prompts(prompt_sets: dict[str, object]) -> None:
     """Before a model loads: every prompt of each task ``{name: PromptSet}`` has the segments
     ``IO``, ``S1`` and ``S2``.

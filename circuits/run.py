@@ -51,6 +51,7 @@ import torch
 from circuits.components import UNITS as COMPONENT_UNITS
 from circuits.components import component_tables
 from circuits.ioi_classes import UNITS as IOI_UNITS
+from circuits.ioi_classes import IOICriteria
 from circuits.directions import compare_directions
 from circuits.discovery import Faithfulness, Selection, ablation_means, faithfulness
 from circuits.effects import check_direction, check_positions, spearman
@@ -300,7 +301,8 @@ def _tables(model, tasks, found, options, timings, run_id: str, bars: CircuitsPr
     if options.ioi_classes:
         from circuits.ioi_run import ioi_tables
 
-        tables.update(ioi_tables(model, tasks, options, run_id, bars, timings))
+        tables.update({name: [table] for name, table in
+                       ioi_tables(model, tasks, options, run_id, bars, timings).items()})
     if len(options.methods) > 1:
         tables["method_agreement"] = [conform(_agreement_rows(found, tasks, options.methods),
                                               run_id=run_id, probe="agreement")]
@@ -417,7 +419,9 @@ def _manifest(model, tasks: list[Task], options: CircuitsOptions) -> dict:
               "both_directions": options.both_directions,
               **({"grids": list(options.grids)} if options.grids else {}),
               **({"dla": True} if options.dla else {}),
-              **({"ioi_classes": list(options.ioi_classes)} if options.ioi_classes else {}),
+              **({"ioi_classes": {"tasks": list(options.ioi_classes),
+                                  "criteria": asdict(IOICriteria())}}
+                 if options.ioi_classes else {}),
               "discovery": asdict(options.discovery), "n_random": options.n_random,
               "mean_prompts": options.mean_prompts}
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]

@@ -264,14 +264,18 @@ def _hf_direct_effects(hf, task, ablate=()):
             h.remove()
         end = task.clean[i].n_tokens - 1
         x = final["x"][end]
-        scale = torch.sqrt(x.pow(2).mean() + hf.model.norm.variance_epsilon)
-        u = hf.lm_head.weight[int(task.answer[i])] - hf.lm_head.weight[int(task.distractor[i])]
-        direction = u * hf.model.norm.weight / scale
+        with torch.inference_mode():
+            scale = torch.sqrt(x.pow(2).mean() + hf.model.norm.variance_epsilon)
+            u = hf.lm_head.weight[int(task.answer[i])] - \
+                hf.lm_head.weight[int(task.distractor[i])]
+            direction = u * hf.model.norm.weight / scale
         for l in range(n_layers):
             w_o = hf.model.layers[l].self_attn.o_proj.weight
             for h in range(n_heads):
                 zh = z[l][end, h * d_head:(h + 1) * d_head]
-                out[i, l, h] = float((w_o[:, h * d_head:(h + 1) * d_head] @ zh) @ direction)
+                with torch.inference_mode():
+                    out[i, l, h] = float((w_o[:, h * d_head:(h + 1) * d_head] @ zh)
+                                         @ direction)
     return out
 
 
@@ -281,7 +285,7 @@ def test_direct_effects_match_hugging_face(tiny_llama, hf_llama, task_path, monk
     with float64_model(tiny_llama, monkeypatch):
         got = direct_effects(tiny_llama, task, ablate=list(ablate), batch_size=4)
     want = _hf_direct_effects(hf_llama, task, ablate)
-    np.testing.assert_allclose(got, want, atol=1e-8)
+    np.testing.assert_allclose(got, want, atol=1e-5)  # HF RMSNorm computes in float32
     if ablate:
         plain = _hf_direct_effects(hf_llama, task)
         assert np.abs(want[:, 3] - plain[:, 3]).max() > 1e-3  # the knockout changes layer 3
@@ -369,3 +373,107 @@ def test_bad_criteria_are_refused():
         IOICriteria(min_path=float("nan"))
     with pytest.raises(InputError, match="n_candidates must be in \\[1, 1000\\], got 0"):
         IOICriteria(n_candidates=0)
+
+
+# --- the whole chain: every number of the table against an independent computation ------------
+
+LOOSE = IOICriteria(n_candidates=16, min_path=0.0, min_attention=0.0, min_copy=0.0, min_backup=0.0)
+
+
+def _forced(path, attention, copy, backup, criteria, stage=None):
+    """Stand-in for the class rules (a random tiny model has no IOI circuit): each stage's best
+    measured sender takes the stage's class, so every stage of the chain runs and is checked."""
+    out = {}
+    layer_of = {"name_mover": 3, "s_inhibition": 2, "induction": 1, "previous_token": 0}
+    for name, layer in layer_of.items():  # one layer down per stage, so each can reach the next
+        if name not in path:
+            continue
+        score = np.nan_to_num(path[name][0][layer], nan=-np.inf)
+        out.setdefault((layer, int(score.argmax())), name)
+        if name == "name_mover":
+            out.setdefault((layer, int(score.argmin())), "negative_name_mover")
+        if name == stage:
+            break
+    if stage is None and backup is not None:
+        rise = backup[0].copy()
+        for head in out:
+            rise[head] = -np.inf
+        out[tuple(int(v) for v in np.unravel_index(rise.argmax(), rise.shape))] = \
+            "backup_name_mover"
+    return out
+
+
+@pytest.fixture(scope="module")
+def chain(tiny_llama, task_path):
+    task = load_task(str(task_path), tiny_llama)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("circuits.ioi_classes.classify", _forced)
+        return task, ioi_classes(tiny_llama, task, LOOSE, batch_size=len(task))
+
+
+def _score(patched, clean, corrupted):
+    return -(patched.mean() - clean.mean()) / (clean.mean() - corrupted.mean())
+
+
+def test_chain_path_scores_equal_hand_hooked_path_patching(tiny_llama, chain):
+    from tests.test_circuits_path_patching import reference
+
+    task, result = chain
+    table = result.records().to_pandas()
+    tb = task.batches(len(task))[0]
+    clean = result.stages["name_mover"].effects.clean[tb.index]
+    corrupted = result.stages["name_mover"].effects.corrupted[tb.index]
+    checked = 0
+    for name, stage in result.stages.items():
+        if stage.effects is None:
+            continue
+        rows = table[(table.metric == "ioi_path_score") & (table.condition == stage.condition)]
+        assert len(rows) == len(stage.candidates) <= LOOSE.n_candidates
+        for r in rows.itertuples():
+            want = reference(tiny_llama, tb, (r.layer, r.head), stage.receivers if
+                             stage.receivers != "logits" else "logits", stage.kinds)
+            assert r.value == pytest.approx(_score(want, clean, corrupted), abs=1e-4)
+            checked += 1
+    assert checked >= 12 and result.stages["previous_token"].effects is not None
+
+
+def test_chain_attention_copy_and_direct_effects_equal_hugging_face(tiny_llama, hf_llama,
+                                                                    chain):
+    task, result = chain
+    table = result.records().to_pandas()
+    pos = ioi_positions(task)
+    att = table[table.metric == "ioi_attention"]
+    for name, (query, keys) in ATTENTION.items():
+        want = np.zeros((4, 4))
+        for i, tok in enumerate(task.clean):
+            with torch.inference_mode():
+                out = hf_llama(input_ids=torch.as_tensor(tok.input_ids)[None],
+                               output_attentions=True)
+            want += np.stack([sum(a[0, :, pos[query][i], pos[k][i]].numpy() for k in keys)
+                              for a in out.attentions]) / len(task)
+        got = att[att.condition == name].pivot_table(index="layer", columns="head",
+                                                      values="value").to_numpy()
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    copy = table[table.metric == "ioi_copy_score"]
+    assert len(copy) >= 16
+    for r in copy.itertuples():
+        assert r.value == pytest.approx(_hf_copy_score(hf_llama, task, pos, r.layer, r.head)[0])
+    movers = result.heads("name_mover")
+    assert movers  # so the knockout is exercised
+    plain, knocked = _hf_direct_effects(hf_llama, task), _hf_direct_effects(hf_llama, task,
+                                                                              movers)
+    for metric, want in (("ioi_dla", plain.mean(0)), ("ioi_dla_ablated", knocked.mean(0)),
+                         ("ioi_backup_delta", (knocked - plain).mean(0))):
+        got = table[table.metric == metric].pivot_table(index="layer", columns="head",
+                                                         values="value").to_numpy()
+        np.testing.assert_allclose(got, want, atol=1e-4)
+    classes = table[table.metric == "ioi_class"]
+    assert {(r.layer, r.head): r.condition for r in classes.itertuples()} == result.classes
+
+
+def test_chain_receivers_are_the_classes_found_before(chain):
+    _, result = chain
+    assert result.stages["s_inhibition"].receivers == result.heads("name_mover")
+    assert result.stages["induction"].receivers == result.heads("s_inhibition")
+    assert result.stages["previous_token"].receivers == result.heads("induction")
+    assert result.stages["induction"].kinds == "kv" and result.stages["s_inhibition"].kinds == "q"
