@@ -16,7 +16,8 @@ Benchmarks (each module also runs alone, ``python -m bench.<name> --help``):
 * ``importance``: Michel head importance over 64 natural-text prompts against one forward +
   backward pass, and 200 steps of L0 gate training;
 * ``edges``: EAP and EAP-IG edge scores (IOI, 16 prompts) against one forward + backward, and a
-  10-point faithfulness curve.
+  10-point faithfulness curve;
+* ``ioi_classes``: the IOI head classes against one attribution pass.
 
 ``--quick`` runs every benchmark on a small shape for smoke testing; its numbers are not for
 reporting. Run the full suite on a quiet machine: ratios are measured within one run.
@@ -36,7 +37,7 @@ import traceback
 from pathlib import Path
 
 BENCHMARKS = ("probe_pass", "atlas", "memory", "patching", "sweep", "app_load", "importance",
-              "edges")
+              "edges", "ioi_classes")
 
 
 def machine() -> dict:

@@ -272,33 +272,29 @@ def classify(path: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
         return got
 
     def positive(name: str) -> np.ndarray:
-        score, lo, _ = path[name]
-        with np.errstate(invalid="ignore"):
-            return np.nan_to_num(score) >= criteria.min_path
-        # (the interval is checked by the caller)
+        """Score >= min_path with the 95% interval above 0 (NaN: not measured)."""
+        score, lo, _ = (np.nan_to_num(v) for v in path[name])
+        return (score >= criteria.min_path) & (lo > 0)
 
     order = list(STAGES)
     last = order.index(stage) if stage else len(order) - 1
     if "name_mover" in path:
-        score, lo, hi = (np.nan_to_num(v) for v in path["name_mover"])
-        add((score >= criteria.min_path) & (lo > 0) & io_over_s & copied(0), "name_mover")
+        score, _, hi = (np.nan_to_num(v) for v in path["name_mover"])
+        add(positive("name_mover") & io_over_s & copied(0), "name_mover")
         add((score <= -criteria.min_path) & (hi < 0) & io_over_s & copied(1),
             "negative_name_mover")
     if last >= 1 and "s_inhibition" in path:
-        _, lo, _ = (np.nan_to_num(v) for v in path["s_inhibition"])
-        add(positive("s_inhibition") & (lo > 0) & (a["END->S2"] >= criteria.min_attention)
+        add(positive("s_inhibition") & (a["END->S2"] >= criteria.min_attention)
             & (a["END->S2"] > a["END->IO"]), "s_inhibition")
     if last >= 2 and "induction" in path:
-        _, lo, _ = (np.nan_to_num(v) for v in path["induction"])
-        ok = positive("induction") & (lo > 0)
+        ok = positive("induction")
         add(ok & (a["S2->S1+1"] >= criteria.min_attention) & (a["S2->S1+1"] > a["S2->S1"]),
             "induction")
         add(ok & (a["S2->S1"] >= criteria.min_attention) & (a["S2->S1"] > a["S2->S1+1"]),
             "duplicate_token")
     if last >= 3 and "previous_token" in path:
-        _, lo, _ = (np.nan_to_num(v) for v in path["previous_token"])
-        add(positive("previous_token") & (lo > 0)
-            & (a["S1+1->S1"] >= criteria.min_attention), "previous_token")
+        add(positive("previous_token") & (a["S1+1->S1"] >= criteria.min_attention),
+            "previous_token")
     if stage is None and backup is not None:
         mean, lo, _ = backup
         add((mean >= criteria.min_backup) & (lo > 0) & io_over_s, "backup_name_mover")

@@ -138,3 +138,35 @@ def test_the_figure_lays_heads_out_by_class():
                    (format_head((3, 2)), "logits"): 0.3}
     fig = plot.figure("double")
     assert len(fig.layout.annotations) == len(edges) + 1  # the arrows and the note
+
+
+def test_the_atlas_runs_the_classes_for_tasks_with_the_positions(tmp_path):
+    from atlas import AtlasOptions
+    from atlas.build import build_atlas
+    from tests.circuit_tasks import tiny_ioi_rows
+    from tests.conftest import write_jsonl
+    from workbench.models import load_model
+
+    ioi = tiny_ioi_class_file(tmp_path, n=4)
+    induction = write_jsonl(tmp_path / "induction.jsonl", tiny_ioi_rows(4, seed=3))  # no S1/S2
+    options = dict(out=tmp_path / "atlas-ioi", tasks=(str(ioi), str(induction)), n_prompts=4,
+                   circuit_size=3, n_random=0, batch_size=2, progress=False,
+                   skip=("natural", "repeated", "context"))
+    atlas = build_atlas(lambda: load_model("tiny-llama", device="cpu"), AtlasOptions(**options),
+                        model_spec="tiny-llama")
+    run_path = tmp_path / "atlas-ioi-circuits"
+    from workbench.store import RunDir
+
+    run = RunDir.open(run_path)
+    assert run.read_manifest()["config_key"]["ioi_classes"]["tasks"] == ["tiny_ioi_classes"]
+    table = pq.read_table(run.table_path("ioi_classes")).to_pandas()
+    assert set(table.segment) == {"tiny_ioi_classes"}
+    classes = {(r.layer, r.head): r.condition for r in
+               table[table.metric == "ioi_class"].itertuples()}
+    got = {(int(r.layer), int(r.head)): r.ioi_class for r in atlas.heads.itertuples()
+           if r.ioi_class is not None}
+    assert got == classes
+    assert set(atlas.doc["ioi_classes"]) >= {"name_mover", "s_inhibition", "previous_token"}
+    again = build_atlas(lambda: load_model("tiny-llama", device="cpu"),
+                        AtlasOptions(**options, resume=True), model_spec="tiny-llama")
+    assert again.doc["runs"]["circuits"]["state"] == "kept"  # the classes are part of the key
