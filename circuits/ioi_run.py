@@ -98,8 +98,8 @@ def ioi_report_lines(table: pd.DataFrame | None) -> list[str]:
             if heads.empty:
                 continue
             lines.append(f"    {cls}: " + "; ".join(
-                f"{format_head((int(r.layer), int(r.head)))} {_evidence(rows, cls, r.layer, r.head)}"
-                for r in heads.itertuples()))
+                f"{format_head((int(r.layer), int(r.head)))} "
+                f"{_evidence(rows, cls, r.layer, r.head)}" for r in heads.itertuples()))
     return lines
 
 

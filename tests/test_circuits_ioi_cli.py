@@ -102,9 +102,11 @@ def test_the_atlas_reads_the_classes(ioi_run):
 
 
 def _class_rows() -> pd.DataFrame:
-    rows = [("ioi_class", 3, 0, "name_mover", 1.0), ("ioi_class", 3, 1, "negative_name_mover", 1.0),
+    rows = [("ioi_class", 3, 0, "name_mover", 1.0),
+            ("ioi_class", 3, 1, "negative_name_mover", 1.0),
             ("ioi_class", 2, 1, "s_inhibition", 1.0), ("ioi_class", 1, 2, "induction", 1.0),
-            ("ioi_class", 0, 3, "previous_token", 1.0), ("ioi_class", 3, 2, "backup_name_mover", 1.0),
+            ("ioi_class", 0, 3, "previous_token", 1.0),
+            ("ioi_class", 3, 2, "backup_name_mover", 1.0),
             ("ioi_path_score", 3, 0, "stage=name_mover; receivers=logits", 0.4),
             ("ioi_path_score", 3, 1, "stage=name_mover; receivers=logits", -0.2),
             ("ioi_path_score", 2, 1, f"stage=s_inhibition; receivers=q of {format_head((3, 0))}",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import pandas as pd
 import plotly.graph_objects as go
 
+from workbench.figures.graph import NEGATIVE_EDGE, POSITIVE_EDGE
 from workbench.figures.plot import Plot, drawer, safe_name
 from workbench.figures.registry import FigureOptions, RunSource, register_figure_set
 from workbench.figures.style import (INK, TICK_PT, Width, base_figure, categorical, plot_text,
@@ -117,8 +118,8 @@ def ioi_class_plot(rows: pd.DataFrame, task: str, *, n_layers: int | None = None
     params = {"task": task, "lanes": lanes, "labels": [LABELS[c] for c in lanes],
               "n_layers": n_layers,
               "edge_note": "arrows: sender -> the heads its class was path-patched into "
-                           "(or the logits); width = |path-patching score| (backup: rise of the "
-                           "direct effect, logits)"}
+                           "(or the logits); width = |path-patching score|, blue = negative "
+                           "(backup: rise of the direct effect, logits)"}
     return Plot("ioi_circuit", safe_name(table, "ioi_circuit", task), data, params)
 
 
@@ -131,7 +132,8 @@ def draw_ioi_circuit(data: pd.DataFrame, params: dict, width: Width) -> go.Figur
         fig.add_annotation(x=e["x1"], y=e["y1"], ax=e["x"], ay=e["y"], xref="x", yref="y",
                            axref="x", ayref="y", showarrow=True, arrowhead=2, arrowsize=1,
                            arrowwidth=0.5 + 1.5 * abs(e["value"]) / (biggest or 1.0),
-                           arrowcolor="#777777", standoff=6, startstandoff=6, text="")
+                           arrowcolor=NEGATIVE_EDGE if e["value"] < 0 else POSITIVE_EDGE,
+                           standoff=6, startstandoff=6, text="")
     order = list(LANES) + ["logits"]
     for cls, rows in nodes.groupby("cls", sort=False):
         colour = INK if cls == "logits" else categorical(order.index(cls))
