@@ -190,7 +190,8 @@ def ioi_class_scores(run: RunDir, n_layers: int, n_heads: int
         for task, layer, head in sorted((r.segment, int(r.layer), int(r.head))
                                         for r in rows.itertuples()):
             grid[layer * n_heads + head] = name
-            mine = table[(table.segment == task) & (table.layer == layer) & (table.head == head)]
+            mine = table[(table.segment == task) & (table["layer"] == layer)
+                         & (table["head"] == head)]
             facts = {f"attention {r.condition}": round(float(r.value), 6)
                      for r in mine[mine.metric == "ioi_attention"].itertuples()}
             for metric in ("ioi_path_score", "ioi_path_score_lo", "ioi_path_score_hi"):

@@ -113,7 +113,7 @@ ATTENTION_OF = {"name_mover": ("END->IO", "END->S"), "negative_name_mover": ("EN
 
 
 def _evidence(rows: pd.DataFrame, cls: str, layer, head) -> str:
-    mine = rows[(rows.layer == layer) & (rows.head == head)]
+    mine = rows[(rows["layer"] == layer) & (rows["head"] == head)]
 
     def get(metric, condition=None):
         sel = mine[mine.metric == metric]

@@ -172,3 +172,21 @@ def test_the_atlas_runs_the_classes_for_tasks_with_the_positions(tmp_path):
     again = build_atlas(lambda: load_model("tiny-llama", device="cpu"),
                         AtlasOptions(**options, resume=True), model_spec="tiny-llama")
     assert again.doc["runs"]["circuits"]["state"] == "kept"  # the classes are part of the key
+
+
+def test_the_report_quotes_each_heads_evidence():
+    """Fails on the first version, which selected rows with ``rows.head`` (the DataFrame method,
+    not the column) and printed nan for every number."""
+    from circuits.ioi_run import ioi_report_lines
+
+    rows = pd.concat([_class_rows(), pd.DataFrame(
+        [("ioi_attention", 3, 0, "END->IO", 0.6), ("ioi_attention", 3, 0, "END->S", 0.2),
+         ("ioi_copy_score", 3, 0, "top_k=5", 0.9), ("ioi_path_score_lo", 3, 0,
+                                                    "stage=name_mover; receivers=logits", 0.3),
+         ("ioi_path_score_hi", 3, 0, "stage=name_mover; receivers=logits", 0.5)],
+        columns=["metric", "layer", "head", "condition", "value"]).assign(segment="ioi")])
+    lines = ioi_report_lines(rows)
+    assert lines[1] == "  ioi: 6 heads classified"
+    mover = next(line for line in lines if line.startswith("    name_mover: "))
+    assert mover == (f"    name_mover: {format_head((3, 0))} (path +0.400 [+0.300, +0.500]; "
+                     "END->IO 0.60, END->S 0.20; copy 0.90)")

@@ -83,7 +83,7 @@ def ioi_class_plot(rows: pd.DataFrame, task: str, *, n_layers: int | None = None
             value = backup.get(head) if stage is None else \
                 stage_rows.get((stage, *head), (float("nan"), ""))[0]
             name = format_head(head)
-            where[name] = (float(head[0]), y + 0.22 * k)
+            where[name] = (float(head[0]), y + 0.3 * k)
             heads_of.setdefault(cls, []).append(head)
             nodes.append({"element": "node", "node": name, "label": name, "cls": cls,
                           "layer": head[0], "head": head[1], "x": where[name][0],
