@@ -8,7 +8,7 @@ of 16, in one process:
 
 * ``ioi_classes``: :func:`circuits.ioi_classes.ioi_classes` with the default cut-offs (four
   path-patching stages, each a linear estimate for every sender and exact path patching of the
-  8 best, attention, copy scores, two direct-logit-attribution passes);
+  12 best, attention, copy scores, two direct-logit-attribution passes);
 * ``attribution``: :func:`circuits.attribution.attribution_patching` (one forward and one backward
   per batch), run before and after, the faster counting: the unit the atlas's circuits part is
   made of.

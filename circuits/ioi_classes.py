@@ -86,7 +86,7 @@ class IOICriteria:
         top_k: the copy score's top-k.
     """
 
-    n_candidates: int = 8
+    n_candidates: int = 12
     min_path: float = 0.02
     min_attention: float = 0.1
     min_copy: float = 0.5

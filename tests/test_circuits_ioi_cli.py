@@ -46,7 +46,7 @@ def test_the_table_is_written_with_its_units_and_settings(ioi_run):
     assert len(att) == 6 * 16 and att.value.between(0, 1).all()
     stage1 = table[(table.metric == "ioi_path_score")
                    & (table.condition == "stage=name_mover; receivers=logits")]
-    assert len(stage1) == 8  # the default n_candidates
+    assert len(stage1) == 12  # the default n_candidates
     assert "IOI head classes (Wang et al. 2022" in out
     assert "tiny_ioi_classes: " in out
 

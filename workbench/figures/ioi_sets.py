@@ -139,7 +139,7 @@ def draw_ioi_circuit(data: pd.DataFrame, params: dict, width: Width) -> go.Figur
         colour = INK if cls == "logits" else categorical(order.index(cls))
         fig.add_trace(go.Scatter(
             x=rows["x"], y=rows["y"], mode="markers+text", name=LABELS.get(cls, cls),
-            text=[plot_text(label) for label in rows["label"]], textposition="top center",
+            text=[plot_text(label) for label in rows["label"]], textposition="middle right",
             textfont={"size": pt(TICK_PT - 1)},
             marker={"size": 10, "color": colour, "line": {"width": 0.5, "color": INK},
                     "symbol": "square" if cls == "logits" else "circle"},
