@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -375,10 +375,6 @@ def criterion_text(name: str, criteria: IOICriteria) -> str:
                              f"{c.min_backup:g} logits, {path}, when the name movers' z is "
                              "replaced by the p_ABC one; attention END->IO > END->S1+S2",
     }[name]
-
-
-def criteria_dict(criteria: IOICriteria) -> dict:
-    return asdict(criteria)
 
 
 __all__ = ["ATTENTION", "CLASSES", "IOIClasses", "IOICriteria", "classify", "criterion_text",
