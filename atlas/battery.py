@@ -10,7 +10,8 @@ Four parts, each an ordinary run in the runs folder beside the atlas (``<out.nam
 * ``context``: head divergence on ``data/counterfactual_context.jsonl``, segment ``passage``
   (its own forwards: with and without the passage);
 * ``circuits``: attribution patching (and activation patching with ``thorough``) on the IOI and
-  induction tasks, their top-k circuits, faithfulness and overlap.
+  induction tasks, their top-k circuits, faithfulness and overlap; the IOI head classes of every
+  task whose prompts carry the IOI positions (:mod:`circuits.ioi_classes`).
 
 Resuming (``resume=True``) continues each probe run batch by batch and keeps a finished circuits run
 whose configuration matches; the model is loaded only if some part still has work to do.
@@ -170,7 +171,18 @@ def _finished(options: AtlasOptions, part: str, prompt_set: Any = None) -> bool:
                 and [p.get("name") for p in stored.get("probes", [])] == PROBE_PARTS[part][1])
     key = stored.get("config_key", {})
     return (key.get("methods") == options.methods and key.get("n_random") == options.n_random
-            and key.get("selection") == f"top_k={options.circuit_size}")
+            and key.get("selection") == f"top_k={options.circuit_size}"
+            and key.get("ioi_classes", {}).get("tasks", []) == list(_ioi_tasks(options)))
+
+
+def _ioi_tasks(options: AtlasOptions) -> tuple[str, ...]:
+    """The circuit tasks whose prompts carry the IOI positions: their head classes are found."""
+    from circuits.ioi_run import has_ioi_segments
+    from circuits.tasks import resolve_task
+    from workbench.prompts import load_prompt_set
+
+    named = [resolve_task(t) for t in options.tasks]
+    return tuple(name for name, path in named if has_ioi_segments(load_prompt_set(path)))
 
 
 def _run_probes(model: Any, options: AtlasOptions, part: str, prompt_set: Any) -> RunDir:
@@ -197,5 +209,5 @@ def _run_circuits(model: Any, options: AtlasOptions) -> RunDir:
     circuit_options = CircuitsOptions(
         methods=options.methods, selection=Selection.parse(f"top_k={options.circuit_size}"),
         n_random=options.n_random, runs_dir=options.runs_dir, run_id=options.run_id("circuits"),
-        overwrite=replace, progress=options.progress)
+        overwrite=replace, progress=options.progress, ioi_classes=_ioi_tasks(options))
     return execute_circuits(model, tasks, circuit_options)

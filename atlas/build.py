@@ -4,7 +4,8 @@
 
 * ``atlas.parquet``: one row per (model, layer, head): ``depth`` (layer / n_layers), and per role
   ``<role>_score``, ``<role>_rank`` (1 = most role-like), ``<role>`` (bool label), and ``roles``
-  (the held roles, comma-joined);
+  (the held roles, comma-joined); ``ioi_class`` (the IOI head class or null, when the circuits
+  part found the classes: :mod:`circuits.ioi_classes`);
 * ``atlas.json``: the model, the prompt sets with sha256, the roles with their thresholds, rules
   and sources, the head-type ceilings, the part runs it was built from, the layer-level evidence
   and the findings (:mod:`atlas.findings`);
@@ -26,7 +27,7 @@ import pyarrow as pa
 
 from atlas.battery import PARTS, AtlasOptions, check_inputs, run_parts
 from atlas.roles import ROLES, assign_roles, role_table
-from atlas.scores import evidence, pattern_ceilings, role_scores
+from atlas.scores import evidence, ioi_class_scores, pattern_ceilings, role_scores
 from workbench.errors import InputError, RunStateError
 from workbench.run import git_state, library_versions
 from workbench.runlock import RunLock, writer
@@ -178,6 +179,10 @@ def write_atlas(path: Path, runs: dict[str, RunDir], options: AtlasOptions, mode
     heads = assign_roles(scores, thresholds=thresholds, ceilings=ceilings, members=members)
     heads.insert(0, "model", model["name"])
     heads.insert(3, "depth", heads["layer"] / n_layers)
+    ioi_class, ioi_doc = (ioi_class_scores(runs["circuits"], n_layers, n_heads)
+                          if "circuits" in runs else (None, None))
+    if ioi_class is not None:  # workbench circuits --ioi-classes (atlas/battery.py asks for it)
+        heads["ioi_class"] = ioi_class.to_numpy()
     doc = {
         "atlas_version": ATLAS_VERSION, "model_spec": model_spec,
         "model": {k: model.get(k) for k in ("name", "source", "architecture", "n_layers",
@@ -189,6 +194,7 @@ def write_atlas(path: Path, runs: dict[str, RunDir], options: AtlasOptions, mode
         "runs": {p: {"run_id": meta["run_id"], "path": f"../{meta['run_id']}",
                      "state": meta["state"]} for p, meta in parts.items()},
         "parts_skipped": list(options.skip), "evidence": evidence(runs), "created": _now(),
+        **({"ioi_classes": ioi_doc} if ioi_doc is not None else {}),
     }
     doc["findings"] = findings(heads, doc)
     write_parquet(path / "atlas.parquet", pa.Table.from_pandas(heads, preserve_index=False))

@@ -161,3 +161,50 @@ def _circuit_evidence(run: RunDir) -> dict:
                 m: float(rows[rows.metric == m]["value"].iloc[0]) for m in
                 ("n_shared", "jaccard", "expected_jaccard", "expected_shared", "p_value")}
     return {"tasks": tasks, "overlap": overlap}
+
+
+def ioi_class_scores(run: RunDir, n_layers: int, n_heads: int
+                     ) -> tuple[pd.Series | None, dict | None]:
+    """The IOI head classes of a circuits run (its ``ioi_classes`` table, ``workbench circuits
+    --ioi-classes``): ``ioi_class`` per (layer, head) on the full grid (a class name or None) and
+    ``{class: {"criterion", "heads", "task", "evidence": {head: {metric: value}}}}`` for
+    ``atlas.json``; ``(None, None)`` when the run has no such table.
+    """
+    from circuits.ioi_classes import CLASSES, IOICriteria, criterion_text
+    from workbench.heads import format_head
+
+    if "ioi_classes" not in run.tables():
+        return None, None
+    table = run.read_table("ioi_classes", columns=_COLUMNS).to_pandas()
+    stored = run.read_manifest().get("config_key", {}).get("ioi_classes", {})
+    criteria = IOICriteria(**stored.get("criteria", {}))
+    grid = pd.Series([None] * (n_layers * n_heads), dtype=object)
+    doc: dict = {}
+    stage = {"name_mover": "name_mover", "negative_name_mover": "name_mover",
+             "s_inhibition": "s_inhibition", "induction": "induction",
+             "duplicate_token": "induction", "previous_token": "previous_token"}
+    for name in CLASSES:
+        rows = table[(table.metric == "ioi_class") & (table.condition == name)]
+        heads = sorted((int(r.layer), int(r.head)) for r in rows.itertuples())
+        evidence = {}
+        for task, layer, head in sorted((r.segment, int(r.layer), int(r.head))
+                                        for r in rows.itertuples()):
+            grid[layer * n_heads + head] = name
+            mine = table[(table.segment == task) & (table["layer"] == layer)
+                         & (table["head"] == head)]
+            facts = {f"attention {r.condition}": round(float(r.value), 6)
+                     for r in mine[mine.metric == "ioi_attention"].itertuples()}
+            for metric in ("ioi_path_score", "ioi_path_score_lo", "ioi_path_score_hi"):
+                sel = mine[(mine.metric == metric)
+                           & mine.condition.str.startswith(f"stage={stage.get(name)};")]
+                if len(sel):
+                    facts[metric] = round(float(sel.value.iloc[0]), 6)
+            for metric in ("ioi_copy_score", "ioi_negative_copy_score", "ioi_backup_delta",
+                           "ioi_backup_delta_lo", "ioi_backup_delta_hi"):
+                sel = mine[mine.metric == metric]
+                if len(sel):
+                    facts[metric] = round(float(sel.value.iloc[0]), 6)
+            evidence[format_head((layer, head))] = {"task": task, **facts}
+        doc[name] = {"criterion": criterion_text(name, criteria),
+                     "heads": [format_head(h) for h in heads], "evidence": evidence}
+    return grid, doc

@@ -19,6 +19,7 @@ Benchmarks (each module also runs alone, ``python -m bench.<name> --help``):
   10-point faithfulness curve;
 * ``app_views``: the Live pattern page's all-heads view at 30 and 128 tokens in Chromium, one
   canvas against the earlier 270 plotly heatmaps.
+* ``ioi_classes``: the IOI head classes against one attribution pass.
 
 ``--quick`` runs every benchmark on a small shape for smoke testing; its numbers are not for
 reporting. Run the full suite on a quiet machine: ratios are measured within one run.
@@ -38,7 +39,7 @@ import traceback
 from pathlib import Path
 
 BENCHMARKS = ("probe_pass", "atlas", "memory", "patching", "sweep", "app_load", "importance",
-              "edges", "app_views")
+              "edges", "app_views", "ioi_classes")
 
 
 def machine() -> dict:

@@ -20,6 +20,7 @@ effect (activation patching).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,8 +28,9 @@ import pyarrow as pa
 import torch
 from torch import Tensor
 
-from circuits.tasks import Task
+from circuits.tasks import Task, TaskBatch
 from workbench.errors import WorkbenchError
+from workbench.forward import HookList
 from workbench.forward import logits as run_logits
 from workbench.interventions.hooks import attn_result
 from workbench.metrics import last_token_logits, logit_diff
@@ -133,9 +135,14 @@ def _norm_form(norm, x: Tensor) -> tuple[str, Tensor, Tensor | None, Tensor]:
                          "RMSNorm(1 + w) or LayerNorm; direct logit attribution is not supported")
 
 
-def direct_logit_attribution(model, task: Task, *, batch_size: int = 16
+def direct_logit_attribution(model, task: Task, *, batch_size: int = 16,
+                             fwd_hooks: Callable[[TaskBatch], HookList] | None = None
                              ) -> DirectLogitAttribution:
     """DLA of every head, MLP and the embedding to each clean prompt's logit difference.
+
+    ``fwd_hooks(task_batch)`` (optional) gives bridge forward hooks active during that batch's
+    forward (e.g. heads knocked out, :func:`circuits.ioi_evidence.direct_effects`); the
+    decomposition is then of the hooked run's logit difference.
 
     Returns:
         :class:`DirectLogitAttribution` (logits), summing per prompt to the model's LD.
@@ -165,8 +172,9 @@ def direct_logit_attribution(model, task: Task, *, batch_size: int = 16
         names = ["blocks.0.hook_resid_pre", "ln_final.hook_in"] + [
             f"blocks.{layer}.{h}" for layer in range(n_layers)
             for h in ("attn.hook_result", "hook_attn_out", "hook_mlp_out")]
+        extra = list(fwd_hooks(tb)) if fwd_hooks is not None else []
         with torch.inference_mode(), attn_result(model, True):
-            logits = run_logits(model, batch, [(name, keep(name)) for name in names])
+            logits = run_logits(model, batch, extra + [(name, keep(name)) for name in names])
         ld = logit_diff(last_token_logits(logits, batch.last_pos()), tb.answer, tb.distractor)
         final = got["ln_final.hook_in"]
         with torch.inference_mode():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from circuits.components import report_lines
+from circuits.ioi_run import ioi_report_lines
 from workbench.heads import format_head
 from workbench.store import RunDir
 
@@ -78,6 +79,7 @@ def report(run: RunDir) -> str:
     if spot is not None:
         lines += spot_check_lines(spot)
     lines += report_lines(frame("patching_grid"), frame("direct_logit_attribution"))
+    lines += ioi_report_lines(frame("ioi_classes"))
     ag = frame("method_agreement")
     if ag is not None:
         lines.append("method agreement (Spearman of head scores)")

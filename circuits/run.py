@@ -26,6 +26,8 @@ units in ``run.json``):
   circuit, ``score_noising``, ``score_denoising`` and ``one_direction_only`` (0/1).
 * ``patching_grid`` (``--grids``) and ``direct_logit_attribution`` (``--dla``):
   :mod:`circuits.components`.
+* ``ioi_classes`` (``--ioi-classes``; :mod:`circuits.ioi_classes`): the IOI head classes and
+  their evidence (path-patching scores per stage, attention, copy scores, backup effects).
 * ``method_agreement`` (with two or more methods): ``spearman`` of the per-head scores (path
   patching: stage 1) per task, ``condition`` = ``"methodA~methodB"``.
 """
@@ -48,6 +50,8 @@ import torch
 
 from circuits.components import UNITS as COMPONENT_UNITS
 from circuits.components import component_tables
+from circuits.ioi_classes import UNITS as IOI_UNITS
+from circuits.ioi_classes import IOICriteria
 from circuits.directions import compare_directions
 from circuits.discovery import Faithfulness, Selection, ablation_means, faithfulness
 from circuits.effects import check_direction, check_positions, spearman
@@ -98,7 +102,7 @@ UNITS = {
     "disagrees": "1 if |attribution - activation| > max(0.05, 0.5 |activation|), else 0",
     "worst_effect_attribution": "logits: estimated patched - base LD on the worst prompt",
     "worst_effect_activation": "logits: measured patched - base LD on the worst prompt",
-    **COMPONENT_UNITS,
+    **COMPONENT_UNITS, **IOI_UNITS,
 }
 
 
@@ -118,6 +122,7 @@ class CircuitsOptions:
     grids: tuple[str, ...] = ()  # patching grids per layer x position (circuits.grids)
     dla: bool = False  # direct logit attribution per head and MLP (circuits.dla)
     resume: bool = False  # continue an interrupted run: finished phases reused (workbench.phases)
+    ioi_classes: tuple[str, ...] = ()  # tasks whose IOI head classes are found (circuits.ioi_run)
 
 
 def check_methods(methods: list[str]) -> None:
@@ -133,13 +138,14 @@ def check_options(methods: list[str], select: str, *, direction: str, positions:
                   receiver_input: str, n_random: int, mean_prompts: int | None,
                   heads: str | None = None, spot_check: int = 20,
                   both_directions: bool = False, grids: str | None = None, dla: bool = False,
-                  **run: object) -> CircuitsOptions:
+                  ioi_classes: tuple[str, ...] = (), **run: object) -> CircuitsOptions:
     """Validate the command line before the model loads.
 
     ``heads``: ``None`` (every head) or a comma-separated ``layer.head`` list (``"23.3,20.0"``):
     the heads patched (activation), kept (attribution) or used as senders (path). ``grids``:
     comma-separated components of :data:`circuits.grids.COMPONENTS` (or ``all``) to patch per
-    layer x position; ``dla``: direct logit attribution per head and MLP.
+    layer x position; ``dla``: direct logit attribution per head and MLP; ``ioi_classes``: the
+    tasks whose IOI head classes are found (:mod:`circuits.ioi_run`).
 
     Raises:
         InputError: an unknown method, a bad selection, direction, receiver input, count, head or
@@ -160,7 +166,8 @@ def check_options(methods: list[str], select: str, *, direction: str, positions:
                                  parse_head_list(heads), spot_check)
     return CircuitsOptions(methods, Selection.parse(select), discovery, n_random, mean_prompts,
                            **run, both_directions=both_directions,
-                           grids=parse_components(grids), dla=dla)
+                           grids=parse_components(grids), dla=dla,
+                           ioi_classes=tuple(ioi_classes))
 
 
 def parse_head_list(text: str | None) -> tuple[Head, ...] | None:
@@ -200,6 +207,13 @@ def load_tasks(specs: list[str], model, *, n_prompts: int | None, positions: str
     return tasks
 
 
+def check_ioi_tasks(tasks: list[Task], options: CircuitsOptions) -> None:
+    """Refuse (one line) ``--ioi-classes`` for a task that is not run or lacks the IOI positions."""
+    from circuits.ioi_run import check_ioi_tasks as check
+
+    check(tasks, options.ioi_classes)
+
+
 def execute_circuits(model, tasks: list[Task], options: CircuitsOptions) -> RunDir:
     """Run every method on every task, then faithfulness, overlap and agreement; write the run.
 
@@ -215,6 +229,7 @@ def execute_circuits(model, tasks: list[Task], options: CircuitsOptions) -> RunD
         raise InputError(f"a task is named twice: {', '.join(names)}")
     for task in tasks:
         check_positions(task, options.discovery.positions)
+    check_ioi_tasks(tasks, options)
     manifest = _manifest(model, tasks, options)
     run, state = RunDir.create(options.runs_dir, manifest["run_id"], manifest,
                                resume=options.resume, overwrite=options.overwrite,
@@ -288,6 +303,11 @@ def _tables(model, tasks, found, options, timings, run_id: str, bars: CircuitsPr
             for o in overlap_table({t.name: found[method, t.name].circuit for t in tasks}, n_total)]
     tables.update({name: [table] for name, table in phases.run("components", lambda: (
         component_tables(model, tasks, options, run_id, bars, timings))).items()})
+    if options.ioi_classes:
+        from circuits.ioi_run import ioi_tables
+
+        tables.update({name: [table] for name, table in phases.run("ioi_classes", lambda: (
+            ioi_tables(model, tasks, options, run_id, bars, timings))).items()})
     if len(options.methods) > 1:
         tables["method_agreement"] = [conform(_agreement_rows(found, tasks, options.methods),
                                               run_id=run_id, probe="agreement")]
@@ -406,6 +426,9 @@ def _manifest(model, tasks: list[Task], options: CircuitsOptions) -> dict:
               "both_directions": options.both_directions,
               **({"grids": list(options.grids)} if options.grids else {}),
               **({"dla": True} if options.dla else {}),
+              **({"ioi_classes": {"tasks": list(options.ioi_classes),
+                                  "criteria": asdict(IOICriteria())}}
+                 if options.ioi_classes else {}),
               "discovery": asdict(options.discovery), "n_random": options.n_random,
               "mean_prompts": options.mean_prompts}
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]

@@ -207,6 +207,9 @@ def circuits(
     grids: list[str] = list_option([], "--grids", metavar="COMPONENT", help="Also patch per "
                                    "layer x position: resid_pre, attn_out, mlp_out or all."),
     dla: bool = typer.Option(False, "--dla", help="Also direct logit attribution per head/MLP."),
+    ioi_classes: bool = typer.Option(
+        False, "--ioi-classes", help="Also the IOI head classes (name movers, S-inhibition, "
+        "induction, ... Wang et al. 2022) of each task; needs the IO, S1, S2 segments."),
     device: Optional[str] = DEVICE,
     dtype: Optional[str] = DTYPE,
     prepend_bos: Optional[bool] = PREPEND_BOS,
@@ -231,8 +234,14 @@ def circuits(
     from circuits.tasks import resolve_task
     from workbench.prompts import load_prompt_set
 
-    for spec_ in task:  # an unknown task or a bad task file fails before the model loads
-        load_prompt_set(resolve_task(spec_)[1])
+    prompt_sets = {resolve_task(spec_)[0]: load_prompt_set(resolve_task(spec_)[1])
+                   for spec_ in task}  # an unknown task or a bad file fails before the model loads
+    if ioi_classes and level == "edge":
+        raise InputError("--ioi-classes applies at --level node (head classes), not edge")
+    if ioi_classes:
+        from circuits.ioi_run import check_ioi_prompts
+
+        check_ioi_prompts(prompt_sets)
     if level == "edge":
         from circuits.edges.run import check_edge_options, edge_report, execute_edge_circuits
 
@@ -254,7 +263,9 @@ def circuits(
                             stages=stages, receiver_input=receiver_input, n_random=n_random,
                             mean_prompts=mean_prompts, heads=heads,
                             spot_check=spot_check, both_directions=both_directions,
-                            grids=",".join(grids), dla=dla, runs_dir=runs_dir, run_id=run_id,
+                            grids=",".join(grids), dla=dla,
+                            ioi_classes=tuple(prompt_sets) if ioi_classes else (),
+                            runs_dir=runs_dir, run_id=run_id,
                             overwrite=overwrite, progress=progress, resume=resume)
     loaded = _load(model, strict_parity, device=device, dtype=dtype, prepend_bos=prepend_bos)
     tasks = load_tasks(task, loaded, n_prompts=n_prompts, positions=positions)

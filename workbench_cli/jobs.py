@@ -52,6 +52,7 @@ def circuits(model: Any, tasks: Sequence[str] | str, *,
              stages: int = 2, receiver_input: str = "qkv", n_random: int = 3,
              mean_prompts: int | None = None, heads: str | None = None, spot_check: int = 20,
              both_directions: bool = False, grids: str | None = None, dla: bool = False,
+             ioi_classes: bool = False,
              level: str = "node", metric: str = "logit_diff", ablation: str = "corrupted",
              ig_steps: int = 5, n_boot: int = 1000,
              runs_dir: Path | str | None = None, run_id: str | None = None,
@@ -59,7 +60,7 @@ def circuits(model: Any, tasks: Sequence[str] | str, *,
     """``workbench circuits`` (same options, same tables): per-head effects, circuits,
     faithfulness and overlap for ``tasks`` (a name or file, or a list of them: ``"ioi"`` is one
     task); ``heads="23.3,20.0"`` restricts the methods to those heads, ``spot_check``,
-    ``both_directions``, ``grids`` and ``dla`` as the CLI options of the same names;
+    ``both_directions``, ``grids``, ``dla`` and ``ioi_classes`` as the CLI options of the same names;
     ``level="edge"`` with ``methods`` ``eap-ig``/``eap``, ``metric``, ``ablation``,
     ``ig_steps``, ``n_boot`` and ``select`` (``top_percent=1`` by default there) as
     ``workbench circuits --level edge``.
@@ -70,7 +71,7 @@ def circuits(model: Any, tasks: Sequence[str] | str, *,
     """
     from circuits.run import check_options, execute_circuits, load_tasks
     from circuits.tasks import resolve_task
-    from workbench.bounds import check, names, text
+    from workbench.bounds import check, flag, names, text
     from workbench.models import as_loaded
     from workbench.prompts import load_prompt_set
 
@@ -89,8 +90,14 @@ def circuits(model: Any, tasks: Sequence[str] | str, *,
         raise InputError(f"level={level!r} is not one of node, edge")
     if resume and level == "edge":
         raise InputError("resume=True: edge-level runs cannot resume yet")
-    for spec in tasks:
-        load_prompt_set(resolve_task(spec)[1])
+    flag(ioi_classes, "ioi_classes")
+    prompt_sets = {resolve_task(spec)[0]: load_prompt_set(resolve_task(spec)[1]) for spec in tasks}
+    if ioi_classes and level == "edge":
+        raise InputError("ioi_classes=True applies at level='node' only")
+    if ioi_classes:
+        from circuits.ioi_run import check_ioi_prompts
+
+        check_ioi_prompts(prompt_sets)
     if level == "edge":
         return _edge_circuits(model, tasks, methods, select, metric=metric, ablation=ablation,
                               ig_steps=ig_steps, n_boot=n_boot, n_prompts=n_prompts,
@@ -102,7 +109,9 @@ def circuits(model: Any, tasks: Sequence[str] | str, *,
                                 stages=stages, receiver_input=receiver_input,
                                 n_random=n_random, mean_prompts=mean_prompts, heads=heads,
                                 spot_check=spot_check, both_directions=both_directions,
-                                grids=grids, dla=dla, runs_dir=folder, run_id=run_id,
+                                grids=grids, dla=dla,
+                                ioi_classes=tuple(prompt_sets) if ioi_classes else (),
+                                runs_dir=folder, run_id=run_id,
                                 overwrite=overwrite, progress=progress, resume=resume)
         loaded = as_loaded(model)
         found = load_tasks(tasks, loaded, n_prompts=n_prompts, positions=positions)
