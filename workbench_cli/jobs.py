@@ -28,32 +28,47 @@ def _folder(runs_dir: Path | str | None) -> Iterator[Path]:
         yield Path(tmp)
 
 
-def circuits(model: Any, tasks: Sequence[str], *, methods: Sequence[str] = ("attribution",),
-             select: str = "top_k=20", n_prompts: int | None = 32,
+def circuits(model: Any, tasks: Sequence[str], *, methods: Sequence[str] | None = None,
+             select: str | None = None, n_prompts: int | None = 32,
              direction: str = "corrupted_into_clean", positions: str = "all",
              batch_size: int = 16, heads_per_forward: int | None = None, stages: int = 2,
              receiver_input: str = "qkv", n_random: int = 3, mean_prompts: int | None = None,
              heads: str | None = None, spot_check: int = 20, both_directions: bool = False,
-             grids: str | None = None, dla: bool = False,
+             grids: str | None = None, dla: bool = False, level: str = "node",
+             metric: str = "logit_diff", ablation: str = "corrupted", ig_steps: int = 5,
+             ig_rule: str = "right", n_boot: int = 1000,
              runs_dir: Path | str | None = None, run_id: str | None = None,
              overwrite: bool = False, progress: bool = False) -> Results:
     """``workbench circuits`` (same options, same tables): per-head effects, circuits,
     faithfulness and overlap for ``tasks``; ``heads="23.3,20.0"`` restricts the methods to those
     heads, ``spot_check``, ``both_directions``, ``grids`` and ``dla`` as the CLI options of the
-    same names.
+    same names. ``level="edge"``: edge circuits (``methods`` ``eap-ig`` / ``eap``, ``select``
+    default ``faithfulness=0.8``, ``metric``, ``ablation``, ``ig_steps``, ``ig_rule``,
+    ``n_boot``; see ``docs/methods-edges.md``). An option of the other level set to anything but
+    its default is refused (:mod:`circuits.levels`).
 
     Raises:
-        InputError: an unknown task or method, a bad option (before the model loads).
+        InputError: an unknown task or method, a bad option, an option of the other level
+            (before the model loads).
     """
+    from circuits.levels import check_level_options
     from circuits.run import check_options, execute_circuits, load_tasks
     from circuits.tasks import resolve_task
     from workbench.models import as_loaded
     from workbench.prompts import load_prompt_set
 
+    check_level_options(level, locals())
     for spec in tasks:
         load_prompt_set(resolve_task(spec)[1])
+    if level == "edge":
+        return _edge_circuits(model, list(tasks), methods, select, n_prompts=n_prompts,
+                              metric=metric, ablation=ablation, ig_steps=ig_steps,
+                              ig_rule=ig_rule, n_boot=n_boot, n_random=n_random,
+                              batch_size=batch_size, runs_dir=runs_dir, run_id=run_id,
+                              overwrite=overwrite, progress=progress)
     with _folder(runs_dir) as folder:
-        options = check_options(list(methods), select, direction=direction, positions=positions,
+        options = check_options(list(methods or ["attribution"]), select or "top_k=20",
+                                direction=direction, positions=positions,
                                 batch_size=batch_size, heads_per_forward=heads_per_forward,
                                 stages=stages, receiver_input=receiver_input,
                                 n_random=n_random, mean_prompts=mean_prompts, heads=heads,
@@ -63,6 +78,22 @@ def circuits(model: Any, tasks: Sequence[str], *, methods: Sequence[str] = ("att
         loaded = as_loaded(model)
         found = load_tasks(list(tasks), loaded, n_prompts=n_prompts, positions=positions)
         return Results.of(execute_circuits(loaded, found, options))
+
+
+def _edge_circuits(model: Any, tasks: list[str], methods: Sequence[str] | None,
+                   select: str | None, *,
+                   n_prompts: int | None, runs_dir: Path | str | None, **options: Any
+                   ) -> Results:
+    from circuits.edges.run import check_edge_options, execute_edge_circuits
+    from circuits.run import load_tasks
+    from workbench.models import as_loaded
+
+    with _folder(runs_dir) as folder:
+        edge = check_edge_options(list(methods or ["eap-ig"]), select, runs_dir=folder,
+                                  **options)
+        loaded = as_loaded(model)
+        found = load_tasks(tasks, loaded, n_prompts=n_prompts, positions=None)
+        return Results.of(execute_edge_circuits(loaded, found, edge))
 
 
 def intervene(model: Any, prompt_set: Any, spec: Any, *, sweep: str | None = None,
