@@ -111,7 +111,8 @@ def evaluate_edges(model, task, scores: EdgeScores, selection: EdgeSelection, *,
 
 def curve_rows(e: EdgeEvaluation) -> pa.Table:
     """The ``edge_faithfulness_curve`` table's records of one (method, task): per measured size
-    (``condition`` ``size=N``, N = edges kept after pruning) ``faithfulness_normalised`` with
+    (``condition`` ``size=N``, N = edges kept after pruning; prefixes that prune to the same
+    circuit appear once, with the smallest prefix) ``faithfulness_normalised`` with
     ``_low`` / ``_high``, ``n_edges_requested``, ``on_grid`` (1 = an MIB grid size, 0 = a
     bisection step), and at grid sizes ``faithfulness_random`` (mean) and one
     ``faithfulness_random_draw`` per random circuit; then ``chosen_size``,
@@ -126,6 +127,9 @@ def curve_rows(e: EdgeEvaluation) -> pa.Table:
     else:
         kept, req, f, lo, hi = c.n_kept, c.n_requested, c.faithfulness, c.low, c.high
         grid = np.ones(len(kept), bool)
+    first = np.unique(np.asarray(kept), return_index=True)[1]  # prefixes that prune alike: once
+    kept, req, f, grid = kept[first], req[first], f[first], grid[first]
+    lo, hi = np.asarray(lo)[first], np.asarray(hi)[first]
     cond = np.array([f"size={int(n)}" for n in kept])
     out = [records(name, v, segment=task, condition=cond) for name, v in (
         ("faithfulness_normalised", f), ("faithfulness_normalised_low", lo),
