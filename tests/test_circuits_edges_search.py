@@ -120,3 +120,14 @@ def test_random_circuits_are_seeded_sets_of_the_asked_sizes():
     assert [len(x) for x in a] == [4, 4]
     assert all(len(c) == s and len(set(c)) == s for row, s in zip(a, [3, 10]) for c in row)
     assert all((x == y).all() for ra, rb in zip(a, b) for x, y in zip(ra, rb))
+
+
+def test_target_sizes_are_monotone_even_when_the_curve_is_not():
+    from circuits.edges.sized import target_sizes
+    kept = np.array([10, 20, 40, 80, 160])
+    f = np.array([0.6, 0.3, 0.85, 0.7, 1.0])
+    got = target_sizes(kept, f, (0.5, 0.8, 0.9, 1.0, 1.1))
+    assert got[0.5] == 10 and got[0.8] == 40 and got[0.9] == 160 and got[1.0] == 160
+    assert np.isnan(got[1.1])
+    values = [v for v in got.values() if not np.isnan(v)]
+    assert values == sorted(values)

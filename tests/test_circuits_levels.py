@@ -110,3 +110,17 @@ def test_edge_counts_are_bounded_before_the_model_loads(args, message, capsys, t
     text = (out + err).strip()
     assert code == 2 and message in text and len(text.splitlines()) == 1, text
     assert not (tmp_path / "runs").exists()
+
+
+def test_wb_circuits_runs_the_edge_level(tmp_path):
+    """wb.circuits(level="edge") gives the CLI's edge tables (it had no edge level)."""
+    import workbench as wb
+
+    task = write_jsonl(tmp_path / "t.jsonl", tiny_ioi_rows(3, seed=2))
+    res = wb.circuits("tiny-llama", [str(task)], level="edge", methods=["eap"],
+                      select="top_n=30", n_random=1, n_boot=20)
+    assert {"edge_scores", "circuits", "faithfulness", "edge_faithfulness_curve"} <= \
+        set(res.tables)
+    members = res["circuits"]
+    assert (members.metric == "edge_member").sum() == \
+        int(members.loc[members.metric == "n_edges", "value"].iloc[0])

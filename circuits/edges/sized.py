@@ -117,8 +117,8 @@ def curve_rows(e: EdgeEvaluation) -> pa.Table:
     bisection step), and at grid sizes ``faithfulness_random`` (mean) and one
     ``faithfulness_random_draw`` per random circuit; then ``chosen_size``,
     ``chosen_faithfulness``, ``chosen_random_draw`` / ``chosen_random_mean`` (random edge sets of
-    the chosen size), with a search ``target`` and ``reached`` (1/0), and the patched forwards
-    per part (``forwards_curves``, ``forwards_random``, ``forwards_search``)."""
+    the chosen size), with a search ``target`` and ``reached`` (1/0), ``size_for_target``
+    (``condition`` ``target=t``, :func:`target_sizes`) and the patched forwards per part (``forwards_curves``, ``forwards_random``, ``forwards_search``)."""
     task = e.scores.task
     c = e.absolute
     if e.search is not None:
@@ -150,5 +150,21 @@ def curve_rows(e: EdgeEvaluation) -> pa.Table:
         out += [records("target", e.search.target, segment=task),
                 records("reached", float(e.search.reached), segment=task),
                 records("search_ranking", float(e.search.ranking == "signed"), segment=task)]
+    sized = target_sizes(kept, f)
+    out.append(records("size_for_target", np.array(list(sized.values()), float), segment=task,
+                       condition=np.array([f"target={t:g}" for t in sized])))
     out += [records(f"forwards_{k}", v, segment=task) for k, v in e.forwards.items()]
     return concat(out)
+
+
+TARGETS = (0.5, 0.8, 0.9, 0.95, 1.0)
+
+
+def target_sizes(kept: np.ndarray, f: np.ndarray, targets=TARGETS) -> dict[float, float]:
+    """Per target ``t``: the smallest measured circuit size whose faithfulness reaches ``t`` (NaN
+    when none does). Non-decreasing in ``t`` by construction (a minimum over nested sets), so
+    the size-for-target curve is monotone even where ``f`` over sizes is not; exact to the
+    search's tolerance at the searched target, an upper bound from the measured sizes at the
+    others."""
+    kept, f = np.asarray(kept, float), np.asarray(f, float)
+    return {t: float(kept[f >= t].min()) if (f >= t).any() else float("nan") for t in targets}

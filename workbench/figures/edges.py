@@ -302,7 +302,8 @@ def run_classes(source: RunSource) -> dict[tuple[int, int], str] | None:
     "faithfulness_normalised", "faithfulness_normalised_low", "faithfulness_normalised_high",
     "n_edges_requested", "on_grid", "faithfulness_random", "faithfulness_random_draw",
     "chosen_size", "chosen_faithfulness", "chosen_random_draw", "chosen_random_mean", "target",
-    "reached", "search_ranking", "forwards_curves", "forwards_random", "forwards_search"))
+    "reached", "search_ranking", "size_for_target", "forwards_curves", "forwards_random",
+    "forwards_search"))
 def edge_figures(source: RunSource, table: str, options: FigureOptions) -> list[Plot]:
     """Per (method, task): the size-faithfulness curve and the chosen edge circuit."""
     cols = ["probe", "metric", "layer", "head", "segment", "condition", "value"]
