@@ -100,7 +100,7 @@ def measure_search(n_prompts: int = 16, repeats: int = 1, target: float = 0.8) -
         found = evaluate_edges(model, task, scores, EdgeSelection("faithfulness", target),
                                n_random=0, n_boot=200, graph_model=gm)
         times.setdefault("search", []).append(time.perf_counter() - start)
-        forwards["search"] = 2 + sum(found.forwards.values()) + 1  # + model, empty, chosen
+        forwards["search"] = sum(found.forwards.values())  # curves include model and empty
     best = {k: min(v) for k, v in times.items()}
     s = found.search
     return {"times_s": times, "best_s": best, "n_prompts": len(task),

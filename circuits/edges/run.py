@@ -381,11 +381,14 @@ def edge_report(run: RunDir) -> str:
                 if not val(e, "reached"):
                     note = (f"    no circuit of up to {int(graph_edges(e))} edges reaches "
                             f"faithfulness {val(e, 'target'):g}; kept the best measured")
-            chosen += (f", faithfulness {val(e, 'chosen_faithfulness'):.2f}{ci} (random "
+            ranking = "" if np.isnan(val(e, "search_ranking")) else \
+                (" (signed ranking)" if val(e, "search_ranking") == 1 else " (|score| ranking)")
+            chosen += (f"{ranking}, faithfulness {val(e, 'chosen_faithfulness'):.2f}{ci} (random "
                        f"{val(e, 'chosen_random_mean'):.2f})")
         lines.append(f"  {probe} {task}: {chosen}; CPR {val(f, 'cpr'):.3f} "
                      f"[{val(f, 'cpr_low'):.3f}, {val(f, 'cpr_high'):.3f}], CMD "
-                     f"{val(f, 'cmd'):.3f} [{val(f, 'cmd_low'):.3f}, {val(f, 'cmd_high'):.3f}]")
+                     f"{val(f, 'cmd'):.3f} [{val(f, 'cmd_low'):.3f}, {val(f, 'cmd_high'):.3f}], "
+                     f"area under the |score| curve {val(f, 'auc_absolute'):.3f}")
         if note:
             lines.append(note)
         lines.append(f"    {pts}")
