@@ -224,10 +224,9 @@ def circuits(
     progress: bool = PROGRESS,
 ) -> None:
     """Find each task's circuit (per-head effects, selection, faithfulness) and their overlap."""
+    from circuits.levels import check_level_options
     from circuits.run import (CircuitsOptions, check_options, execute_circuits, load_tasks,
                               report)
-
-    from circuits.levels import check_level_options
 
     check_run_target(runs_dir, run_id)
     positions = ",".join(positions)  # the circuits package takes the comma form
