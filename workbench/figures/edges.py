@@ -65,8 +65,8 @@ def edge_curve_plot(rows: pd.DataFrame, method: str, task: str, *, other: pd.Dat
     """The size-faithfulness curve of one (method, task) from ``edge_faithfulness_curve`` rows
     (and the ``faithfulness`` table's rows for ``other``: the ranking not searched).
 
-    Data columns: series (``circuit``, ``random``, ``other``), size, faithfulness, low, high,
-    on_grid. Params: target, chosen, reached, ranking.
+    Data columns: series (``circuit``, ``random``, ``other``), size (> 0: a log axis; the empty
+    circuit is 0 by definition), faithfulness, low, high, on_grid. Params: target, chosen, reached, ranking.
 
     Raises:
         ValueError: no ``faithfulness_normalised`` rows for (method, task).
@@ -104,7 +104,8 @@ def edge_curve_plot(rows: pd.DataFrame, method: str, task: str, *, other: pd.Dat
                      o.loc[o["metric"] == sizes, "value"]))
         out += [{"series": "other", "size": int(n[c]), "faithfulness": float(v), "low": np.nan,
                  "high": np.nan, "on_grid": True} for c, v in f.items() if c in n and n[c] > 0]
-    data = pd.DataFrame(out).sort_values(["series", "size"], ignore_index=True)
+    data = pd.DataFrame(out)
+    data = data[data["size"] > 0].sort_values(["series", "size"], ignore_index=True)  # log axis
     params = {"metric": "faithfulness_normalised", "label": "normalised faithfulness",
               "unit": "(m(C) - m(empty)) / (m(model) - m(empty))", "method": method,
               "task": task, "target": one.get("target"), "chosen": one.get("chosen_size"),
