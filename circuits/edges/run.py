@@ -383,8 +383,10 @@ def edge_report(run: RunDir) -> str:
                             f"faithfulness {val(e, 'target'):g}; kept the best measured")
             ranking = "" if np.isnan(val(e, "search_ranking")) else \
                 (" (signed ranking)" if val(e, "search_ranking") == 1 else " (|score| ranking)")
-            chosen += (f"{ranking}, faithfulness {val(e, 'chosen_faithfulness'):.2f}{ci} (random "
-                       f"{val(e, 'chosen_random_mean'):.2f})")
+            control = "no random control (--n-random 0)" if np.isnan(
+                val(e, "chosen_random_mean")) else f"random {val(e, 'chosen_random_mean'):.2f}"
+            chosen += (f"{ranking}, faithfulness {val(e, 'chosen_faithfulness'):.2f}{ci} "
+                       f"({control})")
         lines.append(f"  {probe} {task}: {chosen}; CPR {val(f, 'cpr'):.3f} "
                      f"[{val(f, 'cpr_low'):.3f}, {val(f, 'cpr_high'):.3f}], CMD "
                      f"{val(f, 'cmd'):.3f} [{val(f, 'cmd_low'):.3f}, {val(f, 'cmd_high'):.3f}], "
