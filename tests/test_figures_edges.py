@@ -63,7 +63,8 @@ def test_circuit_plot_places_nodes_by_layer_and_colours_classes():
     assert nodes.loc["a2.4", "label"] == format_head((2, 4))
     assert nodes.loc["m1", "x"] == 1.5 and nodes.loc["embed", "x"] == -1
     assert nodes.loc["logits", "x"] == 3.5
-    assert nodes.loc["a2.kv1", "y"] == 4  # kv group 1 of 2 serves heads 3..5
+    assert nodes.loc["a2.kv1", "y"] == pytest.approx(-1.7)  # the second key/value row
+    assert nodes.loc["m1", "y"] == 6  # the MLP row above the 6 heads
     assert nodes.loc["a2.4", "colour_key"] == "name_mover"
     assert nodes.loc["a0.1", "colour_key"] == "unclassified head"
     edges = d[d.element == "edge"]

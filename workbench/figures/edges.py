@@ -8,8 +8,8 @@ chosen edge circuit drawn for print.
   sets of the grid sizes, the target and the chosen size; the other ranking's grid curve (from
   the ``faithfulness`` table) as a thin dotted line.
 * ``edge_circuit``: the circuit's nodes by layer (x = layer; a layer's MLP half a layer right of
-  its heads; embedding left, logits right), heads at y = head index, a key/value group's input as
-  a small diamond left of its heads; edge width = |score| (the strongest ``max_edges`` edges when
+  its heads, in the row above them; embedding left, logits right), heads at y = head index, a
+  key/value group's input as a small diamond in a row below the heads; edge width = |score| (the strongest ``max_edges`` edges when
   the circuit is larger; the figure says so), colour = sign. Nodes are coloured by IOI class when
   the run has an ``ioi_classes`` table (metric ``ioi_class``, ``condition`` = the class), else by
   node type (head / MLP / embedding / logits / key-value input).
@@ -197,7 +197,7 @@ def edge_circuit_plot(members: pd.DataFrame, method: str, task: str, *, n_heads:
         elif kind == "kv":
             x, y, label, key = p["layer"] - 0.3, None, name, "key/value input"
         elif kind == "mlp":
-            x, y, label, key = p["layer"] + 0.5, (n_heads - 1) / 2, name.upper(), "MLP"
+            x, y, label, key = p["layer"] + 0.5, float(n_heads), name.upper(), "MLP"
         else:
             x, y, label, key = None, (n_heads - 1) / 2, name, "embedding / logits"
         nodes[name] = {"element": "node", "node": name, "label": label, "kind": kind,
@@ -216,10 +216,9 @@ def edge_circuit_plot(members: pd.DataFrame, method: str, task: str, *, n_heads:
         edges.append({"element": "edge", "source": sender, "target": target, "value": value,
                       "input": receiver.rsplit(".", 1)[-1] if receiver.startswith("a") else
                       receiver})
-    rep = max(1, n_heads // max(1, n_kv))
     for n in nodes.values():
-        if n["kind"] == "kv":  # beside the query heads that share it
-            n["y"] = n["group"] * rep + (rep - 1) / 2
+        if n["kind"] == "kv":  # in rows below the heads, one per key/value group
+            n["y"] = -1.0 - 0.7 * n["group"]
         if n["kind"] == "embed":
             n["x"] = -1.0
         if n["kind"] == "logits":
@@ -285,7 +284,11 @@ def draw_edge_circuit(data: pd.DataFrame, params: dict, width: Width) -> go.Figu
                        xanchor="right", yanchor="bottom", showarrow=False,
                        font={"size": pt(TICK_PT - 1)})
     fig.update_xaxes(title_text="layer")
-    fig.update_yaxes(title_text="head", range=[-1.6, params["n_heads"] - 0.2])
+    kv_rows = nodes.loc[nodes["kind"] == "kv", "y"]
+    low = float(kv_rows.min()) - 0.6 if len(kv_rows) else -0.8
+    fig.update_yaxes(title_text="head (MLPs in the top row, key/value inputs below)",
+                     range=[low, params["n_heads"] + 0.6],
+                     tickvals=list(range(params["n_heads"])))
     return fig
 
 
