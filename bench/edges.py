@@ -14,6 +14,14 @@ On SmolLM2-135M (fp32, CPU), the first ``--n-prompts`` IOI prompts (one batch of
 
 The three scoring passes run three times, alternating, and the fastest run of each counts. Targets: EAP <= 3x and
 EAP-IG <= 6x the forward + backward; the curve in minutes.
+
+``--search``: the faithfulness search against one faithfulness curve, on the same EAP-IG scores
+(computed once): ``curve`` = :func:`circuits.edges.faithfulness.faithfulness_curve` (one ranking,
+10 sizes + full + empty, a fresh evaluator), ``search`` = :func:`circuits.edges.sized.evaluate_edges`
+with ``--select faithfulness=0.8`` and no random band (both MIB curves, the choice of ranking, the
+bisection and the chosen circuit, a fresh evaluator); alternated ``--repeats`` times, fastest
+counts. Target: search <= 3x the curve. Also printed: the patched forwards of each (the cost on
+any machine).
 """
 
 from __future__ import annotations
@@ -65,6 +73,44 @@ def measure(n_prompts: int = 16) -> dict:
             "torch_threads": torch.get_num_threads()}
 
 
+def measure_search(n_prompts: int = 16, repeats: int = 1, target: float = 0.8) -> dict:
+    from circuits.edges.eap import edge_scores
+    from circuits.edges.faithfulness import CircuitEvaluator, faithfulness_curve
+    from circuits.edges.forward import GraphModel
+    from circuits.edges.patching import EdgeSelection
+    from circuits.edges.sized import evaluate_edges
+    from circuits.tasks import load_task
+    from workbench.models import load_model
+
+    model = load_model("smollm2-135m")
+    task = load_task("ioi", model, n_prompts=n_prompts)
+    gm = GraphModel(model)
+    scores = edge_scores(model, task, method="eap-ig", graph_model=gm)
+    times: dict[str, list[float]] = {}
+    forwards: dict[str, int] = {}
+    found = None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        ev = CircuitEvaluator(model, task, metric=scores.metric, ablation=scores.ablation,
+                              graph_model=gm)
+        faithfulness_curve(model, task, scores, evaluator=ev, n_boot=200)
+        times.setdefault("curve", []).append(time.perf_counter() - start)
+        forwards["curve"] = ev.n_forwards
+        start = time.perf_counter()
+        found = evaluate_edges(model, task, scores, EdgeSelection("faithfulness", target),
+                               n_random=0, n_boot=200, graph_model=gm)
+        times.setdefault("search", []).append(time.perf_counter() - start)
+        forwards["search"] = sum(found.forwards.values())  # curves include model and empty
+    best = {k: min(v) for k, v in times.items()}
+    s = found.search
+    return {"times_s": times, "best_s": best, "n_prompts": len(task),
+            "ratio": best["search"] / best["curve"], "forwards": forwards,
+            "forward_ratio": forwards["search"] / forwards["curve"],
+            "chosen_edges": int(found.chosen.size), "chosen_f": found.chosen_faithfulness,
+            "ranking": s.ranking, "reached": s.reached, "bisection_forwards":
+            found.forwards.get("search", 0)}
+
+
 def suite(quick: bool = False) -> tuple[list[dict], dict]:
     """Rows for ``python -m bench`` and the raw result."""
     res = measure(4 if quick else 16)
@@ -84,7 +130,25 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n-prompts", type=int, default=16)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--search", action="store_true",
+                        help="the faithfulness search against one curve (see the docstring)")
+    parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args(argv)
+    if args.search:
+        res = measure_search(args.n_prompts, args.repeats)
+        best = res["best_s"]
+        print(f"{res['n_prompts']} IOI prompts, SmolLM2-135M fp32, EAP-IG scores")
+        print(f"one faithfulness curve:        {best['curve']:8.2f} s  "
+              f"({res['forwards']['curve']} patched forwards)")
+        print(f"search (faithfulness=0.8):     {best['search']:8.2f} s  "
+              f"({res['forwards']['search']} patched forwards, "
+              f"{res['bisection_forwards']} of them bisection)")
+        print(f"ratio: {res['ratio']:.2f}x time, {res['forward_ratio']:.2f}x forwards "
+              f"(target <= 3x); chosen {res['chosen_edges']} edges, faithfulness "
+              f"{res['chosen_f']:.3f}, {res['ranking']} ranking, reached {res['reached']}")
+        if args.json:
+            args.json.write_text(json.dumps(res, indent=2, default=float))
+        return 0
     res = measure(args.n_prompts)
     best = res["best_s"]
     print(f"{res['n_prompts']} IOI prompts, SmolLM2-135M fp32, {res['n_edges']} edges, "

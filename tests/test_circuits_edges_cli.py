@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import networkx as nx
 import numpy as np
+import pytest
 import pyarrow.parquet as pq
 
 from circuits.effects import spearman
@@ -30,7 +31,7 @@ def test_edge_level_run_writes_tables_graphml_and_overlap(capsys, tmp_path):
     assert manifest["status"] == "complete"
     t = {n: pq.read_table(run.table_path(n)).to_pandas() for n in manifest["tables"]}
     assert set(t) == {"task_metrics", "edge_scores", "circuits", "faithfulness", "overlap",
-                      "method_agreement"}
+                      "method_agreement", "edge_faithfulness_curve"}
     f = t["faithfulness"]
     full = f[(f.metric == "faithfulness") & (f.condition == "fraction=1")]
     np.testing.assert_allclose(full.value, 1.0, atol=1e-6)
@@ -65,3 +66,47 @@ def test_edge_level_refuses_a_bad_metric(capsys, tmp_path):
                          "--runs-dir", str(tmp_path / "runs"), "--task", str(task),
                          "--level", "edge", "--metric", "bleu")
     assert code != 0 and "--metric" in out + err
+
+
+def test_faithfulness_selection_records_the_search_and_its_circuit(capsys, tmp_path):
+    """--select faithfulness=T: the table's chosen circuit is the circuits table's, its
+    faithfulness equals an independent edge-patched forward of that circuit, it reaches T, and a
+    measured prefix within the search tolerance below it does not."""
+    from circuits.edges.faithfulness import CircuitEvaluator
+    from circuits.edges.forward import GraphModel
+    from circuits.edges.search import SEARCH_REL_TOL, faithfulness
+    from circuits.tasks import load_task
+    from workbench.models import load_model
+
+    path = write_jsonl(tmp_path / "alpha.jsonl", tiny_ioi_rows(4, seed=3))
+    runs = tmp_path / "runs"
+    code, out, err = cli(capsys, "circuits", "--model", "tiny-llama", "--device", "cpu",
+                         "--runs-dir", str(runs), "--no-progress", "--task", str(path),
+                         "--level", "edge", "--method", "eap", "--n-boot", "50",
+                         "--select", "faithfulness=0.5", "--n-random", "2")
+    assert code == 0, err
+    [(run, manifest)] = list_runs(runs)
+    curve = pq.read_table(run.table_path("edge_faithfulness_curve")).to_pandas()
+    circ = pq.read_table(run.table_path("circuits")).to_pandas()
+    one = curve.set_index("metric")
+    size = int(one.loc["chosen_size", "value"])
+    members = circ[circ.metric == "edge_member"].condition.tolist()
+    assert len(members) == size
+    model = load_model("tiny-llama", device="cpu")
+    task = load_task(str(path), model)
+    gm = GraphModel(model)
+    names = gm.graph.edge_names()
+    index = np.sort([names.index(m) for m in members])
+    ev = CircuitEvaluator(model, task, metric="logit_diff", ablation="corrupted", graph_model=gm)
+    want = faithfulness(ev([index])[0], ev.model, ev.empty)
+    assert one.loc["chosen_faithfulness", "value"] == pytest.approx(want, rel=1e-6, abs=1e-9)
+    points = curve[curve.metric == "faithfulness_normalised"]
+    sizes = points.condition.str.removeprefix("size=").astype(int).to_numpy()
+    f = points.value.to_numpy()
+    assert f[sizes == size][0] == pytest.approx(want, rel=1e-6, abs=1e-9)
+    if one.loc["reached", "value"] == 1:
+        assert want >= 0.5
+        below = sizes[(f < 0.5) & (sizes < size)]
+        assert below.size and size - below.max() <= max(1, SEARCH_REL_TOL * size) + size * 0.5
+    draws = curve[curve.metric == "faithfulness_random_draw"]
+    assert len(draws) == 2 * curve[curve.metric == "faithfulness_random"].shape[0]

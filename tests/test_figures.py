@@ -17,6 +17,7 @@ from scipy import stats
 from tests.conftest import ROOT
 from tests.figure_fixture import ALPHAS, N_HEADS, N_LAYERS, PROMPTS, fixture_table, make_run
 from tests.pruning_fixture import pruning_plots
+from tests.test_figures_edges import edge_plots
 from workbench.figures import (FIGURE_SETS, DRAWERS, FigureOptions, Plot, RunSource,
                                atlas_grid, attention_pattern, attention_text, by_depth,
                                circuit_graph, distribution, dose_response, faithfulness_bars,
@@ -317,6 +318,7 @@ def fixture_plots(tmp_path) -> list[Plot]:
     plots.append(atlas_grid(atlas_frame(), [{"name": "sink", "label": "sink head"},
                                             {"name": "induction", "label": "induction head"}]))
     plots += pruning_plots()
+    plots += edge_plots()
     pattern = np.tril(np.full((2, 2, 3, 3), 1 / 3))  # live views (app Live pattern page)
     plots.append(pattern_grid(pattern, ["a", " b", "\n"]))
     plots.append(attention_text(["a", " b", "\n"], [0.5, 0.25, 0.25], 2, "layer 0, head 0"))

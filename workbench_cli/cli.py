@@ -164,8 +164,8 @@ def circuits(
         "path; edge level: eap-ig (default) or eap."),
     select: Optional[str] = typer.Option(
         None, "--select", metavar="RULE", help="Circuit selection: node level top_k=N (default 20), "
-        "top_percent=P or threshold=S; edge level top_n=N, top_percent=P (default 1) or "
-        "threshold=S."),
+        "top_percent=P or threshold=S; edge level faithfulness=T (default 0.8: the smallest "
+        "faithful prefix), top_n=N, top_percent=P or threshold=S."),
     level: str = typer.Option("node", "--level", metavar="LEVEL",
                               help="node (heads) or edge (the computational graph's edges: EAP / "
                                    "EAP-IG, faithfulness curves)."),
@@ -173,9 +173,14 @@ def circuits(
                                help="Edge level: logit_diff, prob or kl."),
     ablation: str = typer.Option("corrupted", "--ablation", metavar="ABLATION",
                                  help="Edge level: corrupted, mean, resample or zero."),
-    ig_steps: int = typer.Option(5, "--ig-steps", metavar="N", help="Edge level: EAP-IG steps."),
+    ig_steps: int = typer.Option(5, "--ig-steps", metavar="N",
+                                 help="Edge level: EAP-IG steps (1 to 64)."),
+    ig_rule: str = typer.Option("right", "--ig-rule", metavar="RULE",
+                                help="Edge level: EAP-IG Riemann sum, right (k = 1..m, ends at "
+                                     "the clean run) or left (k = 0..m-1, the released EAP-IG "
+                                     "code's)."),
     n_boot: int = typer.Option(1000, "--n-boot", metavar="N",
-                               help="Edge level: bootstrap resamples."),
+                               help="Edge level: bootstrap resamples (1 to 10000)."),
     n_prompts: Optional[int] = typer.Option(32, "--n-prompts", metavar="N",
                                             help="Use the first N prompts of each task."),
     direction: str = typer.Option("corrupted_into_clean", "--direction", metavar="DIRECTION",
@@ -191,7 +196,8 @@ def circuits(
     receiver_input: str = typer.Option("qkv", "--receiver-input", metavar="INPUTS",
                                        help="Path patching: receiver inputs (q, k, v, qkv ...)."),
     n_random: int = typer.Option(3, "--n-random", metavar="N",
-                                 help="Random circuits for the faithfulness baseline."),
+                                 help="Random circuits for the faithfulness baseline (edge "
+                                      "level: per curve size, 0 to 100)."),
     mean_prompts: Optional[int] = typer.Option(
         None, "--mean-prompts", metavar="N", help="Corrupted prompts the ablation means average "
         "over (default: every prompt of the task file)."),
@@ -221,6 +227,7 @@ def circuits(
     progress: bool = PROGRESS,
 ) -> None:
     """Find each task's circuit (per-head effects, selection, faithfulness) and their overlap."""
+    from circuits.levels import check_level_options
     from circuits.run import (CircuitsOptions, check_options, execute_circuits, load_tasks,
                               report)
 
@@ -229,15 +236,12 @@ def circuits(
         raise InputError("--resume: edge-level runs cannot resume yet; rerun without --resume "
                          "(and --overwrite to replace the interrupted run)")
     positions = ",".join(positions)  # the circuits package takes the comma form
-    if level not in ("node", "edge"):
-        raise InputError(f"--level {level!r} is not one of node, edge")
+    check_level_options(level, locals())  # an option of the other level: refused, not ignored
     from circuits.tasks import resolve_task
     from workbench.prompts import load_prompt_set
 
     prompt_sets = {resolve_task(spec_)[0]: load_prompt_set(resolve_task(spec_)[1])
                    for spec_ in task}  # an unknown task or a bad file fails before the model loads
-    if ioi_classes and level == "edge":
-        raise InputError("--ioi-classes applies at --level node (head classes), not edge")
     if ioi_classes:
         from circuits.ioi_run import check_ioi_prompts
 
@@ -247,6 +251,7 @@ def circuits(
 
         edge_options = check_edge_options(method or ["eap-ig"], select, metric=metric,
                                           ablation=ablation, ig_steps=ig_steps, n_boot=n_boot,
+                                          ig_rule=ig_rule, n_random=n_random,
                                           batch_size=batch_size or 1, runs_dir=runs_dir,
                                           run_id=run_id, overwrite=overwrite, progress=progress)
         loaded = _load(model, strict_parity, device=device, dtype=dtype, prepend_bos=prepend_bos)

@@ -46,29 +46,31 @@ def _common(runs_dir: Any, run_id: Any, resume: Any, overwrite: Any, progress: A
 
 
 def circuits(model: Any, tasks: Sequence[str] | str, *,
-             methods: Sequence[str] | str = ("attribution",), select: str = "top_k=20",
+             methods: Sequence[str] | str | None = None, select: str | None = None,
              n_prompts: int | None = 32, direction: str = "corrupted_into_clean",
              positions: str = "all", batch_size: int = 16, heads_per_forward: int | None = None,
              stages: int = 2, receiver_input: str = "qkv", n_random: int = 3,
              mean_prompts: int | None = None, heads: str | None = None, spot_check: int = 20,
              both_directions: bool = False, grids: str | None = None, dla: bool = False,
-             ioi_classes: bool = False,
-             level: str = "node", metric: str = "logit_diff", ablation: str = "corrupted",
-             ig_steps: int = 5, n_boot: int = 1000,
-             runs_dir: Path | str | None = None, run_id: str | None = None,
+             ioi_classes: bool = False, level: str = "node", metric: str = "logit_diff",
+             ablation: str = "corrupted", ig_steps: int = 5, ig_rule: str = "right",
+             n_boot: int = 1000, runs_dir: Path | str | None = None, run_id: str | None = None,
              overwrite: bool = False, resume: bool = False, progress: bool = False) -> Results:
     """``workbench circuits`` (same options, same tables): per-head effects, circuits,
     faithfulness and overlap for ``tasks`` (a name or file, or a list of them: ``"ioi"`` is one
     task); ``heads="23.3,20.0"`` restricts the methods to those heads, ``spot_check``,
-    ``both_directions``, ``grids``, ``dla`` and ``ioi_classes`` as the CLI options of the same names;
-    ``level="edge"`` with ``methods`` ``eap-ig``/``eap``, ``metric``, ``ablation``,
-    ``ig_steps``, ``n_boot`` and ``select`` (``top_percent=1`` by default there) as
-    ``workbench circuits --level edge``.
+    ``both_directions``, ``grids``, ``dla`` and ``ioi_classes`` as the CLI options of the same
+    names. ``level="edge"``: edge circuits (``methods`` ``eap-ig`` / ``eap``, ``select`` default
+    ``faithfulness=0.8``, ``metric``, ``ablation``, ``ig_steps``, ``ig_rule``, ``n_boot``; see
+    ``docs/methods-edges.md``). An option of the other level set to anything but its default is
+    refused (:mod:`circuits.levels`).
 
     Raises:
-        InputError: an unknown task or method, a bad option or argument type (before the model
-            loads; numbers against the CLI's bounds, :mod:`workbench.bounds`).
+        InputError: an unknown task or method, a bad option or argument type, an option of the
+            other level (before the model loads; numbers against the CLI's bounds,
+            :mod:`workbench.bounds`).
     """
+    from circuits.levels import check_level_options
     from circuits.run import check_options, execute_circuits, load_tasks
     from circuits.tasks import resolve_task
     from workbench.bounds import check, flag, names, text
@@ -76,35 +78,34 @@ def circuits(model: Any, tasks: Sequence[str] | str, *,
     from workbench.prompts import load_prompt_set
 
     tasks = names(tasks, "tasks", allow_empty=False)
-    methods = names(methods, "methods", allow_empty=False)
+    methods = None if methods is None else names(methods, "methods", allow_empty=False)
     check("circuits", n_prompts=n_prompts, batch_size=batch_size,
           heads_per_forward=heads_per_forward, stages=stages, n_random=n_random,
           mean_prompts=mean_prompts, spot_check=spot_check, ig_steps=ig_steps, n_boot=n_boot)
-    for name, value in (("select", select), ("direction", direction), ("positions", positions),
+    for name, value in (("direction", direction), ("positions", positions),
                         ("receiver_input", receiver_input), ("level", level),
-                        ("metric", metric), ("ablation", ablation)):
+                        ("metric", metric), ("ablation", ablation), ("ig_rule", ig_rule)):
         text(value, name, optional=False)
-    heads, grids = text(heads, "heads"), text(grids, "grids")
+    select, heads, grids = text(select, "select"), text(heads, "heads"), text(grids, "grids")
+    flag(ioi_classes, "ioi_classes")
     _common(runs_dir, run_id, resume, overwrite, progress)
-    if level not in ("node", "edge"):
-        raise InputError(f"level={level!r} is not one of node, edge")
+    check_level_options(level, locals())
     if resume and level == "edge":
         raise InputError("resume=True: edge-level runs cannot resume yet")
-    flag(ioi_classes, "ioi_classes")
     prompt_sets = {resolve_task(spec)[0]: load_prompt_set(resolve_task(spec)[1]) for spec in tasks}
-    if ioi_classes and level == "edge":
-        raise InputError("ioi_classes=True applies at level='node' only")
     if ioi_classes:
         from circuits.ioi_run import check_ioi_prompts
 
         check_ioi_prompts(prompt_sets)
     if level == "edge":
-        return _edge_circuits(model, tasks, methods, select, metric=metric, ablation=ablation,
-                              ig_steps=ig_steps, n_boot=n_boot, n_prompts=n_prompts,
+        return _edge_circuits(model, tasks, methods, select, n_prompts=n_prompts,
+                              metric=metric, ablation=ablation, ig_steps=ig_steps,
+                              ig_rule=ig_rule, n_boot=n_boot, n_random=n_random,
                               batch_size=batch_size, runs_dir=runs_dir, run_id=run_id,
                               overwrite=overwrite, progress=progress)
     with _folder(runs_dir) as folder:
-        options = check_options(methods, select, direction=direction, positions=positions,
+        options = check_options(list(methods or ["attribution"]), select or "top_k=20",
+                                direction=direction, positions=positions,
                                 batch_size=batch_size, heads_per_forward=heads_per_forward,
                                 stages=stages, receiver_input=receiver_input,
                                 n_random=n_random, mean_prompts=mean_prompts, heads=heads,
@@ -118,27 +119,22 @@ def circuits(model: Any, tasks: Sequence[str] | str, *,
         return Results.of(execute_circuits(loaded, found, options))
 
 
-def _edge_circuits(model: Any, tasks: list[str], methods: list[str], select: str, *,
-                   metric: str, ablation: str, ig_steps: int, n_boot: int,
-                   n_prompts: int | None, batch_size: int, runs_dir: Any, run_id: Any,
-                   overwrite: bool, progress: bool) -> Results:
+def _edge_circuits(model: Any, tasks: list[str], methods: Sequence[str] | None,
+                   select: str | None, *,
+                   n_prompts: int | None, runs_dir: Path | str | None, **options: Any
+                   ) -> Results:
     """``workbench circuits --level edge`` (:mod:`circuits.edges.run`), in memory or in
     ``runs_dir``."""
     from circuits.edges.run import check_edge_options, execute_edge_circuits
     from circuits.run import load_tasks
     from workbench.models import as_loaded
 
-    if methods == ["attribution"]:  # the node-level default: the edge level's is eap-ig
-        methods = ["eap-ig"]
-    select = None if select == "top_k=20" else select  # ditto: the edge default is top_percent=1
     with _folder(runs_dir) as folder:
-        options = check_edge_options(methods, select, metric=metric, ablation=ablation,
-                                     ig_steps=ig_steps, n_boot=n_boot, batch_size=batch_size,
-                                     runs_dir=folder, run_id=run_id, overwrite=overwrite,
-                                     progress=progress)
+        edge = check_edge_options(list(methods or ["eap-ig"]), select, runs_dir=folder,
+                                  **options)
         loaded = as_loaded(model)
         found = load_tasks(tasks, loaded, n_prompts=n_prompts, positions=None)
-        return Results.of(execute_edge_circuits(loaded, found, options))
+        return Results.of(execute_edge_circuits(loaded, found, edge))
 
 
 def intervene(model: Any, prompt_set: Any, spec: Any, *, sweep: str | None = None,

@@ -76,14 +76,17 @@ def template_groups(task) -> list[list[int]]:
 class AblationSource:
     """Ablated sender outputs of a task's prompts, ``[n_senders, pos, d_model]`` per prompt.
 
-    ``corrupted`` and ``zero`` are computed per batch on demand; ``mean`` and ``resample`` run the
-    corrupted prompts once up front and keep every prompt's sender outputs (float32, CPU-sized:
-    ``n_prompts x pos x n_senders x d_model``).
+    ``corrupted`` and ``zero`` are computed per batch on demand (``cache=True``: ``corrupted``
+    batches are kept after their first use, for callers that patch the same batches many times,
+    e.g. the faithfulness search); ``mean`` and ``resample`` run the corrupted prompts once up
+    front and keep every prompt's sender outputs (float32, CPU-sized: ``n_prompts x pos x
+    n_senders x d_model``).
     """
 
-    def __init__(self, gm, task, ablation: str, batch_size: int):
+    def __init__(self, gm, task, ablation: str, batch_size: int, *, cache: bool = False):
         check_ablation(ablation)
         self.gm, self.task, self.ablation = gm, task, ablation
+        self.cache: dict[tuple, Tensor] | None = {} if cache else None
         self.per_prompt: dict[int, Tensor] = {}
         if ablation in ("mean", "resample"):
             outs = {}
@@ -104,8 +107,14 @@ class AblationSource:
         """``[batch, n_senders, pos, d_model]`` ablated outputs of a task batch (padding: 0)."""
         gm = self.gm
         if self.ablation == "corrupted":
-            with torch.no_grad():
-                out = gm.sender_outputs(gm.embed(tb.corrupted.input_ids))
+            key = tuple(int(i) for i in tb.index)
+            if self.cache is not None and key in self.cache:
+                out = self.cache[key]
+            else:
+                with torch.no_grad():
+                    out = gm.sender_outputs(gm.embed(tb.corrupted.input_ids))
+                if self.cache is not None:
+                    self.cache[key] = out
             return out if dtype is None else out.to(dtype)
         b, p = tb.clean.input_ids.shape
         d = gm.w_u.shape[1]

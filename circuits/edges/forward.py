@@ -289,7 +289,9 @@ class GraphModel:
 
         Args:
             steps: ``[batch, pos, d_model]`` embeddings (the embedding sender's output), one tensor
-                or several (one run each).
+                or an iterable of several (one run each, read one at a time; memory still grows
+                with the number of steps: per layer one ``[batch, pos, d_model]`` input is kept
+                per step).
             last_pos: ``[batch]`` position whose logits ``metric`` reads.
             metric: ``[batch, vocab]`` logits -> ``[batch]`` values (differentiable).
             outputs: also return every sender's output in the first run (as :meth:`run` does).
@@ -299,13 +301,15 @@ class GraphModel:
             n_receivers, pos, d_model]`` (receiver order of :class:`EdgeGraph`); ``logits``,
             ``values`` and ``outs`` of the first run.
         """
-        steps = [steps] if isinstance(steps, Tensor) else list(steps)
+        steps = [steps] if isinstance(steps, Tensor) else steps  # an iterable: read lazily
         h, k = self.n_heads, self.n_kv
         acc: list[dict] = [{"qkv": 0.0, "coef": [], "x": [], "mlp": 0.0, "w": None}
                            for _ in self.layers]
         last_acc: Tensor | float = 0.0
         first_run = None
+        n = 0
         for i, embeds in enumerate(steps):
+            n += 1
             run = self._gradient_run(embeds, last_pos, metric, outputs and i == 0)
             first_run = first_run or run
             for layer, lw in enumerate(self.layers):
@@ -320,7 +324,9 @@ class GraphModel:
                 a["x"].append(run.attn_in[layer])
                 a["mlp"] = a["mlp"] + gm
             last_acc = last_acc + run.final_grad
-        n, g = len(steps), self.graph
+        if not n:
+            raise ValueError("receiver_gradients needs at least one step")
+        g = self.graph
         x0 = acc[0]["x"][0]
         b, p, d = x0.shape
         grads = x0.new_empty(b, g.n_receivers, p, d)

@@ -27,29 +27,36 @@ from circuits.edges.forward import GraphModel
 from circuits.edges.graph import EdgeGraph
 from workbench.errors import InputError
 
-EDGE_SELECTIONS = ("top_n", "top_percent", "threshold")
+EDGE_SELECTIONS = ("faithfulness", "top_n", "top_percent", "threshold")
 
 
 @dataclass(frozen=True)
 class EdgeSelection:
-    """``top_n`` (a count of edges), ``top_percent`` (of all edges, rounded up) or ``threshold``
-    (``|score| >= value``); edges are ranked by ``|score|``, ties by edge order."""
+    """``faithfulness`` (the smallest prefix of a ranking whose normalised faithfulness reaches
+    the value, in (0, 1]; :mod:`circuits.edges.search`), ``top_n`` (a count of edges, at
+    least 1), ``top_percent`` (of all edges, rounded up; in (0, 100]) or ``threshold`` (``|score|
+    >= value``); the last three rank edges by ``|score|``, ties by edge order."""
 
     method: str
     value: float
 
     def __post_init__(self):
         if self.method not in EDGE_SELECTIONS:
-            raise InputError(f"--select {self.method!r}: edge selection is one of "
-                             f"{', '.join(EDGE_SELECTIONS)} (e.g. top_n=200)")
-        if not math.isfinite(self.value) or self.value < 0 or (
-                self.method == "top_percent" and self.value > 100):
-            raise InputError(f"--select {self.method}={self.value} is out of range (a finite "
-                             "number >= 0; top_percent at most 100)")
+            raise InputError(f"--select {str(self.method)[:40]!r}: edge selection is one of "
+                             f"{', '.join(EDGE_SELECTIONS)} (e.g. faithfulness=0.8)")
+        v = self.value
+        ok = math.isfinite(v) and {
+            "faithfulness": 0 < v <= 1, "top_n": v >= 1 and v == int(v),
+            "top_percent": 0 < v <= 100, "threshold": v >= 0}[self.method]
+        if not ok:
+            raise InputError(f"--select {self.method}={v:g} is out of range (faithfulness in "
+                             "(0, 1], top_n a whole number >= 1, top_percent in (0, 100], "
+                             "threshold a finite number >= 0)")
 
     @classmethod
     def parse(cls, text: str) -> EdgeSelection:
-        """``"top_n=200"``, ``"top_percent=1"`` or ``"threshold=0.01"`` (``top_k`` = ``top_n``).
+        """``"faithfulness=0.8"``, ``"top_n=200"``, ``"top_percent=1"`` or ``"threshold=0.01"``
+        (``top_k`` = ``top_n``).
 
         Raises:
             InputError: a malformed string.
@@ -61,10 +68,18 @@ class EdgeSelection:
         except ValueError:
             number = float("nan")
         if not sep:
-            raise InputError(f"--select {text!r}: expected top_n=N, top_percent=P or threshold=S")
+            raise InputError(f"--select {text[:60]!r}: expected faithfulness=T, top_n=N, "
+                             "top_percent=P or threshold=S")
         return cls(name, number)
 
     def count(self, scores: np.ndarray) -> int:
+        """Edges taken by a ``top_n`` / ``top_percent`` / ``threshold`` rule.
+
+        Raises:
+            ValueError: a ``faithfulness`` selection (sized by :func:`circuits.edges.search.search`).
+        """
+        if self.method == "faithfulness":
+            raise ValueError("a faithfulness selection is sized by the search, not counted")
         n = scores.size
         if self.method == "top_n":
             return min(int(self.value), n)

@@ -10,9 +10,15 @@ the sender head where the sender is a head):
   (bootstrap interval) per edge; ``node_score`` per sender (sum of its outgoing edges);
 * ``circuits``: ``edge_member`` (value = score) per circuit edge after pruning, ``n_edges``,
   ``n_nodes``;
-* ``faithfulness``: ``faithfulness`` / ``faithfulness_low`` / ``faithfulness_high`` and
-  ``n_edges_requested`` / ``n_edges_kept`` per size (``condition`` ``fraction=x``); ``cpr``,
-  ``cmd`` with ``_low`` / ``_high``; ``metric_model`` / ``metric_empty`` (means);
+* ``faithfulness``: MIB's two curves per size (``condition`` ``fraction=x``): the ``absolute``
+  ranking's ``faithfulness`` / ``faithfulness_low`` / ``faithfulness_high``, ``n_edges_requested``
+  / ``n_edges_kept``, the ``signed`` ranking's ``faithfulness_signed`` (``_low`` / ``_high``) and
+  ``n_edges_kept_signed``; ``cpr`` (area under the signed curve) and ``cmd`` (area under ``|1 -
+  f|`` of the absolute curve) with ``_low`` / ``_high``, as MIB defines them; ``auc_absolute`` (the
+  area under the absolute curve, what this table called ``cpr`` before); ``metric_model`` /
+  ``metric_empty`` (means);
+* ``edge_faithfulness_curve``: every circuit size the faithfulness search measured, with the
+  random-circuit band and the chosen size (:func:`circuits.edges.sized.curve_rows`);
 * ``overlap`` (two or more tasks; ``segment`` ``taskA|taskB``, ``condition`` ``edges`` or
   ``nodes``): Jaccard, overlap coefficient, shared counts, the hypergeometric ``p_value`` and the
   random baseline ``expected_jaccard`` (:mod:`circuits.overlap`);
@@ -35,17 +41,18 @@ import pyarrow as pa
 from circuits.edges.ablation import UNITS as METRIC_UNITS
 from circuits.edges.ablation import check_ablation
 from circuits.edges.eap import EdgeScores, check_method, edge_scores
-from circuits.edges.faithfulness import (MIB_FRACTIONS, FaithfulnessCurve, bootstrap_mean_ci,
-                                         faithfulness_curve)
+from circuits.edges.faithfulness import MIB_FRACTIONS, FaithfulnessCurve, bootstrap_mean_ci
 from circuits.edges.forward import GraphModel
-from circuits.edges.patching import EdgeSelection, prune, top_edges
+from circuits.edges.patching import EdgeSelection
+from circuits.edges.sized import EdgeEvaluation, curve_rows, evaluate_edges
 from circuits.effects import spearman
 from circuits.overlap import overlap
+from workbench.bounds import check
 from workbench.errors import InputError, RunStateError
 from workbench.records import concat, conform, records, string_column
 from workbench.store import RunDir
 
-DEFAULT_EDGE_SELECT = "top_percent=1"
+DEFAULT_EDGE_SELECT = "faithfulness=0.8"
 UNITS = {
     "edge_score": "metric units; first-order change of the metric when the edge is ablated",
     "edge_score_low": "bootstrap percentile bound of edge_score",
@@ -54,8 +61,20 @@ UNITS = {
     "edge_member": "edge score", "n_edges": "edges", "n_nodes": "nodes",
     "faithfulness": "(m(C) - m(empty)) / (m(model) - m(empty))",
     "n_edges_requested": "edges", "n_edges_kept": "edges after pruning",
-    "cpr": "area under faithfulness over the edge fraction (MIB)",
-    "cmd": "area under |1 - faithfulness| over the edge fraction (MIB)",
+    "faithfulness_signed": "(m(C) - m(empty)) / (m(model) - m(empty)); signed ranking",
+    "n_edges_kept_signed": "edges after pruning (signed ranking)",
+    "cpr": "area under faithfulness over the edge fraction, signed ranking (MIB's CPR)",
+    "cmd": "area under |1 - faithfulness| over the edge fraction, |score| ranking (MIB's CMD)",
+    "auc_absolute": "area under faithfulness over the edge fraction, |score| ranking",
+    "faithfulness_normalised": "(m(C) - m(empty)) / (m(model) - m(empty)) of the searched ranking",
+    "search_ranking": "1 = signed, 0 = absolute (|score|)",
+    "faithfulness_random": "mean faithfulness of random edge sets of the same size",
+    "faithfulness_random_draw": "faithfulness of one random edge set of the same size",
+    "n_edges_requested_search": "edges", "on_grid": "1 = an MIB grid size, 0 = a bisection step",
+    "target": "faithfulness", "chosen_size": "edges",
+    "size_for_target": "edges; smallest measured circuit reaching the target", "chosen_faithfulness": "faithfulness",
+    "reached": "1 = the target was reached", "forwards_curves": "patched forwards",
+    "forwards_random": "patched forwards", "forwards_search": "patched forwards",
     "jaccard": "fraction", "overlap_coefficient": "fraction", "n_shared": "edges or nodes",
     "expected_jaccard": "fraction (random sets of the same sizes)", "p_value": "probability",
     "spearman": "rank correlation",
@@ -69,8 +88,10 @@ class EdgeOptions:
     metric: str = "logit_diff"
     ablation: str = "corrupted"
     ig_steps: int = 5
+    ig_rule: str = "right"
     fractions: tuple[float, ...] = MIB_FRACTIONS
     n_boot: int = 1000
+    n_random: int = 3
     batch_size: int = 16
     runs_dir: Path = Path("runs")
     run_id: str | None = None
@@ -80,22 +101,27 @@ class EdgeOptions:
 
 
 def check_edge_options(methods: list[str], select: str | None, *, metric: str, ablation: str,
-                       ig_steps: int, n_boot: int, batch_size: int, **run) -> EdgeOptions:
+                       ig_steps: int, n_boot: int, batch_size: int, ig_rule: str = "right",
+                       n_random: int = 3, **run) -> EdgeOptions:
     """Validate the edge-level command line before the model loads.
 
+    Bounds: ``--ig-steps`` 1 to :data:`circuits.edges.eap.MAX_IG_STEPS` (64); ``--n-boot``
+    (1 to 10,000: the edge intervals hold n_boot x 4096 floats at once), ``--n-random`` (0 to 100)
+    and ``--batch-size`` from the one bounds table, :data:`workbench.bounds.BOUNDS`.
+
     Raises:
-        InputError: an unknown method, metric, ablation or selection; a bad count.
+        InputError: an unknown method, metric, ablation, Riemann rule or selection; a count out of
+            its bounds.
     """
     if not methods or len(set(methods)) != len(methods):
         raise InputError(f"--method: name each edge method once (eap, eap-ig), got {methods}")
     for method in methods:
-        check_method(method, metric, ig_steps)
+        check_method(method, metric, ig_steps, ig_rule)
     check_ablation(ablation)
-    for name, value in (("--batch-size", batch_size), ("--n-boot", n_boot)):
-        if value < 1:
-            raise InputError(f"{name} must be at least 1, got {value}")
+    check("circuits", batch_size=batch_size, n_boot=n_boot, n_random=n_random)
     return EdgeOptions(methods, EdgeSelection.parse(select or DEFAULT_EDGE_SELECT), metric,
-                       ablation, ig_steps, MIB_FRACTIONS, n_boot, batch_size, **run)
+                       ablation, ig_steps, ig_rule, MIB_FRACTIONS, n_boot, n_random, batch_size,
+                       **run)
 
 
 def execute_edge_circuits(model, tasks, options: EdgeOptions) -> RunDir:
@@ -169,7 +195,8 @@ def _config(options: EdgeOptions) -> dict:
 def _compute(model, gm, tasks, options, timings, run) -> dict[str, pa.Table]:
     graph = gm.graph
     parts: dict[str, list[pa.Table]] = {k: [] for k in ("task_metrics", "edge_scores",
-                                                        "circuits", "faithfulness")}
+                                                        "circuits", "faithfulness",
+                                                        "edge_faithfulness_curve")}
     circuits: dict[str, dict[str, np.ndarray]] = {m: {} for m in options.methods}
     heads: dict[tuple[str, str], np.ndarray] = {}
     for method in options.methods:
@@ -177,16 +204,16 @@ def _compute(model, gm, tasks, options, timings, run) -> dict[str, pa.Table]:
             start = time.perf_counter()
             scores = edge_scores(model, task, method=method, metric=options.metric,
                                  ablation=options.ablation, ig_steps=options.ig_steps,
-                                 batch_size=options.batch_size, graph_model=gm)
+                                 ig_rule=options.ig_rule, batch_size=options.batch_size,
+                                 graph_model=gm)
             timings[f"{method}.{task.name}_s"] = round(time.perf_counter() - start, 3)
             start = time.perf_counter()
-            curve = faithfulness_curve(model, task, scores, fractions=options.fractions,
-                                       batch_size=options.batch_size, n_boot=options.n_boot,
-                                       graph_model=gm)
+            found = evaluate_edges(model, task, scores, options.selection,
+                                   n_random=options.n_random, n_boot=options.n_boot,
+                                   batch_size=options.batch_size, graph_model=gm)
             timings[f"faithfulness.{method}.{task.name}_s"] = round(time.perf_counter() - start,
                                                                     3)
-            chosen = prune(graph, top_edges(scores.scores,
-                                            options.selection.count(scores.scores)))
+            curve, chosen = found.absolute, found.chosen
             circuits[method][task.name] = chosen
             heads[method, task.name] = scores.head_scores()
             probe = dict(run_id=run.run_id, probe=method)
@@ -195,7 +222,8 @@ def _compute(model, gm, tasks, options, timings, run) -> dict[str, pa.Table]:
                                                      probe="task"))
             parts["edge_scores"].append(conform(_score_rows(scores, options.n_boot), **probe))
             parts["circuits"].append(conform(_circuit_rows(scores, chosen), **probe))
-            parts["faithfulness"].append(conform(_faith_rows(curve), **probe))
+            parts["faithfulness"].append(conform(_faith_rows(found), **probe))
+            parts["edge_faithfulness_curve"].append(conform(curve_rows(found), **probe))
             nx.write_graphml(graph.to_networkx(chosen, scores.scores[chosen]),
                              run.path / f"edge_circuit_{method}_{task.name}.graphml")
     tables = {k: concat(v) for k, v in parts.items()}
@@ -258,15 +286,21 @@ def _circuit_rows(scores: EdgeScores, chosen: np.ndarray) -> pa.Table:
                    records("n_nodes", len(nodes), segment=scores.task)])
 
 
-def _faith_rows(curve: FaithfulnessCurve) -> pa.Table:
+def _faith_rows(found: EdgeEvaluation) -> pa.Table:
+    curve, signed = found.absolute, found.signed
     cond = np.array([f"fraction={x:g}" for x in curve.fractions])
     out = [records(name, values, segment=curve.task, condition=cond) for name, values in (
         ("faithfulness", curve.faithfulness), ("faithfulness_low", curve.low),
         ("faithfulness_high", curve.high), ("n_edges_requested", curve.n_requested),
-        ("n_edges_kept", curve.n_kept))]
+        ("n_edges_kept", curve.n_kept), ("faithfulness_signed", signed.faithfulness),
+        ("faithfulness_signed_low", signed.low), ("faithfulness_signed_high", signed.high),
+        ("n_edges_kept_signed", signed.n_kept))]
+    out += [records(name, getattr(signed, name), segment=curve.task) for name in (
+        "cpr", "cpr_low", "cpr_high")]
     out += [records(name, getattr(curve, name), segment=curve.task) for name in (
-        "cpr", "cpr_low", "cpr_high", "cmd", "cmd_low", "cmd_high")]
-    out += [records("metric_model", curve.model.mean(), segment=curve.task),
+        "cmd", "cmd_low", "cmd_high")]
+    out += [records("auc_absolute", curve.cpr, segment=curve.task),
+            records("metric_model", curve.model.mean(), segment=curve.task),
             records("metric_empty", curve.empty.mean(), segment=curve.task)]
     return concat(out)
 
@@ -297,6 +331,12 @@ def _overlap_rows(graph, circuits: dict[str, np.ndarray]) -> pa.Table:
     return concat(out)
 
 
+def graph_edges(rows) -> float:
+    """The largest requested prefix in a curve's rows (the search's cap: every edge)."""
+    req = rows[rows.metric == "n_edges_requested"].value
+    return float(req.max()) if len(req) else float("nan")
+
+
 def edge_report(run: RunDir) -> str:
     """Plain-text summary: faithfulness areas per method and task, overlap, agreement."""
     faith = run.read_table("faithfulness").to_pandas()
@@ -308,17 +348,45 @@ def edge_report(run: RunDir) -> str:
             rows = rows[rows[k] == v]
         return float(rows.value.iloc[0]) if len(rows) else float("nan")
 
-    lines = ["edge circuits: method task: CPR [95% CI], CMD [95% CI]; circuit edges / nodes; "
-             "faithfulness by edge fraction"]
+    sized = run.read_table("edge_faithfulness_curve").to_pandas() \
+        if "edge_faithfulness_curve" in run.tables() else None
+    selection = run.read_manifest().get("config_key", {}).get("selection", "")
+    lines = [f"edge circuits ({selection}): method task: circuit edges / nodes, faithfulness "
+             "[95% CI] against random edge sets of that size (mean); CPR (signed ranking) and "
+             "CMD (|score| ranking) [95% CI]; faithfulness by edge fraction, signed | |score|"]
     for (probe, task), f in faith.groupby(["probe", "segment"], sort=False):
         c = circ[(circ.probe == probe) & (circ.segment == task)]
         curve = f[f.metric == "faithfulness"]
-        pts = ", ".join(f"{cond.split('=')[1]}:{v:.2f}" for cond, v in
-                        zip(curve.condition, curve.value))
-        lines.append(f"  {probe} {task}: CPR {val(f, 'cpr'):.3f} [{val(f, 'cpr_low'):.3f}, "
-                     f"{val(f, 'cpr_high'):.3f}], CMD {val(f, 'cmd'):.3f} "
-                     f"[{val(f, 'cmd_low'):.3f}, {val(f, 'cmd_high'):.3f}]; "
-                     f"{int(val(c, 'n_edges'))} / {int(val(c, 'n_nodes'))}; {pts}")
+        signed = dict(zip(f[f.metric == "faithfulness_signed"].condition,
+                          f[f.metric == "faithfulness_signed"].value))
+        pts = ", ".join(f"{cond.split('=')[1]}: {signed.get(cond, float('nan')):.2f} | {v:.2f}"
+                        for cond, v in zip(curve.condition, curve.value))
+        chosen = f"{int(val(c, 'n_edges'))} / {int(val(c, 'n_nodes'))}"
+        note = None
+        if sized is not None:
+            e = sized[(sized.probe == probe) & (sized.segment == task)]
+            size = int(val(e, "chosen_size"))
+            ci = ""
+            if not np.isnan(val(e, "target")):
+                point = e[e.condition == f"size={size}"]
+                ci = (f" [{val(point, 'faithfulness_normalised_low'):.2f}, "
+                      f"{val(point, 'faithfulness_normalised_high'):.2f}]")
+                if not val(e, "reached"):
+                    note = (f"    no circuit of up to {int(graph_edges(e))} edges reaches "
+                            f"faithfulness {val(e, 'target'):g}; kept the best measured")
+            ranking = "" if np.isnan(val(e, "search_ranking")) else \
+                (" (signed ranking)" if val(e, "search_ranking") == 1 else " (|score| ranking)")
+            control = "no random control (--n-random 0)" if np.isnan(
+                val(e, "chosen_random_mean")) else f"random {val(e, 'chosen_random_mean'):.2f}"
+            chosen += (f"{ranking}, faithfulness {val(e, 'chosen_faithfulness'):.2f}{ci} "
+                       f"({control})")
+        lines.append(f"  {probe} {task}: {chosen}; CPR {val(f, 'cpr'):.3f} "
+                     f"[{val(f, 'cpr_low'):.3f}, {val(f, 'cpr_high'):.3f}], CMD "
+                     f"{val(f, 'cmd'):.3f} [{val(f, 'cmd_low'):.3f}, {val(f, 'cmd_high'):.3f}], "
+                     f"area under the |score| curve {val(f, 'auc_absolute'):.3f}")
+        if note:
+            lines.append(note)
+        lines.append(f"    {pts}")
     if "overlap" in run.tables():
         ov = run.read_table("overlap").to_pandas()
         lines.append("overlap: level: Jaccard (random baseline), shared, p")

@@ -89,6 +89,8 @@ KIND_TITLES = {
     "pattern": "attention pattern (query_pos x key_pos)", "dose_response": "dose-response",
     "distribution": "histogram", "overlap": "task x task overlap", "circuit": "circuit graph",
     "digraph": "weighted graph", "faithfulness": "circuit faithfulness",
+    "edge_curve": "size-faithfulness curve of edge circuits",
+    "edge_circuit": "edge circuit graph",
 }
 
 
