@@ -30,6 +30,7 @@ EXAMPLES = {
     "both_directions": (["--both-directions"], True),
     "grids": (["--grids", "all"], "all"),
     "dla": (["--dla"], True),
+    "ioi_classes": (["--ioi-classes"], True),
     "metric": (["--metric", "prob"], "prob"),
     "ablation": (["--ablation", "mean"], "mean"),
     "ig_steps": (["--ig-steps", "3"], 3),
