@@ -6,7 +6,7 @@ from circuits.components import report_lines
 from workbench.store import RunDir
 
 PROBE = {"activation": "activation_patching", "attribution": "attribution_patching",
-         "path": "path_patching"}
+         "path": "path_patching", "eap-ig": "eap_ig_nodes"}
 
 
 def report(run: RunDir) -> str:
