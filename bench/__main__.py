@@ -16,7 +16,9 @@ Benchmarks (each module also runs alone, ``python -m bench.<name> --help``):
 * ``importance``: Michel head importance over 64 natural-text prompts against one forward +
   backward pass, and 200 steps of L0 gate training;
 * ``edges``: EAP and EAP-IG edge scores (IOI, 16 prompts) against one forward + backward, and a
-  10-point faithfulness curve.
+  10-point faithfulness curve;
+* ``circuit_search``: the whole ``--select faithfulness=0.8`` search (curve, bisection,
+  refinement) against one faithfulness curve (IOI, 32 prompts).
 
 ``--quick`` runs every benchmark on a small shape for smoke testing; its numbers are not for
 reporting. Run the full suite on a quiet machine: ratios are measured within one run.
@@ -36,7 +38,7 @@ import traceback
 from pathlib import Path
 
 BENCHMARKS = ("probe_pass", "atlas", "memory", "patching", "sweep", "app_load", "importance",
-              "edges")
+              "edges", "circuit_search")
 
 
 def machine() -> dict:

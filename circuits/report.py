@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from circuits.components import report_lines
+from circuits.sized import report_lines as sized_report_lines
 from workbench.store import RunDir
 
 PROBE = {"activation": "activation_patching", "attribution": "attribution_patching",
@@ -53,6 +54,7 @@ def report(run: RunDir) -> str:
                          "alone): " + ", ".join(
                              f"{int(r.layer)}.{int(r.head)}->{r.condition.split('=', 1)[1]} "
                              f"{r.value:+.3f}" for r in edges.itertuples()))
+    lines += sized_report_lines(frame("circuit_search"), frame("faithfulness_curve"))
     ov = frame("overlap")
     if ov is not None:
         lines.append("overlap: shared, Jaccard, overlap coefficient, expected shared, "

@@ -271,3 +271,43 @@ UNITS = {
 
 __all__ = ["MLP", "SizedCircuit", "SizingOptions", "check_held_out", "curve_rows", "format_node",
            "search_rows", "size_circuit", "subset"]
+
+
+def report_lines(search, curve) -> list[str]:
+    """Report lines of the ``circuit_search`` and ``faithfulness_curve`` tables (pandas frames or
+    ``None``): per (method, task) the chosen size and faithfulness, the refinement's cost, the
+    held-out check, and the curve with the random band."""
+    if search is None:
+        return []
+    lines = ["faithfulness-sized circuits (normalised faithfulness f = (circuit - empty) / "
+             "(model - empty); random: mean +- sd of random circuits of the size)"]
+    for (probe, task), rows in search.groupby(["probe", "segment"], sort=False):
+        v = {r.metric: r.value for r in rows[rows.condition.isna()].itertuples()}
+        reached = "reached" if v["reached"] else "NOT reached (kept the most faithful)"
+        line = (f"  {probe} {task}: target {v['target']:g} {reached}; prefix "
+                f"{int(v['prefix_size'])} nodes f = {v['prefix_faithfulness']:.3f}; refined "
+                f"{int(v['size'])} nodes f = {v['faithfulness_normalised']:.3f} "
+                f"(+{int(v['n_added'])} -{int(v['n_removed'])}); evaluations: curve "
+                f"{v['evaluations_curve']:.0f}, search {v['evaluations_search']:.0f}, refine "
+                f"{v['evaluations_refine']:.1f} ({int(v['forwards_refine'])} forwards), random "
+                f"{v['evaluations_random']:.0f}")
+        lines.append(line)
+        if "held_out_faithfulness_normalised" in v:
+            lines.append(f"    held out ({int(v['held_out_prompts'])} prompts not used to find "
+                         f"it): f = {v['held_out_faithfulness_normalised']:.3f} "
+                         f"[{v['held_out_faithfulness_normalised_lo']:.3f}, "
+                         f"{v['held_out_faithfulness_normalised_hi']:.3f}]; circuit/model "
+                         f"{v['held_out_faithfulness']:.3f} (random circuits "
+                         f"{v['held_out_random']:.3f})")
+        if curve is not None:
+            c = curve[(curve.probe == probe) & (curve.segment == task)]
+            f = {int(r.condition[5:]): r.value for r in
+                 c[c.metric == "faithfulness_normalised"].itertuples()}
+            mean = {int(r.condition[5:]): r.value for r in
+                    c[c.metric == "faithfulness_random_mean"].itertuples()}
+            sd = {int(r.condition[5:]): r.value for r in
+                  c[c.metric == "faithfulness_random_sd"].itertuples()}
+            lines.append("    curve: " + ", ".join(
+                f"{k}: {f[k]:.2f}" + (f" ({mean[k]:+.2f}+-{sd[k]:.2f})" if k in mean else "")
+                for k in sorted(f) if k))
+    return lines
