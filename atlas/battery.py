@@ -175,8 +175,8 @@ def check_inputs(options: AtlasOptions) -> dict[str, Any]:
                                  f"{' and '.join(sorted(tasks))}; a task named {name!r} would "
                                  f"label no head. Name its file {'.jsonl or '.join(sorted(tasks))}"
                                  f".jsonl, or study it with `workbench circuits --task {task}`")
-            check_task_file(path, options.n_prompts, options.held_out or 0,
-                            where=f"--task {task}")
+            held = held_out_prompts(options, len(load_prompt_set(path)))
+            check_task_file(path, options.n_prompts, held, where=f"--task {task}")
     return sets
 
 
