@@ -5,6 +5,8 @@ Each method scores heads on a task and selects a circuit with a :class:`Selectio
 * ``activation``: activation patching of every head (:mod:`circuits.patching`), then select;
 * ``attribution``: attribution patching (EAP, :mod:`circuits.attribution`), then select; its top
   ``spot_check`` heads are measured by activation patching (:mod:`circuits.spot_check`);
+* ``eap-ig``: EAP-IG node scores (:mod:`circuits.node_eap`: the sum of a node's outgoing edge
+  scores), then select;
 * ``path``: path patching in stages as in Wang et al. and Merullo et al.
   (:mod:`circuits.path_patching`): stage 1 scores every head as a sender to the logits and
   selects; stage ``s + 1`` scores every head as a sender to the query/key/value of the heads newly

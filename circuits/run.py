@@ -28,6 +28,9 @@ units in ``run.json``):
   :mod:`circuits.components`.
 * ``method_agreement`` (with two or more methods): ``spearman`` of the per-head scores (path
   patching: stage 1) per task, ``condition`` = ``"methodA~methodB"``.
+* ``faithfulness_curve`` and ``circuit_search`` (``--select faithfulness=F``): the size-faithfulness
+  curve with its random band, and the search, refinement and held-out check
+  (:mod:`circuits.sized`).
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ held-out prompts, and the tables that record it.
 For one (method, task): the method's scores rank the nodes (:func:`circuits.search.ranking`; heads,
 or heads and MLPs with ``--nodes heads,mlps``), :func:`circuits.search.smallest_prefix` finds the
 smallest prefix reaching the target (the faithfulness curve on a geometric grid, then bisection),
-:func:`circuits.search.random_band` draws random circuits at each grid size, and
+:func:`circuits.search.random_band` draws random circuits at the grid's powers of two and the
+cap (:func:`band_sizes`), and
 :func:`circuits.refine.refine` prunes and extends the prefix. ``held_out`` prompts of the task file
 that follow the scored ones (never used to rank, size or refine) measure the chosen circuit again
 (:func:`circuits.discovery.faithfulness`, with its bootstrap interval and random circuits).
@@ -21,7 +22,9 @@ Tables (record schema; ``probe`` = the method, ``segment`` = the task):
   ``held_out_prompts`` and, with held-out prompts, ``held_out_faithfulness``,
   ``held_out_faithfulness_normalised`` with ``_lo`` / ``_hi`` and ``held_out_random``;
   ``refine_step`` rows (``layer``/``head`` the node, MLP: head -1; ``condition``
-  ``add|remove;step=i``; value = ``f`` after the step).
+  ``add|remove;step=i``; value = ``f`` after the step); with ``--nodes heads,mlps``,
+  ``mlp_member`` (1 per MLP in the circuit) and ``mlp_score`` per MLP (``layer``), the MLPs' place
+  in the ranking.
 """
 
 from __future__ import annotations
@@ -113,6 +116,12 @@ class SizedCircuit:
         return line
 
 
+def band_sizes(grid: list[int], cap: int) -> list[int]:
+    """The curve's sizes that get random circuits: the powers of two and the cap (every other
+    size of the default sqrt-2 grid: half the cost of a band at every size)."""
+    return [s for s in grid if s == cap or (s & (s - 1)) == 0]
+
+
 def subset(task: Task, start: int, stop: int | None = None) -> Task:
     """The task's prompts ``start:stop`` (same name and files)."""
     cut = slice(start, stop)
@@ -154,7 +163,7 @@ def size_circuit(model, task: Task, method: str, head_scores: np.ndarray, target
     search = smallest_prefix(prefix_evaluator(ev, order), target, cap)
     grid_cost = len(search.grid)
     before_random = ev.evaluations
-    band = random_band(ev, search.grid, n_random, seed=seed)
+    band = random_band(ev, band_sizes(search.grid, cap), n_random, seed=seed)
     evaluations_random = ev.evaluations - before_random
     start = order[:search.chosen]
     refined = refine(ev, start, order, target, options.refine)
@@ -267,6 +276,7 @@ UNITS = {
     "97.5th bootstrap percentile", "held_out_random": "faithfulness of random circuits of equal "
     "size on the held-out prompts (circuit / model)",
     "refine_step": "normalised faithfulness after the step",
+    "mlp_score": "the MLP's score (same method and unit as the heads' score; --nodes heads,mlps)",
 }
 
 __all__ = ["MLP", "SizedCircuit", "SizingOptions", "check_held_out", "curve_rows", "format_node",

@@ -7,6 +7,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import numpy as np
+
 from circuits.discovery import AblationMeans, Faithfulness
 from circuits.sized import (SizedCircuit, circuit_faithfulness, curve_rows, search_rows,
                             size_circuit, subset)
@@ -66,6 +68,9 @@ def sized_tables(model, task: Task, found: dict, options, means: AblationMeans,
         rows = [search_rows(sized)]
         if sized.mlps:
             rows.append(records("mlp_member", [1.0] * len(sized.mlps), layer=sized.mlps,
+                                segment=task.name))
+        if scores is not None:  # the MLPs' place in the ranking
+            rows.append(records("mlp_score", scores, layer=np.arange(len(scores)),
                                 segment=task.name))
         tables.setdefault("faithfulness_curve", []).append(
             conform(curve_rows(sized), run_id=run_id, probe=probe))

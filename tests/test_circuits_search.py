@@ -190,3 +190,93 @@ def test_refinement_prunes_to_a_faithful_circuit_and_counts_its_forwards(tiny_ll
         assert action in ("add", "remove") and math.isfinite(value)
     band = random_band(ev, [2, 4], 3, seed=0)
     assert {k: len(v) for k, v in band.items()} == {2: 3, 4: 3}
+
+
+# ----- the circuits command with --select faithfulness=F ---------------------------------------
+
+def _cli_args(task, runs, *extra):
+    return ["circuits", "--model", "tiny-llama", "--device", "cpu", "--runs-dir", str(runs),
+            "--no-progress", "--n-random", "2", "--task", str(task), "--n-prompts", "4",
+            "--batch-size", "2", *extra]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--select", "top_k=0"], "selection top_k=0 is out of range"),
+    (["--select", "top_percent=0"], "selection top_percent=0 is out of range"),
+    (["--select", "faithfulness=1.2"], "selection faithfulness=1.2 is out of range"),
+    (["--select", "top_k=5", "--nodes", "heads,mlps"], "only apply to --select faithfulness"),
+    (["--select", "faithfulness=0.8", "--method", "path"], "path patching's staged circuit"),
+    (["--select", "faithfulness=0.8", "--held-out", "5"], "--held-out 5 needs 9 prompts"),
+    (["--select", "faithfulness=0.8", "--nodes", "mlps"], "--nodes 'mlps' is not one of"),
+    (["--select", "faithfulness=0.8", "--refine-tolerance", "nan"], "--refine-tolerance nan"),
+])
+def test_bad_sizing_input_exits_2_and_writes_nothing(capsys, tmp_path, extra, message):
+    from tests.circuit_tasks import tiny_ioi_file
+    from tests.test_run import cli
+
+    task = tiny_ioi_file(tmp_path, n=8)
+    code, _, err = cli(capsys, *_cli_args(task, tmp_path / "runs", *extra))
+    assert code == 2 and message in err, err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_faithfulness_selection_tables_equal_independent_forwards(capsys, tmp_path, tiny_llama):
+    """Attribution and EAP-IG node rankings, heads and MLPs: the chosen circuit, every curve
+    point, the held-out check and the faithfulness table are plain HF forwards' numbers."""
+    import pyarrow.parquet as pq
+
+    from circuits.sized import subset
+    from tests.circuit_tasks import tiny_ioi_file
+    from tests.test_run import cli
+    from workbench.store import list_runs
+
+    path = tiny_ioi_file(tmp_path, n=8)
+    runs = tmp_path / "runs"
+    code, out, err = cli(capsys, *_cli_args(path, runs, "--select", "faithfulness=0.8",
+                                            "--method", "attribution", "--method", "eap-ig",
+                                            "--nodes", "heads,mlps", "--held-out", "4",
+                                            "--spot-check", "0"))
+    assert code == 0, err
+    [(run, manifest)] = list_runs(runs)
+    frames = {n: pq.read_table(run.table_path(n)).to_pandas() for n in manifest["tables"]}
+    assert {"faithfulness_curve", "circuit_search"} <= set(frames)
+    everything = load_task(str(path), tiny_llama)
+    means, mlps = ablation_means(tiny_llama, everything), mlp_means(tiny_llama, everything)
+    scored, held = load_task(str(path), tiny_llama, n_prompts=4), subset(everything, 4, 8)
+    nodes = [(l, h) for l in range(4) for h in [*range(4), MLP]]
+
+    def normalised(task, circuit):
+        lds = [hf_circuit_ld(tiny_llama, task, c, means, mlps, batch_size=2).mean()
+               for c in (circuit, nodes, [])]
+        return (lds[0] - lds[2]) / (lds[1] - lds[2])
+    search, curve = frames["circuit_search"], frames["faithfulness_curve"]
+    circuits, faith = frames["circuits"], frames["faithfulness"]
+    for probe in ("attribution_patching", "eap_ig_nodes"):
+        s = search[(search.probe == probe)]
+        v = s[s.condition.isna()].set_index("metric").value
+        heads = circuits[(circuits.probe == probe) & (circuits.metric == "member")]
+        circuit = [(int(r.layer), int(r.head)) for r in heads.itertuples()]
+        circuit += [(int(l), MLP) for l in s[s.metric == "mlp_member"].layer]
+        assert int(v["size"]) == len(circuit)
+        want = normalised(scored, circuit)
+        assert v["faithfulness_normalised"] == pytest.approx(want, abs=1e-4)
+        f = faith[faith.probe == probe].set_index("metric").value
+        assert f["faithfulness_normalised"] == pytest.approx(want, abs=1e-4)
+        assert v["held_out_faithfulness_normalised"] == pytest.approx(normalised(held, circuit),
+                                                                      abs=1e-4)
+        if v["reached"]:
+            assert v["faithfulness_normalised"] >= 0.8
+        c = curve[(curve.probe == probe) & (curve.metric == "faithfulness_normalised")]
+        assert {int(x.split("=")[1]) for x in c.condition} >= set(size_grid(int(v["cap"])))
+        effects = frames["head_effects"]
+        sc = effects[(effects.probe == probe) & (effects.metric == "score")]
+        grid = np.full((4, 4), np.nan)
+        grid[sc.layer.astype(int), sc.head.astype(int)] = sc.value
+        mlp = s[s.metric == "mlp_score"].sort_values("layer").value.to_numpy()
+        order = ranking(grid, mlp)
+        for r in c.itertuples():
+            size = int(r.condition.split("=")[1])
+            if size in (1, 3, 11):
+                assert r.value == pytest.approx(normalised(scored, order[:size]), abs=1e-4)
+        assert f"{probe} {scored.name}: target 0.8" in out
+    assert "held out (4 prompts not used to find it)" in out

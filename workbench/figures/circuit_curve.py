@@ -24,7 +24,8 @@ SEARCH_METRICS = (
     "evaluations_random", "evaluations_refine", "forwards_refine", "held_out_prompts",
     "held_out_faithfulness", "held_out_faithfulness_lo", "held_out_faithfulness_hi",
     "held_out_faithfulness_normalised", "held_out_faithfulness_normalised_lo",
-    "held_out_faithfulness_normalised_hi", "held_out_random", "refine_step", "mlp_member")
+    "held_out_faithfulness_normalised_hi", "held_out_random", "refine_step", "mlp_member",
+    "mlp_score")
 
 
 def _size(condition) -> float:
