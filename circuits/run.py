@@ -167,6 +167,9 @@ def check_options(methods: list[str], select: str, *, direction: str, positions:
                                  parse_head_list(heads), spot_check)
     selection = Selection.parse(select)
     check_sizing(methods, selection, sizing, discovery)
+    if both_directions and selection.by_faithfulness:
+        raise InputError("--both-directions patches the circuit heads before the faithfulness "
+                         "search chooses them; use it with --select top_k=N")
     return CircuitsOptions(methods, selection, discovery, n_random, mean_prompts,
                            **run, both_directions=both_directions,
                            grids=parse_components(grids), dla=dla,

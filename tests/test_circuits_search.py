@@ -209,6 +209,7 @@ def _cli_args(task, runs, *extra):
     (["--select", "faithfulness=0.8", "--held-out", "5"], "--held-out 5 needs 9 prompts"),
     (["--select", "faithfulness=0.8", "--nodes", "mlps"], "--nodes 'mlps' is not one of"),
     (["--select", "faithfulness=0.8", "--refine-tolerance", "nan"], "--refine-tolerance nan"),
+    (["--select", "faithfulness=0.8", "--both-directions"], "--both-directions patches"),
 ])
 def test_bad_sizing_input_exits_2_and_writes_nothing(capsys, tmp_path, extra, message):
     from tests.circuit_tasks import tiny_ioi_file
@@ -271,7 +272,7 @@ def test_faithfulness_selection_tables_equal_independent_forwards(capsys, tmp_pa
         effects = frames["head_effects"]
         sc = effects[(effects.probe == probe) & (effects.metric == "score")]
         grid = np.full((4, 4), np.nan)
-        grid[sc.layer.astype(int), sc.head.astype(int)] = sc.value
+        grid[sc["layer"].astype(int), sc["head"].astype(int)] = sc["value"]
         mlp = s[s.metric == "mlp_score"].sort_values("layer").value.to_numpy()
         order = ranking(grid, mlp)
         for r in c.itertuples():
