@@ -281,3 +281,33 @@ def test_faithfulness_selection_tables_equal_independent_forwards(capsys, tmp_pa
                 assert r.value == pytest.approx(normalised(scored, order[:size]), abs=1e-4)
         assert f"{probe} {scored.name}: target 0.8" in out
     assert "held out (4 prompts not used to find it)" in out
+
+
+def test_faithfulness_curve_figure_draws_the_curve_band_target_and_chosen_circuit():
+    import pandas as pd
+
+    from workbench.figures.circuit_curve import curve_plot
+    from workbench.figures.plot import DRAWERS
+
+    def row(metric, value, condition=None, probe="attribution_patching"):
+        return {"probe": probe, "metric": metric, "segment": "ioi", "condition": condition,
+                "value": value}
+    curve = pd.DataFrame([row("faithfulness_normalised", v, f"size={s}")
+                          for s, v in ((0, 0.0), (1, 0.2), (2, 0.5), (4, 0.85), (3, 0.7))]
+                         + [row("faithfulness_random_draw", v, f"size={s};draw={i}")
+                            for s, vals in ((1, (-0.1, 0.1)), (4, (0.0, 0.2)))
+                            for i, v in enumerate(vals)])
+    search = pd.DataFrame([row("target", 0.8), row("size", 3.0),
+                           row("faithfulness_normalised", 0.83), row("reached", 1.0)])
+    plot = curve_plot(curve, search, "ioi")
+    data = plot.data
+    chosen = data[data["chosen"]]
+    assert chosen[["size", "faithfulness"]].values.tolist() == [[3.0, 0.83]]
+    band = data[data["n_random"] > 0].set_index("size")
+    assert band.loc[4.0, "random_lo"] == 0.0 and band.loc[4.0, "random_hi"] == 0.2
+    assert band.loc[1.0, "random_mean"] == pytest.approx(0.0)
+    assert plot.params["target"] == 0.8
+    fig = DRAWERS["faithfulness_curve"](data, plot.params, "single")
+    names = [t.name for t in fig.data]
+    assert "chosen circuit (3 nodes)" in names and any(n.startswith("random circuits")
+                                                          for n in names)
