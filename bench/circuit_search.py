@@ -11,7 +11,7 @@ prompts (computed once):
   evaluator's clean and empty runs (:class:`circuits.evaluate.CircuitEvaluator`);
 * ``search``: the whole selection: the same curve, the bisection to the smallest faithful prefix
   (:func:`circuits.search.smallest_prefix`) and the refinement with the default options
-  (:func:`circuits.refine.refine`);
+  (:func:`circuits.refine.refine`, its default budget: :func:`circuits.sized.refine_budget`);
 * ``band``: the random-circuit band the run adds (3 random circuits per grid size), reported
   apart.
 
@@ -35,8 +35,9 @@ def measure(n_prompts: int = 32, target: float = 0.8, repeats: int = 2) -> dict:
     from circuits.attribution import attribution_patching
     from circuits.discovery import ablation_means
     from circuits.evaluate import CircuitEvaluator
-    from circuits.refine import refine
+    from circuits.refine import RefineOptions, refine
     from circuits.search import prefix_evaluator, random_band, ranking, size_grid, smallest_prefix
+    from circuits.sized import refine_budget
     from circuits.tasks import load_task
     from workbench.models import load_model
 
@@ -56,7 +57,8 @@ def measure(n_prompts: int = 32, target: float = 0.8, repeats: int = 2) -> dict:
     def search():
         ev = CircuitEvaluator(model, task, means, batch_size=16)
         found = smallest_prefix(prefix_evaluator(ev, order), target, len(order))
-        refined = refine(ev, order[:found.chosen], order, target)
+        refined = refine(ev, order[:found.chosen], order, target,
+                         RefineOptions(budget=refine_budget(found)))
         return ev, found, refined
 
     for _ in range(repeats):

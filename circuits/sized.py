@@ -19,6 +19,8 @@ Tables (record schema; ``probe`` = the method, ``segment`` = the task):
   ``prefix_faithfulness``, ``size`` (after refinement), ``faithfulness_normalised`` (after
   refinement), ``n_added``, ``n_removed``, ``evaluations_curve``, ``evaluations_search``
   (grid + bisection), ``evaluations_random``, ``evaluations_refine``, ``forwards_refine``,
+  ``refine_out_of_budget`` (the refinement's budget, by default what keeps curve + bisection +
+  refinement within 3 curves, ran out),
   ``held_out_prompts`` and, with held-out prompts, ``held_out_faithfulness``,
   ``held_out_faithfulness_normalised`` with ``_lo`` / ``_hi`` and ``held_out_random``;
   ``refine_step`` rows (``layer``/``head`` the node, MLP: head -1; ``condition``
@@ -29,7 +31,7 @@ Tables (record schema; ``probe`` = the method, ``segment`` = the task):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pyarrow as pa
@@ -44,6 +46,7 @@ from workbench.prompts import PromptSet
 from workbench.records import concat, records
 
 NODE_KINDS = ("heads", "heads,mlps")
+CURVES = 3  # the whole search (curve, bisection, refinement) costs at most this many curves
 MAX_HELD_OUT = 10_000
 
 
@@ -116,6 +119,13 @@ class SizedCircuit:
         return line
 
 
+def refine_budget(search: SizeSearch) -> float:
+    """The refinement's default budget: what keeps the whole selection (the curve, the
+    bisection and the refinement, with the model's and the empty circuit's runs) within
+    :data:`CURVES` faithfulness curves (the grid's evaluations plus those two runs)."""
+    return max(0.0, CURVES * (len(search.grid) + 2) - (search.evaluations + 2))
+
+
 def band_sizes(grid: list[int], cap: int) -> list[int]:
     """The curve's sizes that get random circuits: the powers of two and the cap (every other
     size of the default sqrt-2 grid: half the cost of a band at every size)."""
@@ -166,7 +176,10 @@ def size_circuit(model, task: Task, method: str, head_scores: np.ndarray, target
     band = random_band(ev, band_sizes(search.grid, cap), n_random, seed=seed)
     evaluations_random = ev.evaluations - before_random
     start = order[:search.chosen]
-    refined = refine(ev, start, order, target, options.refine)
+    refine_options = options.refine
+    if refine_options.budget is None:
+        refine_options = replace(refine_options, budget=refine_budget(search))
+    refined = refine(ev, start, order, target, refine_options)
     sized = SizedCircuit(method, task.name, order, search, band, refined, float(grid_cost),
                          float(evaluations_random))
     if held_out is not None and len(held_out):
@@ -234,6 +247,7 @@ def search_rows(sized: SizedCircuit) -> pa.Table:
               "evaluations_search": float(s.evaluations),
               "evaluations_random": sized.evaluations_random,
               "evaluations_refine": r.evaluations, "forwards_refine": float(r.forward_calls),
+              "refine_out_of_budget": float(r.out_of_budget),
               "held_out_prompts": float(sized.held_out_prompts)}
     if sized.held_out is not None:
         h = sized.held_out
@@ -267,6 +281,7 @@ UNITS = {
     "evaluations_random": "circuit evaluations", "evaluations_refine": "circuit evaluations "
     "(resumed runs count the fraction of layers they run)",
     "forwards_refine": "forward passes (one batch each)",
+    "refine_out_of_budget": "1 if the refinement stopped when its budget was spent, else 0",
     "held_out_prompts": "prompts after the scored ones, not used to rank, size or refine",
     "held_out_faithfulness": "circuit / model LD on the held-out prompts",
     "held_out_faithfulness_lo": "2.5th bootstrap percentile", "held_out_faithfulness_hi":
@@ -299,7 +314,8 @@ def report_lines(search, curve) -> list[str]:
                 f"{int(v['size'])} nodes f = {v['faithfulness_normalised']:.3f} "
                 f"(+{int(v['n_added'])} -{int(v['n_removed'])}); evaluations: curve "
                 f"{v['evaluations_curve']:.0f}, search {v['evaluations_search']:.0f}, refine "
-                f"{v['evaluations_refine']:.1f} ({int(v['forwards_refine'])} forwards), random "
+                f"{v['evaluations_refine']:.1f} ({int(v['forwards_refine'])} forwards"
+                f"{', budget spent' if v.get('refine_out_of_budget') else ''}), random "
                 f"{v['evaluations_random']:.0f}")
         lines.append(line)
         if "held_out_faithfulness_normalised" in v:

@@ -95,7 +95,7 @@ def test_search_and_selection_bounds():
     with pytest.raises(InputError, match="sizes the circuit by forwards"):
         select_heads(np.ones((2, 2)), Selection.parse("faithfulness=0.8"))
     for bad in (dict(tolerance=-0.1), dict(tolerance=float("inf")), dict(candidates=10 ** 9),
-                dict(rounds=-1)):
+                dict(rounds=-1), dict(budget=float("nan")), dict(budget=-1)):
         with pytest.raises(InputError):
             RefineOptions(**bad)
 
@@ -188,6 +188,11 @@ def test_refinement_prunes_to_a_faithful_circuit_and_counts_its_forwards(tiny_ll
     assert refined.forward_calls > 0 and refined.evaluations > 0
     for action, node, value in refined.steps:  # every logged value is that circuit's faithfulness
         assert action in ("add", "remove") and math.isfinite(value)
+    stopped = refine(ev, start, order, target, RefineOptions(budget=0))
+    assert stopped.out_of_budget and stopped.steps == [] and stopped.circuit == sorted(start)
+    assert stopped.evaluations == pytest.approx(1.0)  # the start circuit's capture only
+    small = refine(ev, start, order, target, RefineOptions(tolerance=0.05, budget=1.5))
+    assert small.evaluations < 1.5 + 1.0  # stops at the first step past the budget
     band = random_band(ev, [2, 4], 3, seed=0)
     assert {k: len(v) for k, v in band.items()} == {2: 3, 4: 3}
 
@@ -267,6 +272,8 @@ def test_faithfulness_selection_tables_equal_independent_forwards(capsys, tmp_pa
                                                                       abs=1e-4)
         if v["reached"]:
             assert v["faithfulness_normalised"] >= 0.8
+        curve_cost = v["evaluations_curve"] + 2  # with the model's and the empty circuit's runs
+        assert v["evaluations_search"] + 2 + v["evaluations_refine"] <= 3 * curve_cost + 1
         c = curve[(curve.probe == probe) & (curve.metric == "faithfulness_normalised")]
         assert {int(x.split("=")[1]) for x in c.condition} >= set(size_grid(int(v["cap"])))
         effects = frames["head_effects"]

@@ -179,6 +179,9 @@ def circuits(
                                           "faithfulness=F: outside nodes tried per addition."),
     refine_rounds: int = typer.Option(1, "--refine-rounds", metavar="N", help="faithfulness=F: "
                                       "add-then-prune rounds after the first pruning."),
+    refine_budget: Optional[float] = typer.Option(
+        None, "--refine-budget", metavar="N", help="faithfulness=F: evaluations the refinement "
+        "may spend (default: the whole search within 3 faithfulness curves)."),
     level: str = typer.Option("node", "--level", metavar="LEVEL",
                               help="node (heads) or edge (the computational graph's edges: EAP / "
                                    "EAP-IG, faithfulness curves)."),
@@ -264,7 +267,7 @@ def circuits(
     sizing = SizingOptions(nodes=",".join(nodes.replace(" ", "").split(",")),
                            max_size=max_size, held_out=held_out,
                            refine=RefineOptions(refine_tolerance, refine_candidates,
-                                                refine_rounds))
+                                                refine_rounds, refine_budget))
     for spec_ in task:
         check_held_out(len(load_prompt_set(resolve_task(spec_)[1])), n_prompts, held_out,
                        f"--task {spec_}")

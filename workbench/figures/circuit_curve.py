@@ -21,7 +21,8 @@ _COLUMNS = ["probe", "metric", "segment", "condition", "value"]
 SEARCH_METRICS = (
     "target", "reached", "cap", "prefix_size", "prefix_faithfulness", "size",
     "faithfulness_normalised", "n_added", "n_removed", "evaluations_curve", "evaluations_search",
-    "evaluations_random", "evaluations_refine", "forwards_refine", "held_out_prompts",
+    "evaluations_random", "evaluations_refine", "forwards_refine", "refine_out_of_budget",
+    "held_out_prompts",
     "held_out_faithfulness", "held_out_faithfulness_lo", "held_out_faithfulness_hi",
     "held_out_faithfulness_normalised", "held_out_faithfulness_normalised_lo",
     "held_out_faithfulness_normalised_hi", "held_out_random", "refine_step", "mlp_member",
