@@ -127,6 +127,7 @@ class CircuitEvaluator:
         self.keys = [group_keys(task, tb.index) for tb in self.batches]
         self.evaluations = 0.0
         self.forward_calls = 0
+        self._means: dict = {}
         self.clean = [capture(model, tb.clean, z=False) for tb in self.batches]
         check_resume(model, self.clean[0])
         self.evaluations += 1
@@ -140,22 +141,31 @@ class CircuitEvaluator:
     def _hooks(self, i: int, circuits: Sequence[frozenset], start: int = 0):
         """Hooks ablating, in copy ``g`` of batch ``i``, every node outside ``circuits[g]`` in
         layers ``>= start``."""
-        tb, keys, copies = self.batches[i], self.keys[i], len(circuits)
-        device = self.model.device
+        copies, device = len(circuits), self.model.device
         hooks = []
         for layer in range(start, self.n_layers):
             keep = torch.tensor([[(layer, h) in c for h in range(self.n_heads)] for c in circuits],
                                 device=device)  # [copies, head_index]
             if not keep.all():
-                mean = self.means.batch(layer, keys, tb.clean.seq_len).to(device)
+                mean = self._mean(i, layer, "z")
                 hooks.append((Z_HOOK.format(layer=layer), _z_hook(keep, mean, copies)))
             if self.mlp is not None:
                 keep_mlp = torch.tensor([(layer, MLP) in c for c in circuits], device=device)
                 if not keep_mlp.all():
-                    mean = self.mlp.batch(layer, keys, tb.clean.seq_len).to(device)
+                    mean = self._mean(i, layer, "mlp")
                     hooks.append((MLP_HOOK.format(layer=layer), _mlp_hook(keep_mlp, mean,
                                                                          copies)))
         return hooks
+
+    def _mean(self, i: int, layer: int, kind: str) -> Tensor:
+        """Batch ``i``'s ablation means at ``layer`` (``z`` or ``mlp``), built once and kept."""
+        key = (i, layer, kind)
+        if key not in self._means:
+            source = self.means if kind == "z" else self.mlp
+            tb = self.batches[i]
+            self._means[key] = source.batch(layer, self.keys[i], tb.clean.seq_len).to(
+                self.model.device)
+        return self._means[key]
 
     # ----- evaluation --------------------------------------------------------------------------
     def logit_diffs(self, circuits: Iterable[Iterable[Node]]) -> np.ndarray:
