@@ -316,5 +316,5 @@ def test_faithfulness_curve_figure_draws_the_curve_band_target_and_chosen_circui
     assert plot.params["target"] == 0.8
     fig = DRAWERS["faithfulness_curve"](data, plot.params, "single")
     names = [t.name for t in fig.data]
-    assert "chosen circuit (3 nodes)" in names and any(n.startswith("random circuits")
+    assert "chosen (3 nodes)" in names and any(n.startswith("random (")
                                                           for n in names)

@@ -15,9 +15,12 @@ import plotly.graph_objects as go
 
 from workbench.figures.plot import Plot, drawer, safe_name
 from workbench.figures.registry import FigureOptions, RunSource, register_figure_set
-from workbench.figures.style import (LINE_PX, Width, base_figure, categorical, translucent)
+from workbench.figures.style import (LINE_PX, Width, axis_title, base_figure, categorical,
+                                     translucent)
 
 _COLUMNS = ["probe", "metric", "segment", "condition", "value"]
+SHORT = {"attribution_patching": "attribution", "activation_patching": "activation",
+         "eap_ig_nodes": "EAP-IG"}
 SEARCH_METRICS = (
     "target", "reached", "cap", "prefix_size", "prefix_faithfulness", "size",
     "faithfulness_normalised", "n_added", "n_removed", "evaluations_curve", "evaluations_search",
@@ -90,28 +93,30 @@ def draw_faithfulness_curve(data: pd.DataFrame, params: dict, width: Width) -> g
                                                    band["random_lo"].to_numpy()[::-1]]),
                                  fill="toself", fillcolor=translucent("#777777"),
                                  line={"width": 0}, hoverinfo="skip", mode="lines",
-                                 name=f"random circuits ({int(band['n_random'].max())} per size)"))
+                                 name=f"random ({int(band['n_random'].max())} per size)"))
         fig.add_trace(go.Scatter(x=x, y=band["random_mean"], mode="lines", name="random mean",
                                  line={"color": "#777777", "width": 1, "dash": "dash"}))
     for j, method in enumerate(params["methods"]):
         part = curve[curve["method"] == method].sort_values("size")
         part = part[part["size"] > 0]
         fig.add_trace(go.Scatter(x=part["size"], y=part["faithfulness"], mode="lines+markers",
-                                 name=str(method).replace("_", " ") + " prefixes",
+                                 name=SHORT.get(method, method) + " prefixes",
                                  marker={"size": 4, "color": categorical(j)},
                                  line={"color": categorical(j), "width": 1.25},
                                  hovertemplate="%{x} nodes: %{y:.3f}<extra></extra>"))
         chosen = data[data["chosen"] & (data["method"] == method)]
         if len(chosen):
             fig.add_trace(go.Scatter(x=chosen["size"], y=chosen["faithfulness"], mode="markers",
-                                     name=f"chosen circuit ({int(chosen['size'].iloc[0])} nodes)",
+                                     name=f"chosen ({int(chosen['size'].iloc[0])} nodes)",
                                      marker={"size": 10, "symbol": "star",
                                              "color": categorical(j)}))
     if params.get("target") is not None:
         fig.add_hline(y=params["target"], line={"color": "#444444", "width": LINE_PX,
                                                 "dash": "dot"})
     fig.update_xaxes(title_text="circuit size (nodes, log scale)", type="log")
-    fig.update_yaxes(title_text=f"{params['label']}<br>{params['unit']}")
+    fig.update_yaxes(title_text=axis_title(params["label"], None, room_px=fig.layout.height - 70))
+    fig.update_layout(legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0,
+                              "font": {"size": 7}})
     return fig
 
 
