@@ -10,8 +10,10 @@ Four parts, each an ordinary run in the runs folder beside the atlas (``<out.nam
 * ``context``: head divergence on ``data/counterfactual_context.jsonl``, segment ``passage``
   (its own forwards: with and without the passage);
 * ``circuits``: attribution patching (and activation patching with ``thorough``) on the IOI and
-  induction tasks, their top-k circuits, faithfulness and overlap; the IOI head classes of every
-  task whose prompts carry the IOI positions (:mod:`circuits.ioi_classes`).
+  induction tasks, each task's circuit chosen by ``circuit_select`` (default ``faithfulness=0.8``:
+  the smallest prefix of the ranking whose normalised faithfulness reaches 0.8, then refined;
+  :mod:`circuits.sized`), checked on held-out prompts, its faithfulness curve and overlap; the
+  IOI head classes of every task whose prompts carry the IOI positions (:mod:`circuits.ioi_classes`).
 
 Resuming (``resume=True``) continues each probe run batch by batch and keeps a finished circuits run
 whose configuration matches; the model is loaded only if some part still has work to do.
@@ -30,6 +32,9 @@ from workbench.store import MANIFEST, RunDir
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 PARTS = ("natural", "repeated", "context", "circuits")
+DEFAULT_SELECT = "faithfulness=0.8"
+MAX_RANDOM = 1000
+CIRCUIT_ROLES = {"ioi_circuit": "ioi", "induction_circuit": "induction"}  # role -> task name
 PROBE_PARTS: dict[str, tuple[str, list[str], dict[str, dict[str, str]]]] = {
     # part: (options attribute holding the prompt file, probes, probe parameters)
     "natural": ("natural", ["attention_entropy", "attention_sink", "massive_activations",
@@ -51,8 +56,14 @@ class AtlasOptions:
         n_prompts: prompts per circuit task (the first N of the file).
         thorough: also activation patching (one forward per head and prompt batch; minutes), which
             then decides the circuit roles.
-        circuit_size: heads per circuit (selection ``top_k``).
-        n_random: random circuits in the faithfulness baseline.
+        circuit_select: how each task's circuit is chosen (:class:`circuits.discovery.Selection`;
+            default ``faithfulness=0.8``).
+        circuit_size: ``top_k`` circuits of this size instead (``None``: ``circuit_select``).
+        circuit_max_size: the largest circuit the faithfulness search considers (``None``: every
+            head).
+        held_out: prompts of each task file after the first ``n_prompts`` to check the chosen
+            circuit on (``None``: ``n_prompts`` of them, or as many as the file has left).
+        n_random: random circuits in the faithfulness baseline (and per size of the curve).
         thresholds: per-role threshold overrides (:data:`atlas.roles.ROLES`).
         skip: parts not to run (their roles stay unmeasured).
     """
@@ -64,7 +75,10 @@ class AtlasOptions:
     tasks: tuple[str, ...] = ("ioi", "induction")
     n_prompts: int | None = 32
     thorough: bool = False
-    circuit_size: int = 20
+    circuit_select: str = DEFAULT_SELECT
+    circuit_size: int | None = None
+    circuit_max_size: int | None = None
+    held_out: int | None = None
     n_random: int = 3
     thresholds: dict[str, float] = field(default_factory=dict)
     skip: tuple[str, ...] = ()
@@ -84,12 +98,29 @@ class AtlasOptions:
                              "build an atlas from")
         if self.resume and self.overwrite:
             raise InputError("--resume and --overwrite contradict each other; choose one")
-        for name, value in (("--circuit-size", self.circuit_size), ("--n-prompts",
-                                                                       self.n_prompts or 1)):
+        for name, value in (("--circuit-size", self.circuit_size or 1), ("--n-prompts",
+                                                                            self.n_prompts or 1),
+                            ("--circuit-max-size", self.circuit_max_size or 1)):
             if value < 1:
                 raise InputError(f"{name} must be at least 1, got {value}")
-        if self.n_random < 0:
-            raise InputError(f"--n-random must be at least 0, got {self.n_random}")
+        if self.n_random < 0 or self.n_random > MAX_RANDOM:
+            raise InputError(f"--n-random must be between 0 and {MAX_RANDOM}, got "
+                             f"{self.n_random}")
+        if self.circuit_size is not None and self.circuit_select != DEFAULT_SELECT:
+            raise InputError(f"--circuit-size {self.circuit_size} and --circuit-select "
+                             f"{self.circuit_select} contradict each other; choose one")
+        from circuits.sized import SizingOptions
+
+        selection = self.selection  # checks the rule and its bounds
+        SizingOptions(max_size=self.circuit_max_size, held_out=self.held_out or 0)
+        if not selection.by_faithfulness and self.circuit_max_size is not None:
+            raise InputError(f"--circuit-max-size only applies to --circuit-select "
+                             f"faithfulness=F (got {selection})")
+        member = sorted(r for r in self.thresholds if r in CIRCUIT_ROLES)
+        if member:
+            raise InputError(f"--threshold {member[0]}: a circuit role holds the heads of the "
+                             f"circuit chosen by --circuit-select (now {selection}), not a "
+                             "threshold; use --circuit-select top_k=N or faithfulness=F")
 
     @property
     def runs_dir(self) -> Path:
@@ -101,6 +132,19 @@ class AtlasOptions:
     @property
     def methods(self) -> list[str]:
         return ["attribution", "activation"] if self.thorough else ["attribution"]
+
+    @property
+    def selection(self):
+        """The circuits' :class:`circuits.discovery.Selection` (``top_k`` with ``circuit_size``).
+
+        Raises:
+            InputError: a malformed or out-of-range rule.
+        """
+        from circuits.discovery import Selection
+
+        if self.circuit_size is not None:
+            return Selection("top_k", self.circuit_size)
+        return Selection.parse(self.circuit_select)
 
     @property
     def circuit_method(self) -> str:
@@ -121,8 +165,19 @@ def check_inputs(options: AtlasOptions) -> dict[str, Any]:
     sets = {part: load_prompt_set(getattr(options, attr))
             for part, (attr, _, _) in PROBE_PARTS.items() if part not in options.skip}
     if "circuits" not in options.skip:
+        from circuits.task_checks import check_task_file
+
+        tasks = set(CIRCUIT_ROLES.values())
         for task in options.tasks:
-            resolve_task(task)
+            name, path = resolve_task(task)
+            if name not in tasks:
+                raise InputError(f"--task {task}: the atlas's circuit roles are "
+                                 f"{', '.join(CIRCUIT_ROLES)}, read from tasks named "
+                                 f"{' and '.join(sorted(tasks))}; a task named {name!r} would "
+                                 f"label no head. Name its file {'.jsonl or '.join(sorted(tasks))}"
+                                 f".jsonl, or study it with `workbench circuits --task {task}`")
+            held = held_out_prompts(options, len(load_prompt_set(path)))
+            check_task_file(path, options.n_prompts, held, where=f"--task {task}")
     return sets
 
 
@@ -143,7 +198,10 @@ def run_parts(load: Callable[[], Any], options: AtlasOptions, prompt_sets: dict[
         if _finished(options, part, prompt_sets.get(part)):
             done[part] = {"run_id": options.run_id(part), "seconds": 0.0, "state": "kept"}
             continue
-        model = model or load()
+        if model is None:
+            model = load()
+            if "circuits" in todo[i - 1:]:  # tokenised checks (equal lengths) before any part
+                _circuit_tasks(model, options)
         if part == "circuits":
             _run_circuits(model, options)
         else:
@@ -170,8 +228,11 @@ def _finished(options: AtlasOptions, part: str, prompt_set: Any = None) -> bool:
         return (stored.get("prompts", {}).get("sha256") == prompt_set.sha256
                 and [p.get("name") for p in stored.get("probes", [])] == PROBE_PARTS[part][1])
     key = stored.get("config_key", {})
+    sizing = _sizing(options)
     return (key.get("methods") == options.methods and key.get("n_random") == options.n_random
-            and key.get("selection") == f"top_k={options.circuit_size}"
+            and key.get("selection") == str(options.selection)
+            and key.get("sizing") == (_as_dict(sizing) if options.selection.by_faithfulness
+                                      else None)
             and key.get("ioi_classes", {}).get("tasks", []) == list(_ioi_tasks(options)))
 
 
@@ -183,6 +244,47 @@ def _ioi_tasks(options: AtlasOptions) -> tuple[str, ...]:
 
     named = [resolve_task(t) for t in options.tasks]
     return tuple(name for name, path in named if has_ioi_segments(load_prompt_set(path)))
+
+
+def _as_dict(sizing) -> dict:
+    from dataclasses import asdict
+
+    return asdict(sizing)
+
+
+def held_out_prompts(options: AtlasOptions, n_file: int) -> int:
+    """Held-out prompts of a task file: ``options.held_out``, or by default ``n_prompts`` of them
+    (as many as the file has left after the scored ones)."""
+    if options.held_out is not None:
+        return options.held_out
+    used = n_file if options.n_prompts is None else min(options.n_prompts, n_file)
+    return max(0, min(used, n_file - used))
+
+
+def _sizing(options: AtlasOptions):
+    """The circuits' :class:`circuits.sized.SizingOptions` (held-out: the smallest any task file
+    allows, so one setting serves every task)."""
+    from circuits.sized import SizingOptions
+    from circuits.tasks import resolve_task
+    from workbench.prompts import load_prompt_set
+
+    held = min((held_out_prompts(options, len(load_prompt_set(resolve_task(t)[1])))
+                for t in options.tasks), default=0)
+    return SizingOptions(max_size=options.circuit_max_size, held_out=held)
+
+
+def _circuit_tasks(model: Any, options: AtlasOptions) -> list:
+    """Load and tokenise every circuit task with its held-out prompts (equal clean/corrupted
+    lengths, answer tokens) right after the model loads, before the first part runs.
+
+    Raises:
+        InputError: the first bad prompt, named by file and id.
+    """
+    from circuits.run import load_tasks
+
+    held = _sizing(options).held_out
+    n = None if options.n_prompts is None else options.n_prompts + held
+    return load_tasks(list(options.tasks), model, n_prompts=n, positions=None)
 
 
 def _run_probes(model: Any, options: AtlasOptions, part: str, prompt_set: Any) -> RunDir:
@@ -198,7 +300,6 @@ def _run_probes(model: Any, options: AtlasOptions, part: str, prompt_set: Any) -
 
 
 def _run_circuits(model: Any, options: AtlasOptions) -> RunDir:
-    from circuits.discovery import Selection
     from circuits.run import CircuitsOptions, execute_circuits, load_tasks
 
     tasks = load_tasks(list(options.tasks), model, n_prompts=options.n_prompts, positions=None)
@@ -207,7 +308,8 @@ def _run_circuits(model: Any, options: AtlasOptions) -> RunDir:
     # no batch-level resume); a folder that is not a run is never replaced
     replace = options.overwrite or (options.resume and (path / MANIFEST).is_file())
     circuit_options = CircuitsOptions(
-        methods=options.methods, selection=Selection.parse(f"top_k={options.circuit_size}"),
+        methods=options.methods, selection=options.selection,
         n_random=options.n_random, runs_dir=options.runs_dir, run_id=options.run_id("circuits"),
-        overwrite=replace, progress=options.progress, ioi_classes=_ioi_tasks(options))
+        overwrite=replace, progress=options.progress, sizing=_sizing(options),
+        ioi_classes=_ioi_tasks(options))
     return execute_circuits(model, tasks, circuit_options)

@@ -156,6 +156,8 @@ def _config(options: AtlasOptions, model_spec: str) -> dict:
             "prompt_files": [str(options.natural), str(options.repeated), str(options.context)],
             "n_prompts": options.n_prompts,
             "thorough": options.thorough, "circuit_size": options.circuit_size,
+            "circuit_select": str(options.selection),
+            "circuit_max_size": options.circuit_max_size, "held_out": options.held_out,
             "n_random": options.n_random, "skip": list(options.skip),
             "thresholds": dict(options.thresholds)}
 
@@ -174,7 +176,8 @@ def write_atlas(path: Path, runs: dict[str, RunDir], options: AtlasOptions, mode
     if "repeated" in runs:
         found = pattern_ceilings(runs["repeated"], list(CEILING_ROLES.values()))
         ceilings = {role: found[det] for role, det in CEILING_ROLES.items()}
-    thresholds = {**{r: float(options.circuit_size) for r in ROLES
+    selection = options.selection
+    thresholds = {**{r: float(selection.value) for r in ROLES
                      if ROLES[r].rule == "member"}, **options.thresholds}
     heads = assign_roles(scores, thresholds=thresholds, ceilings=ceilings, members=members)
     heads.insert(0, "model", model["name"])
@@ -189,13 +192,19 @@ def write_atlas(path: Path, runs: dict[str, RunDir], options: AtlasOptions, mode
                                             "n_heads", "n_key_value_heads", "d_model", "dtype",
                                             "device", "prepend_bos", "details")},
         "prompt_sets": _prompt_sets(runs),
-        "roles": [{**r, "ceiling": ceilings.get(r["name"])} for r in role_table(thresholds)],
+        "roles": [{**r, "ceiling": ceilings.get(r["name"]),
+                   **({"selection": str(selection)} if r["rule"] == "member" else {})}
+                  for r in role_table(thresholds)],
         "circuit_method": probe,
         "runs": {p: {"run_id": meta["run_id"], "path": f"../{meta['run_id']}",
                      "state": meta["state"]} for p, meta in parts.items()},
         "parts_skipped": list(options.skip), "evidence": evidence(runs), "created": _now(),
         **({"ioi_classes": ioi_doc} if ioi_doc is not None else {}),
     }
+    if "circuits" in runs:
+        from atlas.circuit_summary import circuit_summary
+
+        doc["circuits"] = circuit_summary(runs["circuits"], probe, str(selection))
     doc["findings"] = findings(heads, doc)
     write_parquet(path / "atlas.parquet", pa.Table.from_pandas(heads, preserve_index=False))
     atomic_write_json(path / "atlas.json", doc)

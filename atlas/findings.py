@@ -162,12 +162,49 @@ def _position_line(mass: dict, level: float = 0.9) -> str:
             f"{'; '.join(parts)}")
 
 
+def _sized_line(task: str, c: dict, row: dict) -> str:
+    """One finding per task from ``atlas.json["circuits"]`` (:mod:`atlas.circuit_summary`): the
+    circuit's size and normalised faithfulness with its interval, the random-circuit control,
+    the held-out check, and plainly whether the target was reached."""
+    method = c["method"].replace("_", " ")
+    f, lo, hi = (c.get(k) if c.get(k) is not None else float("nan")
+                 for k in ("faithfulness_normalised", "lo", "hi"))
+    rand = c.get("random_mean")
+    control = (f"random {c['size']}-head circuits {rand:.2f} +- {c.get('random_sd') or 0:.2f}"
+               if rand is not None else "no random circuits drawn")
+    if c.get("target") is None:
+        head = f"{task} circuit ({method}, {c['selection']}): {c['size']} heads"
+    elif c.get("reached"):
+        head = (f"{task} circuit ({method}, smallest faithful prefix then refined, target "
+                f"{c['target']:g}): {c['size']} heads")
+    else:
+        head = (f"{task} circuit: NO circuit of up to {c.get('cap')} heads reaches normalised "
+                f"faithfulness {c['target']:g} ({method}); the most faithful found has "
+                f"{c['size']} heads")
+    line = (f"{head}, normalised faithfulness {f:.2f} [{lo:.2f}, {hi:.2f}] ({control}); LD clean "
+            f"{row['mean_logit_diff_clean']:.2f} / corrupted {row['mean_logit_diff_corrupted']:.2f}")
+    held = c.get("held_out")
+    if held:
+        line += (f"; on {held['n_prompts']} held-out prompts {held['faithfulness_normalised']:.2f} "
+                 f"[{held['lo']:.2f}, {held['hi']:.2f}]")
+    return line
+
+
 def _circuit_lines(heads, doc, circuits) -> list[str]:
     if not circuits:
         return []
     probe = doc.get("circuit_method", "attribution_patching")
     out = []
+    sized = doc.get("circuits", {})
     for task, row in circuits["tasks"].items():
+        if task in sized:
+            line = _sized_line(task, sized[task], row)
+            name = f"{task}_circuit"
+            if name in ROLES and heads["sink_score"].notna().any():
+                members = heads[heads[name]]
+                line += f"; {int(members['sink'].sum())} of its {len(members)} heads are sink heads"
+            out.append(line)
+            continue
         name = f"{task}_circuit"
         faith = row.get(probe, {})
         line = (f"{task} circuit ({probe.replace('_', ' ')}, top "

@@ -82,11 +82,15 @@ ROLES: dict[str, Role] = {r.name: r for r in (
     Role("high_entropy", "high-entropy head", "natural", "attention_entropy", "mean_entropy_norm",
          "above", 0.8, "workbench convention: over 0.8 of ln(visible keys), attention spread "
          "nearly uniformly"),
-    Role("ioi_circuit", "IOI circuit head", "circuits", "head_effects", "score", "member", 20,
-         "member of the task's top-20 circuit (the circuits command's default selection; the IOI "
-         "paper's GPT-2 circuit has 26 of 144 heads)", where=(("segment", "ioi"),)),
+    Role("ioi_circuit", "IOI circuit head", "circuits", "head_effects", "score", "member", 0.8,
+         "member of the task's circuit chosen by the atlas's --circuit-select (default "
+         "faithfulness=0.8: the smallest prefix of the heads ranked by |score| whose normalised "
+         "faithfulness (circuit - empty) / (model - empty) reaches 0.8, then refined by greedy "
+         "pruning and addition; MIB arXiv 2504.13151, ACDC arXiv 2304.14997; the IOI paper's "
+         "GPT-2 circuit has 26 of 144 heads); the threshold is the selection's value",
+         where=(("segment", "ioi"),)),
     Role("induction_circuit", "induction circuit head", "circuits", "head_effects", "score",
-         "member", 20, "member of the task's top-20 circuit (as for IOI)",
+         "member", 0.8, "member of the task's circuit chosen by --circuit-select (as for IOI)",
          where=(("segment", "induction"),)),
 )}
 

@@ -20,6 +20,8 @@ Benchmarks (each module also runs alone, ``python -m bench.<name> --help``):
 * ``app_views``: the Live pattern page's all-heads view at 30 and 128 tokens in Chromium, one
   canvas against the earlier 270 plotly heatmaps.
 * ``ioi_classes``: the IOI head classes against one attribution pass.
+* ``circuit_search``: the whole ``--select faithfulness=0.8`` search (curve, bisection,
+  refinement) against one faithfulness curve (IOI, 32 prompts).
 
 ``--quick`` runs every benchmark on a small shape for smoke testing; its numbers are not for
 reporting. Run the full suite on a quiet machine: ratios are measured within one run.
@@ -39,7 +41,7 @@ import traceback
 from pathlib import Path
 
 BENCHMARKS = ("probe_pass", "atlas", "memory", "patching", "sweep", "app_load", "importance",
-              "edges", "app_views", "ioi_classes")
+              "edges", "app_views", "ioi_classes", "circuit_search")
 
 
 def machine() -> dict:

@@ -28,31 +28,47 @@ from workbench.forward import last_logits
 from workbench.heads import Head, all_heads, format_head
 from workbench.stats import bootstrap_interval
 
-SELECTIONS = ("top_k", "top_percent", "threshold")
+SELECTIONS = ("top_k", "top_percent", "threshold", "faithfulness")
+MAX_TOP_K = 10 ** 6  # more heads than any model has
 EDGE_WEIGHT = ("path-patching score of the sender through this receiver alone (fraction of the "
                "clean - corrupted gap)")
 
 
 @dataclass(frozen=True)
 class Selection:
-    """How heads are picked from scores: ``top_k`` (a count), ``top_percent`` (of all heads,
-    rounded up) or ``threshold`` (score magnitude at least ``value``)."""
+    """How heads are picked from scores: ``top_k`` (a count, 1 to :data:`MAX_TOP_K`),
+    ``top_percent`` (of all heads, rounded up; in (0, 100]), ``threshold`` (score magnitude at
+    least ``value``) or ``faithfulness`` (the smallest prefix of the ranking whose normalised
+    faithfulness reaches ``value`` in (0, 1], then refined: :mod:`circuits.search`; chosen by the
+    run, not by :func:`select_heads`). A count or share of 0 would select an empty circuit and is
+    refused."""
 
-    method: Literal["top_k", "top_percent", "threshold"]
+    method: Literal["top_k", "top_percent", "threshold", "faithfulness"]
     value: float
     absolute: bool = True  # rank by |score|
 
     def __post_init__(self):
         if self.method not in SELECTIONS:
             raise InputError(f"selection {self.method!r} is not one of {', '.join(SELECTIONS)}")
-        if not np.isfinite(self.value) or self.value < 0 or (
-                self.method == "top_percent" and self.value > 100):
-            raise InputError(f"selection {self.method}={self.value} is out of range (a finite "
-                             "number >= 0; top_percent at most 100)")
+        value = self.value
+        bad = not np.isfinite(value) or value < 0 or {
+            "top_k": value < 1 or value > MAX_TOP_K or value != int(value),
+            "top_percent": value <= 0 or value > 100,
+            "threshold": False,
+            "faithfulness": value <= 0 or value > 1}[self.method]
+        if bad:
+            raise InputError(f"selection {self.method}={value:g} is out of range (top_k: a whole "
+                             f"number from 1 to {MAX_TOP_K}; top_percent: above 0, at most 100; "
+                             "threshold: a finite number >= 0; faithfulness: above 0, at most 1)")
+
+    @property
+    def by_faithfulness(self) -> bool:
+        """The circuit is sized by its faithfulness (chosen by the run, not from scores)."""
+        return self.method == "faithfulness"
 
     @classmethod
     def parse(cls, text: str) -> "Selection":
-        """``"top_k=10"``, ``"top_percent=2"``, ``"threshold=0.05"``."""
+        """``"top_k=10"``, ``"top_percent=2"``, ``"threshold=0.05"``, ``"faithfulness=0.8"``."""
         name, sep, value = text.partition("=")
         try:
             number = float(value)
@@ -60,7 +76,7 @@ class Selection:
             number = None
         if not sep or number is None:
             raise InputError(f"selection {text!r} is not method=value (top_k=10, top_percent=2, "
-                             "threshold=0.05)")
+                             "threshold=0.05, faithfulness=0.8)")
         return cls(name.strip(), number)  # type: ignore[arg-type]
 
     def __str__(self) -> str:
@@ -70,7 +86,14 @@ class Selection:
 
 def select_heads(scores: np.ndarray, selection: Selection) -> list[Head]:
     """Heads picked from ``[n_layers, n_heads]`` scores (NaN = not scored, never picked), sorted
-    by layer. Ties at the cut are broken by head order (layer, then head)."""
+    by layer. Ties at the cut are broken by head order (layer, then head).
+
+    Raises:
+        InputError: a ``faithfulness`` selection (it needs forwards: :mod:`circuits.search`).
+    """
+    if selection.by_faithfulness:
+        raise InputError(f"selection {selection} sizes the circuit by forwards, not by scores; "
+                         "use circuits.search")
     values = np.abs(scores) if selection.absolute else np.asarray(scores, float)
     flat = np.where(np.isnan(values), -np.inf, values).ravel()
     n_heads = scores.shape[1]

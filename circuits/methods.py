@@ -5,6 +5,8 @@ Each method scores heads on a task and selects a circuit with a :class:`Selectio
 * ``activation``: activation patching of every head (:mod:`circuits.patching`), then select;
 * ``attribution``: attribution patching (EAP, :mod:`circuits.attribution`), then select; its top
   ``spot_check`` heads are measured by activation patching (:mod:`circuits.spot_check`);
+* ``eap-ig``: EAP-IG node scores (:mod:`circuits.node_eap`: the sum of a node's outgoing edge
+  scores), then select;
 * ``path``: path patching in stages as in Wang et al. and Merullo et al.
   (:mod:`circuits.path_patching`): stage 1 scores every head as a sender to the logits and
   selects; stage ``s + 1`` scores every head as a sender to the query/key/value of the heads newly
@@ -27,6 +29,7 @@ import numpy as np
 from circuits.attribution import attribution_patching
 from circuits.discovery import Selection, circuit_graph, select_heads
 from circuits.effects import HeadEffects
+from circuits.node_eap import eap_ig_nodes
 from circuits.path_patching import path_patching
 from circuits.patching import Progress, activation_patching
 from circuits.progress import plan
@@ -82,7 +85,8 @@ def _scored(method: str, run: Callable[..., HeadEffects]):
         if method == "activation":
             kwargs["heads_per_forward"] = options.heads_per_forward
         effects = run(model, task, **kwargs)
-        circuit = select_heads(effects.score, selection)
+        # sized by faithfulness: the run chooses the circuit from the ranking (circuits.search)
+        circuit = [] if selection.by_faithfulness else select_heads(effects.score, selection)
         check = None
         if method == "attribution" and options.spot_check:
             check = spot_check(model, task, effects, k=options.spot_check,
@@ -155,5 +159,6 @@ METHODS: dict[str, Callable[..., Discovery]] = {
     "activation": _scored("activation", activation_patching),
     "attribution": _scored("attribution", attribution_patching),
     "path": discover_path,
+    "eap-ig": _scored("eap-ig", eap_ig_nodes),
 }
 

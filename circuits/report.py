@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from circuits.components import report_lines
 from circuits.ioi_run import ioi_report_lines
+from circuits.sized import report_lines as sized_report_lines
 from workbench.heads import format_head
 from workbench.store import RunDir
 
 PROBE = {"activation": "activation_patching", "attribution": "attribution_patching",
-         "path": "path_patching"}
+         "path": "path_patching", "eap-ig": "eap_ig_nodes"}
 
 
 def report(run: RunDir) -> str:
@@ -55,6 +56,7 @@ def report(run: RunDir) -> str:
                          "alone): " + ", ".join(
                              f"{format_head((r.layer, r.head))}->{r.condition.split('=', 1)[1]} "
                              f"{r.value:+.3f}" for r in edges.itertuples()))
+    lines += sized_report_lines(frame("circuit_search"), frame("faithfulness_curve"))
     ov = frame("overlap")
     if ov is not None:
         lines.append("overlap: shared, Jaccard, overlap coefficient, expected shared, "

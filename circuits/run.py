@@ -30,6 +30,9 @@ units in ``run.json``):
   their evidence (path-patching scores per stage, attention, copy scores, backup effects).
 * ``method_agreement`` (with two or more methods): ``spearman`` of the per-head scores (path
   patching: stage 1) per task, ``condition`` = ``"methodA~methodB"``.
+* ``faithfulness_curve`` and ``circuit_search`` (``--select faithfulness=F``): the size-faithfulness
+  curve with its random band, and the search, refinement and held-out check
+  (:mod:`circuits.sized`).
 """
 
 from __future__ import annotations
@@ -60,7 +63,11 @@ from circuits.methods import METHODS, Discovery, DiscoveryOptions
 from circuits.overlap import Overlap, overlap_table
 from circuits.path_patching import check_receiver_input
 from circuits.progress import CircuitsProgress, plan
+from circuits.refine import RefineOptions
 from circuits.report import PROBE, report  # noqa: F401 (report: the CLI's entry point)
+from circuits.sized import UNITS as SIZED_UNITS
+from circuits.sized import SizingOptions
+from circuits.sized_run import sized_tables
 from circuits.tasks import Task, load_task
 from workbench.errors import InputError
 from workbench.heads import Head, check_heads, format_head, head_columns, parse_heads
@@ -102,7 +109,8 @@ UNITS = {
     "disagrees": "1 if |attribution - activation| > max(0.05, 0.5 |activation|), else 0",
     "worst_effect_attribution": "logits: estimated patched - base LD on the worst prompt",
     "worst_effect_activation": "logits: measured patched - base LD on the worst prompt",
-    **COMPONENT_UNITS, **IOI_UNITS,
+    **COMPONENT_UNITS, **IOI_UNITS, **SIZED_UNITS,
+    "mlp_member": "1 per MLP in the circuit (--nodes heads,mlps; layer = the MLP's)",
 }
 
 
@@ -123,6 +131,7 @@ class CircuitsOptions:
     dla: bool = False  # direct logit attribution per head and MLP (circuits.dla)
     resume: bool = False  # continue an interrupted run: finished phases reused (workbench.phases)
     ioi_classes: tuple[str, ...] = ()  # tasks whose IOI head classes are found (circuits.ioi_run)
+    sizing: SizingOptions = field(default_factory=SizingOptions)  # --select faithfulness=X
 
 
 def check_methods(methods: list[str]) -> None:
@@ -138,7 +147,8 @@ def check_options(methods: list[str], select: str, *, direction: str, positions:
                   receiver_input: str, n_random: int, mean_prompts: int | None,
                   heads: str | None = None, spot_check: int = 20,
                   both_directions: bool = False, grids: str | None = None, dla: bool = False,
-                  ioi_classes: tuple[str, ...] = (), **run: object) -> CircuitsOptions:
+                  ioi_classes: tuple[str, ...] = (), sizing: SizingOptions | None = None,
+                  **run: object) -> CircuitsOptions:
     """Validate the command line before the model loads.
 
     ``heads``: ``None`` (every head) or a comma-separated ``layer.head`` list (``"23.3,20.0"``):
@@ -164,10 +174,41 @@ def check_options(methods: list[str], select: str, *, direction: str, positions:
     discovery = DiscoveryOptions(direction, None if positions in (None, "all") else positions,
                                  batch_size, heads_per_forward, stages, receiver_input,
                                  parse_head_list(heads), spot_check)
-    return CircuitsOptions(methods, Selection.parse(select), discovery, n_random, mean_prompts,
+    selection = Selection.parse(select)
+    check_sizing(methods, selection, sizing, discovery)
+    if both_directions and selection.by_faithfulness:
+        raise InputError("--both-directions patches the circuit heads before the faithfulness "
+                         "search chooses them; use it with --select top_k=N")
+    return CircuitsOptions(methods, selection, discovery, n_random, mean_prompts,
                            **run, both_directions=both_directions,
                            grids=parse_components(grids), dla=dla,
-                           ioi_classes=tuple(ioi_classes))
+                           ioi_classes=tuple(ioi_classes),
+                           sizing=sizing or SizingOptions())
+
+
+def check_sizing(methods: list[str], selection: Selection, sizing: SizingOptions | None,
+                 discovery: DiscoveryOptions) -> None:
+    """Refuse sizing options without ``--select faithfulness=X`` and methods that cannot rank.
+
+    Raises:
+        InputError: one line naming the option.
+    """
+    sizing = sizing or SizingOptions()
+    if not selection.by_faithfulness:
+        changed = [name for name, on in (
+            ("--nodes heads,mlps", sizing.mlps), ("--max-size", sizing.max_size is not None),
+            ("--held-out", sizing.held_out > 0),
+            ("--refine-*", sizing.refine != RefineOptions())) if on]
+        if changed:
+            raise InputError(f"{', '.join(changed)} only apply to --select faithfulness=X "
+                             f"(got --select {selection})")
+        return
+    if "path" in methods:
+        raise InputError("--select faithfulness=X sizes a circuit from one ranking of heads; "
+                         "path patching's staged circuit has none: use --select top_k=N with "
+                         "--method path")
+    if sizing.mlps and discovery.heads is not None:
+        raise InputError("--nodes heads,mlps ranks every head and MLP; drop --heads")
 
 
 def parse_head_list(text: str | None) -> tuple[Head, ...] | None:
@@ -323,15 +364,21 @@ def _task_tables(model, task, found, options, timings, run_id, tables, phase,
     means = phases.run(f"means {task.name}", lambda: _ablation_means(model, task, options, phase))
     plan(phase, len(options.methods) * (3 + options.n_random)
          * len(task.batches(options.discovery.batch_size)))
+    sized = {}
+    if options.selection.by_faithfulness:  # choose each method's circuit (circuits.sized_run)
+        sized = sized_tables(model, task, found, options, means, timings, run_id, tables)
     for method in options.methods:
         result, probe = found[method, task.name], PROBE[method]
         tables["head_effects"] += [conform(e.records(), run_id=run_id, probe=probe)
                                    for e in result.effects]
         tables["circuits"].append(conform(_circuit_rows(result), run_id=run_id, probe=probe))
+        if not result.circuit and method not in sized:  # nothing selected: nothing to measure
+            continue
         start = time.perf_counter()
-        faith = phases.run(f"faithfulness {method} {task.name}", lambda: faithfulness(
-            model, task, result.circuit, means=means, n_random=options.n_random,
-            batch_size=options.discovery.batch_size, progress=phase))
+        faith = sized[method].faithfulness if method in sized else phases.run(
+            f"faithfulness {method} {task.name}", lambda: faithfulness(
+                model, task, result.circuit, means=means, n_random=options.n_random,
+                batch_size=options.discovery.batch_size, progress=phase))
         timings[f"faithfulness.{method}.{task.name}_s"] = round(time.perf_counter() - start, 3)
         tables["faithfulness"].append(conform(_faith_rows(faith, task.name), run_id=run_id,
                                               probe=probe))
@@ -340,10 +387,15 @@ def _task_tables(model, task, found, options, timings, run_id, tables, phase,
 def _ablation_means(model, task: Task, options: CircuitsOptions, phase=None):
     """Means over the corrupted prompts of the task's whole file (or its first ``mean_prompts``,
     never fewer than the scored prompts, so every scored prompt's length has a mean)."""
-    n = None if options.mean_prompts is None else max(options.mean_prompts, len(task))
-    source = load_task(task.prompt_set.files[0].path, model, n_prompts=n)
+    source = _ablation_source(model, task, options)
     plan(phase, len(source.batches(options.discovery.batch_size)))
     return ablation_means(model, source, batch_size=options.discovery.batch_size, progress=phase)
+
+
+def _ablation_source(model, task: Task, options: CircuitsOptions) -> Task:
+    """The prompts whose corrupted runs the ablation means average (:func:`_ablation_means`)."""
+    n = None if options.mean_prompts is None else max(options.mean_prompts, len(task))
+    return load_task(task.prompt_set.files[0].path, model, n_prompts=n)
 
 
 def _task_rows(effects) -> pa.Table:
@@ -430,7 +482,9 @@ def _manifest(model, tasks: list[Task], options: CircuitsOptions) -> dict:
                                   "criteria": asdict(IOICriteria())}}
                  if options.ioi_classes else {}),
               "discovery": asdict(options.discovery), "n_random": options.n_random,
-              "mean_prompts": options.mean_prompts}
+              "mean_prompts": options.mean_prompts,
+              **({"sizing": asdict(options.sizing)} if options.selection.by_faithfulness
+                 else {})}
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
     slug = info.name.rstrip("/").split("/")[-1].replace(" ", "-")
     run_id = options.run_id or f"{slug}-circuits-{'+'.join(t.name for t in tasks)}-{digest}"

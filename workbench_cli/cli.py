@@ -164,8 +164,24 @@ def circuits(
         "path; edge level: eap-ig (default) or eap."),
     select: Optional[str] = typer.Option(
         None, "--select", metavar="RULE", help="Circuit selection: node level top_k=N (default 20), "
-        "top_percent=P or threshold=S; edge level faithfulness=T (default 0.8: the smallest "
-        "faithful prefix), top_n=N, top_percent=P or threshold=S."),
+        "top_percent=P, threshold=S or faithfulness=F (the smallest faithful prefix of the "
+        "ranking, then refined); edge level faithfulness=T (default 0.8), top_n=N, top_percent=P "
+        "or threshold=S."),
+    nodes: str = typer.Option("heads", "--nodes", metavar="NODES", help="faithfulness=F: rank "
+                              "and ablate heads, or heads,mlps."),
+    max_size: Optional[int] = typer.Option(None, "--max-size", metavar="N", help="faithfulness=F:"
+                                           " the largest circuit searched (default: every node)."),
+    held_out: int = typer.Option(0, "--held-out", metavar="N", help="faithfulness=F: check the "
+                                 "circuit on the N prompts of the task file after the scored ones."),
+    refine_tolerance: float = typer.Option(0.01, "--refine-tolerance", metavar="T", help=
+                                           "faithfulness=F: prune members costing less than T."),
+    refine_candidates: int = typer.Option(8, "--refine-candidates", metavar="N", help=
+                                          "faithfulness=F: outside nodes tried per addition."),
+    refine_rounds: int = typer.Option(1, "--refine-rounds", metavar="N", help="faithfulness=F: "
+                                      "add-then-prune rounds after the first pruning."),
+    refine_budget: Optional[float] = typer.Option(
+        None, "--refine-budget", metavar="N", help="faithfulness=F: evaluations the refinement "
+        "may spend (default: the whole search within 3 faithfulness curves)."),
     level: str = typer.Option("node", "--level", metavar="LEVEL",
                               help="node (heads) or edge (the computational graph's edges: EAP / "
                                    "EAP-IG, faithfulness curves)."),
@@ -263,12 +279,20 @@ def circuits(
         out.print(f"[green]complete[/]: {run_dir.path}")
         return
     method, select = method or ["attribution"], select or "top_k=20"
+    from circuits.sized import check_held_out, sizing_options
+
+    sizing = sizing_options(nodes=nodes, max_size=max_size, held_out=held_out,
+                            refine_tolerance=refine_tolerance, refine_candidates=refine_candidates,
+                            refine_rounds=refine_rounds, refine_budget=refine_budget)
+    for spec_ in task:
+        check_held_out(len(load_prompt_set(resolve_task(spec_)[1])), n_prompts, held_out,
+                       f"--task {spec_}")
     options = check_options(method, select, direction=direction, positions=positions,
                             batch_size=batch_size or 1, heads_per_forward=heads_per_forward,
                             stages=stages, receiver_input=receiver_input, n_random=n_random,
                             mean_prompts=mean_prompts, heads=heads,
                             spot_check=spot_check, both_directions=both_directions,
-                            grids=",".join(grids), dla=dla,
+                            grids=",".join(grids), dla=dla, sizing=sizing,
                             ioi_classes=tuple(prompt_sets) if ioi_classes else (),
                             runs_dir=runs_dir, run_id=run_id,
                             overwrite=overwrite, progress=progress, resume=resume)

@@ -52,15 +52,19 @@ def circuits(model: Any, tasks: Sequence[str] | str, *,
              stages: int = 2, receiver_input: str = "qkv", n_random: int = 3,
              mean_prompts: int | None = None, heads: str | None = None, spot_check: int = 20,
              both_directions: bool = False, grids: str | None = None, dla: bool = False,
-             ioi_classes: bool = False, level: str = "node", metric: str = "logit_diff",
+             ioi_classes: bool = False, nodes: str = "heads", max_size: int | None = None,
+             held_out: int = 0, refine_tolerance: float = 0.01, refine_candidates: int = 8,
+             refine_rounds: int = 1, refine_budget: float | None = None,
+             level: str = "node", metric: str = "logit_diff",
              ablation: str = "corrupted", ig_steps: int = 5, ig_rule: str = "right",
              n_boot: int = 1000, runs_dir: Path | str | None = None, run_id: str | None = None,
              overwrite: bool = False, resume: bool = False, progress: bool = False) -> Results:
     """``workbench circuits`` (same options, same tables): per-head effects, circuits,
     faithfulness and overlap for ``tasks`` (a name or file, or a list of them: ``"ioi"`` is one
     task); ``heads="23.3,20.0"`` restricts the methods to those heads, ``spot_check``,
-    ``both_directions``, ``grids``, ``dla`` and ``ioi_classes`` as the CLI options of the same
-    names. ``level="edge"``: edge circuits (``methods`` ``eap-ig`` / ``eap``, ``select`` default
+    ``both_directions``, ``grids``, ``dla``, ``ioi_classes`` and, with
+    ``select="faithfulness=F"``, ``nodes``, ``max_size``, ``held_out`` and ``refine_*`` as the CLI
+    options of the same names. ``level="edge"``: edge circuits (``methods`` ``eap-ig`` / ``eap``, ``select`` default
     ``faithfulness=0.8``, ``metric``, ``ablation``, ``ig_steps``, ``ig_rule``, ``n_boot``; see
     ``docs/methods-edges.md``). An option of the other level set to anything but its default is
     refused (:mod:`circuits.levels`).
@@ -81,12 +85,16 @@ def circuits(model: Any, tasks: Sequence[str] | str, *,
     methods = None if methods is None else names(methods, "methods", allow_empty=False)
     check("circuits", n_prompts=n_prompts, batch_size=batch_size,
           heads_per_forward=heads_per_forward, stages=stages, n_random=n_random,
-          mean_prompts=mean_prompts, spot_check=spot_check, ig_steps=ig_steps, n_boot=n_boot)
+          mean_prompts=mean_prompts, spot_check=spot_check, ig_steps=ig_steps, n_boot=n_boot,
+          max_size=max_size, held_out=held_out, refine_tolerance=refine_tolerance,
+          refine_candidates=refine_candidates, refine_rounds=refine_rounds,
+          refine_budget=refine_budget)
     for name, value in (("direction", direction), ("positions", positions),
                         ("receiver_input", receiver_input), ("level", level),
                         ("metric", metric), ("ablation", ablation), ("ig_rule", ig_rule)):
         text(value, name, optional=False)
     select, heads, grids = text(select, "select"), text(heads, "heads"), text(grids, "grids")
+    nodes = text(nodes, "nodes", optional=False)
     flag(ioi_classes, "ioi_classes")
     _common(runs_dir, run_id, resume, overwrite, progress)
     check_level_options(level, locals())
@@ -103,6 +111,13 @@ def circuits(model: Any, tasks: Sequence[str] | str, *,
                               ig_rule=ig_rule, n_boot=n_boot, n_random=n_random,
                               batch_size=batch_size, runs_dir=runs_dir, run_id=run_id,
                               overwrite=overwrite, progress=progress)
+    from circuits.sized import check_held_out, sizing_options
+
+    sizing = sizing_options(nodes=nodes, max_size=max_size, held_out=held_out,
+                            refine_tolerance=refine_tolerance, refine_candidates=refine_candidates,
+                            refine_rounds=refine_rounds, refine_budget=refine_budget)
+    for spec, prompt_set in zip(tasks, prompt_sets.values()):
+        check_held_out(len(prompt_set), n_prompts, held_out, f"tasks={spec!r}")
     with _folder(runs_dir) as folder:
         options = check_options(list(methods or ["attribution"]), select or "top_k=20",
                                 direction=direction, positions=positions,
@@ -110,7 +125,7 @@ def circuits(model: Any, tasks: Sequence[str] | str, *,
                                 stages=stages, receiver_input=receiver_input,
                                 n_random=n_random, mean_prompts=mean_prompts, heads=heads,
                                 spot_check=spot_check, both_directions=both_directions,
-                                grids=grids, dla=dla,
+                                grids=grids, dla=dla, sizing=sizing,
                                 ioi_classes=tuple(prompt_sets) if ioi_classes else (),
                                 runs_dir=folder, run_id=run_id,
                                 overwrite=overwrite, progress=progress, resume=resume)

@@ -7,7 +7,8 @@ the files and their sidecars. :func:`run_figures` picks every table's standard f
 :data:`FIGURE_SETS` (see ``registry.py``), falling back to generic figures by data shape.
 """
 
-from workbench.figures import (circuit_sets, edges, ioi_sets, probe_sets,  # noqa: F401 (sets)
+from workbench.figures import (circuit_curve, circuit_sets, edges, ioi_sets,  # noqa: F401
+                               probe_sets,
                                pruning)
 from workbench.figures.atlas import atlas_grid
 from workbench.figures.text import attention_text, pattern_grid

@@ -95,8 +95,18 @@ def atlas(
                                   help="Circuit tasks (shipped name or JSONL file)."),
     n_prompts: int = typer.Option(32, "--n-prompts", metavar="N",
                                   help="Prompts per circuit task."),
-    circuit_size: int = typer.Option(20, "--circuit-size", metavar="N",
-                                     help="Heads per circuit (top k)."),
+    circuit_select: str = typer.Option(
+        "faithfulness=0.8", "--circuit-select", metavar="RULE",
+        help="How each task's circuit is chosen: faithfulness=F (the smallest faithful prefix of "
+             "the ranking, refined), top_k=N, top_percent=P or threshold=S."),
+    circuit_size: Optional[int] = typer.Option(None, "--circuit-size", metavar="N",
+                                               help="Top-k circuits of N heads instead."),
+    circuit_max_size: Optional[int] = typer.Option(
+        None, "--circuit-max-size", metavar="N", help="The largest circuit the faithfulness "
+        "search considers (default: every head)."),
+    held_out: Optional[int] = typer.Option(
+        None, "--held-out", metavar="N", help="Check each circuit on the N prompts after the "
+        "scored ones (default: --n-prompts of them, or what the file has left)."),
     skip: list[str] = list_option([], "--skip", metavar="PART",
                                   help="Parts not to run: natural, repeated, context, circuits."),
     threshold: list[str] = typer.Option([], "--threshold", metavar="ROLE=X",
@@ -127,6 +137,8 @@ def atlas(
     options = AtlasOptions(out=out_dir or Path("runs") / f"atlas-{slug}", natural=natural,
                            repeated=repeated, context=context, tasks=tuple(task),
                            n_prompts=n_prompts, thorough=thorough, circuit_size=circuit_size,
+                           circuit_select=circuit_select, circuit_max_size=circuit_max_size,
+                           held_out=held_out,
                            thresholds=_thresholds(threshold), skip=tuple(skip),
                            batch_size=batch_size, resume=resume, overwrite=overwrite,
                            progress=progress, command=sys.argv)
@@ -182,7 +194,14 @@ def _rule_text(rule: dict) -> str:
     cut = rule["threshold"]
     return {"above": f"> {cut:g}", "below": f"< {cut:g}",
             "of_ceiling": f"> {cut:g} x {rule.get('ceiling') or float('nan'):.2f}",
-            "top_k": f"top {cut:g}", "member": f"in top-{cut:g} circuit"}[rule["rule"]]
+            "top_k": f"top {cut:g}", "member": _member_text(rule)}[rule["rule"]]
+
+
+def _member_text(rule: dict) -> str:
+    """``in f>=0.8 circuit`` / ``in top-5 circuit``: the selection that chose the circuit."""
+    method, _, value = str(rule.get("selection", f"top_k={rule['threshold']:g}")).partition("=")
+    return {"faithfulness": f"in f>={value} circuit", "top_k": f"in top-{value} circuit",
+            "top_percent": f"in top-{value}% circuit"}.get(method, f"in {method}>={value} circuit")
 
 
 def _export_figure(result) -> None:
