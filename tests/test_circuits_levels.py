@@ -99,10 +99,10 @@ def test_defaults_of_the_other_level_are_accepted():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--ig-steps", str(2 ** 31)], "--ig-steps must be a whole number from 1 to 64"),
+    (["--ig-steps", str(2 ** 31)], "--ig-steps 2147483648: expected an integer in [1, 64]"),
     (["--ig-steps", "0"], "--ig-steps"),
-    (["--n-boot", str(2 ** 40)], "--n-boot must be a whole number from 1 to 10000"),
-    (["--n-random", str(2 ** 40)], "--n-random must be a whole number from 0 to 100"),
+    (["--n-boot", str(2 ** 40)], "expected an integer in [1, 10000]"),
+    (["--n-random", str(2 ** 40)], "expected an integer in [0, 100]"),
     (["--ig-rule", "middle"], "--ig-rule"),
     (["--select", "top_n=0"], "out of range"),
     (["--select", "top_percent=0"], "out of range"),
