@@ -20,7 +20,8 @@ from rich.table import Table
 
 from workbench_cli.commands import atlas as atlas_commands
 from workbench_cli.commands.common import (BATCH_SIZE, DEVICE, DEVICE_MAP, DTYPE, MODEL, OVERWRITE,
-                                       PREPEND_BOS, PROGRESS, RUN_ID, RUNS_DIR, STRICT_PARITY,
+                                       PREPEND_BOS, PROGRESS, RECHECK, RUN_ID, RUNS_DIR,
+                                       STRICT_PARITY,
                                        TYPER, _load, at_least_one, auto_batch_size, err,
                                        list_option, out)
 from workbench_cli.commands.figures import figures_app
@@ -98,6 +99,7 @@ def run(
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run."),
     overwrite: bool = OVERWRITE,
     strict_parity: bool = STRICT_PARITY,
+    recheck: bool = RECHECK,
     progress: bool = PROGRESS,
     attention_mask: Optional[str] = typer.Option(
         None, "--attention-mask", metavar="MASK",
@@ -131,7 +133,7 @@ def run(
         if done is not None:
             return _already_complete(done)
     loaded = _load(model, strict_parity, device=device, dtype=dtype, prepend_bos=prepend_bos,
-                   device_map=device_map)
+                   device_map=device_map, recheck=recheck)
     options = RunOptions(runs_dir=runs_dir, run_id=run_id, batch_size=batch_size, resume=resume,
                          overwrite=overwrite, progress=progress, command=sys.argv,
                          attention_mask=attention_mask, attention=attention)
@@ -215,6 +217,7 @@ def circuits(
     run_id: Optional[str] = RUN_ID,
     overwrite: bool = OVERWRITE,
     strict_parity: bool = STRICT_PARITY,
+    recheck: bool = RECHECK,
     progress: bool = PROGRESS,
 ) -> None:
     """Find each task's circuit (per-head effects, selection, faithfulness) and their overlap."""
@@ -237,7 +240,8 @@ def circuits(
                                           ablation=ablation, ig_steps=ig_steps, n_boot=n_boot,
                                           batch_size=batch_size or 1, runs_dir=runs_dir,
                                           run_id=run_id, overwrite=overwrite, progress=progress)
-        loaded = _load(model, strict_parity, device=device, dtype=dtype, prepend_bos=prepend_bos)
+        loaded = _load(model, strict_parity, device=device, dtype=dtype, prepend_bos=prepend_bos,
+                   recheck=recheck)
         tasks = load_tasks(task, loaded, n_prompts=n_prompts, positions=None)
         edge_options.batch_size = auto_batch_size(
             batch_size, loaded, [p.n_tokens for t in tasks for p in t.clean])
@@ -253,7 +257,8 @@ def circuits(
                             spot_check=spot_check, both_directions=both_directions,
                             grids=",".join(grids), dla=dla, runs_dir=runs_dir, run_id=run_id,
                             overwrite=overwrite, progress=progress)
-    loaded = _load(model, strict_parity, device=device, dtype=dtype, prepend_bos=prepend_bos)
+    loaded = _load(model, strict_parity, device=device, dtype=dtype, prepend_bos=prepend_bos,
+                   recheck=recheck)
     tasks = load_tasks(task, loaded, n_prompts=n_prompts, positions=positions)
     options.discovery = replace(options.discovery, batch_size=auto_batch_size(
         batch_size, loaded, [p.n_tokens for t in tasks for p in t.clean]))
@@ -290,6 +295,7 @@ def intervene(
     run_id: Optional[str] = RUN_ID,
     overwrite: bool = OVERWRITE,
     strict_parity: bool = STRICT_PARITY,
+    recheck: bool = RECHECK,
     progress: bool = PROGRESS,
 ) -> None:
     """Run a prompt set without and with an intervention spec (and a sweep); write the run."""
@@ -307,7 +313,8 @@ def intervene(
                                runs_dir, run_id, overwrite, progress, sys.argv)
     prompt_set = load_prompt_set(prompts)
     check_prompts(prompt_set, options.probes)
-    loaded = _load(model, strict_parity, device=device, dtype=dtype, prepend_bos=prepend_bos)
+    loaded = _load(model, strict_parity, device=device, dtype=dtype, prepend_bos=prepend_bos,
+                   recheck=recheck)
     options.batch_size = auto_batch_size(batch_size, loaded, [p.text for p in prompt_set.prompts])
     run_dir = intervene(loaded, prompt_set, parsed, options)
     out.print(report(run_dir))
@@ -364,6 +371,7 @@ def graph(
     attention_mask: Optional[str] = typer.Option(None, "--attention-mask", metavar="MASK",
                                                  help="causal, window:W, prefix:K, decay:GAMMA"),
     device: Optional[str] = DEVICE,
+    recheck: bool = RECHECK,
 ) -> None:
     """Export one prompt's attention graph (edge j -> i when query i attends to key j)."""
     from probes.position_bias import CONDITIONS, prompt_matrices
@@ -377,7 +385,7 @@ def graph(
     if out_path.suffix not in GRAPH_FORMATS:
         raise InputError(f"--out {out_path}: the file must end in {' or '.join(GRAPH_FORMATS)}")
     mask = AttentionMask.parse(attention_mask) if attention_mask else None
-    loaded = load_model(model, device=device)
+    loaded = load_model(model, device=device, recheck=recheck)
     layer = loaded.info.n_layers + layer if layer < 0 else layer
     mats = prompt_matrices(loaded, text, layers=[layer], heads=heads, mask=mask)
     g = attention_graph(mats[matrix][layer], threshold, tokens=mats["tokens"],
@@ -455,12 +463,16 @@ def sweep(
              "GPUs, else 0)."),
     runs_dir: Path = RUNS_DIR,
     overwrite: bool = typer.Option(False, "--overwrite", help="Start the sweep's runs again."),
+    recheck: bool = RECHECK,
 ) -> None:
     """Run models x prompt sets x jobs in shards (model, prompt chunk); a rerun skips finished
     shards. Exit 1 when a shard failed (see <runs-dir>/<name>/sweep.json)."""
     from sweeps import SweepOptions, load_spec, run_sweep
+    from workbench.load_checks import RECHECK_ENV
 
     spec = load_spec(sweep_file)
+    if recheck:  # every worker's load (this process, or Ray actors started from it)
+        os.environ[RECHECK_ENV] = "1"
     check_run_target(Path(spec.runs_dir or runs_dir))
     if engine == "local" and (address or workers):
         raise InputError("--address and --workers need --engine ray")
