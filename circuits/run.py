@@ -51,7 +51,7 @@ from circuits.components import component_tables
 from circuits.directions import compare_directions
 from circuits.discovery import Faithfulness, Selection, ablation_means, faithfulness
 from circuits.effects import check_direction, check_positions, spearman
-from circuits.grids import parse_components
+from circuits.grids import parse_components, parse_grid_layers
 from circuits.methods import METHODS, Discovery, DiscoveryOptions
 from circuits.overlap import Overlap, overlap_table
 from circuits.path_patching import check_receiver_input
@@ -115,6 +115,7 @@ class CircuitsOptions:
     console: Any = None  # rich Console the progress bars draw on (None: standard error)
     both_directions: bool = False  # activation-patch every circuit head noising and denoising
     grids: tuple[str, ...] = ()  # patching grids per layer x position (circuits.grids)
+    grid_layers: tuple[int, ...] | None = None  # the grids' layers (None: every layer)
     dla: bool = False  # direct logit attribution per head and MLP (circuits.dla)
 
 
@@ -131,13 +132,14 @@ def check_options(methods: list[str], select: str, *, direction: str, positions:
                   receiver_input: str, n_random: int, mean_prompts: int | None,
                   heads: str | None = None, spot_check: int = 20,
                   both_directions: bool = False, grids: str | None = None, dla: bool = False,
-                  **run: object) -> CircuitsOptions:
+                  grid_layers: str | None = None, **run: object) -> CircuitsOptions:
     """Validate the command line before the model loads.
 
     ``heads``: ``None`` (every head) or a comma-separated ``layer.head`` list (``"23.3,20.0"``):
     the heads patched (activation), kept (attribution) or used as senders (path). ``grids``:
     comma-separated components of :data:`circuits.grids.COMPONENTS` (or ``all``) to patch per
-    layer x position; ``dla``: direct logit attribution per head and MLP.
+    layer x position (``grid_layers``: only these layers, ``"0,14,29"``); ``dla``: direct logit
+    attribution per head and MLP.
 
     Raises:
         InputError: an unknown method, a bad selection, direction, receiver input, count, head or
@@ -153,12 +155,15 @@ def check_options(methods: list[str], select: str, *, direction: str, positions:
                                ("--heads-per-forward", heads_per_forward or 1, 1)):
         if value < least:
             raise InputError(f"{name} must be at least {least}, got {value}")
+    if grid_layers and not grids:
+        raise InputError("--grid-layers chooses the layers of the --grids; give --grids too")
     discovery = DiscoveryOptions(direction, None if positions in (None, "all") else positions,
                                  batch_size, heads_per_forward, stages, receiver_input,
                                  parse_head_list(heads), spot_check)
     return CircuitsOptions(methods, Selection.parse(select), discovery, n_random, mean_prompts,
                            **run, both_directions=both_directions,
-                           grids=parse_components(grids), dla=dla)
+                           grids=parse_components(grids), dla=dla,
+                           grid_layers=parse_grid_layers(grid_layers))
 
 
 def parse_head_list(text: str | None) -> tuple[Head, ...] | None:
@@ -398,6 +403,7 @@ def _manifest(model, tasks: list[Task], options: CircuitsOptions) -> dict:
               "methods": options.methods, "selection": str(options.selection),
               "both_directions": options.both_directions,
               **({"grids": list(options.grids)} if options.grids else {}),
+              **({"grid_layers": list(options.grid_layers)} if options.grid_layers else {}),
               **({"dla": True} if options.dla else {}),
               "discovery": asdict(options.discovery), "n_random": options.n_random,
               "mean_prompts": options.mean_prompts}

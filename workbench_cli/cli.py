@@ -209,6 +209,9 @@ def circuits(
         "denoising, side by side; flag heads that matter in one only."),
     grids: list[str] = list_option([], "--grids", metavar="COMPONENT", help="Also patch per "
                                    "layer x position: resid_pre, attn_out, mlp_out or all."),
+    grid_layers: list[str] = list_option([], "--grid-layers", metavar="LAYER",
+                                         help="Only these layers in the --grids (default: every "
+                                              "layer)."),
     dla: bool = typer.Option(False, "--dla", help="Also direct logit attribution per head/MLP."),
     device: Optional[str] = DEVICE,
     dtype: Optional[str] = DTYPE,
@@ -255,10 +258,15 @@ def circuits(
                             stages=stages, receiver_input=receiver_input, n_random=n_random,
                             mean_prompts=mean_prompts, heads=heads,
                             spot_check=spot_check, both_directions=both_directions,
-                            grids=",".join(grids), dla=dla, runs_dir=runs_dir, run_id=run_id,
+                            grids=",".join(grids), dla=dla, grid_layers=",".join(grid_layers),
+                            runs_dir=runs_dir, run_id=run_id,
                             overwrite=overwrite, progress=progress)
     loaded = _load(model, strict_parity, device=device, dtype=dtype, prepend_bos=prepend_bos,
                    recheck=recheck)
+    if options.grid_layers:  # a layer the model lacks: one line, before any forward
+        from circuits.grids import check_layers
+
+        check_layers(loaded, options.grid_layers)
     tasks = load_tasks(task, loaded, n_prompts=n_prompts, positions=positions)
     options.discovery = replace(options.discovery, batch_size=auto_batch_size(
         batch_size, loaded, [p.n_tokens for t in tasks for p in t.clean]))
