@@ -113,9 +113,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _default_heads(model) -> int:
-    from circuits.patching import default_heads_per_forward
-
-    return default_heads_per_forward(model)
+    return model.info.n_heads  # activation_patching's default
 
 
 if __name__ == "__main__":

@@ -188,8 +188,8 @@ def circuits(
                                             "(IO,S2)."),
     batch_size: Optional[int] = BATCH_SIZE,
     heads_per_forward: Optional[int] = typer.Option(
-        None, "--heads-per-forward", metavar="N", help="Heads patched per forward (default: 1 "
-        "on CPU, a layer's heads on GPU)."),
+        None, "--heads-per-forward", metavar="N", help="Heads patched per forward (default: a "
+        "layer's heads; path patching: 1 on CPU, a layer's heads on GPU)."),
     stages: int = typer.Option(2, "--stages", metavar="N", help="Path patching stages."),
     receiver_input: str = typer.Option("qkv", "--receiver-input", metavar="INPUTS",
                                        help="Path patching: receiver inputs (q, k, v, qkv ...)."),
