@@ -15,8 +15,8 @@ cell, packed again; the faster packed run counts) and must agree to 1e-5 logits.
 ``workbench circuits --grids all --dla`` part on those prompts (three packed grids over every layer
 and direct logit attribution) is estimated from packed runs of the three components on the same
 layers: beyond the per-grid work (measured as the grid of the last layer alone), a grid's time
-scales with the blocks its layers run, ``sum (L - l)``; ``--full`` runs the whole part instead. Targets: packed >= 4x faster than
-per cell; the whole part <= 300 s.
+scales with the blocks its layers run, ``sum (L - l)``; ``--full`` runs the whole part instead.
+Targets: packed >= 4x faster than per cell; the whole part <= 300 s.
 """
 
 from __future__ import annotations
