@@ -126,7 +126,9 @@ def build(variant: str, probe_names: list[str]):
 
 
 def time_all(probe_names: list[str], repeats: int, shapes=tuple(SHAPES),
-             variants=tuple(VARIANTS)) -> dict:
+             variants=tuple(VARIANTS), stat=statistics.median) -> dict:
+    """Seconds per forward of each variant and shape: ``stat`` (median; ``min`` for the least
+    disturbed run on a shared machine) of ``repeats`` interleaved repeats after a warm-up."""
     from transformers import AutoTokenizer
 
     from workbench.models import smollm2_cache
@@ -144,7 +146,7 @@ def time_all(probe_names: list[str], repeats: int, shapes=tuple(SHAPES),
                 t = time.perf_counter()
                 fn(ids)
                 samples[v].append(time.perf_counter() - t)
-        results[f"{batch}x{seq}"] = {v: statistics.median(s) for v, s in samples.items()}
+        results[f"{batch}x{seq}"] = {v: stat(s) for v, s in samples.items()}
     return results
 
 

@@ -19,7 +19,7 @@ import time
 import pyarrow as pa
 
 from circuits.dla import direct_logit_attribution
-from circuits.grids import grid_offsets, patching_grid
+from circuits.grids import check_layers, grid_offsets, patching_grid
 from circuits.progress import plan
 from workbench.heads import format_head
 from workbench.records import concat, conform
@@ -42,11 +42,11 @@ def component_tables(model, tasks, options, run_id: str, bars, timings: dict
     for task in tasks:
         for component in options.grids:
             with bars.phase(f"grid {component} {task.name}", "cells x batches") as phase:
-                plan(phase, model.info.n_layers * len(grid_offsets(task))
-                     * len(task.batches(d.batch_size)))
+                layers = check_layers(model, options.grid_layers)
+                plan(phase, len(layers) * len(grid_offsets(task)) * len(task.batches(d.batch_size)))
                 start = time.perf_counter()
                 grid = patching_grid(model, task, component, direction=d.direction,
-                                     batch_size=d.batch_size, progress=phase)
+                                     layers=layers, batch_size=d.batch_size, progress=phase)
                 timings[f"grid.{component}.{task.name}_s"] = round(time.perf_counter() - start, 3)
             grids.append(conform(grid.records(), run_id=run_id, probe=GRID_PROBE))
         if options.dla:

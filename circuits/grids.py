@@ -14,10 +14,15 @@ TransformerLens's grid with its columns renumbered. Directions and the score's s
 :mod:`circuits.effects`: ``score`` is the fraction of the clean - corrupted gap, positive = the
 activation carries the task.
 
-Cost: one forward from block ``l`` per (layer, position, batch) with the base run's block inputs
-cached (:func:`circuits.cache.forward_from_layer`); ``positions_per_forward`` positions are patched
-in one pass as copies of the batch (worth it on a GPU). :func:`naive_patching_grid` is the slow
-reference: one full forward per cell with an ordinary bridge hook.
+Cost (the default, ``packed``): per layer and batch, one pass through blocks ``l .. L-1`` of every
+position's cell packed side by side, each computing only the positions from its patched one on,
+with the base run's keys and values before it (:mod:`circuits.grid_pack`: about half the tokens
+of a whole-sequence forward per cell, and one pass per layer instead of one per cell). Where an
+architecture does not fit that (sliding windows, ...), or with ``packed=False``: one forward from
+block ``l`` per (layer, position, batch) with the base run's block inputs cached
+(:func:`circuits.cache.forward_from_layer`), ``positions_per_forward`` positions in one pass as
+copies of the batch. :func:`naive_patching_grid` is the slow reference: one full forward per cell
+with an ordinary bridge hook.
 """
 
 from __future__ import annotations
@@ -33,9 +38,11 @@ from torch import Tensor
 from circuits.cache import (block_input, capture, check_resume, forward_from_layer,
                             keep_activation)
 from circuits.effects import HeadEffects, check_direction
+from circuits.grid_pack import (Packing, Unsupported, check_packed, chunks, packed_logits,
+                                put_rows, record_base)
 from circuits.patching import Progress, base_and_source, record_unpatched
 from circuits.tasks import Task
-from workbench.errors import InputError
+from workbench.errors import InputError, WorkbenchError
 from workbench.forward import last_logits
 from workbench.records import concat, records, string_column
 
@@ -64,6 +71,31 @@ def parse_components(text: str | tuple[str, ...] | list[str] | None) -> tuple[st
     if len(set(names)) != len(names):
         raise InputError(f"--grids names a component twice: {', '.join(names)}")
     return tuple(names)
+
+
+MAX_GRID_LAYERS = 1024  # bound on --grid-layers items (no model has more layers)
+
+
+def parse_grid_layers(text: str | Sequence[str] | None) -> tuple[int, ...] | None:
+    """``"0,14,29"`` (or a list of such strings) -> ``(0, 14, 29)`` sorted and distinct; None or
+    empty -> None (every layer). The range is checked against the model by :func:`check_layers`.
+
+    Raises:
+        InputError: an item that is not a non-negative integer, or more than
+            :data:`MAX_GRID_LAYERS` items.
+    """
+    items = [] if not text else text.split(",") if isinstance(text, str) else \
+        [part for item in text for part in str(item).split(",")]
+    items = [i.strip() for i in items if i.strip()]
+    if not items:
+        return None
+    if len(items) > MAX_GRID_LAYERS:
+        raise InputError(f"--grid-layers: {len(items)} items; at most {MAX_GRID_LAYERS}")
+    bad = [i for i in items if not i.isdigit()]
+    if bad:
+        raise InputError(f"--grid-layers: {', '.join(map(repr, bad))} is not a layer index "
+                         "(a non-negative integer)")
+    return tuple(sorted({int(i) for i in items}))
 
 
 def check_component(component: str) -> None:
@@ -154,15 +186,20 @@ def _patch_hook(source: Tensor, positions: Tensor, copies: int) -> Callable:
 def patching_grid(model, task: Task, component: str, *,
                   direction: str = "corrupted_into_clean", layers: Sequence[int] | None = None,
                   batch_size: int = 16, positions_per_forward: int | None = None,
-                  progress: Progress | None = None) -> PatchingGrid:
+                  packed: bool | None = None, progress: Progress | None = None) -> PatchingGrid:
     """Patch ``component`` at every (layer, position) from the source run into the base run.
 
     Args:
         component: ``resid_pre`` (the block's input), ``attn_out`` or ``mlp_out``.
         direction: ``corrupted_into_clean`` (default) or ``clean_into_corrupted``.
         layers: the layers patched (default every layer); the others stay NaN.
-        positions_per_forward: positions patched per forward pass (default 1 on a CPU, every
-            position on a GPU).
+        positions_per_forward: positions patched per forward pass (default: packed, as many as
+            :func:`circuits.grid_pack.chunks` allows; per cell, 1 on a CPU, every position on a
+            GPU).
+        packed: compute each cell from its patched position on, the cells of a layer packed in
+            one pass (:mod:`circuits.grid_pack`); ``None`` (default): where the architecture
+            allows it (checked on the first batch), else one resumed forward per cell; ``False``:
+            always one resumed forward per cell (the reference); ``True``: packed or an error.
         progress: called with the number of (layer, position, batch) cells just finished.
 
     Returns:
@@ -170,7 +207,8 @@ def patching_grid(model, task: Task, component: str, *,
 
     Raises:
         InputError: an unknown component, direction or layer, before any forward pass.
-        WorkbenchError: the model's blocks cannot be run from cached inputs.
+        WorkbenchError: the model's blocks cannot be run from cached inputs (or, with
+            ``packed=True``, on a packed suffix).
     """
     check_component(component)
     check_direction(direction)
@@ -193,6 +231,11 @@ def patching_grid(model, task: Task, component: str, *,
         if i == 0:
             check_resume(model, base)
         record_unpatched(tb, direction, base.last_logits, source.last_logits, clean, corrupted)
+        kv, packed = _packing(model, base, offsets, packed, first=i == 0)
+        if kv is not None:
+            _packed_cells(model, tb, base, kv, acts, component, layers, offsets,
+                          positions_per_forward, patched, progress)
+            continue
         last = base.last_pos.to(model.device)
         for layer in layers:
             for first in range(0, n_pos, size):
@@ -217,6 +260,54 @@ def patching_grid(model, task: Task, component: str, *,
     effects = HeadEffects("activation_patching", task.name, direction, patched, clean, corrupted,
                           task.prompt_ids, condition=component)
     return PatchingGrid(component, offsets, _tokens(model, task, offsets), effects)
+
+
+def _packing(model, base, offsets: np.ndarray, packed: bool | None, first: bool):
+    """(the base run's keys and values, or None for the per-cell forward; the packed setting
+    for the next batches): packing is tried unless ``packed`` is False, and checked against the
+    base run on the first batch."""
+    if packed is False:
+        return None, False
+    try:
+        kv = record_base(model, base)
+        if first:
+            check_packed(model, base, kv, [int(o) for o in offsets])
+        return kv, True
+    except (Unsupported, WorkbenchError) as why:
+        if packed:
+            raise WorkbenchError(f"model {model.info.name!r}: patching grid cells cannot be "
+                                 f"packed ({why})") from None
+        return None, False
+
+
+def _packed_cells(model, tb, base, kv, acts, component: str, layers, offsets: np.ndarray,
+                  max_cells: int | None, patched: np.ndarray, progress) -> None:
+    """Fill ``patched[tb.index, layer, :]`` for ``layers`` with packed passes."""
+    lengths = (base.last_pos + 1).to(model.device)
+    seq = block_input(base, 0).shape[1]
+    n_pos = len(offsets)
+    for layer in layers:
+        for group in chunks([int(o) for o in offsets], len(lengths), seq, model.info.n_heads,
+                            max_cells):
+            pack = Packing(group, lengths, seq)
+            with torch.inference_mode():
+                if component == "resid_pre":
+                    hidden = put_rows(block_input(base, layer)[
+                        torch.arange(len(lengths), device=lengths.device)[:, None],
+                        pack.positions], acts[layer], pack)
+                    logits = packed_logits(model, base, kv, layer, pack, hidden=hidden)
+                else:
+                    def hook(x, hook, source=acts[layer], pack=pack):
+                        return put_rows(x, source, pack)
+                    logits = packed_logits(model, base, kv, layer, pack,
+                                           fwd_hooks=[(HOOKS[component].format(layer=layer),
+                                                       hook)])
+            flat = logits.transpose(0, 1).reshape(-1, logits.shape[-1])  # group-major copies
+            ld = tb.logit_diff(flat, len(group)).view(len(group), -1).cpu().numpy()
+            for g, o in enumerate(group):
+                patched[tb.index, layer, o + n_pos] = ld[g]
+            if progress:
+                progress(len(group))
 
 
 def _tokens(model, task: Task, offsets: np.ndarray) -> list[str]:

@@ -30,6 +30,7 @@ LEVEL_ONLY: dict[str, tuple[str, Any, str]] = {
     "spot_check": ("node", 20, "--spot-check"),
     "both_directions": ("node", False, "--both-directions"),
     "grids": ("node", None, "--grids"),
+    "grid_layers": ("node", None, "--grid-layers"),
     "dla": ("node", False, "--dla"),
     "ioi_classes": ("node", False, "--ioi-classes"),
     "nodes": ("node", "heads", "--nodes"),
@@ -49,7 +50,7 @@ LEVEL_ONLY: dict[str, tuple[str, Any, str]] = {
 BOTH_LEVELS = frozenset({
     "model", "task", "method", "select", "level", "n_prompts", "batch_size", "n_random",
     "device", "dtype", "prepend_bos", "runs_dir", "run_id", "overwrite", "strict_parity",
-    "progress", "resume", "tasks", "methods"})
+    "progress", "resume", "recheck", "tasks", "methods"})
 
 DOES = {"edge": "scores the graph's edges with EAP / EAP-IG",
         "node": "patches or attributes heads"}

@@ -45,7 +45,7 @@ class DiscoveryOptions:
     direction: str = "corrupted_into_clean"
     positions: str | None = None  # None = every position; "last"; or segment names
     batch_size: int = 16
-    heads_per_forward: int | None = None  # None = 1 on CPU, a layer's heads on GPU
+    heads_per_forward: int | None = None  # None: a layer's heads (path patching: 1 on CPU)
     stages: int = 2  # path patching stages
     receiver_input: str = "qkv"  # path patching: which inputs of receiver heads
     heads: tuple[Head, ...] | None = None  # heads scored (path: senders); None = every head

@@ -5,9 +5,10 @@ the source prompt's ``z[:, pos, h, :]`` in at the chosen positions, and read the
 
 Nothing that cannot change is recomputed: the base run's block inputs are cached once per batch
 (:func:`circuits.cache.capture`) and each patched forward runs only blocks ``l..L-1``, then the final
-norm and unembedding at the last real token. ``heads_per_forward`` heads are patched in one forward
-with the batch repeated once per head (batch dimension = heads; worth it on a GPU, not on a CPU,
-where the forward is compute-bound). :func:`naive_activation_patching` is the slow reference: one
+norm and unembedding at the last real token. ``heads_per_forward`` heads (default: a layer's) are
+patched in one forward with the batch repeated once per head (batch dimension = heads; on the CPU
+the forward is compute-bound, so this saves the per-call overhead only: 1.12x on SmolLM2).
+:func:`naive_activation_patching` is the slow reference: one
 full forward per head.
 """
 
@@ -85,8 +86,8 @@ def activation_patching(model, task: Task, *, direction: str = "corrupted_into_c
         positions: ``None``/``"all"``, ``"last"``, or segment names (see
             :func:`circuits.effects.position_mask`).
         heads: the heads to patch (default: all ``n_layers x n_heads``).
-        heads_per_forward: heads patched per forward pass (default
-            :func:`default_heads_per_forward`).
+        heads_per_forward: heads patched per forward pass (default: a layer's heads, on the CPU
+            too: 1.12x faster than one head per forward on SmolLM2, 16 IOI prompts).
 
     Returns:
         :class:`HeadEffects` (``patched`` NaN for heads not asked for).
@@ -98,7 +99,7 @@ def activation_patching(model, task: Task, *, direction: str = "corrupted_into_c
     check_direction(direction)
     check_positions(task, positions)
     heads = resolve_heads(model, heads)
-    size = heads_per_forward or default_heads_per_forward(model)
+    size = heads_per_forward or model.info.n_heads
     n_layers, n_heads = model.info.n_layers, model.info.n_heads
     patched = np.full((len(task), n_layers, n_heads), np.nan)
     clean, corrupted = np.zeros(len(task)), np.zeros(len(task))

@@ -58,7 +58,7 @@ from circuits.ioi_classes import IOICriteria
 from circuits.directions import compare_directions
 from circuits.discovery import Faithfulness, Selection, ablation_means, faithfulness
 from circuits.effects import check_direction, check_positions, spearman
-from circuits.grids import parse_components
+from circuits.grids import parse_components, parse_grid_layers
 from circuits.methods import METHODS, Discovery, DiscoveryOptions
 from circuits.overlap import Overlap, overlap_table
 from circuits.path_patching import check_receiver_input
@@ -128,6 +128,7 @@ class CircuitsOptions:
     console: Any = None  # rich Console the progress bars draw on (None: standard error)
     both_directions: bool = False  # activation-patch every circuit head noising and denoising
     grids: tuple[str, ...] = ()  # patching grids per layer x position (circuits.grids)
+    grid_layers: tuple[int, ...] | None = None  # the grids' layers (None: every layer)
     dla: bool = False  # direct logit attribution per head and MLP (circuits.dla)
     resume: bool = False  # continue an interrupted run: finished phases reused (workbench.phases)
     ioi_classes: tuple[str, ...] = ()  # tasks whose IOI head classes are found (circuits.ioi_run)
@@ -147,15 +148,16 @@ def check_options(methods: list[str], select: str, *, direction: str, positions:
                   receiver_input: str, n_random: int, mean_prompts: int | None,
                   heads: str | None = None, spot_check: int = 20,
                   both_directions: bool = False, grids: str | None = None, dla: bool = False,
-                  ioi_classes: tuple[str, ...] = (), sizing: SizingOptions | None = None,
-                  **run: object) -> CircuitsOptions:
+                  grid_layers: str | None = None, ioi_classes: tuple[str, ...] = (),
+                  sizing: SizingOptions | None = None, **run: object) -> CircuitsOptions:
     """Validate the command line before the model loads.
 
     ``heads``: ``None`` (every head) or a comma-separated ``layer.head`` list (``"23.3,20.0"``):
     the heads patched (activation), kept (attribution) or used as senders (path). ``grids``:
     comma-separated components of :data:`circuits.grids.COMPONENTS` (or ``all``) to patch per
-    layer x position; ``dla``: direct logit attribution per head and MLP; ``ioi_classes``: the
-    tasks whose IOI head classes are found (:mod:`circuits.ioi_run`).
+    layer x position (``grid_layers``: only these layers, ``"0,14,29"``); ``dla``: direct logit
+    attribution per head and MLP; ``ioi_classes``: the tasks whose IOI head classes are found
+    (:mod:`circuits.ioi_run`).
 
     Raises:
         InputError: an unknown method, a bad selection, direction, receiver input, count, head or
@@ -171,6 +173,8 @@ def check_options(methods: list[str], select: str, *, direction: str, positions:
                                ("--heads-per-forward", heads_per_forward or 1, 1)):
         if value < least:
             raise InputError(f"{name} must be at least {least}, got {value}")
+    if grid_layers and not grids:
+        raise InputError("--grid-layers chooses the layers of the --grids; give --grids too")
     discovery = DiscoveryOptions(direction, None if positions in (None, "all") else positions,
                                  batch_size, heads_per_forward, stages, receiver_input,
                                  parse_head_list(heads), spot_check)
@@ -182,6 +186,7 @@ def check_options(methods: list[str], select: str, *, direction: str, positions:
     return CircuitsOptions(methods, selection, discovery, n_random, mean_prompts,
                            **run, both_directions=both_directions,
                            grids=parse_components(grids), dla=dla,
+                           grid_layers=parse_grid_layers(grid_layers),
                            ioi_classes=tuple(ioi_classes),
                            sizing=sizing or SizingOptions())
 
@@ -477,6 +482,7 @@ def _manifest(model, tasks: list[Task], options: CircuitsOptions) -> dict:
               "methods": options.methods, "selection": str(options.selection),
               "both_directions": options.both_directions,
               **({"grids": list(options.grids)} if options.grids else {}),
+              **({"grid_layers": list(options.grid_layers)} if options.grid_layers else {}),
               **({"dla": True} if options.dla else {}),
               **({"ioi_classes": {"tasks": list(options.ioi_classes),
                                   "criteria": asdict(IOICriteria())}}

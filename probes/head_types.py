@@ -203,14 +203,20 @@ def kept_attention(pattern: Float[Tensor, "batch head_index query_pos key_pos"],
     """``sum(A)`` over each prompt's kept (query, key) pairs (the ``mul`` denominator): row sums
     over real queries, less key 0 and the diagonal when excluded. Summed in float64: the kept
     mass is row sum - column 0 - diagonal, which cancels when almost all of a row is on token 0
-    (sink heads: 0.99997 of it); fp32 was off by 1e-3 there."""
+    (sink heads: 0.99997 of it); fp32 was off by 1e-3 there. Without exclusions nothing cancels
+    and the row sums are taken in the pattern's dtype (fp32 for half precision), then summed in
+    float64."""
     dev = pattern.device
     acc = _accumulator(dev)
     real = (torch.arange(pattern.shape[-1], device=dev)[None, :]
             < lengths.to(dev)[:, None]).to(acc)
-    # a float64 sum copies its input: one head at a time bounds that copy to one head's pattern
-    row_sums = torch.stack([pattern[:, h].sum(-1, dtype=acc) for h in range(pattern.shape[1])],
-                           dim=1)
+    if exclude_bos or exclude_current_token:
+        # a float64 sum copies its input: one head at a time bounds that copy to one head's pattern
+        row_sums = torch.stack([pattern[:, h].sum(-1, dtype=acc)
+                                for h in range(pattern.shape[1])], dim=1)
+    else:  # nothing cancels: rows sum to about 1, the pattern's own (fp32) sum is exact enough
+        half = pattern.dtype in (torch.float16, torch.bfloat16)
+        row_sums = pattern.sum(-1, dtype=torch.float32 if half else None).to(acc)
     total = torch.einsum("bhq,bq->bh", row_sums, real)
     if exclude_bos:
         total -= torch.einsum("bhq,bq->bh", pattern[..., 0].to(acc), real)

@@ -68,9 +68,12 @@ def resid_stats(resid: Float[Tensor, "batch pos d_model"], lengths: Int[Tensor, 
     median = torch.stack([torch.kthvalue(a[b, :n].flatten(), (n * d_model - 1) // 2 + 1).values
                           for b, n in enumerate(lengths.tolist())])
     k = min(top_k, int(lengths.min()) * d_model)
-    top = a.masked_fill(~valid[..., None], -1.0).flatten(1).topk(k, dim=1)
-    hit = (a > abs_threshold) & (a >= median_ratio * median[:, None, None]) & valid[..., None]
-    bi, pos, dim = hit.nonzero(as_tuple=True)
+    padded = bool((lengths < n_pos).any())
+    top = (a.masked_fill(~valid[..., None], -1.0) if padded else a).flatten(1).topk(k, dim=1)
+    # few entries pass |x| > abs_threshold: test the other two conditions on those only
+    bi, pos, dim = (a > abs_threshold).nonzero(as_tuple=True)
+    keep = (a[bi, pos, dim] >= median_ratio * median[bi]) & valid[bi, pos]
+    bi, pos, dim = bi[keep], pos[keep], dim[keep]
     np_ = lambda t: t.cpu().numpy()  # noqa: E731
     return ResidStats(np_(median.double()), np_(top.indices // d_model),
                       np_(top.indices % d_model), np_(top.values.double()), np_(bi), np_(pos),

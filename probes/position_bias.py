@@ -47,17 +47,21 @@ def layer_attention(pattern: Float[Tensor, "batch head_index query_pos key_pos"]
                     valid: Bool[Tensor, "batch pos"], head: int | None = None
                     ) -> Float[Tensor, "batch query_pos key_pos"]:
     """One layer's attention matrix ``A`` per prompt, float64: the head average (or one head),
-    accumulated in float64 whatever the pattern's dtype, on ``valid``'s device.
+    on ``valid``'s device. The heads are summed in the pattern's dtype (float32 for half
+    precision: a sum of ``n_heads`` values, about 1e-7 relative in fp32), then the average and
+    everything after it is float64.
 
     Rows and columns of padding are zero; each real row is renormalised to sum to 1 over the
     prompt's real keys (a no-op in exact arithmetic: it keeps half-precision products
     row-stochastic and guarantees that padding never leaks into a real row).
     """
-    heads = [head] if head is not None else list(range(pattern.shape[1]))
-    a = pattern[:, heads[0]].to(torch.float64, copy=True)  # one head at a time, in place:
-    for h in heads[1:]:  # never a whole-pattern float64 copy
-        a.add_(pattern[:, h])
-    a = a.to(valid.device).div_(len(heads))  # layers of a model split over devices (device_map)
+    if head is not None:
+        a, n_heads = pattern[:, head].to(torch.float64, copy=True), 1
+    else:
+        half = pattern.dtype in (torch.float16, torch.bfloat16)
+        a = pattern.sum(1, dtype=torch.float32 if half else None).to(torch.float64)
+        n_heads = pattern.shape[1]
+    a = a.to(valid.device).div_(n_heads)  # layers of a model split over devices (device_map)
     a.masked_fill_(~(valid[:, :, None] & valid[:, None, :]), 0.0)
     return a.div_(a.sum(-1, keepdim=True).clamp_min(1e-300))
 
@@ -155,6 +159,29 @@ def chain_rows(matrices: list[Tensor], starts: Tensor) -> Tensor:
     return chains.view(n_batch, n_layers, r, n).transpose(0, 1)
 
 
+def chain_rows_both(matrices: list[Tensor], starts: Tensor, valid: Tensor, weight: float
+                    ) -> tuple[Tensor, Tensor]:
+    """:func:`chain_rows` of the pure product and of the rollout at once, without forming the
+    rollout matrices: a start row times ``R = w A + (1 - w) I`` (on real positions; the rows of
+    ``A`` sum to 1, so the row normalisation of :func:`rollout_matrix` is a no-op up to
+    rounding) is ``w (row A) + (1 - w) row``, so one ``bmm`` per layer serves both.
+
+    Returns:
+        ``(product, rollout)``, each ``[L, batch, r, pos]``.
+    """
+    n_layers, (n_batch, r, n) = len(matrices), starts.shape
+    chains = starts.new_zeros(n_batch, n_layers, 2, r, n)  # depth, (product, rollout), row
+    keep = valid.to(starts.dtype)[:, None, None, :]
+    for m in range(n_layers - 1, -1, -1):  # depth l's chain starts at M_l, goes down to M_0
+        chains[:, m] = starts[:, None]
+        active = chains[:, m:]
+        moved = torch.bmm(active.reshape(n_batch, -1, n), matrices[m]).view(active.shape)
+        moved[:, :, 1] = weight * moved[:, :, 1] + (1 - weight) * active[:, :, 1] * keep
+        chains[:, m:] = moved
+    chains = chains.permute(1, 2, 0, 3, 4)  # [layer, condition, batch, r, pos]
+    return chains[:, 0], chains[:, 1]
+
+
 @dataclass
 class _State:
     batch: Any
@@ -249,10 +276,9 @@ class PositionBias(Probe):
         starts[torch.arange(state.batch.size), 0, state.batch.last_pos().to(valid.device)] = 1.0
         starts[:, 1] = valid.double()
         keep = valid.double()[None, :, None, :]  # P_{-1} is the identity on real positions
-        for c, cond in enumerate(CONDITIONS):
-            mats = state.stored if cond == "product" else [
-                rollout_matrix(a, valid, self.rollout_weight) for a in state.stored]
-            rows = chain_rows(mats, starts) * keep  # [layer, batch, 2, pos]
+        both = chain_rows_both(state.stored, starts, valid, self.rollout_weight)
+        for c, rows in enumerate(both):  # CONDITIONS order: product, rollout
+            rows = rows * keep  # [layer, batch, 2, pos]
             state.last_rows[:, c], state.col_sums[:, c] = rows[:, :, 0], rows[:, :, 1]
         state.stored = []
 
@@ -355,5 +381,5 @@ def prompt_matrices(model: Any, text: str, *, layers: list[int] | None = None,
     return out
 
 
-__all__ = ["CONDITIONS", "PositionBias", "compose", "head_path", "layer_attention",
-           "position_summary", "prompt_matrices", "rollout_matrix"]
+__all__ = ["CONDITIONS", "PositionBias", "chain_rows_both", "compose", "head_path",
+           "layer_attention", "position_summary", "prompt_matrices", "rollout_matrix"]

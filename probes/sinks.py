@@ -72,8 +72,8 @@ def var_phi(resid_pre: Float[Tensor, "batch pos d_model"], sink_dims: list[int],
     ``RMS(x) = sqrt(mean(x^2) + eps)`` (no learned weight), in fp32. Dimensionless; at most
     ``sqrt(d_model)``. Source: VAR code, ``DimProspector.rmsnorm`` / ``run_logic``."""
     x = resid_pre.float()
-    normed = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
-    return normed[..., sink_dims].abs().amax(-1)
+    scale = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)  # only the sink dims are scaled
+    return (x[..., sink_dims] * scale).abs().amax(-1)
 
 
 def segment_shares(rows: Float[Tensor, "batch head_index query_pos key_pos"],

@@ -96,6 +96,9 @@ def test_circuits_run_writes_every_table(capsys, two_tasks, tmp_path):
     (["--positions", "S9"], "has no segment 'S9' (patching positions)"),
     (["--direction", "up"], "direction 'up' is not one of"),
     (["--grids", "resid_pre,resid_mid"], "--grids: unknown component(s) 'resid_mid'"),
+    (["--grid-layers", "1"], "--grid-layers chooses the layers of the --grids; give --grids too"),
+    (["--grids", "mlp_out", "--grid-layers", "1,a"], "--grid-layers: 'a' is not a layer index"),
+    (["--grids", "mlp_out", "--grid-layers", "9"], "grid layers [9]: the model has layers 0..3"),
 ])
 def test_bad_input_exits_2_and_writes_nothing(capsys, two_tasks, tmp_path, extra, message):
     runs = tmp_path / "runs"
@@ -244,3 +247,15 @@ def test_app_circuits_page_draws_the_grid(grid_run, monkeypatch):
     want = grid[(grid.metric == "score") & (grid.condition == "resid_pre; corrupted_into_clean")]
     want = want.pivot_table(index="query_pos", columns="layer", values="value").to_numpy()
     np.testing.assert_allclose(z, want, atol=1e-9)
+
+
+def test_grid_layers_limit_the_grids(capsys, two_tasks, tmp_path):
+    runs = tmp_path / "runs"
+    code, out, err = cli(capsys, *args(two_tasks[:1], runs, "--select", "top_k=3",
+                                       "--spot-check", "0", "--grids", "mlp_out",
+                                       "--grid-layers", "3,1", "--batch-size", "2"))
+    assert code == 0, err
+    [(run, manifest)] = list_runs(runs)
+    assert manifest["config_key"]["grid_layers"] == [1, 3]
+    grid = pq.read_table(run.table_path("patching_grid")).to_pandas()
+    assert set(grid.layer) == {1, 3}

@@ -9,11 +9,14 @@ import pytest
 import torch
 
 from circuits.dla import direct_logit_attribution
+from circuits import grids as grids_module
+from circuits.grid_pack import chunks
 from circuits.grids import (COMPONENTS, grid_offsets, naive_patching_grid, parse_components,
-                            patching_grid)
+                            parse_grid_layers, patching_grid)
 from circuits.tasks import load_task
 from tests.circuit_tasks import tiny_ioi_file
-from workbench.errors import InputError
+from tests.float64 import float64_model
+from workbench.errors import InputError, WorkbenchError
 from workbench.metrics import logit_diff
 
 DIRECTIONS = ["corrupted_into_clean", "clean_into_corrupted"]
@@ -37,6 +40,63 @@ def test_grid_equals_one_full_forward_per_cell(tiny_llama, task_path, component,
     np.testing.assert_allclose(batched.effects.patched[:, [1, 3]],
                                grid.effects.patched[:, [1, 3]], atol=2e-5)
     assert np.isnan(batched.effects.patched[:, [0, 2]]).all()
+
+
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_packed_grid_equals_one_cell_per_forward_in_float64(tiny_llama, task_path, monkeypatch,
+                                                            direction):
+    """The packed cells (each from its patched position on, a layer's cells in one pass) equal
+    one resumed whole-sequence forward per cell, to float64 rounding; in chunks of 2 cells too."""
+    task = load_task(str(task_path), tiny_llama)
+    packed_calls = []
+    real = grids_module.packed_logits
+    monkeypatch.setattr(grids_module, "packed_logits",
+                        lambda *a, **k: packed_calls.append(1) or real(*a, **k))
+    with float64_model(tiny_llama, monkeypatch):
+        for component in COMPONENTS:
+            one = patching_grid(tiny_llama, task, component, direction=direction, batch_size=3,
+                                packed=False, positions_per_forward=1)
+            calls = len(packed_calls)
+            got = patching_grid(tiny_llama, task, component, direction=direction, batch_size=3)
+            n_batches = len(task.batches(3))
+            assert len(packed_calls) - calls == tiny_llama.info.n_layers * n_batches  # 1/layer
+            pairs = patching_grid(tiny_llama, task, component, direction=direction,
+                                  batch_size=3, packed=True, positions_per_forward=2)
+            assert np.isfinite(one.effects.patched).all()
+            np.testing.assert_allclose(got.effects.patched, one.effects.patched, atol=1e-9)
+            np.testing.assert_allclose(pairs.effects.patched, one.effects.patched, atol=1e-9)
+            assert np.abs(got.effects.patched - got.effects.base[:, None, None]).max() > 0.1
+
+
+def test_architectures_that_cannot_pack_use_the_per_cell_forward(tiny_gpt2, task_path):
+    """GPT-2's blocks take the mask as a positional argument: the grid falls back to one forward
+    per cell (same numbers); asking for packing says why it cannot."""
+    task = load_task(str(task_path), tiny_gpt2)
+    got = patching_grid(tiny_gpt2, task, "attn_out", batch_size=4, layers=[0, 2])
+    want = patching_grid(tiny_gpt2, task, "attn_out", batch_size=4, layers=[0, 2], packed=False)
+    np.testing.assert_array_equal(got.effects.patched, want.effects.patched)
+    with pytest.raises(WorkbenchError, match="cannot be packed"):
+        patching_grid(tiny_gpt2, task, "attn_out", batch_size=4, layers=[0], packed=True)
+
+
+def test_chunks_bound_the_packed_rows():
+    assert chunks([-3, -2, -1], batch=2, seq=3, n_heads=4) == [[-3, -2, -1]]
+    assert chunks([-3, -2, -1], batch=2, seq=3, n_heads=4, max_cells=2) == [[-3, -2], [-1]]
+    big = chunks(list(range(-600, 0)), batch=1, seq=600, n_heads=1)
+    assert all(sum(-o for o in group) <= 600 for group in big)
+    assert [o for group in big for o in group] == list(range(-600, 0))
+    assert all(len(g) == 1 or sum(-o for o in g) <= 512 for g in big)  # long cells alone
+
+
+def test_grid_layers_are_parsed_and_bounded():
+    assert parse_grid_layers("14, 0,14") == (0, 14) and parse_grid_layers(["3", "1,2"]) == (1, 2, 3)
+    assert parse_grid_layers(None) is None and parse_grid_layers("") is None
+    with pytest.raises(InputError, match="'x' is not a layer index"):
+        parse_grid_layers("1,x")
+    with pytest.raises(InputError, match="'-1' is not a layer index"):
+        parse_grid_layers("-1")
+    with pytest.raises(InputError, match="at most 1024"):
+        parse_grid_layers(",".join(["1"] * 1025))
 
 
 def test_grid_cells_where_clean_and_corrupted_agree_change_nothing(tiny_llama, task_path):

@@ -197,3 +197,19 @@ def test_real_model_one_head_matches_hf_and_resumes_exactly(smollm2, smollm2_hf)
         want = hf_patched_logit_diff(smollm2_hf, tb, "corrupted_into_clean", layer, head,
                                      smollm2.info.d_head, mask)
         np.testing.assert_allclose(got.patched[tb.index, layer, head], want, atol=1e-4)
+
+
+def test_default_patches_a_layers_heads_per_forward(tiny_llama, tiny_task_path, monkeypatch):
+    """On the CPU too, the default batches a layer's heads in one forward (same numbers as one
+    head per forward)."""
+    import circuits.patching as patching
+
+    task = load_task(str(tiny_task_path), tiny_llama)
+    copies = []
+    real = patching.forward_from_layer
+    monkeypatch.setattr(patching, "forward_from_layer",
+                        lambda *a, **k: copies.append(k["copies"]) or real(*a, **k))
+    got = activation_patching(tiny_llama, task, batch_size=8)
+    assert set(copies) == {tiny_llama.info.n_heads}
+    one = activation_patching(tiny_llama, task, batch_size=8, heads_per_forward=1)
+    np.testing.assert_allclose(got.patched, one.patched, atol=1e-5)

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from probes import make_probes
-from probes.position_bias import (chain_rows, compose, head_path, layer_attention, position_summary,
-                                  rollout_matrix)
+from probes.position_bias import (chain_rows, chain_rows_both, compose, head_path,
+                                  layer_attention, position_summary, rollout_matrix)
 from tests.conftest import DATA, write_jsonl
 from workbench.errors import InputError
 from workbench.prompts import load_prompt_set
@@ -189,6 +189,23 @@ def test_chain_rows_equal_the_composed_products():
     for layer, m in enumerate(mats):
         p = compose(p, m)
         torch.testing.assert_close(got[layer], torch.bmm(starts, p), rtol=0, atol=1e-14)
+
+
+def test_both_chains_equal_the_product_and_rollout_chains():
+    """One bmm per layer for both conditions (the rollout step as w row A + (1 - w) row) gives
+    the chains of the pure product and of the formed rollout matrices, padding included."""
+    gen = torch.Generator().manual_seed(1)
+    valid = torch.tensor([[True] * 6, [True] * 4 + [False] * 2])
+    real = (valid[:, :, None] & valid[:, None, :]).double()
+    mats = []
+    for _ in range(5):
+        m = torch.rand(2, 6, 6, generator=gen, dtype=torch.float64).tril() * real
+        mats.append(m / m.sum(-1, keepdim=True).clamp_min(1e-300))
+    starts = torch.rand(2, 2, 6, generator=gen, dtype=torch.float64) * valid[:, None].double()
+    product, rollout = chain_rows_both(mats, starts, valid, 0.3)
+    torch.testing.assert_close(product, chain_rows(mats, starts), rtol=0, atol=1e-14)
+    want = chain_rows([rollout_matrix(m, valid, 0.3) for m in mats], starts)
+    torch.testing.assert_close(rollout, want, rtol=0, atol=1e-14)
 
 
 def test_stored_layers_and_composition_give_the_same_records(tiny_llama, small_prompts, tmp_path,

@@ -21,7 +21,8 @@ from workbench.results import Results, open_run
 
 
 def load(spec: Any = "smollm2-135m", *, tokenizer: Any = None, device: str | None = None,
-         dtype: str | None = None, prepend_bos: bool | None = None) -> Any:
+         dtype: str | None = None, prepend_bos: bool | None = None,
+         recheck: bool = False) -> Any:
     """A model ready for :func:`run`: a :class:`~workbench.models.LoadedModel` (``.bridge``, the
     TransformerBridge; ``.tokenizer``; ``.info``, what runs record, with the bridge-vs-HF parity
     check in ``.info.parity``).
@@ -36,6 +37,9 @@ def load(spec: Any = "smollm2-135m", *, tokenizer: Any = None, device: str | Non
             CPU (a preloaded model stays where it is).
         dtype: ``"float32"``, ``"bfloat16"``, ``"float16"``; default: bf16 on CUDA, else fp32.
         prepend_bos: BOS before every prompt (default: what the tokenizer does).
+        recheck: run the load-time checks (parity with Hugging Face, causality) even when their
+            outcome is kept in the check cache for this model, dtype, device and library versions
+            (:mod:`workbench.load_checks`; ``.info.parity.cached`` says which happened).
 
     Raises:
         ModelNotAvailable: nothing loadable of that name here. InputError: a bad device, dtype, or
@@ -44,7 +48,7 @@ def load(spec: Any = "smollm2-135m", *, tokenizer: Any = None, device: str | Non
     from workbench.models import load_model
 
     return load_model(spec, tokenizer=tokenizer, device=device, dtype=dtype,
-                      prepend_bos=prepend_bos)
+                      prepend_bos=prepend_bos, recheck=recheck)
 
 
 def prompts(texts_or_path: Any, segments: Sequence[dict] | None = None, *, ids: Sequence[str]

@@ -25,12 +25,16 @@ def architecture_name(hf_model) -> str:
     return ", ".join(map(str, names))
 
 
-def check_causal(hf_model, ids, reference, spec: str) -> None:
+def check_causal(hf_model, ids, reference, spec: str) -> dict:
     """Refuse a model whose attention is not causal.
 
     Args:
         ids: ``[1, pos]`` token ids (the parity prompt). reference: the model's ``[1, pos, vocab]``
             logits for them (float32).
+
+    Returns:
+        ``{"max_abs_diff", "rel_diff", "tolerance", "ok": True}``: how far the first half's logits
+        moved (in logits, and relative to the logits' std) and the bound they stayed within.
 
     Raises:
         InputError: the logits of ``ids[:, :half]`` move when ``ids[:, half:]`` change (naming the
@@ -39,18 +43,20 @@ def check_causal(hf_model, ids, reference, spec: str) -> None:
     import torch
 
     half = ids.shape[1] // 2
+    tolerance = CAUSAL_TOLERANCE.get(str(hf_model.dtype).removeprefix("torch."), HALF_TOLERANCE)
     if half < 1:
-        return
+        return {"max_abs_diff": 0.0, "rel_diff": 0.0, "tolerance": tolerance, "ok": True}
     changed = ids.clone()
     vocab = hf_model.get_input_embeddings().num_embeddings
     changed[:, half:] = (changed[:, half:] + 1) % vocab
     with torch.inference_mode():
         moved = hf_model(input_ids=changed).logits.float()
     diff = float((moved[:, :half] - reference[:, :half]).abs().max())
-    tolerance = CAUSAL_TOLERANCE.get(str(hf_model.dtype).removeprefix("torch."), HALF_TOLERANCE)
-    if diff > tolerance * max(float(reference.std()), 1e-12):
+    rel = diff / max(float(reference.std()), 1e-12)
+    if rel > tolerance:
         raise InputError(
             f"model {spec!r} ({architecture_name(hf_model)}) is not supported: its attention is "
             f"not causal (changing later tokens moved the logits of earlier positions by up to "
             f"{diff:.2e}); the workbench's probes need causal, decoder-only attention, and "
             "encoders such as BERT attend both ways")
+    return {"max_abs_diff": diff, "rel_diff": rel, "tolerance": tolerance, "ok": True}

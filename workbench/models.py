@@ -18,15 +18,16 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
-import socket
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from workbench import load_checks
 from workbench.errors import InputError, ModelNotAvailable
+from workbench.hf_checkpoints import build_hf as _build_hf
+from workbench.hf_checkpoints import hf_image_processor as _hf_image_processor
 from workbench.settings import cache_dir, dtype_name, resolve_device, resolve_dtype
 from workbench.tiny import (TinyConfig, TinyVisionConfig, build_tiny_hf_model, build_tiny_llava,
                             tiny_image_processor, tiny_llava_tokenizer, tiny_tokenizer_dir)
@@ -45,6 +46,10 @@ class Parity:
 
     ``max_abs_diff`` is in logits; ``rel_diff`` divides it by the standard deviation of the
     reference logits. ``ok`` is ``rel_diff <= tolerance`` (1e-4 in fp32, 2e-2 in half precision).
+    ``causal_rel_diff``: how far the first half's logits moved when the second half's tokens
+    changed, relative to the logits' std (the causality check, :mod:`workbench.causality`).
+    ``cached``: the checks were read from the check cache (:mod:`workbench.load_checks`) rather
+    than run by this load; ``checked``: when they were run (UTC, ISO 8601).
     """
 
     max_abs_diff: float
@@ -52,6 +57,9 @@ class Parity:
     tolerance: float
     n_tokens: int
     ok: bool
+    causal_rel_diff: float | None = None
+    cached: bool = False
+    checked: str | None = None
 
 
 @dataclass(frozen=True)
@@ -244,75 +252,6 @@ MODELS: dict[str, RegistryEntry] = {
 }
 
 
-# --- Hugging Face ids and folders -----------------------------------------------------------------
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        return False
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    host = endpoint.split("://", 1)[-1].split("/", 1)[0]
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _auto_model_class(config):
-    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
-
-    if getattr(config, "vision_config", None) is not None:
-        return AutoModelForImageTextToText
-    return AutoModelForCausalLM
-
-
-def _build_hf(spec: str, **load):
-    from transformers import AutoConfig, AutoTokenizer
-
-    local = Path(spec).expanduser()
-    if local.is_dir():
-        source, kwargs, where = "local-folder", {}, str(local.resolve())
-        ref: str | Path = local
-    else:
-        if spec.count("/") > 1 or spec.startswith((".", "/", "~")):
-            raise ModelNotAvailable(f"model {spec!r}: no such folder, and not a Hugging Face id")
-        ref, source, where = spec, "huggingface", spec
-        try:
-            AutoConfig.from_pretrained(spec, local_files_only=True)
-            kwargs = {"local_files_only": True}
-        except (OSError, ValueError):
-            if not _hub_reachable():
-                known = ", ".join(MODELS)
-                raise ModelNotAvailable(
-                    f"model {spec!r} is not a registry model ({known}), not a local folder, not "
-                    "in the Hugging Face cache, and the hub is unreachable (offline)") from None
-            kwargs = {}
-    try:
-        config = AutoConfig.from_pretrained(ref, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(ref, **kwargs)
-        model = _auto_model_class(config).from_pretrained(ref, attn_implementation="eager",
-                                                          **kwargs, **load)
-    except (OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelNotAvailable(f"model {spec!r} could not be loaded: {first}") from None
-    details = {"location": where, "revision": getattr(config, "_commit_hash", None)}
-    name = spec if source == "huggingface" else getattr(config, "_name_or_path", spec) or spec
-    return model, tokenizer, name, source, details
-
-
-def _hf_image_processor(location: str):
-    """The image processor of a Hugging Face vision-language model (local files first)."""
-    from transformers import AutoImageProcessor
-
-    try:
-        return AutoImageProcessor.from_pretrained(location, local_files_only=True)
-    except (OSError, ValueError):
-        if not _hub_reachable():
-            raise ModelNotAvailable(f"model {location!r}: its image processor is not in the "
-                                    "Hugging Face cache and the hub is unreachable") from None
-        return AutoImageProcessor.from_pretrained(location)
-
-
 # --- loading --------------------------------------------------------------------------------------
 
 def as_loaded(model: Any) -> LoadedModel:
@@ -324,7 +263,7 @@ def as_loaded(model: Any) -> LoadedModel:
 
 def load_model(spec: Any = DEFAULT_MODEL, *, tokenizer: Any = None, device: str | None = None,
                dtype: str | None = None, prepend_bos: bool | None = None,
-               device_map: str | dict | None = None) -> LoadedModel:
+               device_map: str | dict | None = None, recheck: bool = False) -> LoadedModel:
     """Load ``spec`` as a TransformerBridge and check it against plain Hugging Face.
 
     Args:
@@ -342,6 +281,10 @@ def load_model(spec: Any = DEFAULT_MODEL, *, tokenizer: Any = None, device: str 
             pre-loaded model. ``info.device`` is then the embedding's device and
             ``info.details["device_map"]`` the request and accelerate's placement. Not with
             ``device``.
+        recheck: run the load-time checks (parity, causality) even when the check cache holds
+            their outcome for this model, dtype, device and library versions
+            (:mod:`workbench.load_checks`; also ``$WORKBENCH_RECHECK=1``). A model passed in
+            memory is always checked.
 
     Returns:
         The loaded model; ``info.parity`` holds the parity check (``info.parity.ok`` is False when
@@ -399,9 +342,15 @@ def load_model(spec: Any = DEFAULT_MODEL, *, tokenizer: Any = None, device: str 
         raise InputError(f"model {spec!r}: --prepend-bos asked for, but its tokenizer has no BOS")
     parity_ids = encode(tokenizer, PARITY_TEXT, prepend_bos=use_bos)
     ids = torch.tensor([parity_ids], device=dev)
-    with torch.inference_mode():
-        reference = hf_model(input_ids=ids).logits.float()
-    check_causal(hf_model, ids, reference, spec)  # encoders (BERT ...) stop here, in one line
+    key = None if given is not None else load_checks.check_key(
+        hf_model, source=source, details=details, hf_name=hf_name, device=dev,
+        dtype=dtype_name(dt), parity_ids=parity_ids)
+    kept = None if key is None or load_checks.recheck_forced(recheck) else \
+        load_checks.read_checks(key)
+    if kept is None:
+        with torch.inference_mode():
+            reference = hf_model(input_ids=ids).logits.float()
+        causal = check_causal(hf_model, ids, reference, spec)  # encoders (BERT ...) stop here
     images = _image_tokens(MODELS.get(spec), hf_model, tokenizer, spec, details)
     if bridge is None:
         with no_processor_autoload():
@@ -409,12 +358,20 @@ def load_model(spec: Any = DEFAULT_MODEL, *, tokenizer: Any = None, device: str 
                 hf_name, hf_model=hf_model, tokenizer=tokenizer,
                 device=None if device_map is not None else dev, dtype=dt)
     bridge.eval()
-    with torch.inference_mode():
-        got = bridge(ids, return_type="logits").float()
-    max_abs = float((got - reference).abs().max())
-    rel = max_abs / max(float(reference.std()), 1e-12)
-    tol = 1e-4 if dt == torch.float32 else 2e-2
-    parity = Parity(max_abs, rel, tol, len(parity_ids), bool(rel <= tol))
+    if kept is None:
+        with torch.inference_mode():
+            got = bridge(ids, return_type="logits").float()
+        max_abs = float((got - reference).abs().max())
+        rel = max_abs / max(float(reference.std()), 1e-12)
+        tol = 1e-4 if dt == torch.float32 else 2e-2
+        parity = Parity(max_abs, rel, tol, len(parity_ids), bool(rel <= tol), causal["rel_diff"])
+        checked = load_checks.write_checks(key, asdict(parity), causal) if key is not None \
+            else load_checks.now()
+        parity = replace(parity, checked=checked)
+    else:
+        parity = Parity(**{f: kept["parity"][f] for f in load_checks.PARITY_FIELDS},
+                        causal_rel_diff=kept["causal"]["rel_diff"], cached=True,
+                        checked=kept["checked"])
     cfg = bridge.cfg
     info = ModelInfo(
         name=spec, hf_name=hf_name, source=source,

@@ -163,7 +163,7 @@ def no_processor_autoload() -> Iterator[None]:
     TransformerLens 4.3 calls ``AutoProcessor.from_pretrained(model_name)`` for multimodal models
     (retrying the hub for minutes when offline) and, when that fails, runs ``pip install
     torchvision`` in the current environment, which also upgrades torch. The workbench loads the
-    image processor itself (``workbench.models._hf_image_processor``), so the bridge's own load is skipped.
+    image processor itself (``workbench.hf_checkpoints.hf_image_processor``), so the bridge's own load is skipped.
     """
     from transformer_lens.model_bridge.sources.transformers import source
 

@@ -20,8 +20,8 @@ from rich.table import Table
 
 from workbench_cli.commands import atlas as atlas_commands
 from workbench_cli.commands.common import (BATCH_SIZE, DEVICE, DEVICE_MAP, DTYPE, MODEL, OVERWRITE,
-                                       PREPEND_BOS, PROGRESS, RESUME, RUN_ID, RUNS_DIR,
-                                       STRICT_PARITY, TYPER, _load, at_least_one,
+                                       PREPEND_BOS, PROGRESS, RECHECK, RESUME, RUN_ID,
+                                       RUNS_DIR, STRICT_PARITY, TYPER, _load, at_least_one,
                                        auto_batch_size, check_resume, err, list_option, out)
 from workbench_cli.commands.figures import figures_app
 from workbench_cli.commands.guard import check_run_target
@@ -99,6 +99,7 @@ def run(
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run."),
     overwrite: bool = OVERWRITE,
     strict_parity: bool = STRICT_PARITY,
+    recheck: bool = RECHECK,
     progress: bool = PROGRESS,
     attention_mask: Optional[str] = typer.Option(
         None, "--attention-mask", metavar="MASK",
@@ -130,7 +131,7 @@ def run(
         if done is not None:
             return _already_complete(done)
     loaded = _load(model, strict_parity, device=device, dtype=dtype, prepend_bos=prepend_bos,
-                   device_map=device_map)
+                   device_map=device_map, recheck=recheck)
     options = RunOptions(runs_dir=runs_dir, run_id=run_id, batch_size=batch_size, resume=resume,
                          overwrite=overwrite, progress=progress, command=sys.argv,
                          attention_mask=attention_mask, attention=attention)
@@ -206,8 +207,8 @@ def circuits(
                                             "(IO,S2)."),
     batch_size: Optional[int] = BATCH_SIZE,
     heads_per_forward: Optional[int] = typer.Option(
-        None, "--heads-per-forward", metavar="N", help="Heads patched per forward (default: 1 "
-        "on CPU, a layer's heads on GPU)."),
+        None, "--heads-per-forward", metavar="N", help="Heads patched per forward (default: a "
+        "layer's heads; path patching: 1 on CPU, a layer's heads on GPU)."),
     stages: int = typer.Option(2, "--stages", metavar="N", help="Path patching stages."),
     receiver_input: str = typer.Option("qkv", "--receiver-input", metavar="INPUTS",
                                        help="Path patching: receiver inputs (q, k, v, qkv ...)."),
@@ -228,6 +229,9 @@ def circuits(
         "denoising, side by side; flag heads that matter in one only."),
     grids: list[str] = list_option([], "--grids", metavar="COMPONENT", help="Also patch per "
                                    "layer x position: resid_pre, attn_out, mlp_out or all."),
+    grid_layers: list[str] = list_option([], "--grid-layers", metavar="LAYER",
+                                         help="Only these layers in the --grids (default: every "
+                                              "layer)."),
     dla: bool = typer.Option(False, "--dla", help="Also direct logit attribution per head/MLP."),
     ioi_classes: bool = typer.Option(
         False, "--ioi-classes", help="Also the IOI head classes (name movers, S-inhibition, "
@@ -240,6 +244,7 @@ def circuits(
     overwrite: bool = OVERWRITE,
     resume: bool = RESUME,
     strict_parity: bool = STRICT_PARITY,
+    recheck: bool = RECHECK,
     progress: bool = PROGRESS,
 ) -> None:
     """Find each task's circuit (per-head effects, selection, faithfulness) and their overlap."""
@@ -270,7 +275,8 @@ def circuits(
                                           ig_rule=ig_rule, n_random=n_random,
                                           batch_size=batch_size or 1, runs_dir=runs_dir,
                                           run_id=run_id, overwrite=overwrite, progress=progress)
-        loaded = _load(model, strict_parity, device=device, dtype=dtype, prepend_bos=prepend_bos)
+        loaded = _load(model, strict_parity, device=device, dtype=dtype, prepend_bos=prepend_bos,
+                   recheck=recheck)
         tasks = load_tasks(task, loaded, n_prompts=n_prompts, positions=None)
         edge_options.batch_size = auto_batch_size(
             batch_size, loaded, [p.n_tokens for t in tasks for p in t.clean])
@@ -292,11 +298,16 @@ def circuits(
                             stages=stages, receiver_input=receiver_input, n_random=n_random,
                             mean_prompts=mean_prompts, heads=heads,
                             spot_check=spot_check, both_directions=both_directions,
-                            grids=",".join(grids), dla=dla, sizing=sizing,
-                            ioi_classes=tuple(prompt_sets) if ioi_classes else (),
+                            grids=",".join(grids), dla=dla, grid_layers=",".join(grid_layers),
+                            sizing=sizing, ioi_classes=tuple(prompt_sets) if ioi_classes else (),
                             runs_dir=runs_dir, run_id=run_id,
                             overwrite=overwrite, progress=progress, resume=resume)
-    loaded = _load(model, strict_parity, device=device, dtype=dtype, prepend_bos=prepend_bos)
+    loaded = _load(model, strict_parity, device=device, dtype=dtype, prepend_bos=prepend_bos,
+                   recheck=recheck)
+    if options.grid_layers:  # a layer the model lacks: one line, before any forward
+        from circuits.grids import check_layers
+
+        check_layers(loaded, options.grid_layers)
     tasks = load_tasks(task, loaded, n_prompts=n_prompts, positions=positions)
     options.discovery = replace(options.discovery, batch_size=auto_batch_size(
         batch_size, loaded, [p.n_tokens for t in tasks for p in t.clean]))
@@ -334,6 +345,7 @@ def intervene(
     overwrite: bool = OVERWRITE,
     resume: bool = RESUME,
     strict_parity: bool = STRICT_PARITY,
+    recheck: bool = RECHECK,
     progress: bool = PROGRESS,
 ) -> None:
     """Run a prompt set without and with an intervention spec (and a sweep); write the run."""
@@ -351,7 +363,8 @@ def intervene(
                                runs_dir, run_id, overwrite, progress, sys.argv, resume)
     prompt_set = load_prompt_set(prompts)
     check_prompts(prompt_set, options.probes)
-    loaded = _load(model, strict_parity, device=device, dtype=dtype, prepend_bos=prepend_bos)
+    loaded = _load(model, strict_parity, device=device, dtype=dtype, prepend_bos=prepend_bos,
+                   recheck=recheck)
     options.batch_size = auto_batch_size(batch_size, loaded, [p.text for p in prompt_set.prompts])
     run_dir = intervene(loaded, prompt_set, parsed, options)
     out.print(report(run_dir))
@@ -408,6 +421,7 @@ def graph(
     attention_mask: Optional[str] = typer.Option(None, "--attention-mask", metavar="MASK",
                                                  help="causal, window:W, prefix:K, decay:GAMMA"),
     device: Optional[str] = DEVICE,
+    recheck: bool = RECHECK,
 ) -> None:
     """Export one prompt's attention graph (edge j -> i when query i attends to key j)."""
     from probes.position_bias import CONDITIONS, prompt_matrices
@@ -424,7 +438,7 @@ def graph(
 
     check_output_file(out_path, "--out")  # before the model loads
     mask = AttentionMask.parse(attention_mask) if attention_mask else None
-    loaded = load_model(model, device=device)
+    loaded = load_model(model, device=device, recheck=recheck)
     layer = loaded.info.n_layers + layer if layer < 0 else layer
     mats = prompt_matrices(loaded, text, layers=[layer], heads=heads, mask=mask)
     g = attention_graph(mats[matrix][layer], threshold, tokens=mats["tokens"],
@@ -476,12 +490,16 @@ def sweep(
              "GPUs, else 0)."),
     runs_dir: Path = RUNS_DIR,
     overwrite: bool = typer.Option(False, "--overwrite", help="Start the sweep's runs again."),
+    recheck: bool = RECHECK,
 ) -> None:
     """Run models x prompt sets x jobs in shards (model, prompt chunk); a rerun skips finished
     shards. Exit 1 when a shard failed (see <runs-dir>/<name>/sweep.json)."""
     from sweeps import SweepOptions, load_spec, run_sweep
+    from workbench.load_checks import RECHECK_ENV
 
     spec = load_spec(sweep_file)
+    if recheck:  # every worker's load (this process, or Ray actors started from it)
+        os.environ[RECHECK_ENV] = "1"
     check_run_target(Path(spec.runs_dir or runs_dir))
     if engine == "local" and (address or workers):
         raise InputError("--address and --workers need --engine ray")

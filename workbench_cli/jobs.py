@@ -51,8 +51,9 @@ def circuits(model: Any, tasks: Sequence[str] | str, *,
              positions: str = "all", batch_size: int = 16, heads_per_forward: int | None = None,
              stages: int = 2, receiver_input: str = "qkv", n_random: int = 3,
              mean_prompts: int | None = None, heads: str | None = None, spot_check: int = 20,
-             both_directions: bool = False, grids: str | None = None, dla: bool = False,
-             ioi_classes: bool = False, nodes: str = "heads", max_size: int | None = None,
+             both_directions: bool = False, grids: str | None = None,
+             grid_layers: str | None = None, dla: bool = False, ioi_classes: bool = False,
+             nodes: str = "heads", max_size: int | None = None,
              held_out: int = 0, refine_tolerance: float = 0.01, refine_candidates: int = 8,
              refine_rounds: int = 1, refine_budget: float | None = None,
              level: str = "node", metric: str = "logit_diff",
@@ -62,7 +63,7 @@ def circuits(model: Any, tasks: Sequence[str] | str, *,
     """``workbench circuits`` (same options, same tables): per-head effects, circuits,
     faithfulness and overlap for ``tasks`` (a name or file, or a list of them: ``"ioi"`` is one
     task); ``heads="23.3,20.0"`` restricts the methods to those heads, ``spot_check``,
-    ``both_directions``, ``grids``, ``dla``, ``ioi_classes`` and, with
+    ``both_directions``, ``grids``, ``grid_layers``, ``dla``, ``ioi_classes`` and, with
     ``select="faithfulness=F"``, ``nodes``, ``max_size``, ``held_out`` and ``refine_*`` as the CLI
     options of the same names. ``level="edge"``: edge circuits (``methods`` ``eap-ig`` / ``eap``, ``select`` default
     ``faithfulness=0.8``, ``metric``, ``ablation``, ``ig_steps``, ``ig_rule``, ``n_boot``; see
@@ -94,6 +95,7 @@ def circuits(model: Any, tasks: Sequence[str] | str, *,
                         ("metric", metric), ("ablation", ablation), ("ig_rule", ig_rule)):
         text(value, name, optional=False)
     select, heads, grids = text(select, "select"), text(heads, "heads"), text(grids, "grids")
+    grid_layers = text(grid_layers, "grid_layers")
     nodes = text(nodes, "nodes", optional=False)
     flag(ioi_classes, "ioi_classes")
     _common(runs_dir, run_id, resume, overwrite, progress)
@@ -125,7 +127,7 @@ def circuits(model: Any, tasks: Sequence[str] | str, *,
                                 stages=stages, receiver_input=receiver_input,
                                 n_random=n_random, mean_prompts=mean_prompts, heads=heads,
                                 spot_check=spot_check, both_directions=both_directions,
-                                grids=grids, dla=dla, sizing=sizing,
+                                grids=grids, grid_layers=grid_layers, dla=dla, sizing=sizing,
                                 ioi_classes=tuple(prompt_sets) if ioi_classes else (),
                                 runs_dir=folder, run_id=run_id,
                                 overwrite=overwrite, progress=progress, resume=resume)

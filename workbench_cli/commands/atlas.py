@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from workbench_cli.commands.common import (BATCH_SIZE, DEVICE, DTYPE, MODEL, PREPEND_BOS, PROGRESS,
-                                       STRICT_PARITY, TYPER, _load, err, list_option, out)
+                                       RECHECK, STRICT_PARITY, TYPER, _load, err, list_option, out)
 from workbench.errors import InputError
 
 DATA = Path(__file__).resolve().parents[2] / "data"
@@ -126,6 +126,7 @@ def atlas(
                                  help="Print the roles, top heads and findings (also "
                                  "`workbench runs show <atlas>`)."),
     strict_parity: bool = STRICT_PARITY,
+    recheck: bool = RECHECK,
     progress: bool = PROGRESS,
 ) -> None:
     """Run the probe battery and circuit tasks on a model and say what every head does."""
@@ -155,7 +156,7 @@ def atlas(
         err.print(f"[bold]atlas part {i}/{n}[/]: {part}")
 
     result = build_atlas(lambda: _load(model, strict_parity, device=device, dtype=dtype,
-                                       prepend_bos=prepend_bos),
+                                       prepend_bos=prepend_bos, recheck=recheck),
                          options, model_spec=model, on_part=on_part)
     if summary:
         print_atlas(result)

@@ -108,6 +108,10 @@ PREPEND_BOS = typer.Option(None, "--prepend-bos/--no-prepend-bos",
 OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing run.")
 STRICT_PARITY = typer.Option(False, "--strict-parity/--no-strict-parity",
                              help="Stop if bridge and HF logits disagree.")
+RECHECK = typer.Option(False, "--recheck",
+                       help="Run the load-time checks (logit parity with Hugging Face, causality) "
+                            "again instead of reading their kept outcome for this model, dtype, "
+                            "device and library versions.")
 PROGRESS = typer.Option(True, "--progress/--no-progress",
                         help="Show progress bars on stderr.")
 DEVICE_MAP = typer.Option(
@@ -179,6 +183,8 @@ def _report_parity(loaded, strict: bool) -> None:
             f" {loaded.info.dtype} on {loaded.info.device}, loaded in {loaded.info.load_seconds} s;"
             f" parity vs Hugging Face: max |diff| {p.max_abs_diff:.2e} logits "
             f"({p.rel_diff:.1e} of the logit std, tolerance {p.tolerance:.0e})")
+    if p.cached:
+        line += f"; checked {p.checked}, kept in the check cache (--recheck reruns it)"
     if p.ok:
         err.print(line + " [green]ok[/]")
     elif strict:

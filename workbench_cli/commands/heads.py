@@ -16,8 +16,9 @@ import typer
 from rich.markup import escape
 
 from workbench_cli.commands.common import (BATCH_SIZE, DEVICE, DTYPE, MODEL, OVERWRITE, PREPEND_BOS,
-                                       PROGRESS, RESUME, RUN_ID, RUNS_DIR, STRICT_PARITY, TYPER,
-                                       _load, auto_batch_size, check_resume, list_option, out)
+                                       PROGRESS, RECHECK, RESUME, RUN_ID, RUNS_DIR,
+                                       STRICT_PARITY, TYPER, _load, auto_batch_size,
+                                       check_resume, list_option, out)
 from workbench.errors import InputError
 from workbench.heads import format_head
 
@@ -37,7 +38,7 @@ BATCH = BATCH_SIZE
 
 
 def _prepare(model, prompts: list[Path], objective: str, n_prompts, device, dtype, prepend_bos,
-             strict_parity: bool, options):
+             strict_parity: bool, options, recheck: bool = False):
     """Load the prompts and the model and tokenise; ``options.batch_size`` left at None (the
     default) becomes the shared rule's size for the longest prompt (:func:`auto_batch_size`)."""
     from pruning.objectives import check_objective, prepare
@@ -46,7 +47,8 @@ def _prepare(model, prompts: list[Path], objective: str, n_prompts, device, dtyp
     check_objective(objective)
     check_resume(options.runs_dir, options.run_id, options.resume, options.overwrite)
     prompt_set = load_prompt_set(prompts)
-    loaded = _load(model, strict_parity, device=device, dtype=dtype, prepend_bos=prepend_bos)
+    loaded = _load(model, strict_parity, device=device, dtype=dtype, prepend_bos=prepend_bos,
+                   recheck=recheck)
     data = prepare(loaded, prompt_set, objective, n_prompts)
     options.batch_size = auto_batch_size(options.batch_size, loaded,
                                          [t.n_tokens for t in data.tokenized])
@@ -67,13 +69,14 @@ def importance(model: str = MODEL, prompts: list[Path] = PROMPTS, objective: str
                prepend_bos: Optional[bool] = PREPEND_BOS, runs_dir: Path = RUNS_DIR,
                run_id: Optional[str] = RUN_ID, overwrite: bool = OVERWRITE,
                resume: bool = RESUME,
-               strict_parity: bool = STRICT_PARITY, progress: bool = PROGRESS) -> None:
+               strict_parity: bool = STRICT_PARITY, progress: bool = PROGRESS,
+               recheck: bool = RECHECK) -> None:
     """Michel et al. importance E_x |dL/dg_h| of every head (one forward + backward per batch)."""
     from pruning.execute import run_importance
 
     options = _options(runs_dir, run_id, overwrite, progress, batch_size, {}, resume)
     loaded, prompt_set, data = _prepare(model, prompts, objective, n_prompts, device, dtype,
-                                        prepend_bos, strict_parity, options)
+                                        prepend_bos, strict_parity, options, recheck)
     run = run_importance(loaded, data, prompt_set, options)
     frame = run.read_table("head_importance").to_pandas()
     top = frame[frame.metric == "importance_norm"].nlargest(5, "value")
@@ -99,7 +102,8 @@ def prune(model: str = MODEL, prompts: list[Path] = PROMPTS, objective: str = OB
           dtype: Optional[str] = DTYPE,
           prepend_bos: Optional[bool] = PREPEND_BOS, runs_dir: Path = RUNS_DIR,
           run_id: Optional[str] = RUN_ID, overwrite: bool = OVERWRITE, resume: bool = RESUME,
-          strict_parity: bool = STRICT_PARITY, progress: bool = PROGRESS) -> None:
+          strict_parity: bool = STRICT_PARITY, progress: bool = PROGRESS,
+          recheck: bool = RECHECK) -> None:
     """Pruning curve: remove heads by increasing importance (and at random), step by step."""
     from pruning.execute import check_prune, run_prune
 
@@ -109,7 +113,7 @@ def prune(model: str = MODEL, prompts: list[Path] = PROMPTS, objective: str = OB
                         "tolerance": tolerance, "order": "normalised importance, estimated "
                         "once (not re-estimated after each step)"}, resume)
     loaded, prompt_set, data = _prepare(model, prompts, objective, n_prompts, device, dtype,
-                                        prepend_bos, strict_parity, options)
+                                        prepend_bos, strict_parity, options, recheck)
     run = run_prune(loaded, data, prompt_set, options, mode=ablation, step=step, seeds=seeds,
                     tolerance=tolerance)
     fractions = run.read_manifest()["removable_fraction"]
@@ -138,7 +142,8 @@ def learn_gates(model: str = MODEL, prompts: list[Path] = PROMPTS, objective: st
                 dtype: Optional[str] = DTYPE, prepend_bos: Optional[bool] = PREPEND_BOS,
                 runs_dir: Path = RUNS_DIR, run_id: Optional[str] = RUN_ID,
                 overwrite: bool = OVERWRITE, resume: bool = RESUME,
-                strict_parity: bool = STRICT_PARITY, progress: bool = PROGRESS) -> None:
+                strict_parity: bool = STRICT_PARITY, progress: bool = PROGRESS,
+                recheck: bool = RECHECK) -> None:
     """Train hard-concrete L0 gates (model frozen) per lambda; write specs for `intervene`."""
     from pruning.execute import check_lambdas, frontier_lines, run_learn
     from pruning.learn import GateTraining, split_prompts
@@ -151,7 +156,7 @@ def learn_gates(model: str = MODEL, prompts: list[Path] = PROMPTS, objective: st
                         "eval_fraction": eval_fraction, "init_log_alpha": training.init,
                         "hard_concrete": vars(training.distribution)}, resume)
     loaded, prompt_set, data = _prepare(model, prompts, objective, n_prompts, device, dtype,
-                                        prepend_bos, strict_parity, options)
+                                        prepend_bos, strict_parity, options, recheck)
     run, specs = run_learn(loaded, data, prompt_set, options, lambdas=lambdas,
                            training=replace(training, batch_size=options.batch_size),
                            eval_fraction=eval_fraction, split_seed=seed)
