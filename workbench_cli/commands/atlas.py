@@ -69,7 +69,15 @@ def atlas(
     circuit_size: int = typer.Option(20, "--circuit-size", metavar="N",
                                      help="Heads per circuit (top k)."),
     skip: list[str] = list_option([], "--skip", metavar="PART",
-                                  help="Parts not to run: natural, repeated, context, circuits."),
+                                  help="Parts not to run: natural, repeated, context, circuits, "
+                                       "composition, causal."),
+    causal_draws: int = typer.Option(20, "--causal-draws", metavar="N",
+                                     help="Random head sets of the same layers per role in the "
+                                          "causal part's control (1-1000)."),
+    causal_prompts: int = typer.Option(16, "--causal-prompts", metavar="N",
+                                       help="Prompts per behaviour in the causal part (2-512)."),
+    causal_seed: int = typer.Option(0, "--causal-seed", metavar="N",
+                                    help="Seed of the control draws."),
     threshold: list[str] = typer.Option([], "--threshold", metavar="ROLE=X",
                                         help="Override a role's threshold (see atlas.json for "
                                              "roles); repeat for several."),
@@ -99,6 +107,8 @@ def atlas(
                            repeated=repeated, context=context, tasks=tuple(task),
                            n_prompts=n_prompts, thorough=thorough, circuit_size=circuit_size,
                            thresholds=_thresholds(threshold), skip=tuple(skip),
+                           causal_draws=causal_draws, causal_prompts=causal_prompts,
+                           causal_seed=causal_seed,
                            batch_size=batch_size, resume=resume, overwrite=overwrite,
                            progress=progress, command=sys.argv)
     from atlas.roles import ROLES
