@@ -76,7 +76,7 @@ class AtlasOptions:
     thresholds: dict[str, float] = field(default_factory=dict)
     skip: tuple[str, ...] = ()
     causal_draws: int = 20
-    causal_prompts: int = 16
+    causal_prompts: int = 12
     causal_seed: int = 0
     batch_size: int | None = None
     resume: bool = False

@@ -18,10 +18,11 @@ control draws (:mod:`atlas.controls`), then each top head alone. Edits:
   ``mask_keys`` operation with ``positions=[0]``); the first query row, which can only see key 0,
   is unchanged.
 
-The metrics (:class:`Behaviour`): the mean next-token loss (nats) on chosen target tokens, the
-logit difference ``logit(answer) - logit(distractor)`` at the last real token, and the attention a
-set of heads puts on the induction pattern (``match:1``, :mod:`probes.head_types`). The effect of a
-head set is, per prompt, the edited copy's metric minus copy 0's.
+The metrics (:class:`Behaviour`): the mean next-token loss (nats) on chosen target tokens or the
+logit difference ``logit(answer) - logit(distractor)`` at the last real token, and optionally, in
+the same pass, the attention a set of heads puts on the induction pattern (``match:1``,
+:mod:`probes.head_types`). The effect of a head set is, per prompt, the edited copy's metric minus
+copy 0's.
 """
 
 from __future__ import annotations
@@ -56,8 +57,9 @@ class Behaviour:
         targets: per batch ``[batch, pos]`` bool, True at the positions whose next-token loss
             counts (loss metrics); ``None`` for a logit difference.
         answer, distractor: per batch ``[batch]`` token ids (logit-difference metrics).
-        pattern_heads: heads whose induction-pattern attention is the metric (instead of the
-            logits), with ``detection[i]`` ``[batch, query, key]`` their pattern.
+        pattern_heads: heads whose induction-pattern attention is measured too, in the same
+            pass (metric ``induction_attention``), with ``detection[i]`` ``[batch, query, key]``
+            the pattern.
     """
 
     name: str
@@ -164,21 +166,25 @@ def _pattern_capture(heads: Sequence[Head], store: dict) -> list[tuple[str, Call
             for layer, idx in by_layer(heads).items()]
 
 
-def _measure(model, beh: Behaviour, i: int, hidden: Tensor, patterns: dict, copies: int
-             ) -> Tensor:
+def _pattern_metric(beh: Behaviour, i: int, patterns: dict, copies: int) -> Tensor:
+    """``[copies, batch]`` mean attention of ``beh.pattern_heads`` on the detection pattern
+    (``sum(A * P) / sum(A)`` over the real query rows, as the head-type ``mul`` score)."""
+    from workbench.heads import by_layer
+
+    batch = beh.batches[i]
+    det = beh.detection[i]  # [batch, q, k]
+    rows = batch.lengths.double()
+    total = 0.0
+    for layer, idx in by_layer(beh.pattern_heads).items():
+        a = patterns[layer].double().cpu().reshape(copies, batch.size, len(idx), *det.shape[1:])
+        total = total + (a * det[None, :, None]).sum((-1, -2)).sum(-1) / rows[None]
+    return total / len(beh.pattern_heads)
+
+
+def _measure(model, beh: Behaviour, i: int, hidden: Tensor, copies: int) -> Tensor:
     """``[copies, batch]`` metric values of batch ``i`` from the last hidden states."""
     batch = beh.batches[i]
     bridge = model.bridge
-    if beh.pattern_heads:
-        from workbench.heads import by_layer
-
-        det = beh.detection[i].to(hidden.device)  # [batch, q, k]
-        rows = batch.lengths.to(hidden.device).double()
-        total = 0.0
-        for layer, idx in by_layer(beh.pattern_heads).items():
-            a = patterns[layer].double().reshape(copies, batch.size, len(idx), *det.shape[1:])
-            total = total + (a * det[None, :, None]).sum((-1, -2)).sum(-1) / rows[None]
-        return total / len(beh.pattern_heads)
     if beh.targets is None:  # logit difference at the last real token
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         last = hidden[rows, batch.last_pos().to(hidden.device).repeat(copies)]
@@ -205,9 +211,10 @@ def _measure(model, beh: Behaviour, i: int, hidden: Tensor, patterns: dict, copi
 
 
 def run_copies(model, beh: Behaviour, head_sets: Sequence[Sequence[Head]], *,
-               ablation: str = "mean") -> np.ndarray:
-    """``[copies, n_prompts]`` metric of every head set (copy ``c`` edits ``head_sets[c]``;
-    module docstring), prompts in the set's order.
+               ablation: str = "mean") -> dict[str, np.ndarray]:
+    """``{metric: [copies, n_prompts]}`` for every head set (copy ``c`` edits ``head_sets[c]``;
+    module docstring), prompts in the set's order: ``beh.name``, and ``induction_attention``
+    when ``beh.pattern_heads`` is set.
 
     Raises:
         ValueError: an unknown ablation, or ``mean`` without means.
@@ -223,7 +230,8 @@ def run_copies(model, beh: Behaviour, head_sets: Sequence[Sequence[Head]], *,
     start = int(edited.min()) if len(edited) else info.n_layers - 1
     if beh.pattern_heads:  # the metric is read inside the model: start no later than its heads
         start = min(start, min(layer for layer, _ in beh.pattern_heads))
-    out = np.full((copies, beh.n_prompts), np.nan)
+    names = [beh.name] + (["induction_attention"] if beh.pattern_heads else [])
+    out = {name: np.full((copies, beh.n_prompts), np.nan) for name in names}
     for i, batch in enumerate(beh.batches):
         cache = capture(model, batch, z=False)
         hooks = edit_hooks(model, batch, mask, ablation, beh.means, beh.keys[i])
@@ -231,6 +239,8 @@ def run_copies(model, beh: Behaviour, head_sets: Sequence[Sequence[Head]], *,
         captures = _pattern_capture(beh.pattern_heads, patterns)
         with torch.inference_mode(), model.bridge.hooks(fwd_hooks=hooks + captures):
             hidden = run_blocks(model, cache, start, copies=copies)
-            values = _measure(model, beh, i, hidden, patterns, copies)
-        out[:, beh.index[i]] = values.cpu().numpy()
+            out[beh.name][:, beh.index[i]] = _measure(model, beh, i, hidden, copies).cpu().numpy()
+        if beh.pattern_heads:
+            out["induction_attention"][:, beh.index[i]] = \
+                _pattern_metric(beh, i, patterns, copies).numpy()
     return out

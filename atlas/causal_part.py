@@ -241,42 +241,46 @@ def test_role(model, behaviours: _Behaviours, role: str, heads: dict[str, list[H
         return {**base, "note": "no head holds this role in this atlas; nothing to ablate"}, []
     beh = behaviours.get(test.behaviour, heads)
     if beh is None:
-        return {**base, "n_heads": len(held),
-                "note": f"behaviour {test.behaviour} is not available (its task or part was not "
-                        "run); not tested"}, []
+        return {**base, "note": f"behaviour {test.behaviour} is not available (its task or part "
+                                "was not run); not tested"}, []
+    second_note = None
+    if test.secondary:  # measured in the same pass when its heads exist
+        with_second = behaviours.get(test.secondary, heads)
+        if with_second is None:
+            second_note = ("no induction heads in this atlas; the induction heads' attention is "
+                           "not measured")
+        else:
+            beh = with_second
     draws = control_draws(held, model.info.n_heads, options.causal_draws,
                           role_seed(options.causal_seed, role))
     sets = [[], held, *draws, *[[h] for h in tops]]
     start = time.perf_counter()
-    values = run_copies(model, beh, sets, ablation=test.ablation)
+    found = run_copies(model, beh, sets, ablation=test.ablation)
+    values = found[beh.name]
     table, summary = _role_records(role, beh.name, values, draws, tops, beh)
-    n_members = sum(len(d) for d in draws)
-    tables = [table, records("control_member", np.ones(n_members), layer=[h[0] for d in draws for h in d],
-                             head=[h[1] for d in draws for h in d], segment=role,
-                             condition=pa.array([f"draw={i}" for i, d in enumerate(draws)
-                                                 for _ in d]))]
+    members = [h for d in draws for h in d]
+    tables = [table, records("control_member", np.ones(len(members)),
+                             layer=[h[0] for h in members], head=[h[1] for h in members],
+                             segment=role, condition=pa.array([f"draw={i}" for i, d in
+                                                               enumerate(draws) for _ in d]))]
     entry = {**base, **{k: v for k, v in summary.items() if k != "head_effects"},
              "head_effects": summary["head_effects"], "behaviour": beh.name,
-             "control": "layer-matched random heads (atlas.controls)",
-             "n_draws": len(draws)}
+             "control": "layer-matched random heads (atlas.controls)"}
     if beh.name == "context_logit_diff":
         entry["answer_flips"] = float(((values[1] > 0) != (values[0] > 0)).mean())
         entry["control_answer_flips"] = float(
             ((values[2:2 + len(draws)] > 0) != (values[0] > 0)[None]).mean())
-    if test.secondary:
-        second = behaviours.get(test.secondary, heads)
-        if second is None:
-            entry["secondary"] = {"metric": test.secondary, "note": "no induction heads in this "
-                                  "atlas; the induction heads' attention is not measured"}
-        else:
-            sv = run_copies(model, second, sets, ablation=test.ablation)
-            t2, s2 = _role_records(role, second.name, sv, draws, tops, second, "secondary_")
-            tables.append(t2)
-            s2.pop("head_effects")
-            entry["secondary"] = {"metric": "attention of the atlas's induction heads on the "
-                                  "induction pattern (match:1)", "unit": second.unit,
-                                  "behaviour": second.name,
-                                  "heads": [format_head(h) for h in second.pattern_heads], **s2}
+    if second_note:
+        entry["secondary"] = {"metric": test.secondary, "note": second_note}
+    elif test.secondary:
+        t2, s2 = _role_records(role, "induction_attention", found["induction_attention"], draws,
+                               tops, beh, "secondary_")
+        tables.append(t2)
+        s2.pop("head_effects")
+        entry["secondary"] = {"metric": "attention of the atlas's induction heads on the "
+                              "induction pattern (match:1)", "unit": "fraction of attention",
+                              "behaviour": "induction_attention",
+                              "heads": [format_head(h) for h in beh.pattern_heads], **s2}
     entry["seconds"] = round(time.perf_counter() - start, 3)
     return entry, tables
 

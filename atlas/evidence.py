@@ -200,19 +200,20 @@ def causal_lines(doc: dict) -> list[str]:
     for role, e in doc.get("causal", {}).items():
         label = ROLES[role].label + "s" if role in ROLES else role
         if e.get("descriptive"):
-            out.append(f"{label}: descriptive only, no causal test ({e.get('note', '')})")
+            out.append(f"{label}: descriptive only, no causal test: {e.get('note', '')}")
             continue
         if "effect" not in e:
             out.append(f"{label}: not tested: {e.get('note', '')}")
             continue
         edit = "redistributing the attention on token 0 of" if e["ablation"] == "redistribute" \
             else "mean-ablating"
-        verdict = "above" if e["p_value"] <= 0.05 else "NOT above"
+        verdict = ("beyond random heads" if e["p_value"] <= 0.05 else
+                   "NOT beyond random heads of the same layers")
         line = (f"{edit} the {e['n_heads']} {label} changes the {e['metric']} by "
                 f"{_fmt(e['effect'])} {e['unit']} (95% CI {_fmt(e['effect_lo'])} to "
                 f"{_fmt(e['effect_hi'])}, {e['n_prompts']} prompts); {e['n_draws']} random head "
                 f"sets of the same layers: {_fmt(e['control_mean'])} ± {_fmt(e['control_sd'])}, "
-                f"p = {_fmt(e['p_value'], 2)}: {verdict} random heads ({e['source']})")
+                f"p = {_fmt(e['p_value'], 2)}: {verdict} ({e['source']})")
         if "answer_flips" in e:
             line += (f"; the preferred answer flips on {e['answer_flips']:.0%} of prompts "
                      f"(random heads {e['control_answer_flips']:.0%})")

@@ -23,6 +23,7 @@ Behaviours (:class:`atlas.causal.Behaviour`), on the first ``n`` prompts of each
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from atlas.causal import Behaviour, position_means
 from workbench.heads import Head
 from workbench.tokens import make_batches, pad_token_id, tokenize_prompt_set
 
-NATURAL_TOKENS = 64  # natural prompts are cut to this many tokens (the loss needs no more)
+NATURAL_TOKENS = 48  # natural prompts are cut to this many tokens (the loss needs no more)
 
 
 @dataclass(frozen=True)
@@ -81,14 +82,9 @@ ROLE_TESTS: dict[str, RoleTest] = {
         "attention on token 0, so the test removes that attention (renormalised over the other "
         "keys) and measures the loss"),
 }
-DESCRIPTIVE = {
-    "low_entropy": "attention entropy describes how a head spreads its attention; it names no "
-                   "behaviour the heads are needed for, so there is no causal test (descriptive "
-                   "only)",
-    "high_entropy": "attention entropy describes how a head spreads its attention; it names no "
-                    "behaviour the heads are needed for, so there is no causal test (descriptive "
-                    "only)",
-}
+_ENTROPY = ("attention entropy describes how a head spreads its attention and names no behaviour "
+            "the heads are needed for")
+DESCRIPTIVE = {"low_entropy": _ENTROPY, "high_entropy": _ENTROPY}
 
 
 def circuit_test(task: str) -> RoleTest:
@@ -141,14 +137,12 @@ def repeated_loss(model, path: Path, n: int, batch_size: int) -> Behaviour:
 
 
 def induction_attention(base: Behaviour, heads: list[Head]) -> Behaviour:
-    """The ``induction_attention`` behaviour of ``heads`` on ``base``'s prompts."""
+    """``base`` measuring, in the same pass, the ``induction_attention`` of ``heads``."""
     from probes.head_types import detection_pattern, parse_detector
 
     det = parse_detector("induction", "atlas")
     detection = [detection_pattern(det, b.input_ids, b.lengths) for b in base.batches]
-    return Behaviour("induction_attention", "fraction of attention", base.batches, base.index,
-                     base.n_prompts, base.keys, base.means, pattern_heads=sorted(heads),
-                     detection=detection)
+    return dataclasses.replace(base, pattern_heads=sorted(heads), detection=detection)
 
 
 def task_logit_diff(model, spec: str, n: int, batch_size: int) -> Behaviour:
@@ -182,8 +176,6 @@ def context_logit_diff(model, path: Path, n: int, batch_size: int) -> Behaviour:
 def natural_loss(model, path: Path, n: int, batch_size: int,
                  max_tokens: int = NATURAL_TOKENS) -> Behaviour:
     """The ``natural_loss`` behaviour (module docstring)."""
-    import dataclasses
-
     from workbench.prompts import load_prompt_set
 
     tokenized = _tokenize(model, _subset(load_prompt_set(path), n))

@@ -74,7 +74,7 @@ def atlas(
     causal_draws: int = typer.Option(20, "--causal-draws", metavar="N",
                                      help="Random head sets of the same layers per role in the "
                                           "causal part's control (1-1000)."),
-    causal_prompts: int = typer.Option(16, "--causal-prompts", metavar="N",
+    causal_prompts: int = typer.Option(12, "--causal-prompts", metavar="N",
                                        help="Prompts per behaviour in the causal part (2-512)."),
     causal_seed: int = typer.Option(0, "--causal-seed", metavar="N",
                                     help="Seed of the control draws."),
@@ -170,14 +170,22 @@ def _export_figure(result) -> None:
     from workbench.figures import BrowserNotFound, atlas_grid
     from workbench.figures.export import export_figures
 
-    plot = atlas_grid(result.heads, result.doc["roles"])
+    plots = [atlas_grid(result.heads, result.doc["roles"])]
+    if (result.path / "composition.parquet").is_file():  # the head graph (composition part)
+        import pandas as pd
+
+        from workbench.figures.composition import composition_graph
+
+        plots.append(composition_graph(pd.read_parquet(result.path / "composition.parquet"),
+                                       n_heads=result.n_heads))
     try:
-        index = export_figures([plot], result.path / "figures", width="double",
+        index = export_figures(plots, result.path / "figures", width="double",
                                extra={"atlas": str(result.path)})
     except BrowserNotFound as e:
         err.print(f"note: atlas figure not exported: {escape(str(e))}")
         return
-    out.print(f"figure: {escape(str(index.parent / plot.name))}.pdf (.svg, .png, sidecars)")
+    for plot in plots:
+        out.print(f"figure: {escape(str(index.parent / plot.name))}.pdf (.svg, .png, sidecars)")
 
 
 @app.command("compare")
