@@ -95,9 +95,8 @@ def position_means(model, batches: Sequence[Batch]) -> AblationMeans:
         counts[:batch.seq_len] += valid.double().sum(0)
     assert sums is not None and counts is not None
     means = [s / counts.clamp_min(1)[:, None, None] for s in sums]
-    dtype = batches[0].input_ids.new_zeros(0, dtype=torch.float32).dtype
     lengths = sorted({int(n) for b in batches for n in b.lengths.tolist()})
-    by_length = {n: [m[:n].to(dtype) for m in means] for n in lengths}
+    by_length = {n: [m[:n].float() for m in means] for n in lengths}
     return AblationMeans({}, by_length, {})
 
 

@@ -265,7 +265,11 @@ def test_role(model, behaviours: _Behaviours, role: str, heads: dict[str, list[H
                                                                enumerate(draws) for _ in d]))]
     entry = {**base, **{k: v for k, v in summary.items() if k != "head_effects"},
              "head_effects": summary["head_effects"], "behaviour": beh.name,
-             "control": "layer-matched random heads (atlas.controls)"}
+             "control": "layer-matched random heads (atlas.controls)",
+             "note": (f"the effect is beyond the {len(draws)} random head sets of the same layers "
+                      f"(p = {summary['p_value']:.2g})" if summary["p_value"] <= 0.05 else
+                      f"the effect is NOT beyond random head sets of the same layers (p = "
+                      f"{summary['p_value']:.2g}): a finding too")}
     if beh.name == "context_logit_diff":
         entry["answer_flips"] = float(((values[1] > 0) != (values[0] > 0)).mean())
         entry["control_answer_flips"] = float(

@@ -203,9 +203,10 @@ def composition_scores(w: FoldedWeights, modes: tuple[str, ...] = MODES, *,
         Tm = T[mode].reshape(L * H, *T[mode].shape[2:])
         t_norm = Tm.reshape(L * H, -1).norm(dim=1)
         gram_t = _packed_gram(Tm, left=False)
-        sq = torch.empty(L * H, L * H, dtype=torch.float64)
+        sq = torch.zeros(L * H, L * H, dtype=torch.float64)
         for start in range(0, L * H, chunk):
-            sq[start:start + chunk] = gram_s[start:start + chunk] @ gram_t.T
+            later = int((layer <= layer[start]).sum())  # receivers after the chunk's first layer
+            sq[start:start + chunk, later:] = gram_s[start:start + chunk] @ gram_t[later:].T
         score = sq.clamp_min(0).sqrt() / s_norm[:, None] / t_norm[None, :]
         score[layer[:, None] >= layer[None, :]] = float("nan")
         out[mode] = score.reshape(L, H, L, H).numpy()
@@ -222,9 +223,13 @@ def random_baseline(d_model: int, d_head: int, *, n: int = N_BASELINE, seed: int
               for _ in range(2))
     b1, b2 = (torch.randn(n, d_head, d_model, generator=gen, dtype=torch.float64)
               for _ in range(2))
-    left, right = a1 @ b1, a2 @ b2
-    score = (left @ right).flatten(1).norm(dim=1) / left.flatten(1).norm(dim=1) \
-        / right.flatten(1).norm(dim=1)
+    # ||A1 B1 A2 B2||^2 = tr(M^T G1 M G2) with M = B1 A2, G1 = A1^T A1, G2 = B2 B2^T (d_head^2)
+    g1, g2, m = a1.transpose(1, 2) @ a1, b2 @ b2.transpose(1, 2), b1 @ a2
+    tr = lambda x: x.diagonal(dim1=-2, dim2=-1).sum(-1)  # noqa: E731
+    product = tr(m.transpose(1, 2) @ g1 @ m @ g2)
+    left = tr(g1 @ b1 @ b1.transpose(1, 2))
+    right = tr(a2.transpose(1, 2) @ a2 @ g2)
+    score = (product / left / right).sqrt()
     return {"mean": float(score.mean()), "sd": float(score.std()), "n": n, "seed": seed,
             "shapes": f"[{d_model}x{d_head}] @ [{d_head}x{d_model}] per side"}
 

@@ -12,6 +12,7 @@ from atlas.controls import control_draws, empirical_p, role_seed, summarize
 from atlas.role_tests import context_logit_diff, induction_attention, natural_loss, repeated_loss
 from tests.conftest import DATA, write_jsonl
 from tests.hf_reference import tiny_hf
+from tests.test_atlas import inputs  # noqa: F401 (the tiny atlas's prompt files, a fixture)
 from workbench.errors import InputError
 from workbench.prompts import load_prompt_set
 from workbench.tokens import tokenize_prompt_set
@@ -221,3 +222,138 @@ def test_redistributing_first_token_attention_equals_plain_hf_forward(tiny_llama
             want = -logp[pos, ids[pos + 1]].mean().item()
             assert got[c, p] == pytest.approx(want, abs=2e-5), (c, p)
     assert np.abs(got[1] - got[0]).max() > 1e-3
+
+
+# --- the causal and composition parts of an atlas ------------------------------------------------
+
+LOW = {"previous_token": 0.02, "duplicate_token": 0.02, "induction": 0.02, "sink": 0.99}
+
+
+@pytest.fixture(scope="module")
+def causal_atlas(inputs, tmp_path_factory):
+    from atlas import build_atlas
+    from tests.test_atlas import _loader, _options
+
+    out = tmp_path_factory.mktemp("causal-atlas") / "atlas-tiny"
+    options = _options(inputs, out, thresholds=LOW, causal_draws=4, causal_prompts=3)
+    return build_atlas(_loader(), options, model_spec="tiny-llama"), options
+
+
+def test_every_role_carries_its_test_in_atlas_json_and_parquet(causal_atlas):
+    from atlas.controls import empirical_p
+    from atlas.roles import ROLES
+    from workbench.heads import format_head
+    from workbench.store import RunDir
+
+    atlas, options = causal_atlas
+    causal, heads = atlas.doc["causal"], atlas.heads
+    assert set(causal) == set(ROLES)
+    assert causal["low_entropy"]["descriptive"] and "names no behaviour" in \
+        causal["high_entropy"]["note"]
+    assert causal["sink"]["n_heads"] == 0 and "no head holds" in causal["sink"]["note"]
+    assert heads["sink_effect"].isna().all()
+    run = RunDir.open(options.runs_dir / options.run_id("causal"))
+    rec = run.read_table("role_effects").to_pandas()
+    tested = [r for r, e in causal.items() if "effect" in e]
+    assert {"induction", "previous_token", "context", "ioi_circuit"} <= set(tested)
+    for role in tested:
+        e = causal[role]
+        keys = {"effect", "effect_lo", "effect_hi", "control_mean", "control_sd", "p_value",
+                "n_heads", "n_draws", "metric", "unit", "ablation", "source", "heads", "note"}
+        assert keys <= set(e), role
+        held = heads[heads[role]]
+        assert e["heads"] == [format_head((int(r.layer), int(r.head))) for r in held.itertuples()]
+        assert e["n_draws"] == 4 and e["n_heads"] == len(held) > 0
+        # the effect is the mean per-prompt difference of the stored metric values
+        r = rec[rec["segment"] == role]
+        m = r[r["metric"] == "metric"].pivot(index="prompt_id", columns="condition", values="value")
+        assert e["effect"] == pytest.approx((m["role"] - m["unablated"]).mean(), abs=1e-12)
+        draws = r[r["metric"] == "control_effect"]["value"].to_numpy()
+        assert e["control_mean"] == pytest.approx(draws.mean())
+        assert e["p_value"] == pytest.approx(empirical_p(e["effect"], draws))
+        assert e["effect_lo"] <= e["effect"] <= e["effect_hi"]
+        # the control draws come from the role's layers, as many per layer as the role holds
+        members = r[r["metric"] == "control_member"]
+        want = sorted(held["layer"].astype(int))
+        for _, d in members.groupby("condition"):
+            assert sorted(d["layer"].astype(int)) == want, role
+        # parquet: the role-level values on the held heads, NaN elsewhere
+        col, p = heads[f"{role}_effect"], heads[f"{role}_effect_p"]
+        assert (col[heads[role]] == e["effect"]).all() and col[~heads[role]].isna().all()
+        assert (p[heads[role]] == e["p_value"]).all()
+        single = heads.set_index(["layer", "head"])[f"{role}_head_effect"].dropna()
+        assert {format_head(k): v for k, v in single.items()} == pytest.approx(e["head_effects"])
+        assert 1 <= len(single) <= 3
+    assert "secondary" in causal["previous_token"]
+    assert any(line.startswith("mean-ablating the") and "random head sets of the same layers"
+               in line for line in atlas.doc["findings"])
+
+
+def test_head_patterns_and_composition_are_stored_beside_the_atlas(causal_atlas):
+    import pandas as pd
+
+    from workbench.heads import parse_head
+
+    atlas, _ = causal_atlas
+    patterns = pd.read_parquet(atlas.path / "head_patterns.parquet")
+    tokens = pd.read_parquet(atlas.path / "tokens.parquet")
+    assert set(patterns["prompt_id"]) <= set(tokens["prompt_id"])
+    assert (patterns["probe"] == "attention_pattern").all() and (patterns["metric"] == "pattern").all()
+    # one stored pattern against a plain HF forward of that prompt
+    hf = tiny_hf("llama")
+    row = patterns.iloc[0]
+    ids = tokens[tokens["prompt_id"] == row["prompt_id"]].sort_values("pos")["token_id"].to_numpy()
+    with torch.inference_mode():
+        att = hf(input_ids=torch.as_tensor(ids)[None], output_attentions=True).attentions
+    sel = patterns[(patterns["prompt_id"] == row["prompt_id"]) & (patterns["layer"] == row["layer"])
+                   & (patterns["head"] == row["head"])]
+    want = att[int(row["layer"])][0, int(row["head"])].double().numpy()
+    np.testing.assert_allclose(sel["value"], want[sel["query_pos"], sel["key_pos"]], atol=1e-5)
+    # every top head of a role has evidence: partners, patterns
+    evidence = atlas.doc["head_evidence"]
+    top = atlas.heads[atlas.heads["induction"]].sort_values("induction_rank").iloc[0]
+    item = next(v for k, v in evidence.items() if parse_head(k) == (int(top.layer), int(top.head)))
+    assert "induction" in item["roles"] and "partners" in item and item["pattern_sets"]
+    comp = pd.read_parquet(atlas.path / "composition.parquet")
+    assert {"q_composition", "k_composition", "v_composition", "ov_copying"} <= set(comp["metric"])
+    k = comp[comp["metric"] == "k_composition"]
+    assert (k["condition"].str.startswith("sender=")).all() and len(k) == 6 * 16
+    assert atlas.doc["composition"]["baseline"]["mean"] > 0
+    assert len(atlas.doc["composition"]["top_pairs"]) == 30
+
+
+def test_a_finished_causal_part_resumes_without_the_model_and_reruns_when_changed(
+        causal_atlas, inputs):
+    import pandas as pd
+
+    from atlas import build_atlas
+    from tests.test_atlas import _loader, _options
+
+    atlas, _ = causal_atlas
+    out = atlas.path
+    kept = build_atlas(lambda: pytest.fail("the model was loaded"),
+                       _options(inputs, out, thresholds=LOW, causal_draws=4, causal_prompts=3,
+                                resume=True), model_spec="tiny-llama")
+    pd.testing.assert_frame_equal(kept.heads, atlas.heads)
+    assert kept.doc["causal"] == atlas.doc["causal"]
+    calls = []
+
+    def load():
+        calls.append(1)
+        return _loader()()
+    again = build_atlas(load, _options(inputs, out, thresholds=LOW, causal_draws=5,
+                                       causal_prompts=3, resume=True), model_spec="tiny-llama")
+    assert calls == [1] and again.doc["causal"]["induction"]["n_draws"] == 5
+    assert again.doc["runs"]["causal"]["state"] == "run"
+    assert again.doc["runs"]["natural"]["state"] == "kept"
+
+
+def test_bad_causal_options_are_refused_before_anything_is_written(inputs, tmp_path, capsys):
+    from tests.test_run import cli
+
+    for option, value in (("--causal-draws", "0"), ("--causal-draws", "5000"),
+                          ("--causal-prompts", "1")):
+        out = tmp_path / f"a{value}"
+        code, _, err = cli(capsys, "atlas", "--model", "tiny-llama", "--out", str(out),
+                           "--no-progress", "--no-figures", option, value)
+        assert code == 2 and option in err and not out.exists()
