@@ -74,6 +74,7 @@ class Behaviour:
     distractor: list[Tensor] | None = None
     pattern_heads: list[Head] = field(default_factory=list)
     detection: list[Tensor] | None = None
+    task: object = None  # the circuits Task of a task behaviour (its heads' DLA)
 
 
 def position_means(model, batches: Sequence[Batch]) -> AblationMeans:

@@ -99,7 +99,7 @@ def _finish(run: RunDir, tables: dict[str, pa.Table], **changes: Any) -> None:
     run.update_manifest(status="complete", finished=_now(), tables=written, **changes)
 
 
-# --- composition -----------------------------------------------------------------------------------
+# --- composition ---------------------------------------------------------------------------------
 
 def composition_config(model_spec: str) -> dict:
     from atlas.composition import N_BASELINE
@@ -323,6 +323,25 @@ def _patterns(model, behaviours: _Behaviours, heads_by_set: dict[str, list[Head]
     return concat(tables), pa.table(token_rows(unique, model.tokenizer), schema=TOKENS_SCHEMA)
 
 
+def _dla(model, behaviours: _Behaviours, heads_by_set: dict[str, list[Head]]
+         ) -> pa.Table | None:
+    """Direct logit attribution (:mod:`circuits.dla`, logits, mean over the prompts) of the top
+    heads of each circuit-task role on that task: records ``dla`` with ``segment`` the task."""
+    from circuits.dla import direct_logit_attribution
+
+    tables = []
+    for key, chosen in heads_by_set.items():
+        beh = behaviours.built.get(key)
+        if beh is None or beh.task is None or not chosen:
+            continue
+        found = direct_logit_attribution(model, beh.task, batch_size=behaviours.batch_size)
+        mean = found.heads.mean(0)
+        tables.append(records("dla", [mean[lay, h] for lay, h in chosen],
+                              layer=[h[0] for h in chosen], head=[h[1] for h in chosen],
+                              segment=beh.task.name))
+    return concat(tables)
+
+
 def run_causal(model, heads: pd.DataFrame, options, model_spec: str,
                batch_size: int | None = None) -> RunDir:
     """Test every role (:data:`ROLES`) and write the ``causal`` part run (module docstring)."""
@@ -357,6 +376,11 @@ def run_causal(model, heads: pd.DataFrame, options, model_spec: str,
             for h in top_heads(heads, role):
                 if h not in by_set[key]:
                     by_set[key].append(h)
+        dla_start = time.perf_counter()
+        dla = _dla(model, behaviours, by_set)
+        if dla is not None:
+            tables.append(dla)
+        timings["dla_s"] = round(time.perf_counter() - dla_start, 3)
         pattern_start = time.perf_counter()
         patterns, tokens = _patterns(model, behaviours, by_set)
         timings["patterns_s"] = round(time.perf_counter() - pattern_start, 3)
@@ -406,3 +430,39 @@ def run_late_parts(load: Callable[[], Any], atlas, options, model_spec: str, par
     parts["causal"] = {"run_id": options.run_id("causal"),
                        "seconds": round(time.perf_counter() - start, 3), "state": state}
     return True
+
+
+def test_heads(load: Callable[[], Any], atlas, heads: list[Head], role: str, *, draws: int = 20,
+               prompts: int = 12, seed: int = 0, batch_size: int | None = None) -> dict:
+    """Test any head set on the behaviour of ``role`` (:data:`atlas.role_tests.ROLE_TESTS`),
+    against ``draws`` layer-matched random head sets, with the prompt files and tasks ``atlas``
+    was built with; the heads are also ablated one by one (up to :data:`TOP_HEADS`). Returns the
+    entry :func:`test_role` gives (``atlas.json["causal"]`` format; nothing is written).
+
+    Raises:
+        InputError: an unknown or descriptive role, a head outside the model, bad counts, all
+            before ``load`` is called.
+    """
+    from atlas.battery import AtlasOptions
+    from workbench.errors import InputError
+    from workbench.heads import check_heads
+
+    if role not in ROLES:
+        raise InputError(f"--test {role!r} is not an atlas role; roles: {', '.join(ROLES)}")
+    if test_for(ROLES[role]) is None:
+        raise InputError(f"--test {role}: the role is descriptive only ({DESCRIPTIVE.get(role)}); "
+                         "choose a role with a behaviour")
+    if not heads:
+        raise InputError("--heads names no head")
+    check_heads(heads, atlas.n_layers, atlas.n_heads, "--heads")
+    stored = RunDir(atlas.path).read_manifest().get("config_key", {})
+    natural, repeated, context = stored.get("prompt_files", [None] * 3)
+    options = AtlasOptions(out=atlas.path, natural=natural, repeated=repeated, context=context,
+                           tasks=tuple(stored.get("tasks", ("ioi", "induction"))),
+                           causal_draws=draws, causal_prompts=prompts, causal_seed=seed,
+                           progress=False)
+    model = load()
+    sets = {**role_heads(atlas.heads), role: sorted(set(heads))}
+    behaviours = _Behaviours(model, options, batch_size or 8)
+    entry, _ = test_role(model, behaviours, role, sets, sorted(set(heads))[:TOP_HEADS], options)
+    return entry

@@ -13,8 +13,9 @@ What :func:`attach_evidence` adds (each only when its part was run):
 * ``atlas.json["composition"]``: the random baseline, the top pairs per mode, and the K-composition
   of the previous-token heads into the induction heads against all other pairs of the same layers;
 * ``atlas.json["head_evidence"][head]``: for the top heads of each role, its roles, its strongest
-  composition partners (senders and receivers), its ablation effects and the stored example
-  prompts of its attention pattern;
+  composition partners (senders and receivers), its ablation effects, its direct logit
+  attribution on the circuit tasks it is a top head for (``dla``, logits), and the prompt sets
+  its attention pattern is stored for;
 * ``head_patterns.parquet``, ``tokens.parquet``, ``composition.parquet`` copied from the part runs.
 """
 
@@ -55,9 +56,13 @@ def attach_evidence(heads: pd.DataFrame, runs: dict[str, RunDir], path) -> dict:
         pairs = composition_pairs(frame)
         doc["composition"] = _composition_doc(frame, pairs, heads,
                                               comp.read_manifest().get("baseline", {}))
+    dla = None
+    if causal is not None and "role_effects" in causal.tables():
+        rec = causal.read_table("role_effects").to_pandas()
+        dla = rec[rec["metric"] == "dla"]
     doc["head_evidence"] = _head_evidence(heads, entries, pairs,
                                           causal.read_manifest().get("pattern_sets", {})
-                                          if causal is not None else {})
+                                          if causal is not None else {}, dla)
     return doc
 
 
@@ -150,7 +155,7 @@ def role_pair_composition(pairs: pd.DataFrame, heads: pd.DataFrame, sender_role:
 
 
 def _head_evidence(heads: pd.DataFrame, entries: dict, pairs: pd.DataFrame | None,
-                   pattern_sets: dict) -> dict:
+                   pattern_sets: dict, dla: pd.DataFrame | None = None) -> dict:
     out: dict = {}
     top: dict[tuple[int, int], list[str]] = {}
     for role in ROLES:
@@ -167,6 +172,10 @@ def _head_evidence(heads: pd.DataFrame, entries: dict, pairs: pd.DataFrame | Non
             item["head_effect"] = effects
         if pairs is not None:
             item["partners"] = _partners(pairs, head)
+        if dla is not None:
+            mine = dla[(dla["layer"] == head[0]) & (dla["head"] == head[1])]
+            if len(mine):
+                item["dla"] = {str(r.segment): float(r.value) for r in mine.itertuples()}
         sets = [name for name, hs in pattern_sets.items() if format_head(head) in hs]
         if sets:
             item["pattern_sets"] = sets
@@ -194,11 +203,12 @@ def _fmt(x: float, digits: int = 3) -> str:
     return f"{x:.{digits}g}"
 
 
-def causal_lines(doc: dict) -> list[str]:
-    """One finding per role tested (and one per descriptive or empty role), with its control."""
+def causal_lines(doc: dict, labels: dict[str, str] | None = None) -> list[str]:
+    """One finding per role tested (and one per descriptive or empty role), with its control;
+    ``labels`` name the heads of a role otherwise than "<role label>s"."""
     out = []
     for role, e in doc.get("causal", {}).items():
-        label = ROLES[role].label + "s" if role in ROLES else role
+        label = (labels or {}).get(role) or (ROLES[role].label + "s" if role in ROLES else role)
         if e.get("descriptive"):
             out.append(f"{label}: descriptive only, no causal test: {e.get('note', '')}")
             continue

@@ -153,10 +153,12 @@ def task_logit_diff(model, spec: str, n: int, batch_size: int) -> Behaviour:
     task = load_task(spec, model, n_prompts=n)
     tbs = task.batches(batch_size)
     means = ablation_means(model, task, batch_size=batch_size)
-    return Behaviour(f"{task.name}_logit_diff", "logits", [tb.clean for tb in tbs],
-                     [tb.index for tb in tbs], len(task), [group_keys(task, tb.index) for tb in tbs],
-                     means, answer=[tb.answer for tb in tbs],
-                     distractor=[tb.distractor for tb in tbs])
+    beh = Behaviour(f"{task.name}_logit_diff", "logits", [tb.clean for tb in tbs],
+                    [tb.index for tb in tbs], len(task), [group_keys(task, tb.index) for tb in tbs],
+                    means, answer=[tb.answer for tb in tbs],
+                    distractor=[tb.distractor for tb in tbs])
+    beh.task = task  # for the heads' direct logit attribution
+    return beh
 
 
 def context_logit_diff(model, path: Path, n: int, batch_size: int) -> Behaviour:

@@ -298,7 +298,8 @@ def test_head_patterns_and_composition_are_stored_beside_the_atlas(causal_atlas)
     patterns = pd.read_parquet(atlas.path / "head_patterns.parquet")
     tokens = pd.read_parquet(atlas.path / "tokens.parquet")
     assert set(patterns["prompt_id"]) <= set(tokens["prompt_id"])
-    assert (patterns["probe"] == "attention_pattern").all() and (patterns["metric"] == "pattern").all()
+    assert (patterns["probe"] == "attention_pattern").all()
+    assert (patterns["metric"] == "pattern").all()
     # one stored pattern against a plain HF forward of that prompt
     hf = tiny_hf("llama")
     row = patterns.iloc[0]
@@ -312,8 +313,13 @@ def test_head_patterns_and_composition_are_stored_beside_the_atlas(causal_atlas)
     # every top head of a role has evidence: partners, patterns
     evidence = atlas.doc["head_evidence"]
     top = atlas.heads[atlas.heads["induction"]].sort_values("induction_rank").iloc[0]
-    item = next(v for k, v in evidence.items() if parse_head(k) == (int(top.layer), int(top.head)))
+    item = next(v for k, v in evidence.items()
+                if parse_head(k) == (int(top["layer"]), int(top["head"])))
     assert "induction" in item["roles"] and "partners" in item and item["pattern_sets"]
+    top = atlas.heads[atlas.heads["ioi_circuit"]].sort_values("ioi_circuit_rank").iloc[0]
+    item = next(v for k, v in evidence.items()
+                if parse_head(k) == (int(top["layer"]), int(top["head"])))
+    assert np.isfinite(item["dla"]["ioi"]) and "ioi_circuit" in item["head_effect"]
     comp = pd.read_parquet(atlas.path / "composition.parquet")
     assert {"q_composition", "k_composition", "v_composition", "ov_copying"} <= set(comp["metric"])
     k = comp[comp["metric"] == "k_composition"]
@@ -357,3 +363,26 @@ def test_bad_causal_options_are_refused_before_anything_is_written(inputs, tmp_p
         code, _, err = cli(capsys, "atlas", "--model", "tiny-llama", "--out", str(out),
                            "--no-progress", "--no-figures", option, value)
         assert code == 2 and option in err and not out.exists()
+
+
+def test_ablate_command_tests_any_head_set_and_refuses_bad_input(causal_atlas, capsys):
+    from tests.test_run import cli
+    from workbench.heads import format_head
+
+    atlas, _ = causal_atlas
+    path = str(atlas.path)
+    heads = [format_head((1, 0)), format_head((2, 3))]
+    code, out, err = cli(capsys, "atlas", "ablate", path, "--heads", ",".join(heads), "--test",
+                         "induction", "--draws", "3", "--n-prompts", "2", "--device", "cpu")
+    assert code == 0, err
+    assert f"heads {', '.join(heads)} (on the induction heads' test)" in out
+    assert "3 random head sets of the same layers" in out and "alone" in out
+    for args, why in ((["--test", "low_entropy"], "descriptive"), (["--test", "nope"],
+                                                                   "not an atlas role"),
+                      (["--test", "induction", "--heads", "9.0"], "out of range"),
+                      (["--test", "induction", "--draws", "0"], "--draws")):
+        argv = ["atlas", "ablate", path, *args]
+        if "--heads" not in args:
+            argv += ["--heads", heads[0]]
+        code, _, err = cli(capsys, *argv)
+        assert code == 2 and why in err, (args, err)

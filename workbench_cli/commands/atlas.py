@@ -188,6 +188,50 @@ def _export_figure(result) -> None:
         out.print(f"figure: {escape(str(index.parent / plot.name))}.pdf (.svg, .png, sidecars)")
 
 
+@app.command("ablate")
+def ablate_cmd(
+    atlas_dir: Path = typer.Argument(..., metavar="ATLAS", help="An atlas folder."),
+    heads: list[str] = list_option(..., "--heads", metavar="HEADS",
+                                   help="Heads to ablate (layer.head, e.g. 18.6,17.4)."),
+    test: str = typer.Option(..., "--test", metavar="ROLE",
+                             help="The role whose behaviour tests the heads (e.g. induction)."),
+    draws: int = typer.Option(20, "--draws", metavar="N",
+                              help="Random head sets of the same layers (1-1000)."),
+    n_prompts: int = typer.Option(12, "--n-prompts", metavar="N",
+                                  help="Prompts of the behaviour (2-512)."),
+    seed: int = typer.Option(0, "--seed", metavar="N", help="Seed of the control draws."),
+    batch_size: Optional[int] = BATCH_SIZE,
+    device: Optional[str] = DEVICE,
+    dtype: Optional[str] = DTYPE,
+    strict_parity: bool = STRICT_PARITY,
+) -> None:
+    """Ablate any head set on a role's behaviour against random heads of the same layers (the
+    atlas's causal test; nothing is written)."""
+    from atlas import open_atlas
+    from atlas.causal_part import test_heads
+    from atlas.controls import MAX_DRAWS
+    from atlas.evidence import causal_lines
+    from workbench.heads import parse_heads
+
+    for name, value, lo, hi in (("--draws", draws, 1, MAX_DRAWS), ("--n-prompts", n_prompts, 2,
+                                                                   512), ("--seed", seed, 0,
+                                                                          2**32 - 1)):
+        if not lo <= value <= hi:
+            raise InputError(f"{name} must be in {lo}..{hi}, got {value}")
+    result = open_atlas(atlas_dir)
+    spec = result.doc.get("model_spec", result.doc["model"]["name"])
+    entry = test_heads(lambda: _load(spec, strict_parity, device=device, dtype=dtype), result,
+                       parse_heads(heads), test, draws=draws, prompts=n_prompts, seed=seed,
+                       batch_size=batch_size)
+    from atlas.roles import ROLES
+
+    label = f"heads {', '.join(entry['heads'])} (on the {ROLES[test].label}s' test)"
+    for line in causal_lines({"causal": {test: entry}}, {test: label}):
+        out.print(escape(line))
+    for head, value in entry.get("head_effects", {}).items():
+        out.print(f"  {escape(head)} alone: {value:.4g} {entry['unit']}")
+
+
 @app.command("compare")
 def compare_cmd(first: Path = typer.Argument(..., metavar="FIRST", help="An atlas folder."),
                 second: Path = typer.Argument(..., metavar="SECOND",
