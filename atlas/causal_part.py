@@ -142,7 +142,8 @@ def causal_config(heads: pd.DataFrame, options, model_spec: str) -> dict:
              "natural": str(options.natural), "tasks": [str(t) for t in options.tasks]}
     digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:12]
     return {"model_spec": model_spec, "draws": options.causal_draws, "seed": options.causal_seed,
-            "n_prompts": options.causal_prompts, "files": digest, "version": 1,
+            "n_prompts": options.causal_prompts, "mean_prompts": options.n_prompts,
+            "files": digest, "version": 1,
             "roles": {r: [format_head(h) for h in hs] for r, hs in sets.items()},
             "top": {r: [format_head(h) for h in top_heads(heads, r)] for r in sets}}
 
@@ -187,7 +188,8 @@ class _Behaviours:
             beh = rt.natural_loss(self.model, o.natural, n, bs)
         else:
             spec = _task_spec(o, key.split(":", 1)[1])
-            beh = None if spec is None else rt.task_logit_diff(self.model, spec, n, bs)
+            beh = None if spec is None else rt.task_logit_diff(self.model, spec, n, bs,
+                                                                o.n_prompts)
         self.built[key] = beh
         return beh
 
@@ -459,6 +461,7 @@ def test_heads(load: Callable[[], Any], atlas, heads: list[Head], role: str, *, 
     natural, repeated, context = stored.get("prompt_files", [None] * 3)
     options = AtlasOptions(out=atlas.path, natural=natural, repeated=repeated, context=context,
                            tasks=tuple(stored.get("tasks", ("ioi", "induction"))),
+                           n_prompts=stored.get("n_prompts", 32),
                            causal_draws=draws, causal_prompts=prompts, causal_seed=seed,
                            progress=False)
     model = load()

@@ -145,14 +145,21 @@ def induction_attention(base: Behaviour, heads: list[Head]) -> Behaviour:
     return dataclasses.replace(base, pattern_heads=sorted(heads), detection=detection)
 
 
-def task_logit_diff(model, spec: str, n: int, batch_size: int) -> Behaviour:
-    """A circuit task's logit difference with the circuits' ablation means."""
+def task_logit_diff(model, spec: str, n: int, batch_size: int,
+                    n_means: int | None = None) -> Behaviour:
+    """A circuit task's logit difference on its first ``n`` prompts, with the circuits' ablation
+    means taken over the corrupted twins of its first ``max(n, n_means)`` prompts (the atlas
+    passes its circuits' ``--n-prompts``, so the means are the ones the circuits used)."""
     from circuits.discovery import ablation_means, group_keys
-    from circuits.tasks import load_task
+    from circuits.tasks import Task, load_task
+    from workbench.prompts import PromptSet
 
-    task = load_task(spec, model, n_prompts=n)
+    full = load_task(spec, model, n_prompts=max(n, n_means or n))
+    means = ablation_means(model, full, batch_size=batch_size)
+    task = Task(full.name, PromptSet(full.prompt_set.prompts[:n], full.prompt_set.files),
+                full.clean[:n], full.corrupted[:n], full.answer[:n], full.distractor[:n],
+                full.pad_id)
     tbs = task.batches(batch_size)
-    means = ablation_means(model, task, batch_size=batch_size)
     beh = Behaviour(f"{task.name}_logit_diff", "logits", [tb.clean for tb in tbs],
                     [tb.index for tb in tbs], len(task), [group_keys(task, tb.index) for tb in tbs],
                     means, answer=[tb.answer for tb in tbs],
