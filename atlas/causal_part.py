@@ -126,7 +126,8 @@ def run_composition(model, options, model_spec: str) -> RunDir:
         from workbench.records import conform
 
         _finish(run, {"composition": conform(table, run_id=run.run_id, probe="composition")},
-                baseline=comp.baseline, timings={"composition_s": comp.seconds})
+                baseline=comp.baseline, timings={"composition_s": comp.seconds,
+                                                 "composition_cpu_s": comp.cpu_seconds})
     except BaseException as err:
         run.update_manifest(status="failed", error=f"{type(err).__name__}: {err}")
         raise
@@ -353,7 +354,7 @@ def run_causal(model, heads: pd.DataFrame, options, model_spec: str,
     run = _create(options, "causal", "causal", config, model,
                   {"prompts": {"name": "atlas prompt files", "files": []}})
     try:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         sets = role_heads(heads)
         behaviours = _Behaviours(model, options, batch_size or 8)
         entries, tables, timings = {}, [], {}
@@ -387,6 +388,7 @@ def run_causal(model, heads: pd.DataFrame, options, model_spec: str,
         patterns, tokens = _patterns(model, behaviours, by_set)
         timings["patterns_s"] = round(time.perf_counter() - pattern_start, 3)
         timings["total_s"] = round(time.perf_counter() - start, 3)
+        timings["total_cpu_s"] = round(time.process_time() - cpu, 3)
         out = {}
         effects = concat(tables)
         if effects is not None:

@@ -237,7 +237,7 @@ def random_baseline(d_model: int, d_head: int, *, n: int = N_BASELINE, seed: int
 def ov_copying(w: FoldedWeights) -> np.ndarray:
     """``[n_layers, n_heads]``: ``sum(lambda) / sum(|lambda|)`` over the eigenvalues of ``W_O W_U
     W_E W_V`` (module docstring)."""
-    middle = w.W_U @ w.W_E  # [d_model, d_model]
+    middle = (w.W_U.float() @ w.W_E.float()).double()  # [d_model, d_model]; float32 is ample
     M = w.W_O @ middle @ w.W_V  # [layer, head, d_head, d_head]
     eig = torch.linalg.eigvals(M)
     return (eig.sum(-1).real / eig.abs().sum(-1).clamp_min(1e-300)).numpy()
@@ -267,6 +267,7 @@ class Composition:
     per_head: dict[str, np.ndarray]
     baseline: dict
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # CPU time of this process (all threads): fairer on a busy machine
 
     def pairs(self, mode: str) -> "pd.DataFrame":  # noqa: F821
         """One row per (sender, receiver) with a score: ``sender_layer, sender_head,
@@ -307,7 +308,7 @@ def compose(model, *, baseline_draws: int = N_BASELINE, seed: int = 0) -> Compos
     """Fold the weights and compute every score (module docstring)."""
     import time
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     w = folded_weights(model)
     with torch.inference_mode():
         scores = composition_scores(w)
@@ -316,4 +317,5 @@ def compose(model, *, baseline_draws: int = N_BASELINE, seed: int = 0) -> Compos
         if prev is not None:
             per_head["qk_previous_token"] = prev
         base = random_baseline(w.d_model, w.d_head, n=baseline_draws, seed=seed)
-    return Composition(scores, per_head, base, round(time.perf_counter() - start, 3))
+    return Composition(scores, per_head, base, round(time.perf_counter() - start, 3),
+                       round(time.process_time() - cpu, 3))

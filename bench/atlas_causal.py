@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     comp = compose(model)
     composition_s = time.perf_counter() - start
+    print(f"composition CPU time (all threads): {comp.cpu_seconds:.1f} s")
     with tempfile.TemporaryDirectory() as tmp:
         options = AtlasOptions(out=Path(tmp) / "atlas-bench", causal_draws=args.draws,
                                causal_prompts=args.prompts, progress=False)

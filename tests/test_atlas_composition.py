@@ -73,14 +73,14 @@ def test_random_baseline_is_seeded_and_near_its_expectation():
 
 
 @pytest.mark.parametrize("spec", ["tiny-gpt2", "tiny-llama"])
-def test_composition_scores_equal_transformer_lens(spec):
+def test_composition_scores_equal_transformer_lens(spec, request):
     """The same model loaded twice: ours folds the norms by hand on the raw weights; TL's
     compatibility mode folds them itself (fold_ln, centring) and scores with FactoredMatrix."""
     from atlas.composition import compose
     from workbench.models import load_model
 
-    ours = compose(load_model(spec, device="cpu"))
-    ref = load_model(spec, device="cpu")
+    ours = compose(request.getfixturevalue(spec.replace("-", "_")))  # the session's raw model
+    ref = load_model(spec, device="cpu")  # a second copy, processed in place by TL
     ref.bridge.enable_compatibility_mode(disable_warnings=True)
     for mode in "QKV":
         tl = ref.bridge.all_composition_scores(mode).scores.detach().double().numpy()
