@@ -288,9 +288,15 @@ def test_resume_refuses_another_configuration_but_relabels(inputs, tiny_atlas, t
         build_atlas(lambda: pytest.fail("loaded"), _options(inputs, out, resume=True) and
                     AtlasOptions(**{**vars(_options(inputs, out, resume=True)), "n_prompts": 3}),
                     model_spec="tiny-llama")
-    relabelled = build_atlas(lambda: pytest.fail("the model was loaded"),
-                             _options(inputs, out, resume=True, thresholds={"sink": 0.0}),
+    # new labels change the role head sets, so only the causal part (evidence for those sets)
+    # runs again; every measuring part is kept
+    relabelled = build_atlas(_loader(), _options(inputs, out, resume=True,
+                                                 thresholds={"sink": 0.0}),
                              model_spec="tiny-llama")
+    states = {part: meta["state"] for part, meta in relabelled.doc["runs"].items()}
+    assert states == {"natural": "kept", "repeated": "kept", "context": "kept",
+                      "circuits": "kept", "composition": "kept", "causal": "run"}
+    assert relabelled.doc["causal"]["sink"]["n_heads"] == int(relabelled.heads["sink"].sum())
     heads = relabelled.heads
     assert heads["sink"].tolist() == (heads["sink_score"] > 0).tolist()
     np.testing.assert_array_equal(heads["sink_score"], tiny_atlas.heads["sink_score"])
