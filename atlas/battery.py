@@ -14,6 +14,10 @@ Four parts, each an ordinary run in the runs folder beside the atlas (``<out.nam
   the smallest prefix of the ranking whose normalised faithfulness reaches 0.8, then refined;
   :mod:`circuits.sized`), checked on held-out prompts, its faithfulness curve and overlap; the
   IOI head classes of every task whose prompts carry the IOI positions (:mod:`circuits.ioi_classes`).
+* ``composition``: Q-, K-, V-composition scores of every head pair and per-head OV copying scores,
+  from the weights alone (:mod:`atlas.composition`);
+* ``causal``: each role's heads ablated against layer-matched random heads, on a behaviour chosen
+  for the role (:mod:`atlas.causal_part`); it runs after the roles are known.
 
 Resuming (``resume=True``) continues each probe run batch by batch and keeps a finished circuits run
 whose configuration matches; the model is loaded only if some part still has work to do.
@@ -31,7 +35,8 @@ from workbench.errors import InputError, RunStateError
 from workbench.store import MANIFEST, RunDir
 
 DATA = Path(__file__).resolve().parent.parent / "data"
-PARTS = ("natural", "repeated", "context", "circuits")
+PARTS = ("natural", "repeated", "context", "circuits", "composition", "causal")
+LATE_PARTS = ("causal",)  # need the roles: run by atlas.build after the other parts
 DEFAULT_SELECT = "faithfulness=0.8"
 MAX_RANDOM = 1000
 CIRCUIT_ROLES = {"ioi_circuit": "ioi", "induction_circuit": "induction"}  # role -> task name
@@ -66,6 +71,9 @@ class AtlasOptions:
         n_random: random circuits in the faithfulness baseline (and per size of the curve).
         thresholds: per-role threshold overrides (:data:`atlas.roles.ROLES`).
         skip: parts not to run (their roles stay unmeasured).
+        causal_draws: random head sets per role in the causal part's control (1..1000).
+        causal_prompts: prompts per behaviour in the causal part (2..512).
+        causal_seed: seed of the control draws.
     """
 
     out: Path = Path("runs/atlas")
@@ -82,6 +90,9 @@ class AtlasOptions:
     n_random: int = 3
     thresholds: dict[str, float] = field(default_factory=dict)
     skip: tuple[str, ...] = ()
+    causal_draws: int = 20
+    causal_prompts: int = 12
+    causal_seed: int = 0
     batch_size: int | None = None
     resume: bool = False
     overwrite: bool = False
@@ -93,7 +104,7 @@ class AtlasOptions:
         bad = sorted(set(self.skip) - set(PARTS))
         if bad:
             raise InputError(f"--skip {','.join(bad)}: not an atlas part; parts: {', '.join(PARTS)}")
-        if set(self.skip) == set(PARTS):
+        if set(self.skip) >= set(PROBE_PARTS) | {"circuits"}:  # no part that gives roles
             raise InputError(f"--skip {','.join(self.skip)}: every part is skipped; nothing to "
                              "build an atlas from")
         if self.resume and self.overwrite:
@@ -121,6 +132,13 @@ class AtlasOptions:
             raise InputError(f"--threshold {member[0]}: a circuit role holds the heads of the "
                              f"circuit chosen by --circuit-select (now {selection}), not a "
                              "threshold; use --circuit-select top_k=N or faithfulness=F")
+        from atlas.controls import MAX_DRAWS
+
+        for name, value, lo, hi in (("--causal-draws", self.causal_draws, 1, MAX_DRAWS),
+                                    ("--causal-prompts", self.causal_prompts, 2, 512),
+                                    ("--causal-seed", self.causal_seed, 0, 2**32 - 1)):
+            if not lo <= value <= hi:
+                raise InputError(f"{name} must be in {lo}..{hi}, got {value}")
 
     @property
     def runs_dir(self) -> Path:
@@ -182,7 +200,8 @@ def check_inputs(options: AtlasOptions) -> dict[str, Any]:
 
 
 def run_parts(load: Callable[[], Any], options: AtlasOptions, prompt_sets: dict[str, Any],
-              on_part: Callable[[str, int, int], None] = lambda *_: None) -> dict[str, dict]:
+              on_part: Callable[[str, int, int], None] = lambda *_: None,
+              model_spec: str = "") -> dict[str, dict]:
     """Run (or resume) every part not skipped. ``load()`` is called once, when the first part
     with work to do starts. Returns ``{part: {"run_id", "seconds", "state"}}``.
 
@@ -193,16 +212,22 @@ def run_parts(load: Callable[[], Any], options: AtlasOptions, prompt_sets: dict[
     done: dict[str, dict] = {}
     todo = [p for p in PARTS if p not in options.skip]
     for i, part in enumerate(todo, start=1):
+        if part in LATE_PARTS:
+            continue
         on_part(part, i, len(todo))
         start = time.perf_counter()
-        if _finished(options, part, prompt_sets.get(part)):
+        if _finished(options, part, prompt_sets.get(part), model_spec):
             done[part] = {"run_id": options.run_id(part), "seconds": 0.0, "state": "kept"}
             continue
         if model is None:
             model = load()
             if "circuits" in todo[i - 1:]:  # tokenised checks (equal lengths) before any part
                 _circuit_tasks(model, options)
-        if part == "circuits":
+        if part == "composition":
+            from atlas.causal_part import run_composition
+
+            run_composition(model, options, model_spec)
+        elif part == "circuits":
             _run_circuits(model, options)
         else:
             _run_probes(model, options, part, prompt_sets[part])
@@ -211,10 +236,15 @@ def run_parts(load: Callable[[], Any], options: AtlasOptions, prompt_sets: dict[
     return done
 
 
-def _finished(options: AtlasOptions, part: str, prompt_set: Any = None) -> bool:
+def _finished(options: AtlasOptions, part: str, prompt_set: Any = None,
+              model_spec: str = "") -> bool:
     """Resuming, and the part's run is complete with the prompts, probes or circuit settings
     asked for (the atlas's own configuration, model and tasks included, is checked first by
     :func:`atlas.build.build_atlas`)."""
+    if part == "composition":
+        from atlas.causal_part import composition_finished
+
+        return composition_finished(options, model_spec)
     path = options.runs_dir / options.run_id(part) / MANIFEST
     if not options.resume or not path.is_file():
         return False

@@ -97,13 +97,19 @@ def build_atlas(load: Callable[[], Any], options: AtlasOptions, *, model_spec: s
         RunStateError: ``out`` exists and neither ``resume`` nor ``overwrite`` was asked for, it
             is not an atlas, or it was made for another model.
     """
+    from atlas.causal_part import load_if_needed, run_late_parts
+
     prompt_sets = check_inputs(options)
     run = _open_or_create(options, model_spec, prompt_sets)
     start = time.perf_counter()
+    load = load_if_needed(load)
     try:
-        parts = run_parts(load, options, prompt_sets, on_part)
+        parts = run_parts(load, options, prompt_sets, on_part, model_spec)
         runs = {p: RunDir.open(options.runs_dir / meta["run_id"]) for p, meta in parts.items()}
         atlas = write_atlas(run.path, runs, options, model_spec, parts)
+        if run_late_parts(load, atlas, options, model_spec, parts, on_part):  # they need roles
+            runs = {p: RunDir.open(options.runs_dir / meta["run_id"]) for p, meta in parts.items()}
+            atlas = write_atlas(run.path, runs, options, model_spec, parts)
         timings = {f"{p}_s": meta["seconds"] for p, meta in parts.items()}
         timings["total_s"] = round(time.perf_counter() - start, 3)
         run.update_manifest(status="complete", finished=_now(), timings=timings,
@@ -186,6 +192,9 @@ def write_atlas(path: Path, runs: dict[str, RunDir], options: AtlasOptions, mode
                           if "circuits" in runs else (None, None))
     if ioi_class is not None:  # workbench circuits --ioi-classes (atlas/battery.py asks for it)
         heads["ioi_class"] = ioi_class.to_numpy()
+    from atlas.evidence import attach_evidence
+
+    extra = attach_evidence(heads, runs, path)  # causal effects, composition, head evidence
     doc = {
         "atlas_version": ATLAS_VERSION, "model_spec": model_spec,
         "model": {k: model.get(k) for k in ("name", "source", "architecture", "n_layers",
@@ -200,6 +209,7 @@ def write_atlas(path: Path, runs: dict[str, RunDir], options: AtlasOptions, mode
                      "state": meta["state"]} for p, meta in parts.items()},
         "parts_skipped": list(options.skip), "evidence": evidence(runs), "created": _now(),
         **({"ioi_classes": ioi_doc} if ioi_doc is not None else {}),
+        **extra,
     }
     if "circuits" in runs:
         from atlas.circuit_summary import circuit_summary

@@ -94,6 +94,9 @@ def findings(heads: pd.DataFrame, doc: dict) -> list[str]:
     if ev.get("first_token_mass"):
         out.append(_position_line(ev["first_token_mass"]))
     out += _circuit_lines(heads, doc, ev.get("circuits"))
+    from atlas.evidence import causal_lines, composition_lines
+
+    out += causal_lines(doc) + composition_lines(doc)
     return out
 
 

@@ -89,6 +89,7 @@ def inputs(tmp_path_factory):
 
 
 def _options(inputs, out, **extra) -> AtlasOptions:
+    extra = {"causal_draws": 2, "causal_prompts": 2, **extra}  # the causal part kept small
     return AtlasOptions(out=out, natural=inputs["natural"], repeated=inputs["repeated"],
                         context=inputs["context"], tasks=inputs["tasks"], n_prompts=4,
                         circuit_size=3, n_random=1, batch_size=2, progress=False, **extra)
@@ -112,7 +113,7 @@ def test_every_atlas_score_is_the_probe_record_it_came_from(tiny_atlas):
     assert heads["depth"].tolist() == (heads["layer"] / 4).tolist()
     runs = {part: RunDir.open(tiny_atlas.path.parent / meta["run_id"])
             for part, meta in tiny_atlas.doc["runs"].items()}
-    assert set(runs) == {"natural", "repeated", "context", "circuits"}
+    assert set(runs) == {"natural", "repeated", "context", "circuits", "composition", "causal"}
     for name, role in ROLES.items():
         where = dict(role.where)
         if role.rule == "member":
@@ -222,7 +223,7 @@ def test_atlas_command_prints_findings_and_refuses_bad_input(inputs, tmp_path, c
     base = ["atlas", "--model", "tiny-llama", "--device", "cpu", "--natural",
             str(inputs["natural"]), "--repeated", str(inputs["repeated"]), "--context",
             str(inputs["context"]), "--n-prompts", "4", "--circuit-size", "3", "--no-progress",
-            "--no-figures", "--skip", "circuits"]
+            "--no-figures", "--skip", "circuits", "--causal-draws", "2", "--causal-prompts", "2"]
     out = tmp_path / "runs" / "atlas-cli"
     code, stdout, err = cli(capsys, *base, "--out", str(out))
     assert code == 0, err
@@ -287,9 +288,15 @@ def test_resume_refuses_another_configuration_but_relabels(inputs, tiny_atlas, t
         build_atlas(lambda: pytest.fail("loaded"), _options(inputs, out, resume=True) and
                     AtlasOptions(**{**vars(_options(inputs, out, resume=True)), "n_prompts": 3}),
                     model_spec="tiny-llama")
-    relabelled = build_atlas(lambda: pytest.fail("the model was loaded"),
-                             _options(inputs, out, resume=True, thresholds={"sink": 0.0}),
+    # new labels change the role head sets, so only the causal part (evidence for those sets)
+    # runs again; every measuring part is kept
+    relabelled = build_atlas(_loader(), _options(inputs, out, resume=True,
+                                                 thresholds={"sink": 0.0}),
                              model_spec="tiny-llama")
+    states = {part: meta["state"] for part, meta in relabelled.doc["runs"].items()}
+    assert states == {"natural": "kept", "repeated": "kept", "context": "kept",
+                      "circuits": "kept", "composition": "kept", "causal": "run"}
+    assert relabelled.doc["causal"]["sink"]["n_heads"] == int(relabelled.heads["sink"].sum())
     heads = relabelled.heads
     assert heads["sink"].tolist() == (heads["sink_score"] > 0).tolist()
     np.testing.assert_array_equal(heads["sink_score"], tiny_atlas.heads["sink_score"])

@@ -108,7 +108,15 @@ def atlas(
         None, "--held-out", metavar="N", help="Check each circuit on the N prompts after the "
         "scored ones (default: --n-prompts of them, or what the file has left)."),
     skip: list[str] = list_option([], "--skip", metavar="PART",
-                                  help="Parts not to run: natural, repeated, context, circuits."),
+                                  help="Parts not to run: natural, repeated, context, circuits, "
+                                       "composition, causal."),
+    causal_draws: int = typer.Option(20, "--causal-draws", metavar="N",
+                                     help="Random head sets of the same layers per role in the "
+                                          "causal part's control (1-1000)."),
+    causal_prompts: int = typer.Option(12, "--causal-prompts", metavar="N",
+                                       help="Prompts per behaviour in the causal part (2-512)."),
+    causal_seed: int = typer.Option(0, "--causal-seed", metavar="N",
+                                    help="Seed of the control draws."),
     threshold: list[str] = typer.Option([], "--threshold", metavar="ROLE=X",
                                         help="Override a role's threshold (see atlas.json for "
                                              "roles); repeat for several."),
@@ -141,6 +149,8 @@ def atlas(
                            circuit_select=circuit_select, circuit_max_size=circuit_max_size,
                            held_out=held_out,
                            thresholds=_thresholds(threshold), skip=tuple(skip),
+                           causal_draws=causal_draws, causal_prompts=causal_prompts,
+                           causal_seed=causal_seed,
                            batch_size=batch_size, resume=resume, overwrite=overwrite,
                            progress=progress, command=sys.argv)
     from atlas.roles import ROLES
@@ -209,14 +219,66 @@ def _export_figure(result) -> None:
     from workbench.figures import BrowserNotFound, atlas_grid
     from workbench.figures.export import export_figures
 
-    plot = atlas_grid(result.heads, result.doc["roles"])
+    plots = [atlas_grid(result.heads, result.doc["roles"])]
+    if (result.path / "composition.parquet").is_file():  # the head graph (composition part)
+        import pandas as pd
+
+        from workbench.figures.composition import composition_graph
+
+        plots.append(composition_graph(pd.read_parquet(result.path / "composition.parquet"),
+                                       n_heads=result.n_heads))
     try:
-        index = export_figures([plot], result.path / "figures", width="double",
+        index = export_figures(plots, result.path / "figures", width="double",
                                extra={"atlas": str(result.path)})
     except BrowserNotFound as e:
         err.print(f"note: atlas figure not exported: {escape(str(e))}")
         return
-    out.print(f"figure: {escape(str(index.parent / plot.name))}.pdf (.svg, .png, sidecars)")
+    for plot in plots:
+        out.print(f"figure: {escape(str(index.parent / plot.name))}.pdf (.svg, .png, sidecars)")
+
+
+@app.command("ablate")
+def ablate_cmd(
+    atlas_dir: Path = typer.Argument(..., metavar="ATLAS", help="An atlas folder."),
+    heads: list[str] = list_option(..., "--heads", metavar="HEADS",
+                                   help="Heads to ablate (layer.head, e.g. 18.6,17.4)."),
+    test: str = typer.Option(..., "--test", metavar="ROLE",
+                             help="The role whose behaviour tests the heads (e.g. induction)."),
+    draws: int = typer.Option(20, "--draws", metavar="N",
+                              help="Random head sets of the same layers (1-1000)."),
+    n_prompts: int = typer.Option(12, "--n-prompts", metavar="N",
+                                  help="Prompts of the behaviour (2-512)."),
+    seed: int = typer.Option(0, "--seed", metavar="N", help="Seed of the control draws."),
+    batch_size: Optional[int] = BATCH_SIZE,
+    device: Optional[str] = DEVICE,
+    dtype: Optional[str] = DTYPE,
+    strict_parity: bool = STRICT_PARITY,
+) -> None:
+    """Ablate any head set on a role's behaviour against random heads of the same layers (the
+    atlas's causal test; nothing is written)."""
+    from atlas import open_atlas
+    from atlas.causal_part import test_heads
+    from atlas.controls import MAX_DRAWS
+    from atlas.evidence import causal_lines
+    from workbench.heads import parse_heads
+
+    for name, value, lo, hi in (("--draws", draws, 1, MAX_DRAWS), ("--n-prompts", n_prompts, 2,
+                                                                   512), ("--seed", seed, 0,
+                                                                          2**32 - 1)):
+        if not lo <= value <= hi:
+            raise InputError(f"{name} must be in {lo}..{hi}, got {value}")
+    result = open_atlas(atlas_dir)
+    spec = result.doc.get("model_spec", result.doc["model"]["name"])
+    entry = test_heads(lambda: _load(spec, strict_parity, device=device, dtype=dtype), result,
+                       parse_heads(heads), test, draws=draws, prompts=n_prompts, seed=seed,
+                       batch_size=batch_size)
+    from atlas.roles import ROLES
+
+    label = f"heads {', '.join(entry['heads'])} (on the {ROLES[test].label}s' test)"
+    for line in causal_lines({"causal": {test: entry}}, {test: label}):
+        out.print(escape(line))
+    for head, value in entry.get("head_effects", {}).items():
+        out.print(f"  {escape(head)} alone: {value:.4g} {entry['unit']}")
 
 
 @app.command("compare")
