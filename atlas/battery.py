@@ -132,13 +132,10 @@ class AtlasOptions:
             raise InputError(f"--threshold {member[0]}: a circuit role holds the heads of the "
                              f"circuit chosen by --circuit-select (now {selection}), not a "
                              "threshold; use --circuit-select top_k=N or faithfulness=F")
-        from atlas.controls import MAX_DRAWS
+        from workbench.bounds import BOUNDS
 
-        for name, value, lo, hi in (("--causal-draws", self.causal_draws, 1, MAX_DRAWS),
-                                    ("--causal-prompts", self.causal_prompts, 2, 512),
-                                    ("--causal-seed", self.causal_seed, 0, 2**32 - 1)):
-            if not lo <= value <= hi:
-                raise InputError(f"{name} must be in {lo}..{hi}, got {value}")
+        for name in ("causal-draws", "causal-prompts", "causal-seed"):
+            BOUNDS[f"atlas --{name}"].check(getattr(self, name.replace("-", "_")), f"--{name}")
 
     @property
     def runs_dir(self) -> Path:

@@ -25,11 +25,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from workbench.bounds import BOUNDS
 from workbench.errors import InputError
 from workbench.heads import Head
 from workbench.stats import bootstrap_interval
 
-MAX_DRAWS = 1000  # an upper bound on --causal-draws (each draw is a forward copy per batch)
+MAX_DRAWS = int(BOUNDS["atlas --causal-draws"].high)  # each draw is a forward copy per batch
 
 
 def role_seed(seed: int, role: str) -> int:

@@ -143,6 +143,12 @@ BOUNDS: dict[str, Bound] = {
     "atlas --circuit-max-size": count(1, 1_000_000, "largest circuit the faithfulness search "
                                       "tries", optional=True),
     "atlas --held-out": count(0, 10_000, "prompts each circuit is checked on", optional=True),
+    "atlas --causal-draws": count(1, 1000, "random head sets per role in the causal control"),
+    "atlas --causal-prompts": count(2, 512, "prompts per behaviour in the causal part"),
+    "atlas --causal-seed": count(0, 2**32 - 1, "seed of the causal control draws"),
+    "atlas ablate --draws": count(1, 1000, "random head sets of the same layers"),
+    "atlas ablate --n-prompts": count(2, 512, "prompts of the role's behaviour"),
+    "atlas ablate --seed": count(0, 2**32 - 1, "seed of the control draws"),
     "figures --dpi": count(10, 2400, "PNG resolution"),
     "heads prune --step": real(0, 1, "fraction of heads removed per step", low_open=True),
     "heads prune --seeds": count(1, 1000, "random removal orders"),
