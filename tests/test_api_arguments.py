@@ -70,7 +70,7 @@ def test_a_text_is_not_a_file_name():
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"methods": "attribution,bogus"}, "bogus"),
-    ({"methods": None}, "methods=None"),
+    ({"methods": 5}, "methods=5"),  # None: the level's default
     ({"n_random": 2**64}, "n_random="),
     ({"n_random": None}, "n_random="),
     ({"n_prompts": 0}, "n_prompts=0"),
@@ -79,7 +79,7 @@ def test_a_text_is_not_a_file_name():
     ({"spot_check": 2**64}, "spot_check="),
     ({"n_boot": 2**40}, "n_boot="),
     ({"batch_size": float("nan")}, "batch_size=nan"),
-    ({"select": None}, "select=None"),
+    ({"select": 5}, "select=5"),  # None: the level's default
     ({"level": "graph"}, "level='graph'"),
     ({"resume": True, "overwrite": True}, "contradict"),
 ])

@@ -92,7 +92,7 @@ def test_all_heads_and_chosen_prompt(tiny_gpt2, small_prompts, tmp_path):
 
 
 @pytest.mark.parametrize("params, message", [
-    ({"heads": "9.0"}, "head 9.0 is out of range"),
+    ({"heads": "9.0"}, "head L9H0 is out of range"),
     ({"prompt_ids": "a,nope"}, "no prompt(s) ['nope']"),
     ({"max_tokens": "0"}, "max_tokens='0': Input should be greater than or equal to 1"),
 ])

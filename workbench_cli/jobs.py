@@ -75,7 +75,7 @@ def circuits(model: Any, tasks: Sequence[str] | str, *,
             other level (before the model loads; numbers against the CLI's bounds,
             :mod:`workbench.bounds`).
     """
-    from circuits.levels import check_level_options
+    from circuits.levels import LEVELS, check_level_options
     from circuits.run import check_options, execute_circuits, load_tasks
     from circuits.tasks import resolve_task
     from workbench.bounds import check, flag, names, text
@@ -99,6 +99,8 @@ def circuits(model: Any, tasks: Sequence[str] | str, *,
     nodes = text(nodes, "nodes", optional=False)
     flag(ioi_classes, "ioi_classes")
     _common(runs_dir, run_id, resume, overwrite, progress)
+    if level not in LEVELS:
+        raise InputError(f"level={level!r} is not one of {', '.join(LEVELS)}")
     check_level_options(level, locals())
     if resume and level == "edge":
         raise InputError("resume=True: edge-level runs cannot resume yet")
