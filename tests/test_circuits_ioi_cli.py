@@ -8,7 +8,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from tests.ioi_class_tasks import tiny_ioi_class_file
+from tests.ioi_class_tasks import tiny_ioi_class_file, tiny_ioi_class_rows
 from tests.test_circuits_cli import args
 from tests.test_run import cli
 from workbench.heads import format_head
@@ -149,7 +149,7 @@ def test_the_atlas_runs_the_classes_for_tasks_with_the_positions(tmp_path):
     from tests.conftest import write_jsonl
     from workbench.models import load_model
 
-    ioi = tiny_ioi_class_file(tmp_path, n=4)
+    ioi = write_jsonl(tmp_path / "ioi.jsonl", tiny_ioi_class_rows(4))  # the atlas's task names
     induction = write_jsonl(tmp_path / "induction.jsonl", tiny_ioi_rows(4, seed=3))  # no S1/S2
     options = dict(out=tmp_path / "atlas-ioi", tasks=(str(ioi), str(induction)), n_prompts=4,
                    circuit_size=3, n_random=0, batch_size=2, progress=False,
@@ -160,9 +160,9 @@ def test_the_atlas_runs_the_classes_for_tasks_with_the_positions(tmp_path):
     from workbench.store import RunDir
 
     run = RunDir.open(run_path)
-    assert run.read_manifest()["config_key"]["ioi_classes"]["tasks"] == ["tiny_ioi_classes"]
+    assert run.read_manifest()["config_key"]["ioi_classes"]["tasks"] == ["ioi"]
     table = pq.read_table(run.table_path("ioi_classes")).to_pandas()
-    assert set(table.segment) == {"tiny_ioi_classes"}
+    assert set(table.segment) == {"ioi"}
     classes = {(r.layer, r.head): r.condition for r in
                table[table.metric == "ioi_class"].itertuples()}
     got = {(int(r.layer), int(r.head)): r.ioi_class for r in atlas.heads.itertuples()

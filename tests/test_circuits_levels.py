@@ -29,7 +29,7 @@ EXAMPLES = {
     "spot_check": (["--spot-check", "0"], 0),
     "both_directions": (["--both-directions"], True),
     "grids": (["--grids", "all"], "all"),
-    "grid_layers": (["--grids", "resid_pre", "--grid-layers", "0"], "0"),
+    "grid_layers": (["--grid-layers", "0"], "0"),
     "dla": (["--dla"], True),
     "ioi_classes": (["--ioi-classes"], True),
     "nodes": (["--nodes", "heads,mlps"], "heads,mlps"),

@@ -98,7 +98,7 @@ def test_to_receiver_inputs_matches_the_reference(kinds, tiny_llama, task_path):
         np.testing.assert_allclose(got.patched[tb.index, sender[0], sender[1]], want, atol=1e-4)
     assert np.abs(got.patched[:, :3] - got.clean[:, None, None]).max() > 1e-3
     assert np.isnan(got.patched[:, 3]).all()  # the last receiver's layer and later: no path
-    assert got.condition == f"receivers={kinds} of 0.1,2.1,3.3"
+    assert got.condition == f"receivers={kinds} of {','.join(map(format_head, receivers))}"
 
 
 def test_last_layer_sender_to_logits_is_activation_patching(tiny_gpt2, task_path):

@@ -290,11 +290,10 @@ def test_faithfulness_selection_tables_equal_independent_forwards(capsys, tmp_pa
     assert "held out (4 prompts not used to find it)" in out
 
 
-def test_faithfulness_curve_figure_draws_the_curve_band_target_and_chosen_circuit():
+def curve_fixture():
+    """A faithfulness curve (sizes 0-4, random draws at sizes 1 and 4) and its search (target
+    0.8, size 3 chosen at 0.83), as ``faithfulness_curve`` / ``circuit_search`` rows."""
     import pandas as pd
-
-    from workbench.figures.circuit_curve import curve_plot
-    from workbench.figures.plot import DRAWERS
 
     def row(metric, value, condition=None, probe="attribution_patching"):
         return {"probe": probe, "metric": metric, "segment": "ioi", "condition": condition,
@@ -306,6 +305,14 @@ def test_faithfulness_curve_figure_draws_the_curve_band_target_and_chosen_circui
                             for i, v in enumerate(vals)])
     search = pd.DataFrame([row("target", 0.8), row("size", 3.0),
                            row("faithfulness_normalised", 0.83), row("reached", 1.0)])
+    return curve, search
+
+
+def test_faithfulness_curve_figure_draws_the_curve_band_target_and_chosen_circuit():
+    from workbench.figures.circuit_curve import curve_plot
+    from workbench.figures.plot import DRAWERS
+
+    curve, search = curve_fixture()
     plot = curve_plot(curve, search, "ioi")
     data = plot.data
     chosen = data[data["chosen"]]

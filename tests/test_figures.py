@@ -319,6 +319,13 @@ def fixture_plots(tmp_path) -> list[Plot]:
                                             {"name": "induction", "label": "induction head"}]))
     plots += pruning_plots()
     plots += edge_plots()
+    from tests.test_circuits_ioi_cli import _class_rows
+    from tests.test_circuits_search import curve_fixture
+    from workbench.figures.circuit_curve import curve_plot
+    from workbench.figures.ioi_sets import ioi_class_plot
+
+    plots.append(curve_plot(*curve_fixture(), "ioi"))
+    plots.append(ioi_class_plot(_class_rows(), "ioi", n_layers=4))
     pattern = np.tril(np.full((2, 2, 3, 3), 1 / 3))  # live views (app Live pattern page)
     plots.append(pattern_grid(pattern, ["a", " b", "\n"]))
     plots.append(attention_text(["a", " b", "\n"], [0.5, 0.25, 0.25], 2, "layer 0, head 0"))

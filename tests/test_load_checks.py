@@ -144,9 +144,12 @@ def test_a_failed_causality_check_is_never_kept(checks, monkeypatch):
 
 
 def test_a_preloaded_model_is_always_checked(checks, tiny_llama):
+    import copy
+
     folder, runs = checks
-    for _ in range(2):
-        loaded = load_model(tiny_llama.bridge.original_model, tokenizer=tiny_llama.tokenizer)
+    hf = copy.deepcopy(tiny_llama.bridge.original_model)  # wrapping rewires the model's modules:
+    for _ in range(2):  # a copy keeps the session's tiny_llama bridge intact for later tests
+        loaded = load_model(hf, tokenizer=tiny_llama.tokenizer)
         assert not loaded.info.parity.cached
     assert len(runs) == 2 and not list(folder.glob("*.json"))
 
