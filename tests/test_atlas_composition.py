@@ -50,7 +50,8 @@ def test_ov_copying_and_positional_scores_on_hand_made_matrices():
         for h in range(2):
             full = (w.W_E @ w.W_V[layer, h] @ w.W_O[layer, h] @ w.W_U).numpy()
             ev = np.linalg.eigvals(full)
-            assert got[layer, h] == pytest.approx(ev.sum().real / np.abs(ev).sum(), abs=1e-9)
+            # W_U W_E is formed in float32 (ov_copying): agreement to float32 precision
+            assert got[layer, h] == pytest.approx(ev.sum().real / np.abs(ev).sum(), abs=1e-5)
     # W_O W_U W_E W_V = identity: every eigenvalue 1, a perfect copier
     w.W_U = torch.linalg.pinv(w.W_E)
     w.W_O[0, 0] = torch.linalg.pinv(w.W_V[0, 0])
