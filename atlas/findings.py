@@ -94,6 +94,8 @@ def findings(heads: pd.DataFrame, doc: dict) -> list[str]:
     if ev.get("first_token_mass"):
         out.append(_position_line(ev["first_token_mass"]))
     out += _circuit_lines(heads, doc, ev.get("circuits"))
+    if doc.get("ioi_classes"):
+        out.append(_ioi_class_line(doc["ioi_classes"]))
     from atlas.evidence import causal_lines, composition_lines
 
     out += causal_lines(doc) + composition_lines(doc)
@@ -162,7 +164,18 @@ def _position_line(mass: dict, level: float = 0.9) -> str:
         parts.append(f"at depth {int(above[0])} ({names[cond]})" if above.size else
                      f"never by the {names[cond]} (max {values.max():.2f})")
     return (f"position bias: the last token's cumulative attention on token 0 reaches {level:g} "
-            f"{'; '.join(parts)}")
+            f"{' and '.join(parts)}")
+
+
+def _ioi_class_line(classes: dict) -> str:
+    """The IOI head classes (``atlas.json["ioi_classes"]``, :mod:`circuits.ioi_classes`) in one
+    line, Wang et al.'s order; a class no head meets is named as empty, not left out."""
+    from circuits.ioi_classes import CLASSES
+
+    parts = [f"{name.replace('_', ' ')} {', '.join(classes[name]['heads']) or 'none'}"
+             for name in CLASSES if isinstance(classes.get(name), dict)]
+    return ("IOI head classes (Wang et al. 2022, path patching with bootstrap intervals; criteria "
+            "in atlas.json): " + "; ".join(parts))
 
 
 def _sized_line(task: str, c: dict, row: dict) -> str:

@@ -64,7 +64,7 @@ def test_findings_and_pruning_legend_read_as_sentences():
 
     line = _position_line({"product": [0.5, 0.95], "rollout": [0.2, 0.6]})
     assert "at never" not in line
-    assert "reaches 0.9 at depth 1 (product of attention matrices); never by the residual-aware " \
+    assert "reaches 0.9 at depth 1 (product of attention matrices) and never by the residual-aware " \
            "rollout (max 0.60)" in line
     assert _orders(1) == "random (1 order)" and _orders(5) == "random (min-max of 5 orders)"
 

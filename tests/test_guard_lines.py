@@ -93,3 +93,28 @@ def test_the_app_refuses_system_folders_and_bad_hosts(tmp_path, capsys):
     (tmp_path / "a_file").write_text("x")
     code, lines = run_cli(capsys, "runs", "--runs-dir", str(tmp_path / "a_file"))
     assert code == 2 and "not a folder" in lines[0]
+
+
+def test_a_warning_is_one_line(capsys):
+    """The demo printed ``/work/main/atlas/role_tests.py:158: UserWarning: ...`` and then the
+    source line; a command's warnings are one ``warning:`` line each."""
+    import warnings
+
+    import typer
+
+    from workbench_cli.commands.guard import run_guarded
+
+    app = typer.Typer()
+
+    @app.command()
+    def noisy() -> None:
+        warnings.warn("ablation means: template 5 has 2 corrupted prompts")
+        warnings.warn("old option", DeprecationWarning)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        run_guarded(app, [])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert err == ["warning: ablation means: template 5 has 2 corrupted prompts",
+                   "warning (DeprecationWarning): old option"]
+    assert warnings.showwarning is not run_guarded.__globals__["_warning_line"]  # restored

@@ -17,6 +17,7 @@ import contextlib
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -131,11 +132,20 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """A Python warning as one line on standard error (``warning: ...``), not the
+    ``file:line: UserWarning`` + source-line pair Python prints by default."""
+    kind = "" if category is UserWarning else f" ({category.__name__})"
+    err.print(f"[yellow]warning{escape(kind)}:[/] {escape(str(message))}", soft_wrap=True)
+
+
 def run_guarded(app: Callable, argv: list[str] | None) -> None:
-    """Run ``app(args=argv, standalone_mode=False)``; exit with the right code and one line."""
+    """Run ``app(args=argv, standalone_mode=False)``; exit with the right code and one line
+    (warnings too: :func:`_warning_line`)."""
     families = _click_families()
     try:
-        with sigterm_as_interrupt():
+        with sigterm_as_interrupt(), warnings.catch_warnings():
+            warnings.showwarning = _warning_line
             code = app(args=argv, prog_name="workbench", standalone_mode=False)
         if code == INTERRUPTED:  # typer turns KeyboardInterrupt into Exit(130) and returns it
             raise KeyboardInterrupt
