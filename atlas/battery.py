@@ -327,7 +327,8 @@ def _run_probes(model: Any, options: AtlasOptions, part: str, prompt_set: Any) -
 
 
 def _run_circuits(model: Any, options: AtlasOptions) -> RunDir:
-    from circuits.run import CircuitsOptions, execute_circuits, load_tasks
+    from circuits.options import CircuitsOptions
+    from circuits.run import execute_circuits, load_tasks
 
     tasks = load_tasks(list(options.tasks), model, n_prompts=options.n_prompts, positions=None)
     path = options.runs_dir / options.run_id("circuits")

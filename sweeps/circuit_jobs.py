@@ -87,7 +87,7 @@ class HeadPatchingJob(Job):
         return rows.filter(pc.is_in(rows["metric"], pa.array(["effect", "score"])))
 
     def units(self) -> dict[str, str]:
-        from circuits.run import UNITS
+        from circuits.options import UNITS
 
         return {**{k: UNITS[k] for k in ("logit_diff", "effect", "score")},
                 **{k: "logits" for k in UNPATCHED}}

@@ -10,7 +10,8 @@ from rich.console import Console
 from circuits.discovery import Selection
 from circuits.methods import DiscoveryOptions
 from circuits.progress import CircuitsProgress, plan
-from circuits.run import CircuitsOptions, execute_circuits
+from circuits.options import CircuitsOptions
+from circuits.run import execute_circuits
 from circuits.tasks import load_task
 from tests.circuit_tasks import tiny_ioi_file
 

@@ -76,7 +76,8 @@ def circuits(model: Any, tasks: Sequence[str] | str, *,
             :mod:`workbench.bounds`).
     """
     from circuits.levels import LEVELS, check_level_options
-    from circuits.run import check_options, execute_circuits, load_tasks
+    from circuits.options import check_options
+    from circuits.run import execute_circuits, load_tasks
     from circuits.tasks import resolve_task
     from workbench.bounds import check, flag, names, text
     from workbench.models import as_loaded
