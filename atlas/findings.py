@@ -171,8 +171,9 @@ def _ioi_class_line(classes: dict) -> str:
     """The IOI head classes (``atlas.json["ioi_classes"]``, :mod:`circuits.ioi_classes`) in one
     line, Wang et al.'s order; a class no head meets is named as empty, not left out."""
     from circuits.ioi_classes import CLASSES
+    from workbench.figures.ioi_sets import LABELS
 
-    parts = [f"{name.replace('_', ' ')} {', '.join(classes[name]['heads']) or 'none'}"
+    parts = [f"{LABELS[name]} {', '.join(classes[name]['heads']) or 'none'}"
              for name in CLASSES if isinstance(classes.get(name), dict)]
     return ("IOI head classes (Wang et al. 2022, path patching with bootstrap intervals; criteria "
             "in atlas.json): " + "; ".join(parts))

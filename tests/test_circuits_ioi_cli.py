@@ -169,9 +169,11 @@ def test_the_atlas_runs_the_classes_for_tasks_with_the_positions(tmp_path):
            if r.ioi_class is not None}
     assert got == classes
     assert set(atlas.doc["ioi_classes"]) >= {"name_mover", "s_inhibition", "previous_token"}
+    from workbench.figures.ioi_sets import LABELS
+
     [line] = [f for f in atlas.doc["findings"] if f.startswith("IOI head classes")]
     for name, entry in atlas.doc["ioi_classes"].items():  # every class, empty ones named too
-        assert f"{name.replace('_', ' ')} {', '.join(entry['heads']) or 'none'}" in line
+        assert f"{LABELS[name]} {', '.join(entry['heads']) or 'none'}" in line
     again = build_atlas(lambda: load_model("tiny-llama", device="cpu"),
                         AtlasOptions(**options, resume=True), model_spec="tiny-llama")
     assert again.doc["runs"]["circuits"]["state"] == "kept"  # the classes are part of the key
