@@ -112,7 +112,7 @@ def circuits(
 ) -> None:
     """Find each task's circuit (per-head effects, selection, faithfulness) and their overlap."""
     from circuits.levels import check_level_options
-    from circuits.options import CircuitsOptions, check_options
+    from circuits.options import check_options
     from circuits.run import execute_circuits, load_tasks, report
 
     check_resume(runs_dir, run_id, resume, overwrite)
