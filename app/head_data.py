@@ -18,6 +18,7 @@ import pandas as pd
 
 from app import data
 from app.atlas_data import AtlasDoc
+from atlas.roles import rule_text  # torch-free
 from workbench.errors import RunStateError
 from workbench.heads import format_head, parse_head
 
@@ -80,8 +81,7 @@ def roles(atlas: AtlasDoc, layer: int, head: int) -> pd.DataFrame:
             "role": role.get("label", name), "score": _num(row[f"{name}_score"], ".4g"),
             "rank": _rank(atlas, role, row, rank, total),
             "held": "yes" if bool(row[name]) else "no",
-            "rule": f"{role.get('rule', '')} {role.get('threshold', '')}".strip()
-                    + (f" (ceiling {_num(role['ceiling'])})" if role.get("ceiling") else ""),
+            "rule": rule_text(role) if "rule" in role and "threshold" in role else "",
             "role's causal test": (causal_text((causal or {}).get(name)) if causal is not None
                                    else NOT_IN_ATLAS),
             "this head ablated": (NOT_IN_ATLAS if own is None else

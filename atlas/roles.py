@@ -177,3 +177,20 @@ def role_table(thresholds: dict[str, float] | None = None) -> list[dict]:
              "threshold": thresholds.get(r.name, r.threshold),
              "rank_1_is": "highest" if r.higher else "lowest", "reason": r.reason}
             for r in ROLES.values()]
+
+
+def rule_text(rule: dict) -> str:
+    """How a role's rule reads to a person, from its ``atlas.json["roles"]`` entry: ``> 0.3``,
+    ``< 0.2``, ``> 0.4 x 0.98`` (threshold x ceiling), ``top 10``, ``in f>=0.8 circuit``. The CLI's
+    atlas table and the app's head page both print it."""
+    cut = rule["threshold"]
+    return {"above": f"> {cut:g}", "below": f"< {cut:g}",
+            "of_ceiling": f"> {cut:g} x {rule.get('ceiling') or float('nan'):.2f}",
+            "top_k": f"top {cut:g}", "member": _member_text(rule)}[rule["rule"]]
+
+
+def _member_text(rule: dict) -> str:
+    """``in f>=0.8 circuit`` / ``in top-5 circuit``: the selection that chose the circuit."""
+    method, _, value = str(rule.get("selection", f"top_k={rule['threshold']:g}")).partition("=")
+    return {"faithfulness": f"in f>={value} circuit", "top_k": f"in top-{value} circuit",
+            "top_percent": f"in top-{value}% circuit"}.get(method, f"in {method}>={value} circuit")

@@ -166,4 +166,5 @@ def test_circuit_roles_rank_by_magnitude(tmp_path):
     atlas = load_atlas(RunsRoot(tmp_path), "atlas-circuit")
     row = head_data.roles(atlas, 0, 0).set_index("role").loc["IOI circuit head"]
     assert row["rank"] == f"1 of {len(heads)} by |score|" and row["held"] == "yes"
+    assert row["rule"] == "in top-20 circuit"  # read as the CLI's atlas table reads it, not "member 20"
     assert int(heads.loc[0, "ioi_circuit_rank"]) == len(heads)  # its signed rank: the last

@@ -181,6 +181,7 @@ def print_atlas(result, top: int = 5) -> None:
     """The console summary (fits 80 columns): per role the labelled heads, their counts per layer
     band and the rule; the top heads of each role; then the findings."""
     from atlas.findings import BANDS, band_ranges, role_summary
+    from atlas.roles import rule_text
 
     model = result.doc["model"]
     out.print(f"[bold]atlas of {escape(str(model['name']))}[/]: {model['n_layers']} layers x "
@@ -191,7 +192,7 @@ def print_atlas(result, top: int = 5) -> None:
                   box=None, pad_edge=False)
     for row in summary.itertuples():
         table.add_row(row.label, f"{row.heads} ({row.share:.0%})",
-                      *[str(getattr(row, b)) for b in BANDS], _rule_text(rules[row.role]))
+                      *[str(getattr(row, b)) for b in BANDS], rule_text(rules[row.role]))
     out.print(table)
     out.print(f"[bold]top {top} heads per role[/] (score)")
     for row in summary.itertuples():
@@ -199,20 +200,6 @@ def print_atlas(result, top: int = 5) -> None:
     out.print("[bold]findings[/]")
     for line in result.doc["findings"]:
         out.print(f"- {escape(line)}")
-
-
-def _rule_text(rule: dict) -> str:
-    cut = rule["threshold"]
-    return {"above": f"> {cut:g}", "below": f"< {cut:g}",
-            "of_ceiling": f"> {cut:g} x {rule.get('ceiling') or float('nan'):.2f}",
-            "top_k": f"top {cut:g}", "member": _member_text(rule)}[rule["rule"]]
-
-
-def _member_text(rule: dict) -> str:
-    """``in f>=0.8 circuit`` / ``in top-5 circuit``: the selection that chose the circuit."""
-    method, _, value = str(rule.get("selection", f"top_k={rule['threshold']:g}")).partition("=")
-    return {"faithfulness": f"in f>={value} circuit", "top_k": f"in top-{value} circuit",
-            "top_percent": f"in top-{value}% circuit"}.get(method, f"in {method}>={value} circuit")
 
 
 def _export_figure(result) -> None:
