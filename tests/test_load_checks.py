@@ -144,14 +144,25 @@ def test_a_failed_causality_check_is_never_kept(checks, monkeypatch):
 
 
 def test_a_preloaded_model_is_always_checked(checks, tiny_llama):
-    import copy
+    from workbench.models import MODELS
 
     folder, runs = checks
-    hf = copy.deepcopy(tiny_llama.bridge.original_model)  # wrapping rewires the model's modules:
-    for _ in range(2):  # a copy keeps the session's tiny_llama bridge intact for later tests
-        loaded = load_model(hf, tokenizer=tiny_llama.tokenizer)
+    for _ in range(2):  # a fresh model each time: a wrapped one cannot be wrapped again
+        hf, tokenizer, *_ = MODELS["tiny-llama"].build(dtype=torch.float32)
+        loaded = load_model(hf, tokenizer=tokenizer)
         assert not loaded.info.parity.cached
     assert len(runs) == 2 and not list(folder.glob("*.json"))
+
+
+def test_a_model_inside_a_bridge_is_refused_not_rewired(tiny_llama):
+    """Wrapping ``tiny_llama.bridge.original_model`` in a second bridge rewired its modules and
+    silently broke every later use of the first bridge (17 failing tests, order-dependent);
+    now it is one clear error and the first bridge keeps its hooks."""
+    ids = torch.tensor([[1, 2, 3, 4]])
+    before = set(tiny_llama.bridge.run_with_cache(ids)[1].keys())
+    with pytest.raises(InputError, match="already inside a TransformerBridge"):
+        load_model(tiny_llama.bridge.original_model, tokenizer=tiny_llama.tokenizer)
+    assert set(tiny_llama.bridge.run_with_cache(ids)[1].keys()) == before
 
 
 def test_run_manifest_says_where_the_checks_came_from(checks, capsys, tmp_path):

@@ -18,6 +18,14 @@ def is_bridge(obj: Any) -> bool:
                for c in type(obj).__mro__)
 
 
+def wrapped_by_bridge(model: Any) -> bool:
+    """Whether a Hugging Face model is already inside a TransformerBridge: the bridge replaces the
+    model's submodules by its own components (``transformer_lens.model_bridge``), in place."""
+    modules = getattr(model, "modules", None)
+    return callable(modules) and any(
+        type(m).__module__.startswith("transformer_lens.model_bridge") for m in modules())
+
+
 def preloaded(model: Any, tokenizer: Any | None) -> tuple[Any, Any, str, str, dict, Any]:
     """``(hf_model, tokenizer, hf_name, source, details, bridge)`` for a preloaded model.
 
@@ -27,7 +35,9 @@ def preloaded(model: Any, tokenizer: Any | None) -> tuple[Any, Any, str, str, di
     config's ``_name_or_path``; ``source`` is ``"preloaded"``.
 
     Raises:
-        InputError: ``model`` is neither, has no config, or comes without a tokenizer.
+        InputError: ``model`` is neither, has no config, comes without a tokenizer, or is a
+            Hugging Face model that a TransformerBridge already wraps (a second bridge would
+            rewire its modules and silently break the first bridge's hooks).
     """
     bridge = None
     if is_bridge(model):
@@ -40,6 +50,11 @@ def preloaded(model: Any, tokenizer: Any | None) -> tuple[Any, Any, str, str, di
     if tokenizer is None:
         raise InputError(f"model {type(model).__name__!r} was passed without its tokenizer: "
                          "pass tokenizer= (the bridge needs one; fetching it needs the hub)")
+    if bridge is None and wrapped_by_bridge(model):
+        raise InputError(f"model {type(model).__name__!r} is already inside a TransformerBridge "
+                         "(e.g. a loaded model's bridge.original_model): wrapping it again would "
+                         "rewire its modules and break that bridge's hooks; pass the bridge itself "
+                         "(wb.load(loaded.bridge)) or a freshly loaded Hugging Face model")
     name = str(getattr(config, "_name_or_path", "") or type(model).__name__)
     details = {"location": name, "revision": getattr(config, "_commit_hash", None),
                "class": type(model).__name__, "bridge_given": bridge is not None}
