@@ -23,10 +23,12 @@ the top induction head, and the Heads page of the atlas's first part run on that
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 PAGE = Path(__file__).resolve().parent / "model_view_page.py"
@@ -44,30 +46,26 @@ PLOTLY_READY = """() => {
 }"""
 
 
-def serve(port: int):
-    import subprocess
-
-    return subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(PAGE),
-                             "--server.port", str(port), "--server.address", "127.0.0.1",
-                             "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--headless=new",
+                 "--disable-background-networking", "--disable-component-update"]
 
 
-def measure(tokens: list[int], repeats: int) -> dict:
+@contextlib.contextmanager
+def served(argv: list[str], what: str) -> Iterator[str]:
+    """Run ``argv + [port]`` (a Streamlit server) at a free localhost port until the block ends;
+    yields its URL once it answers its health check (90 s at most, else ``RuntimeError`` naming
+    ``what``)."""
     import os
     import signal
     import socket
+    import subprocess
     import urllib.request
-
-    from playwright.sync_api import sync_playwright
-
-    from workbench.figures import find_browser
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    proc = serve(port)
+    proc = subprocess.Popen([*argv, str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
@@ -78,36 +76,45 @@ def measure(tokens: list[int], repeats: int) -> dict:
                         break
             except OSError:
                 if time.monotonic() > deadline:
-                    raise RuntimeError("the bench page did not start") from None
+                    raise RuntimeError(f"{what} did not start") from None
                 time.sleep(0.3)
-        args = ["--no-sandbox", "--disable-gpu", "--headless=new",
-                "--disable-background-networking", "--disable-component-update"]
-        times: dict = {}
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=str(find_browser()), args=args)
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            for n in tokens:  # warm-up: the page's data cache and the component's registration
-                for view in ("canvas", "plotly"):
-                    page.goto(f"{url}/?view={view}&n={n}")
-                    page.wait_for_function(CANVAS_READY if view == "canvas" else PLOTLY_READY,
-                                           timeout=300_000)
-            for _ in range(repeats):
-                for n in tokens:
-                    for view in ("canvas", "plotly"):
-                        page.goto("about:blank")
-                        start = time.perf_counter()
-                        page.goto(f"{url}/?view={view}&n={n}")
-                        got = page.wait_for_function(
-                            CANVAS_READY if view == "canvas" else PLOTLY_READY,
-                            timeout=300_000, polling=20)
-                        times.setdefault(f"{view}_{n}_s", []).append(time.perf_counter() - start)
-                        if view == "canvas":
-                            times.setdefault(f"canvas_{n}_draw_ms", []).append(
-                                float(got.json_value()))
-            browser.close()
+        yield url
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def measure(tokens: list[int], repeats: int) -> dict:
+    from playwright.sync_api import sync_playwright
+
+    from workbench.figures import find_browser
+
+    argv = [sys.executable, "-m", "streamlit", "run", str(PAGE), "--server.address",
+            "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
+            "--server.port"]
+    times: dict = {}
+    with served(argv, "the bench page") as url, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(find_browser()), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        for n in tokens:  # warm-up: the page's data cache and the component's registration
+            for view in ("canvas", "plotly"):
+                page.goto(f"{url}/?view={view}&n={n}")
+                page.wait_for_function(CANVAS_READY if view == "canvas" else PLOTLY_READY,
+                                       timeout=300_000)
+        for _ in range(repeats):
+            for n in tokens:
+                for view in ("canvas", "plotly"):
+                    page.goto("about:blank")
+                    start = time.perf_counter()
+                    page.goto(f"{url}/?view={view}&n={n}")
+                    got = page.wait_for_function(
+                        CANVAS_READY if view == "canvas" else PLOTLY_READY,
+                        timeout=300_000, polling=20)
+                    times.setdefault(f"{view}_{n}_s", []).append(time.perf_counter() - start)
+                    if view == "canvas":
+                        times.setdefault(f"canvas_{n}_draw_ms", []).append(
+                            float(got.json_value()))
+        browser.close()
     out = {k: statistics.median(v) for k, v in times.items()}
     for n in tokens:
         out[f"plotly_over_canvas_{n}"] = out[f"plotly_{n}_s"] / out[f"canvas_{n}_s"]
@@ -128,11 +135,6 @@ READY = """() => {
 def page_times(runs: Path, repeats: int) -> dict:
     """Median seconds from navigation to a settled page, per page (module docstring)."""
     import json as json_
-    import os
-    import signal
-    import socket
-    import subprocess
-    import urllib.request
 
     import pandas as pd
     from playwright.sync_api import sync_playwright
@@ -149,46 +151,24 @@ def page_times(runs: Path, repeats: int) -> dict:
     top = heads.sort_values("induction_rank").iloc[0]
     name = format_head((int(top["layer"]), int(top["head"])))
     part = next(iter(json_.loads((runs / atlas_id / "atlas.json").read_text())["runs"].values()))
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "workbench_cli", "app", "--runs-dir",
-                             str(runs), "--port", str(port)], start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+    argv = [sys.executable, "-m", "workbench_cli", "app", "--runs-dir", str(runs), "--port"]
     paths = {"atlas_page_s": "/", "head_page_s": f"/head?run={atlas_id}&head={name}",
              "heads_page_s": f"/heads?run={part['run_id']}&head={name}"}
     times: dict = {}
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as reply:
-                    if reply.read() == b"ok":
-                        break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the app did not start") from None
-                time.sleep(0.3)
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=str(find_browser()), args=[
-                "--no-sandbox", "--disable-gpu", "--headless=new",
-                "--disable-background-networking", "--disable-component-update"])
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            for round_ in range(repeats + 1):  # round 0 warms the caches
-                for key, path in paths.items():
-                    page.goto("about:blank")
-                    start = time.perf_counter()
-                    page.goto(url + path)
-                    page.wait_for_function(READY, timeout=300_000, polling=50)
-                    page.wait_for_timeout(300)
-                    page.wait_for_function(READY, timeout=300_000, polling=50)
-                    if round_:
-                        times.setdefault(key, []).append(time.perf_counter() - start - 0.3)
-            browser.close()
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+    with served(argv, "the app") as url, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(find_browser()), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        for round_ in range(repeats + 1):  # round 0 warms the caches
+            for key, path in paths.items():
+                page.goto("about:blank")
+                start = time.perf_counter()
+                page.goto(url + path)
+                page.wait_for_function(READY, timeout=300_000, polling=50)
+                page.wait_for_timeout(300)
+                page.wait_for_function(READY, timeout=300_000, polling=50)
+                if round_:
+                    times.setdefault(key, []).append(time.perf_counter() - start - 0.3)
+        browser.close()
     return {k: statistics.median(v) for k, v in times.items()}
 
 
