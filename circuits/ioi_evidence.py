@@ -23,6 +23,7 @@ from torch import Tensor
 
 from circuits.cache import Z_HOOK, block_input, capture
 from circuits.dla import _modules, _norm_form
+from circuits.path_patching import receiver_slots
 from circuits.tasks import Task, TaskBatch
 from workbench.errors import InputError, WorkbenchError
 from workbench.heads import Head
@@ -206,15 +207,6 @@ def copy_scores(model, heads: Sequence[Head], resid: Tensor, tokens: Tensor, *, 
     return out
 
 
-def _receiver_slots(model, receivers: Sequence[Head], kinds: str) -> dict[tuple[int, str], list]:
-    group = model.info.n_heads // model.info.n_key_value_heads
-    slots: dict[tuple[int, str], set] = {}
-    for layer, head in receivers:
-        for kind in kinds:
-            slots.setdefault((layer, kind), set()).add(head if kind == "q" else head // group)
-    return {key: sorted(v) for key, v in slots.items()}
-
-
 def _ld(tb: TaskBatch, logits: Tensor, last: Tensor) -> Tensor:
     rows = torch.arange(logits.shape[0], device=logits.device)
     final = logits[rows, last]
@@ -244,7 +236,7 @@ def path_estimates(model, task: Task, receivers: str | Sequence[Head], kinds: st
     """
     n_layers, n_heads = model.info.n_layers, model.info.n_heads
     out = np.zeros((len(task), n_layers, n_heads))
-    slots = {} if receivers == "logits" else _receiver_slots(model, receivers, kinds)
+    slots = {} if receivers == "logits" else receiver_slots(model, receivers, kinds)
     if receivers != "logits" and max((l for l, _ in receivers), default=0) == 0:
         return out  # nothing can reach receivers in layer 0
     for tb in task.batches(batch_size):

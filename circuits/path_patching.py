@@ -65,7 +65,7 @@ def freeze_hooks(model, group: Sequence[Head], base_z, source_z, mask, batch: in
     return [(Z_HOOK.format(layer=layer), make(layer)) for layer in range(start, stop)]
 
 
-def _receiver_slots(model, receivers: Sequence[Head], kinds: str) -> dict[tuple[int, str], list]:
+def receiver_slots(model, receivers: Sequence[Head], kinds: str) -> dict[tuple[int, str], list]:
     """(layer, 'q'|'k'|'v') -> indices into that hook's head axis."""
     group = model.info.n_heads // model.info.n_key_value_heads
     slots: dict[tuple[int, str], set] = {}
@@ -150,7 +150,7 @@ def path_patching(model, task: Task, *, receivers: str | Sequence[Head] = "logit
             raise InputError("path patching needs at least one receiver head (or 'logits')")
     reach = model.info.n_layers if receivers == "logits" else max(l for l, _ in receivers)
     senders = [h for h in resolve_heads(model, senders) if h[0] < reach]
-    slots = {} if receivers == "logits" else _receiver_slots(model, receivers, kinds)
+    slots = {} if receivers == "logits" else receiver_slots(model, receivers, kinds)
     size = heads_per_forward or default_heads_per_forward(model)
     patched = np.full((len(task), model.info.n_layers, model.info.n_heads), np.nan)
     clean, corrupted = np.zeros(len(task)), np.zeros(len(task))
