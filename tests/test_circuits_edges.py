@@ -122,10 +122,9 @@ def test_eap_equals_edge_patching_on_a_linear_model(linear_model, task_path, mon
         model.bridge.to(torch.float32)
 
 
-def test_eap_ig_converges_to_the_path_integral(tmp_path, monkeypatch):
-    """Heads and MLPs write 0, so the logits' input is the embedding and the metric is a
-    nonlinear function of it (final RMSNorm): the path integral of embed -> logits is exactly
-    m(corrupted) - m(clean)."""
+def embedding_only(tmp_path):
+    """A fresh tiny Llama whose heads and MLPs write 0 (the logits read the embedding alone) and
+    a one-prompt task file for it."""
     model = load_model("tiny-llama", device="cpu")
     with torch.no_grad():
         for block in model.bridge.original_model.model.layers:
@@ -135,6 +134,14 @@ def test_eap_ig_converges_to_the_path_integral(tmp_path, monkeypatch):
     path = write_jsonl(tmp_path / "t.jsonl", [
         {"id": "a", "text": "John gave a drink to Mary", "corrupted_text": "John gave a drink to Bob",
          "answer": " and", "distractor": " the"}])
+    return model, path
+
+
+def test_eap_ig_converges_to_the_path_integral(tmp_path, monkeypatch):
+    """Heads and MLPs write 0, so the logits' input is the embedding and the metric is a
+    nonlinear function of it (final RMSNorm): the path integral of embed -> logits is exactly
+    m(corrupted) - m(clean)."""
+    model, path = embedding_only(tmp_path)
     with float64_model(model, monkeypatch):
         task = load_task(str(path), model)
         gm = GraphModel(model)

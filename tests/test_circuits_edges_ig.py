@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from circuits.edges.eap import ig_alphas
-from tests.conftest import write_jsonl
+from tests.test_circuits_edges import embedding_only
 from tests.float64 import float64_model
 
 
@@ -24,18 +24,9 @@ def test_right_and_left_riemann_sums_equal_a_slow_autograd_loop(tmp_path, monkey
     from circuits.edges.eap import edge_scores
     from circuits.edges.forward import GraphModel
     from circuits.tasks import load_task
-    from workbench.models import load_model
 
-    model = load_model("tiny-llama", device="cpu")
+    model, path = embedding_only(tmp_path)
     hf = model.bridge.original_model
-    with torch.no_grad():
-        for block in hf.model.layers:
-            inner = getattr(block, "original_component", block)
-            for lin in (inner.self_attn.o_proj, inner.mlp.down_proj):
-                getattr(lin, "original_component", lin).weight.zero_()
-    path = write_jsonl(tmp_path / "t.jsonl", [
-        {"id": "a", "text": "John gave a drink to Mary", "corrupted_text": "John gave a drink to Bob",
-         "answer": " and", "distractor": " the"}])
     with float64_model(model, monkeypatch):
         task = load_task(str(path), model)
         gm = GraphModel(model)

@@ -158,7 +158,7 @@ def test_copy_scores_known_by_construction(task_path, monkeypatch):
 def _frozen_reference(model, tb, sender, alpha, receivers, kinds):
     """LD of path patching ``sender`` with ``z_clean + alpha (z_corr - z_clean)``, by full
     forwards with hand-written hooks (two steps as in Wang et al.)."""
-    from tests.test_circuits_path_patching import all_z, full_forward
+    from tests.test_circuits_path_patching import all_z, two_steps
 
     clean_z, corrupted_z = all_z(model, tb.clean), all_z(model, tb.corrupted)
 
@@ -176,26 +176,7 @@ def _frozen_reference(model, tb, sender, alpha, receivers, kinds):
     def ld(last):  # in the model's dtype (float64 here), not metrics.logit_diff's float32
         rows = torch.arange(last.shape[0])
         return (last[rows, tb.answer] - last[rows, tb.distractor]).numpy()
-    if receivers == "logits":
-        return ld(full_forward(model, tb.clean, step1))
-    kept = {}
-    for layer, _ in receivers:
-        for kind in kinds:
-            step1.append((f"blocks.{layer}.attn.hook_{kind}",
-                          lambda t, hook, key=(layer, kind): kept.__setitem__(key, t.clone())))
-    full_forward(model, tb.clean, step1)
-    per_kv = model.info.n_heads // model.info.n_key_value_heads
-    step2 = []
-    for layer, head in receivers:
-        for kind in kinds:
-            index = head if kind == "q" else head // per_kv
-
-            def hook(t, hook, key=(layer, kind), index=index):
-                t = t.clone()
-                t[:, :, index] = kept[key][:, :, index]
-                return t
-            step2.append((f"blocks.{layer}.attn.hook_{kind}", hook))
-    return ld(full_forward(model, tb.clean, step2))
+    return ld(two_steps(model, tb, step1, receivers, kinds))
 
 
 @pytest.mark.parametrize("receivers,kinds", [("logits", ""), ([(3, 1), (2, 2)], "q"),

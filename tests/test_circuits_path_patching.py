@@ -47,9 +47,17 @@ def reference(model, tb, sender, receivers, kinds):
             return out
         return hook
     step1 = [(f"blocks.{l}.attn.hook_z", freeze(l)) for l in range(model.info.n_layers)]
+    return tb.logit_diff(two_steps(model, tb, step1, receivers, kinds)).numpy()
+
+
+def two_steps(model, tb, step1, receivers, kinds):
+    """Last-token logits of Wang et al.'s two steps: ``step1`` (hooks that freeze every head and
+    patch the sender) on the clean run, read at the logits, or recording the receivers' q/k/v;
+    then (step 2) a clean run with only those receivers' q/k/v replaced."""
     if receivers == "logits":
-        return tb.logit_diff(full_forward(model, tb.clean, step1)).numpy()
+        return full_forward(model, tb.clean, step1)
     kept = {}
+    step1 = list(step1)
     for layer, _ in receivers:
         for kind in kinds:
             step1.append((f"blocks.{layer}.attn.hook_{kind}",
@@ -66,7 +74,7 @@ def reference(model, tb, sender, receivers, kinds):
                 t[:, :, index] = kept[key][:, :, index]
                 return t
             step2.append((f"blocks.{layer}.attn.hook_{kind}", hook))
-    return tb.logit_diff(full_forward(model, tb.clean, step2)).numpy()
+    return full_forward(model, tb.clean, step2)
 
 
 @pytest.mark.parametrize("which", ["tiny_llama", "tiny_gpt2"])
