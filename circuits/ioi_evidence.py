@@ -64,11 +64,6 @@ def ioi_positions(task: Task) -> dict[str, np.ndarray]:
     return out
 
 
-def check_ioi_task(task: Task) -> None:
-    """Raise :class:`InputError` (one line) when ``task`` lacks the IOI positions."""
-    ioi_positions(task)
-
-
 def attention_scores(model, task: Task, positions: dict[str, np.ndarray], *,
                      batch_size: int = 16) -> dict[str, np.ndarray]:
     """Attention of every head between the IOI positions on the clean prompts.

@@ -19,7 +19,6 @@ most ``(ratio - 1) x size``). When no size up to the cap reaches the target the 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -161,15 +160,3 @@ def random_band(evaluator: CircuitEvaluator, sizes: Sequence[int], n_random: int
             owners.append(size)
     values = evaluator.faithfulness(circuits) if circuits else np.zeros(0)
     return {size: np.array([v for v, o in zip(values, owners) if o == size]) for size in sizes}
-
-
-def check_target(value: float) -> float:
-    """The ``--select faithfulness=X`` target: finite, in (0, 1].
-
-    Raises:
-        InputError: out of range.
-    """
-    if not (math.isfinite(value) and 0 < value <= 1):
-        raise InputError(f"selection faithfulness={value} is out of range (a target in (0, 1]: "
-                         "the normalised faithfulness the circuit must reach)")
-    return float(value)
