@@ -124,8 +124,9 @@ def circuits(
     from circuits.tasks import resolve_task
     from workbench.prompts import load_prompt_set
 
-    prompt_sets = {resolve_task(spec_)[0]: load_prompt_set(resolve_task(spec_)[1])
-                   for spec_ in task}  # an unknown task or a bad file fails before the model loads
+    read = [(spec_, name, load_prompt_set(path))  # each task file read once
+            for spec_, (name, path) in ((spec_, resolve_task(spec_)) for spec_ in task)]
+    prompt_sets = {name: prompts for _, name, prompts in read}  # a bad file fails before the load
     if ioi_classes:
         from circuits.ioi_run import check_ioi_prompts
 
@@ -153,9 +154,8 @@ def circuits(
     sizing = sizing_options(nodes=nodes, max_size=max_size, held_out=held_out,
                             refine_tolerance=refine_tolerance, refine_candidates=refine_candidates,
                             refine_rounds=refine_rounds, refine_budget=refine_budget)
-    for spec_ in task:
-        check_held_out(len(load_prompt_set(resolve_task(spec_)[1])), n_prompts, held_out,
-                       f"--task {spec_}")
+    for spec_, _, prompts in read:
+        check_held_out(len(prompts), n_prompts, held_out, f"--task {spec_}")
     options = check_options(method, select, direction=direction, positions=positions,
                             batch_size=batch_size or 1, heads_per_forward=heads_per_forward,
                             stages=stages, receiver_input=receiver_input, n_random=n_random,

@@ -137,12 +137,11 @@ def check_resume(runs_dir: Path, run_id: str | None, resume: bool, overwrite: bo
         InputError, RunStateError: one of those (before the model loads).
     """
     from workbench.errors import InputError
-    from workbench.manifest import check_run_id, check_runs_dir
+    from workbench_cli.commands.guard import check_run_target
 
     if resume and overwrite:
         raise InputError("--resume and --overwrite contradict each other; choose one")
-    check_runs_dir(runs_dir)
-    check_run_id(run_id)
+    check_run_target(runs_dir, run_id)
     if run_id is not None and not (resume or overwrite) and (Path(runs_dir) / run_id).exists():
         from workbench.errors import RunStateError
 
