@@ -40,13 +40,14 @@ import torch
 from circuits.edges.ablation import AblationSource, check_ablation, check_metric, metric_values
 from circuits.edges.forward import GraphModel
 from circuits.edges.graph import EdgeGraph
+from workbench.bounds import BOUNDS
 from workbench.errors import InputError
 
 EDGE_METHODS = ("eap", "eap-ig")
 IG_RULES = ("right", "left")
 # Memory grows with the steps (per layer one [batch, pos, d_model] input per step, see
 # GraphModel.receiver_gradients): 64 steps of 16 IOI prompts on SmolLM2 hold about 1.4 GB.
-MAX_IG_STEPS = 64
+MAX_IG_STEPS = int(BOUNDS["circuits --ig-steps"].high)  # the one bounds table's
 
 
 def check_method(method: str, metric: str, ig_steps: int, ig_rule: str = "right") -> None:
@@ -56,10 +57,7 @@ def check_method(method: str, metric: str, ig_steps: int, ig_rule: str = "right"
         raise InputError(f"--method {method!r} is not an edge method; choose from "
                          f"{', '.join(EDGE_METHODS)}")
     check_metric(metric)
-    if not isinstance(ig_steps, int) or isinstance(ig_steps, bool) or \
-            not 1 <= ig_steps <= MAX_IG_STEPS:
-        raise InputError(f"--ig-steps must be a whole number from 1 to {MAX_IG_STEPS}, got "
-                         f"{str(ig_steps)[:40]}")
+    BOUNDS["circuits --ig-steps"].check(ig_steps, "--ig-steps")
     if ig_rule not in IG_RULES:
         raise InputError(f"--ig-rule {str(ig_rule)[:40]!r} is not one of {', '.join(IG_RULES)}")
     if method == "eap" and metric == "kl":
