@@ -134,7 +134,7 @@ def chunks(offsets: Sequence[int], batch: int, seq: int, n_heads: int,
     return out
 
 
-def _gather(x: Tensor, positions: Tensor) -> Tensor:
+def gather_rows(x: Tensor, positions: Tensor) -> Tensor:
     """``x[b, positions[b, r]]`` for ``x`` ``[batch or 1, seq, ...]``."""
     if x.shape[0] == 1:
         return x[0][positions]
@@ -147,9 +147,9 @@ def _kwargs(kwargs: dict, pack: Packing, kv: KeyValues) -> dict:
         if key == "attention_mask":
             value = pack.mask
         elif key == "position_embeddings":
-            value = tuple(_gather(t, pack.positions) for t in value)
+            value = tuple(gather_rows(t, pack.positions) for t in value)
         elif key == "position_ids":
-            value = _gather(value.expand(pack.positions.shape[0], -1)[..., None],
+            value = gather_rows(value.expand(pack.positions.shape[0], -1)[..., None],
                             pack.positions)[..., 0]
         elif key == "cache_position":
             continue
@@ -167,7 +167,7 @@ def packed_logits(model, base: RunCache, kv: KeyValues, layer: int, pack: Packin
     block ``layer``, default the base run's at the rows' positions; ``fwd_hooks`` patch inside)."""
     bridge = model.bridge
     if hidden is None:
-        hidden = _gather(block_input(base, layer), pack.positions)
+        hidden = gather_rows(block_input(base, layer), pack.positions)
     with bridge.hooks(fwd_hooks=list(fwd_hooks)):
         for block in range(layer, model.info.n_layers):
             _, kwargs = base.block_inputs[block]

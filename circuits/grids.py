@@ -38,8 +38,8 @@ from torch import Tensor
 from circuits.cache import (block_input, capture, check_resume, forward_from_layer,
                             keep_activation)
 from circuits.effects import HeadEffects, check_direction
-from circuits.grid_pack import (Packing, Unsupported, check_packed, chunks, packed_logits,
-                                put_rows, record_base)
+from circuits.grid_pack import (Packing, Unsupported, check_packed, chunks, gather_rows,
+                                packed_logits, put_rows, record_base)
 from circuits.patching import Progress, base_and_source, record_unpatched
 from circuits.tasks import Task
 from workbench.errors import InputError, WorkbenchError
@@ -286,15 +286,14 @@ def _packed_cells(model, tb, base, kv, acts, component: str, layers, offsets: np
     lengths = (base.last_pos + 1).to(model.device)
     seq = block_input(base, 0).shape[1]
     n_pos = len(offsets)
-    for layer in layers:
-        for group in chunks([int(o) for o in offsets], len(lengths), seq, model.info.n_heads,
-                            max_cells):
-            pack = Packing(group, lengths, seq)
+    packs = [(group, Packing(group, lengths, seq)) for group in chunks(
+        [int(o) for o in offsets], len(lengths), seq, model.info.n_heads, max_cells)]
+    for layer in layers:  # the packings do not depend on the layer: built once per batch
+        for group, pack in packs:
             with torch.inference_mode():
                 if component == "resid_pre":
-                    hidden = put_rows(block_input(base, layer)[
-                        torch.arange(len(lengths), device=lengths.device)[:, None],
-                        pack.positions], acts[layer], pack)
+                    hidden = put_rows(gather_rows(block_input(base, layer), pack.positions),
+                                      acts[layer], pack)
                     logits = packed_logits(model, base, kv, layer, pack, hidden=hidden)
                 else:
                     def hook(x, hook, source=acts[layer], pack=pack):
