@@ -129,7 +129,7 @@ def run_composition(model, options, model_spec: str) -> RunDir:
                 baseline=comp.baseline, timings={"composition_s": comp.seconds,
                                                  "composition_cpu_s": comp.cpu_seconds})
     except BaseException as err:
-        run.update_manifest(status="failed", error=f"{type(err).__name__}: {err}")
+        run.stopped(err)  # interrupted (Ctrl-C, SIGTERM) or failed, as every run records it
         raise
     return run
 
@@ -400,7 +400,7 @@ def run_causal(model, heads: pd.DataFrame, options, model_spec: str,
         _finish(run, out, causal=entries, timings=timings,
                 pattern_sets={k: [format_head(h) for h in v] for k, v in by_set.items()})
     except BaseException as err:
-        run.update_manifest(status="failed", error=f"{type(err).__name__}: {err}")
+        run.stopped(err)  # interrupted (Ctrl-C, SIGTERM) or failed, as every run records it
         raise
     return run
 

@@ -386,3 +386,21 @@ def test_ablate_command_tests_any_head_set_and_refuses_bad_input(causal_atlas, c
             argv += ["--heads", heads[0]]
         code, _, err = cli(capsys, *argv)
         assert code == 2 and why in err, (args, err)
+
+
+def test_an_interrupted_composition_part_is_recorded_interrupted(inputs, tiny_llama, tmp_path,
+                                                                  monkeypatch):
+    """The causal and composition parts wrote ``failed`` for Ctrl-C/SIGTERM, unlike every other
+    run (``RunDir.stopped``: ``interrupted``, continued with ``--resume``)."""
+    from atlas import causal_part, composition
+    from tests.test_atlas import _options
+    from workbench.store import RunDir
+
+    def interrupted(model):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(composition, "compose", interrupted)
+    options = _options(inputs, tmp_path / "atlas-tiny", causal_draws=2, causal_prompts=2)
+    with pytest.raises(KeyboardInterrupt):
+        causal_part.run_composition(tiny_llama, options, "tiny-llama")
+    run = RunDir.open(options.runs_dir / options.run_id("composition"))
+    assert run.read_manifest()["status"] == "interrupted"
