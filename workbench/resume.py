@@ -58,8 +58,9 @@ def finished_run(runs_dir: Path, run_id: str | None, **config: Any) -> RunDir | 
             return None
         candidates = [(run, run.read_manifest()) for run, _ in candidates]
     else:
-        candidates = list_runs(Path(runs_dir))
+        candidates = list_runs(Path(runs_dir), check=False)  # tables checked below, matches only
     found = [run for run, m in candidates
              if m.get("status") == "complete" and m.get("kind", "probes") == "probes"
-             and isinstance(m.get("config_key"), dict) and _matches(m["config_key"], **config)]
+             and isinstance(m.get("config_key"), dict) and _matches(m["config_key"], **config)
+             and (run_id is not None or not run.check_tables(m))]  # as list_runs would
     return found[0] if len(found) == 1 else None

@@ -469,14 +469,15 @@ def _count(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
-def list_runs(runs_dir: Path) -> list[tuple[RunDir, dict]]:
+def list_runs(runs_dir: Path, *, check: bool = True) -> list[tuple[RunDir, dict]]:
     """Every run under ``runs_dir`` with its manifest, newest first.
 
     ``status`` is the live one (a ``running`` run whose writer is gone reads ``interrupted``); a
     folder whose ``run.json`` cannot be read or validated is listed with status ``unreadable``,
     and a complete run whose tables do not match its manifest (missing, truncated, not parquet,
     another row count: :meth:`RunDir.check_tables`) with status ``corrupted``, the reason in
-    ``error``.
+    ``error``. ``check=False`` skips that table check (it opens every table of every complete
+    run): the caller checks the runs it picks.
     """
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
@@ -491,7 +492,7 @@ def list_runs(runs_dir: Path) -> list[tuple[RunDir, dict]]:
                 manifest = {"run_id": child.name, "status": UNREADABLE, "error": str(err)}
             else:
                 status = run.live_status(manifest)
-                problem = run.check_tables(manifest) if status == "complete" else None
+                problem = run.check_tables(manifest) if check and status == "complete" else None
                 manifest = {**manifest, "status": CORRUPTED if problem else status,
                             **({"error": problem} if problem else {})}
             out.append((run, manifest))
