@@ -27,7 +27,6 @@ from workbench.errors import InputError, RunStateError
 
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 MAX_RUN_ID = 200  # characters; the temporary names add ~20 to it, a file name holds 255 bytes
-SYSTEM_DIRS = ("/proc", "/sys", "/dev")
 
 
 class _Open(BaseModel):
@@ -161,23 +160,8 @@ def check_run_id(run_id: str | None, option: str = "--run-id") -> None:
 
 def check_runs_dir(runs_dir: Path, option: str = "--runs-dir") -> None:
     """Raise :class:`InputError` unless ``runs_dir`` is (or can be made) a writable folder outside
-    the system trees /proc, /sys and /dev."""
-    runs_dir = Path(runs_dir)
-    resolved = Path(os.path.realpath(runs_dir))
-    for system in SYSTEM_DIRS:
-        shm = Path("/dev/shm")  # a memory-backed folder, fine for runs
-        if resolved != shm and shm not in resolved.parents and (
-                resolved == Path(system) or Path(system) in resolved.parents):
-            raise InputError(f"{option} {runs_dir}: resolves to {resolved}, inside {system}, "
-                             "which cannot hold runs; choose a folder such as runs/")
-    if resolved.exists() and not resolved.is_dir():
-        raise InputError(f"{option} {runs_dir}: exists and is not a folder; choose a folder")
-    probe = resolved
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise InputError(f"{option} {runs_dir}: {probe} is not a folder, so {runs_dir} cannot "
-                         "be created; choose another place")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise InputError(f"{option} {runs_dir}: {probe} is not writable; choose a folder you "
-                         "can write to")
+    the system trees /proc, /sys and /dev (:func:`workbench.inputs.check_output_dir`, the one
+    check of every output folder)."""
+    from workbench.inputs import check_output_dir
+
+    check_output_dir(runs_dir, option)
