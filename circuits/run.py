@@ -121,8 +121,7 @@ def execute_circuits(model, tasks: list[Task], options: CircuitsOptions) -> RunD
     if state == "complete":
         return run
     timings: dict[str, float] = {}
-    phases = Phases(run)  # finished phases, reused by --resume
-    try:
+    with Phases.guarding(run, timings=timings) as phases:  # finished phases, for --resume
         with CircuitsProgress(options.progress, options.console) as bars:
             found = _discover_all(model, tasks, options, timings, bars, phases)
             tables = _tables(model, tasks, found, options, timings, run.run_id, bars, phases)
@@ -135,10 +134,6 @@ def execute_circuits(model, tasks: list[Task], options: CircuitsOptions) -> RunD
             written[name] = {"rows": table.num_rows,
                              "metrics": sorted(set(table.column("metric").to_pylist()))}
         run.update_manifest(status="complete", finished=_now(), tables=written, timings=timings)
-    except BaseException as err:
-        run.stopped(err, timings=timings)  # Ctrl-C / SIGTERM: interrupted, else failed
-        raise
-    phases.drop()
     return run
 
 

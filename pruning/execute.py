@@ -37,19 +37,6 @@ def _bar(enabled: bool, description: str, total: int) -> Iterator[Callable[[int]
         yield lambda n: bar.advance(task, n)
 
 
-@contextlib.contextmanager
-def _failing(run: RunDir) -> Iterator[Phases]:
-    """The run's phases; an error marks the run ``failed`` (Ctrl-C/SIGTERM: ``interrupted``),
-    completion drops the kept phases."""
-    phases = Phases(run)
-    try:
-        yield phases
-    except BaseException as err:
-        run.stopped(err)
-        raise
-    phases.drop()
-
-
 def _importance(model, data: PromptData, options: HeadsOptions, timer: Timer,
                 phases: Phases):
     """Every head's importance on ``data`` with a progress bar over prompts (timed)."""
@@ -68,7 +55,7 @@ def run_importance(model, data: PromptData, prompt_set, options: HeadsOptions) -
     if run.state == "complete":
         return run
     timer = Timer()
-    with _failing(run) as phases:
+    with Phases.guarding(run) as phases:
         imp = _importance(model, data, options, timer, phases)
         tables = {"head_importance": importance_table(imp, data.objective.metric)}
         return finish_run(run, model, data, tables, timer.timings)
@@ -94,7 +81,7 @@ def run_prune(model, data: PromptData, prompt_set, options: HeadsOptions, *, mod
     if run.state == "complete":
         return run
     timer = Timer()
-    with _failing(run) as phases:
+    with Phases.guarding(run) as phases:
         imp = _importance(model, data, options, timer, phases)
         means = phases.run("means", lambda: head_means(model, data, options.batch_size)) \
             if mode == "mean" else None
@@ -136,7 +123,7 @@ def run_learn(model, data: PromptData, prompt_set, options: HeadsOptions, *,
     if run.state == "complete":
         return run, {float(k): v for k, v in (run.read_manifest().get("specs") or {}).items()}
     timer = Timer()
-    with _failing(run) as phases:
+    with Phases.guarding(run) as phases:
         base = phases.run("baseline", lambda: evaluate(model, held_out, _ones(model), None,
                                                        options.batch_size))
         learned, specs = [], {}

@@ -17,6 +17,7 @@ run's. Decoding builds only dataclasses defined in this project's packages
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import importlib
@@ -24,7 +25,7 @@ import json
 import math
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -195,6 +196,21 @@ class Phases:
         value = compute()
         self.save(key, value)
         return value
+
+    @classmethod
+    @contextlib.contextmanager
+    def guarding(cls, run: Any, **changes: Any) -> Iterator["Phases"]:
+        """The phases of ``run`` for the block that computes and writes it: an exception marks
+        the run as :meth:`RunDir.stopped <workbench.store.RunDir.stopped>` does (Ctrl-C/SIGTERM
+        ``interrupted``, resumable; else ``failed``; ``changes``, e.g. ``timings``, recorded
+        too) and is re-raised; a block that completes drops the kept phases."""
+        phases = cls(run)
+        try:
+            yield phases
+        except BaseException as err:
+            run.stopped(err, **changes)
+            raise
+        phases.drop()
 
     def drop(self) -> None:
         """Remove the kept phases (the run is complete: its tables hold the results)."""

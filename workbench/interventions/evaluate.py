@@ -185,8 +185,7 @@ def intervene(model, prompt_set, spec: Spec, options: InterveneOptions) -> RunDi
                                same_config=same_config_key(manifest["config_key"]))
     if state == "complete":
         return run
-    phases = Phases(run)  # finished batches and generations, reused by --resume
-    try:
+    with Phases.guarding(run) as phases:  # finished batches and generations, reused by --resume
         verified = verify_edits(model, checked.kinds)
         tables = _evaluate(model, tokenized, conds, answers, probes, options, run.run_id,
                            phases)
@@ -202,10 +201,6 @@ def intervene(model, prompt_set, spec: Spec, options: InterveneOptions) -> RunDi
                                  "metrics": sorted(set(table.column("metric").to_pylist()))}
         run.update_manifest(status="complete", finished=_now(), tables=written,
                             verification=verified, generations=generations)
-    except BaseException as err:
-        run.stopped(err)  # Ctrl-C / SIGTERM: interrupted (resumable), else failed
-        raise
-    phases.drop()
     return run
 
 
