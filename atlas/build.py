@@ -97,12 +97,14 @@ def build_atlas(load: Callable[[], Any], options: AtlasOptions, *, model_spec: s
         RunStateError: ``out`` exists and neither ``resume`` nor ``overwrite`` was asked for, it
             is not an atlas, or it was made for another model.
     """
-    from atlas.causal_part import load_if_needed, run_late_parts
+    import functools
+
+    from atlas.causal_part import run_late_parts
 
     prompt_sets = check_inputs(options)
     run = _open_or_create(options, model_spec, prompt_sets)
     start = time.perf_counter()
-    load = load_if_needed(load)
+    load = functools.cache(load)  # loaded at most once, shared by the parts
     try:
         parts = run_parts(load, options, prompt_sets, on_part, model_spec)
         runs = {p: RunDir.open(options.runs_dir / meta["run_id"]) for p, meta in parts.items()}

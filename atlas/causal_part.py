@@ -35,13 +35,12 @@ import pyarrow as pa
 
 from atlas.controls import control_draws, role_seed, summarize
 from atlas.role_tests import DESCRIPTIVE, test_for
-from atlas.roles import ROLES
+from atlas.roles import ROLES, TOP_HEADS, top_heads
 from workbench.errors import RunStateError
 from workbench.heads import Head, format_head
 from workbench.records import SCHEMA_VERSION, TOKENS_SCHEMA, concat, records
 from workbench.store import MANIFEST, RunDir
 
-TOP_HEADS = 3  # per role: heads ablated alone and whose patterns are stored
 EXAMPLES = 2  # example prompts per prompt set for the stored patterns
 PATTERN_SETS = {"repeated": "repeated", "context": "context", "natural": "natural"}
 
@@ -55,12 +54,6 @@ def role_heads(heads: pd.DataFrame) -> dict[str, list[Head]]:
     are), sorted."""
     return {name: sorted((int(r.layer), int(r.head)) for r in heads[heads[name]].itertuples())
             for name in ROLES if name in heads.columns}
-
-
-def top_heads(heads: pd.DataFrame, role: str, k: int = TOP_HEADS) -> list[Head]:
-    """The ``k`` best-ranked heads holding ``role``."""
-    held = heads[heads[role]].sort_values([f"{role}_rank", "layer", "head"])
-    return [(int(r.layer), int(r.head)) for r in held.head(k).itertuples()]
 
 
 def _finished(path, config: dict) -> bool:
@@ -403,17 +396,6 @@ def run_causal(model, heads: pd.DataFrame, options, model_spec: str,
         run.stopped(err)  # interrupted (Ctrl-C, SIGTERM) or failed, as every run records it
         raise
     return run
-
-
-def load_if_needed(load: Callable[[], Any]) -> Callable[[], Any]:
-    """``load`` called at most once (shared by the parts)."""
-    cache: dict[str, Any] = {}
-
-    def get():
-        if "model" not in cache:
-            cache["model"] = load()
-        return cache["model"]
-    return get
 
 
 def run_late_parts(load: Callable[[], Any], atlas, options, model_spec: str, parts: dict,

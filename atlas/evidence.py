@@ -26,7 +26,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from atlas.roles import ROLES
+from atlas.roles import ROLES, top_heads
 from workbench.heads import format_head, parse_head
 from workbench.store import RunDir, write_parquet
 
@@ -161,9 +161,8 @@ def _head_evidence(heads: pd.DataFrame, entries: dict, pairs: pd.DataFrame | Non
     for role in ROLES:
         if role not in heads.columns:
             continue
-        held = heads[heads[role]].sort_values([f"{role}_rank", "layer", "head"]).head(3)
-        for r in held.itertuples():
-            top.setdefault((int(r.layer), int(r.head)), []).append(role)
+        for head in top_heads(heads, role):  # the heads the causal part ablates alone
+            top.setdefault(head, []).append(role)
     for head, roles in sorted(top.items()):
         item: dict = {"roles": roles}
         effects = {role: entries[role]["head_effects"][format_head(head)] for role in roles

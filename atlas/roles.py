@@ -194,3 +194,12 @@ def _member_text(rule: dict) -> str:
     method, _, value = str(rule.get("selection", f"top_k={rule['threshold']:g}")).partition("=")
     return {"faithfulness": f"in f>={value} circuit", "top_k": f"in top-{value} circuit",
             "top_percent": f"in top-{value}% circuit"}.get(method, f"in {method}>={value} circuit")
+
+
+TOP_HEADS = 3  # per role: heads ablated alone, whose patterns and evidence the atlas stores
+
+
+def top_heads(heads: pd.DataFrame, role: str, k: int = TOP_HEADS) -> list[tuple[int, int]]:
+    """The ``k`` best-ranked heads holding ``role`` (``(layer, head)``; ties by layer, head)."""
+    held = heads[heads[role]].sort_values([f"{role}_rank", "layer", "head"])
+    return [(int(r.layer), int(r.head)) for r in held.head(k).itertuples()]
