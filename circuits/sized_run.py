@@ -10,14 +10,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from circuits.discovery import AblationMeans, Faithfulness
+from circuits.report import PROBE  # method -> the probe name its records carry
 from circuits.sized import (SizedCircuit, circuit_faithfulness, curve_rows, search_rows,
                             size_circuit, subset)
 from circuits.tasks import Task, load_task
 from workbench.records import concat, conform, records
-
-PROBES = {"activation": "activation_patching", "attribution": "attribution_patching",
-          "path": "path_patching", "eap-ig": "eap_ig_nodes"}
-
 
 @dataclass
 class Chosen:
@@ -53,7 +50,7 @@ def sized_tables(model, task: Task, found: dict, options, means: AblationMeans,
         mlp = mlp_means(model, _ablation_source(model, task, options), batch_size=batch)
     out = {}
     for method in options.methods:
-        result, probe = found[method, task.name], PROBES[method]
+        result, probe = found[method, task.name], PROBE[method]
         start = time.perf_counter()
         scores = mlp_scores(model, task, method, direction=options.discovery.direction,
                             batch_size=batch) if sizing.mlps else None
